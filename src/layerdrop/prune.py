@@ -1,0 +1,116 @@
+"""Which layers to keep, and model surgery that keeps only them.
+
+:func:`prune` returns a *new* model with physically fewer blocks: the
+parameter count drops, ``config.num_hidden_layers`` and per-layer config lists
+are updated, decoder ``layer_idx`` attributes are renumbered so the KV cache
+works, and ``config.layerdrop_pruning`` records the original indices kept.
+State-dict keys keep their usual form (``...layer.0...``, ``...layer.1...``),
+so plain ``transformers`` loads the saved result.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from torch import nn
+
+from .arch import find_layers
+from .core import CONFIG_KEY, check_keep, state_of, uninstall
+
+__all__ = ["PRUNING_KEY", "every_other", "prune"]
+
+PRUNING_KEY = "layerdrop_pruning"
+"""Name of the ``model.config`` attribute that records a pruning."""
+
+
+def every_other(num_layers: int, depth: int) -> tuple[int, ...]:
+    """Evenly spread layers to keep, anchored at the last layer.
+
+    Keeps ``L - 1 - floor(j * L / depth)`` for ``j = 0 .. depth - 1``. At half
+    depth this is every other layer, 1, 3, 5, ... (0-based): the paper's rule of
+    pruning the layers at depth d = 0 (mod 2). When ``1/p`` is a whole number
+    dividing ``L``, it prunes exactly d = 0 (mod 1/p), e.g. 0, 4, 8 of 12 at
+    p = 1/4. The last layer, which feeds the head, is always kept; the first
+    layer is kept only at full depth.
+
+    >>> every_other(6, 3), every_other(12, 6), every_other(6, 4), every_other(6, 1)
+    ((1, 3, 5), (1, 3, 5, 7, 9, 11), (1, 2, 4, 5), (5,))
+    """
+    _check_depth(depth, num_layers)
+    return tuple(sorted(num_layers - 1 - (j * num_layers) // depth for j in range(depth)))
+
+
+def _check_depth(depth: int, num_layers: int) -> None:
+    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= num_layers:
+        raise ValueError(f"depth must be an integer from 1 to {num_layers} (the model's layer count), got {depth!r}")
+
+
+def _renumber(layer: nn.Module, index: int) -> None:
+    for module in layer.modules():
+        if isinstance(module.__dict__.get("layer_idx"), int):
+            module.layer_idx = index
+
+
+def _prune_config(config: Any, keep: tuple[int, ...], num_layers: int, per_layer: tuple[str, ...]) -> None:
+    config.num_hidden_layers = len(keep)
+    for name in per_layer:
+        values = getattr(config, name, None)
+        if isinstance(values, (list, tuple)) and len(values) == num_layers:
+            setattr(config, name, [values[i] for i in keep])
+    previous = getattr(config, PRUNING_KEY, None)
+    original = previous["kept_layers"] if previous else list(range(num_layers))
+    setattr(config, PRUNING_KEY, {
+        "kept_layers": [original[i] for i in keep],
+        "original_num_layers": previous["original_num_layers"] if previous else num_layers,
+    })
+    recorded = getattr(config, CONFIG_KEY, None)
+    if recorded:
+        setattr(config, CONFIG_KEY, {**recorded, "rates": [recorded["rates"][i] for i in keep]})
+
+
+def prune(
+    model: nn.Module,
+    depth: int | None = None,
+    *,
+    keep: Sequence[int] | None = None,
+    layers: str | None = None,
+) -> nn.Module:
+    """Return a copy of ``model`` with only some of its layers; ``model`` is untouched.
+
+    Args:
+        model: The model to cut; LayerDrop may or may not be applied.
+        depth: How many layers to keep, chosen by :func:`every_other`.
+        keep: The 0-based indices to keep instead (any order; duplicates are an error).
+        layers: Path of the block list, for architectures outside the table.
+
+    The copy is a plain model (LayerDrop is not applied to it; ``layerdrop.apply(pruned)``
+    re-arms it with the recorded rates of the kept layers). Only the kept blocks are
+    copied, so peak memory is the original plus the result.
+    """
+    state = state_of(model)
+    if layers is None and state is not None:
+        layers = state.path
+    site = find_layers(model, layers)
+    num_layers = len(site.layers)
+    if (depth is None) == (keep is None):
+        raise ValueError("pass exactly one of depth=K or keep=[indices]")
+    kept = every_other(num_layers, depth) if depth is not None else check_keep(keep, num_layers)
+
+    # Swap in the kept blocks while copying, so dropped ones are never copied.
+    owner_attr = site.path.rpartition(".")[2]
+    site.owner._modules[owner_attr] = nn.ModuleList([site.layers[i] for i in kept])
+    try:
+        pruned = copy.deepcopy(model)
+    finally:
+        site.owner._modules[owner_attr] = site.layers
+
+    uninstall(pruned)
+    for new_index, layer in enumerate(find_layers(pruned, site.path).layers):
+        _renumber(layer, new_index)
+    config = getattr(pruned, "config", None)
+    if config is not None:
+        per_layer = site.arch.per_layer_config if site.arch else ()
+        _prune_config(config, kept, num_layers, per_layer)
+    return pruned

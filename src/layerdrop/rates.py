@@ -1,0 +1,90 @@
+"""Per-layer drop rates: pure functions, no state.
+
+A *rate* is the probability that a layer is skipped for a training batch.
+LayerDrop (Fan et al., 2020) uses one rate for every layer. Two depth-dependent
+profiles are also common:
+
+* ``linear``: stochastic depth (Huang et al., 2016). Layer ``l`` (0-based) of
+  ``L`` drops with ``rate * (l + 1) / L``, so the last layer has ``rate``.
+* ``exponential``: LayerSkip (Elhoushi et al., 2024). Layer ``l`` drops with
+  ``rate * (exp(l * ln 2 / (L - 1)) - 1)``: 0 for the first layer, ``rate`` for
+  the last, growing exponentially in between.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+__all__ = [
+    "PER_LAYER",
+    "exponential_rates",
+    "layer_rates",
+    "linear_rates",
+    "uniform_rates",
+    "validate_rates",
+]
+
+
+def uniform_rates(rate: float, num_layers: int) -> tuple[float, ...]:
+    """The same rate for every layer (the paper's setting)."""
+    return (float(rate),) * num_layers
+
+
+def linear_rates(rate: float, num_layers: int) -> tuple[float, ...]:
+    """Stochastic depth: rates grow linearly with depth up to ``rate`` at the last layer."""
+    return tuple(rate * (i + 1) / num_layers for i in range(num_layers))
+
+
+def exponential_rates(rate: float, num_layers: int) -> tuple[float, ...]:
+    """LayerSkip: 0 at the first layer, ``rate`` at the last, exponential in between."""
+    if num_layers == 1:
+        return (float(rate),)
+    return tuple(rate * (math.exp(i * math.log(2) / (num_layers - 1)) - 1) for i in range(num_layers))
+
+
+PER_LAYER: dict[str, Callable[[float, int], tuple[float, ...]]] = {
+    "uniform": uniform_rates,
+    "linear": linear_rates,
+    "exponential": exponential_rates,
+}
+"""Named rate profiles, ``name -> f(rate, num_layers)``."""
+
+
+def validate_rates(rates: Sequence[float], num_layers: int) -> tuple[float, ...]:
+    """Return ``rates`` as a tuple of floats, or raise ``ValueError`` saying what is allowed."""
+    rates = tuple(rates)
+    if len(rates) != num_layers:
+        raise ValueError(
+            f"got {len(rates)} rates for a model with {num_layers} layers: pass exactly one rate per layer"
+        )
+    for i, r in enumerate(rates):
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 <= float(r) < 1.0:
+            raise ValueError(
+                f"rate of layer {i} is {r!r}: every rate must be a number in [0, 1) "
+                "(0 = never drop, values close to 1 = almost always drop)"
+            )
+    return tuple(float(r) for r in rates)
+
+
+def layer_rates(
+    num_layers: int,
+    rate: float | None = None,
+    *,
+    per_layer: str = "uniform",
+    rates: Sequence[float] | None = None,
+) -> tuple[float, ...]:
+    """Resolve the user's rate arguments into one validated rate per layer.
+
+    Pass either ``rate`` (with a ``per_layer`` profile) or an explicit ``rates`` list.
+    """
+    if rates is not None:
+        if rate is not None:
+            raise ValueError("pass either rate=... or rates=[...], not both")
+        return validate_rates(rates, num_layers)
+    if rate is None:
+        raise ValueError("pass rate=... (e.g. 0.2) or rates=[...] with one rate per layer")
+    if per_layer not in PER_LAYER:
+        raise ValueError(f"unknown per_layer profile {per_layer!r}; choose one of {sorted(PER_LAYER)}")
+    validate_rates([rate], 1)
+    return validate_rates(PER_LAYER[per_layer](float(rate), num_layers), num_layers)

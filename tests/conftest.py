@@ -1,0 +1,110 @@
+"""Tiny random models of every supported architecture, built offline in milliseconds."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+    XLMRobertaConfig,
+    XLMRobertaForSequenceClassification,
+)
+
+VOCAB = 99
+NUM_LAYERS = 4
+
+_BERTLIKE = dict(
+    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=NUM_LAYERS, num_attention_heads=4,
+    intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    max_position_embeddings=64, num_labels=3,
+)
+_LLAMALIKE = dict(
+    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=NUM_LAYERS, num_attention_heads=4,
+    num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64,
+)
+
+TINY: dict[str, Callable[[], nn.Module]] = {
+    "bert": lambda: BertForSequenceClassification(BertConfig(**_BERTLIKE)),
+    "roberta": lambda: RobertaForSequenceClassification(RobertaConfig(**_BERTLIKE, pad_token_id=1)),
+    "xlm-roberta": lambda: XLMRobertaForSequenceClassification(XLMRobertaConfig(**_BERTLIKE, pad_token_id=1)),
+    "distilbert": lambda: DistilBertForSequenceClassification(DistilBertConfig(
+        vocab_size=VOCAB, dim=32, n_layers=NUM_LAYERS, n_heads=4, hidden_dim=64, dropout=0.0,
+        attention_dropout=0.0, seq_classif_dropout=0.0, max_position_embeddings=64, num_labels=3)),
+    "gpt2": lambda: GPT2LMHeadModel(GPT2Config(
+        vocab_size=VOCAB, n_embd=32, n_layer=NUM_LAYERS, n_head=4, n_positions=64,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=1, eos_token_id=2)),
+    "llama": lambda: LlamaForCausalLM(LlamaConfig(**_LLAMALIKE)),
+    "mistral": lambda: MistralForCausalLM(MistralConfig(**_LLAMALIKE)),
+    "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**_LLAMALIKE)),
+}
+"""One tiny model per supported model_type, dropout off so outputs are deterministic."""
+
+DECODERS = ("gpt2", "llama", "mistral", "qwen2")
+
+
+class Block(nn.Module):
+    """A residual MLP block, the shape of any user-defined architecture."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.tanh(self.fc(x))
+
+
+class Custom(nn.Module):
+    """A model outside the architecture table: blocks at ``encoder.blocks``."""
+
+    def __init__(self, dim: int = 8, depth: int = NUM_LAYERS) -> None:
+        super().__init__()
+        self.encoder = nn.Module()
+        self.encoder.blocks = nn.ModuleList([Block(dim) for _ in range(depth)])
+        self.head = nn.Linear(dim, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.encoder.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def make(name: str, seed: int = 0) -> nn.Module:
+    """A tiny model of architecture ``name``, with weights fixed by ``seed``."""
+    torch.manual_seed(seed)
+    return TINY[name]()
+
+
+def tokens(batch: int = 2, length: int = 7, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(3, VOCAB, (batch, length), generator=g)
+
+
+def logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    return model(input_ids=ids).logits
+
+
+@pytest.fixture(params=sorted(TINY))
+def arch_name(request: pytest.FixtureRequest) -> str:
+    """Every architecture in the table, for the contract sweep."""
+    return request.param
+
+
+@pytest.fixture(params=DECODERS)
+def decoder_name(request: pytest.FixtureRequest) -> str:
+    return request.param
