@@ -366,3 +366,25 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch_name):
             assert grads[1][name] is None, name
         else:
             torch.testing.assert_close(grads[1][name], g, msg=name)
+
+
+def test_scale_rates_multiplies_rates_without_resetting_the_generator():
+    model = layerdrop.apply(Custom(), rate=0.6, layers="encoder.blocks", min_layers=0).train()
+    x = torch.randn(1, 8)
+    layerdrop.scale_rates(model, 0.0)
+    assert all(all(m) for m in _masks(model, 20, x))  # rate 0: nothing dropped
+    assert model.layerdrop_state.draws == 20  # but the generator advanced
+    layerdrop.scale_rates(model, 0.5)
+    assert model.layerdrop_state.rates == pytest.approx((0.3,) * NUM_LAYERS)
+
+
+def test_scale_factor_outside_unit_interval_is_rejected():
+    model = layerdrop.apply(Custom(), rate=0.6, layers="encoder.blocks")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        layerdrop.scale_rates(model, 1.5)
+
+
+def test_layers_run_counts_layers_of_training_forwards():
+    model = layerdrop.apply(Custom(), rate=0.5, layers="encoder.blocks").train()
+    masks = _masks(model, 10, torch.randn(1, 8))
+    assert model.layerdrop_state.layers_run == sum(sum(m) for m in masks)

@@ -16,6 +16,7 @@ from .core import (
     only_layers,
     remove,
     sample_keep_mask,
+    scale_rates,
     set_rng_state,
     state_of,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "prune",
     "remove",
     "sample_keep_mask",
+    "scale_rates",
     "set_rng_state",
     "state_of",
     "uniform_rates",

@@ -43,6 +43,7 @@ __all__ = [
     "only_layers",
     "remove",
     "sample_keep_mask",
+    "scale_rates",
     "set_rng_state",
     "state_of",
     "uninstall",
@@ -124,22 +125,33 @@ class LayerDropState:
         """A mask forced by :func:`only_layers`, used in train and eval mode alike."""
         self.depth = 0
         """How many hooked modules are inside their forward; the mask is drawn at 0 -> 1."""
+        self.scale = 1.0
+        """Multiplier on the configured rates, set by a schedule (see :func:`scale_rates`)."""
+        self.layers_run = 0
+        """Layers run, summed over all training forwards sampled so far (for logging)."""
 
     def begin_forward(self, training: bool) -> None:
         """Set the mask for the forward that is starting."""
         if self.fixed is not None:
             self.keep = self.fixed
         elif training:
-            mask = sample_keep_mask(self._rates, self.generator, self.settings.min_layers)
+            mask = sample_keep_mask(self._rates * self.scale, self.generator, self.settings.min_layers)
             self.keep = tuple(mask.tolist())
             self.draws += 1
+            self.layers_run += sum(self.keep)
         else:
             self.keep = (True,) * len(self.settings.rates)
+
+    @property
+    def rates(self) -> tuple[float, ...]:
+        """The rates in force now: the configured ones times :attr:`scale`."""
+        return tuple(r * self.scale for r in self.settings.rates)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LayerDropState:
         new = LayerDropState(self.settings, self.path)
         new.generator.set_state(self.generator.get_state())
         new.draws, new.keep, new.fixed = self.draws, self.keep, self.fixed
+        new.scale, new.layers_run = self.scale, self.layers_run
         return new
 
 
@@ -159,7 +171,7 @@ class _Gate:
             return hidden
         forward = self.inner if self.inner is not None else type(self.layer).forward.__get__(self.layer)
         out = forward(*args, **kwargs)
-        rate = self.state.settings.rates[self.index]
+        rate = self.state.settings.rates[self.index] * self.state.scale
         if self.state.settings.rescale and self.layer.training and rate > 0:
             return hidden + (out - hidden) / (1.0 - rate)
         return out
@@ -343,18 +355,33 @@ def only_layers(model: nn.Module, keep: Sequence[int], *, layers: str | None = N
             uninstall(model)
 
 
-def get_rng_state(model: nn.Module) -> dict[str, Any]:
-    """The mask generator's state, to save with a training checkpoint."""
+def _applied(model: nn.Module) -> LayerDropState:
     state = state_of(model)
     if state is None:
         raise ValueError("LayerDrop is not applied to this model; call layerdrop.apply(model) first")
-    return {"generator": state.generator.get_state(), "draws": state.draws}
+    return state
+
+
+def scale_rates(model: nn.Module, factor: float) -> None:
+    """Run with ``factor`` times the configured rates, e.g. during a warm-up schedule.
+
+    The configured rates (and the config record) stay as they are; the generator
+    is not reset. ``factor`` must be in [0, 1].
+    """
+    if not 0.0 <= factor <= 1.0:
+        raise ValueError(f"rate scale factor must be in [0, 1], got {factor!r}")
+    _applied(model).scale = float(factor)
+
+
+def get_rng_state(model: nn.Module) -> dict[str, Any]:
+    """The mask generator's state, to save with a training checkpoint."""
+    state = _applied(model)
+    return {"generator": state.generator.get_state(), "draws": state.draws, "layers_run": state.layers_run}
 
 
 def set_rng_state(model: nn.Module, rng_state: dict[str, Any]) -> None:
     """Restore :func:`get_rng_state`, so a resumed run draws the same masks."""
-    state = state_of(model)
-    if state is None:
-        raise ValueError("LayerDrop is not applied to this model; call layerdrop.apply(model) first")
+    state = _applied(model)
     state.generator.set_state(rng_state["generator"])
     state.draws = int(rng_state["draws"])
+    state.layers_run = int(rng_state.get("layers_run", 0))
