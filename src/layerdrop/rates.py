@@ -9,6 +9,9 @@ profiles are also common:
 * ``exponential``: LayerSkip (Elhoushi et al., 2024). Layer ``l`` drops with
   ``rate * (exp(l * ln 2 / (L - 1)) - 1)``: 0 for the first layer, ``rate`` for
   the last, growing exponentially in between.
+
+Schedules change the rates over training by a factor in [0, 1]: constant,
+a linear warm-up, and progressive layer dropping (Zhang & He, 2020).
 """
 
 from __future__ import annotations
@@ -18,11 +21,16 @@ from collections.abc import Callable, Sequence
 
 __all__ = [
     "PER_LAYER",
+    "SCHEDULES",
+    "constant_schedule",
     "exponential_rates",
     "layer_rates",
     "linear_rates",
+    "progressive_schedule",
+    "schedule_factor",
     "uniform_rates",
     "validate_rates",
+    "warmup_schedule",
 ]
 
 
@@ -88,3 +96,43 @@ def layer_rates(
         raise ValueError(f"unknown per_layer profile {per_layer!r}; choose one of {sorted(PER_LAYER)}")
     validate_rates([rate], 1)
     return validate_rates(PER_LAYER[per_layer](float(rate), num_layers), num_layers)
+
+
+# Schedules: a factor in [0, 1] on the configured rates, as a function of the optimizer step.
+
+
+def constant_schedule(step: int) -> float:
+    """The configured rates from the first step."""
+    return 1.0
+
+
+def warmup_schedule(step: int, warmup_steps: int) -> float:
+    """Rates grow linearly from 0 to the configured ones over ``warmup_steps`` steps."""
+    return 1.0 if warmup_steps <= 0 else min(1.0, step / warmup_steps)
+
+
+def progressive_schedule(step: int, gamma: float = 0.001) -> float:
+    """Progressive layer dropping (Zhang & He, 2020): factor ``1 - exp(-gamma * step)``.
+
+    Their keep probability is ``theta(t) = (1 - theta_bar) * exp(-gamma * t) + theta_bar``,
+    so the drop rate ``1 - theta(t)`` equals ``(1 - theta_bar) * (1 - exp(-gamma * t))``:
+    this factor times a configured rate of ``1 - theta_bar``. Their defaults are
+    ``theta_bar = 0.5`` (rate 0.5) and ``gamma = 0.001``; their depth profile is
+    ``per_layer="linear"``.
+    """
+    return 1.0 - math.exp(-gamma * step)
+
+
+SCHEDULES: tuple[str, ...] = ("constant", "warmup", "progressive")
+"""Names accepted by :func:`schedule_factor`."""
+
+
+def schedule_factor(name: str, step: int, *, warmup_steps: int = 0, gamma: float = 0.001) -> float:
+    """The factor of schedule ``name`` at optimizer step ``step``."""
+    if name == "constant":
+        return constant_schedule(step)
+    if name == "warmup":
+        return warmup_schedule(step, warmup_steps)
+    if name == "progressive":
+        return progressive_schedule(step, gamma)
+    raise ValueError(f"unknown rate schedule {name!r}; choose one of {list(SCHEDULES)}")

@@ -1,0 +1,209 @@
+"""The ``layerdrop`` command line: one typed function per subcommand.
+
+Each subcommand is a plain function. Its parameters become options (a
+parameter that is a frozen dataclass expands into one option per field), and
+``--help`` text comes from its docstring and the fields' docstrings. Only this
+module talks to the user.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import sys
+import textwrap
+import types
+import typing
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+__all__ = ["main"]
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def train(config: TrainConfig) -> int:
+    """Fine-tune or pre-train a model with LayerDrop, then evaluate and export it.
+
+    TASK is classification, mlm or clm. MODEL is a local folder, a bundled model
+    (minilm-l6, smollm2-135m) or a from-scratch preset (bert-tiny, gpt2-tiny, ...).
+
+    Examples:
+      layerdrop train classification minilm-l6 --data rotten-tomatoes --out runs/rt --rate 0.2
+      layerdrop train classification minilm-l6 --data 20newsgroups --long-doc mean --out runs/ng
+      layerdrop train clm gpt2-tiny --data kjv --out runs/kjv --rate 0.5 --schedule progressive
+    """
+    from .train import run
+
+    result = run(config)
+    where = f"resumed from {result.resumed_from.name}, " if result.resumed_from else ""
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
+    print(f"done: {config.task} {config.model} on {config.data}, {result.steps} steps, {where}"
+          f"{result.seconds:.0f} s; {shown}")
+    print(f"model: {result.model_dir}")
+    return 0
+
+
+def prune(model: str, out: str, depth: int | None = None, keep: str | None = None) -> int:
+    """Cut a saved model to fewer layers and write a plain Hugging Face checkpoint.
+
+    Also writes layerdrop.json with the kept layers and the parameter counts.
+    A classifier saved by `layerdrop train` keeps its head.
+
+    Args:
+        model: Model folder (or bundled model name) to prune.
+        out: Output folder; written atomically.
+        depth: Number of layers to keep, chosen every-other.
+        keep: Comma-separated 0-based layer indices to keep instead, e.g. 0,2,5.
+    """
+    from .prune import prune_saved
+
+    indices = None
+    if keep is not None:
+        try:
+            indices = [int(x) for x in keep.split(",") if x.strip()]
+        except ValueError:
+            raise ValueError(f"--keep takes comma-separated integers like 0,2,5, got {keep!r}") from None
+    record = prune_saved(model, out, depth=depth, keep=indices)
+    print(f"kept layers {record['kept_layers']} of {record['original_num_layers']}: "
+          f"{record['parameters_before'] / 1e6:.2f}M -> {record['parameters_after'] / 1e6:.2f}M parameters")
+    print(f"model: {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------- argparse from signatures
+
+
+def _train_config() -> type:
+    from .train import TrainConfig
+
+    return TrainConfig
+
+
+COMMANDS: dict[str, Callable[..., int]] = {"train": train, "prune": prune}
+POSITIONAL: dict[str, tuple[str, ...]] = {"train": ("task", "model"), "prune": ("model",)}
+DATACLASSES: dict[str, Callable[[], type]] = {"TrainConfig": _train_config}
+"""Dataclass parameters, by annotation; imported lazily so ``--help`` stays fast."""
+
+
+def _arg_docs(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
+    """Split a Google-style docstring into the text and per-argument help."""
+    doc = inspect.getdoc(func) or ""
+    text, _, args = doc.partition("\nArgs:\n")
+    helps: dict[str, str] = {}
+    name = None
+    for line in args.splitlines():
+        stripped = line.strip()
+        if line.startswith("    ") and not line.startswith("        ") and ":" in stripped:
+            name, _, rest = stripped.partition(":")
+            helps[name] = rest.strip()
+        elif name and stripped:
+            helps[name] += " " + stripped
+    return text.strip(), helps
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Docstrings written under dataclass fields."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+            docs[node.target.id] = " ".join(str(nxt.value.value).replace("``", "").split())  # type: ignore[attr-defined]
+    return docs
+
+
+def _option(parser: argparse.ArgumentParser, name: str, hint: Any, default: Any, help_: str,
+            positional: bool) -> None:
+    optional = False
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional, hint = True, args[0]
+    required = default is inspect.Parameter.empty or default is dataclasses.MISSING
+    flag = name if positional else "--" + name.replace("_", "-")
+    kwargs: dict[str, Any] = {"help": help_}
+    if hint is bool:
+        kwargs.update(action=argparse.BooleanOptionalAction, default=default)
+    else:
+        kwargs.update(type=hint, metavar=name.upper() if not positional else None)
+        if positional:
+            kwargs.pop("metavar")
+        elif required:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = default
+            if default is not None and not optional:
+                kwargs["help"] = f"{help_} (default: {default})"
+    if not positional:
+        kwargs["dest"] = name
+    parser.add_argument(flag, **kwargs)
+
+
+def _add_command(sub: Any, name: str, func: Callable[..., int]) -> None:
+    text, helps = _arg_docs(func)
+    summary = text.splitlines()[0] if text else name
+    parser = sub.add_parser(name, help=summary, description=text,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    for param in inspect.signature(func).parameters.values():
+        if param.annotation in DATACLASSES:
+            cls = DATACLASSES[param.annotation]()
+            hints = typing.get_type_hints(cls)
+            fdocs = _field_docs(cls)
+            for field in dataclasses.fields(cls):
+                _option(parser, field.name, hints[field.name], field.default, fdocs.get(field.name, ""),
+                        field.name in POSITIONAL.get(name, ()))
+            parser.set_defaults(_build={param.name: cls})
+        else:
+            hints = typing.get_type_hints(func)
+            _option(parser, param.name, hints[param.name], param.default, helps.get(param.name, ""),
+                    param.name in POSITIONAL.get(name, ()))
+    parser.set_defaults(_func=func)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``layerdrop`` parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="layerdrop",
+        description="LayerDrop: train a transformer once, prune it to any depth without retraining.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, func in COMMANDS.items():
+        _add_command(sub, name, func)
+    return parser
+
+
+def _call(ns: argparse.Namespace) -> int:
+    values = {k: v for k, v in vars(ns).items() if not k.startswith("_") and k != "command"}
+    func = ns._func
+    build = getattr(ns, "_build", None)
+    if build:
+        (param, cls), = build.items()
+        names = {f.name for f in dataclasses.fields(cls)}
+        return func(**{param: cls(**{k: v for k, v in values.items() if k in names})})
+    return func(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``layerdrop`` command."""
+    ns = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars; ours stay
+    hf_logging.set_verbosity_error()
+    try:
+        return _call(ns)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"layerdrop {ns.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+

@@ -1,0 +1,530 @@
+"""Training with LayerDrop: a Hugging Face ``Trainer`` callback, and the ``layerdrop train`` pipeline.
+
+Use the callback with your own ``Trainer``::
+
+    layerdrop.apply(model, rate=0.5)
+    trainer = Trainer(model=model, args=TrainingArguments(..., restore_callback_states_from_checkpoint=True))
+    layerdrop.train.attach(trainer, schedule="progressive")   # first in line, so TensorBoard sees its logs
+
+It drives a rate schedule, logs ``layerdrop/rate`` and ``layerdrop/layers_run``
+(mean layers actually run per forward since the last log), and stores the mask
+generator in each checkpoint so a resumed run repeats the same masks.
+
+:func:`run` is the whole pipeline behind ``layerdrop train``: data, model,
+LayerDrop, Trainer, evaluation and an atomic export.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    DataCollatorWithPadding,
+    PreTrainedTokenizerBase,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+from transformers.trainer_callback import ExportableState
+
+from . import data as datasets
+from .core import LayerDropState, apply, get_rng_state, scale_rates, set_rng_state, state_of
+from .files import atomic_dir, write_json
+from .models import META_FILE, Classifier, resolve, save_classifier
+from .rates import SCHEDULES, schedule_factor
+
+__all__ = [
+    "TASKS",
+    "LayerDropCallback",
+    "TrainConfig",
+    "TrainResult",
+    "attach",
+    "last_complete_checkpoint",
+    "run",
+]
+
+TASKS = ("classification", "mlm", "clm")
+"""What ``layerdrop train`` trains."""
+
+CHECKPOINT_DONE = "layerdrop-complete.json"
+"""Written last into a checkpoint folder: only checkpoints that have it are resumed from."""
+
+
+# --------------------------------------------------------------------------- callback
+
+
+def _applied(model: nn.Module) -> tuple[nn.Module, LayerDropState]:
+    for module in model.modules():
+        state = state_of(module)
+        if state is not None:
+            return module, state
+    raise ValueError(
+        "LayerDropCallback needs a model with LayerDrop applied: call layerdrop.apply(model, rate=...) "
+        "before training"
+    )
+
+
+def _encode_rng(rng: dict[str, Any]) -> dict[str, Any]:
+    return {**rng, "generator": base64.b64encode(rng["generator"].numpy().tobytes()).decode("ascii")}
+
+
+def _decode_rng(rng: dict[str, Any]) -> dict[str, Any]:
+    raw = bytearray(base64.b64decode(rng["generator"]))
+    return {**rng, "generator": torch.frombuffer(raw, dtype=torch.uint8).clone()}
+
+
+class LayerDropCallback(TrainerCallback, ExportableState):
+    """Rate schedule, logging and resumable masks for a LayerDrop model under HF ``Trainer``.
+
+    Args:
+        schedule: ``"constant"``, ``"warmup"`` (linear over ``warmup_steps``) or
+            ``"progressive"`` (Zhang & He 2020, with ``gamma``); see :mod:`layerdrop.rates`.
+        warmup_steps: Optimizer steps of the linear rate warm-up.
+        gamma: Decay of progressive layer dropping (their default 0.001).
+
+    The generator state is saved in ``trainer_state.json`` of each checkpoint. On
+    resume it is restored either by ``TrainingArguments(restore_callback_states_from_checkpoint=True)``
+    (Trainer then re-creates this callback at the end of its list, after the
+    reporting callbacks) or, keeping this instance in place, by :meth:`restore`.
+    """
+
+    def __init__(self, schedule: str = "constant", warmup_steps: int = 0, gamma: float = 0.001) -> None:
+        schedule_factor(schedule, 0, warmup_steps=warmup_steps, gamma=gamma)  # validates the name
+        self.schedule = schedule
+        self.warmup_steps = warmup_steps
+        self.gamma = gamma
+        self.rng: dict[str, Any] | None = None
+        """Generator state restored from a checkpoint, applied when training begins."""
+        self._model: nn.Module | None = None
+        self._last = (0, 0)
+
+    def restore(self, checkpoint: str | Path) -> None:
+        """Take the mask generator from ``checkpoint/trainer_state.json``; applied when training begins."""
+        path = Path(checkpoint) / "trainer_state.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{checkpoint} is not a Trainer checkpoint: it has no trainer_state.json")
+        saved = json.loads(path.read_text()).get("stateful_callbacks", {}).get(type(self).__name__)
+        if not saved:
+            raise ValueError(f"{checkpoint} holds no {type(self).__name__} state: was it trained with one?")
+        self.rng = (saved[0] if isinstance(saved, list) else saved)["attributes"]["rng"]
+
+    def _state(self) -> LayerDropState:
+        if self._model is None:
+            raise RuntimeError("LayerDropCallback is used before training began")
+        return _applied(self._model)[1]
+
+    def _set_scale(self, step: int) -> None:
+        module, _ = _applied(self._model)  # type: ignore[arg-type]
+        scale_rates(module, schedule_factor(self.schedule, step, warmup_steps=self.warmup_steps, gamma=self.gamma))
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+        self._model = model
+        module, ld = _applied(model)
+        if self.rng is not None:
+            set_rng_state(module, _decode_rng(self.rng))
+            self.rng = None
+        self._set_scale(state.global_step)
+        self._last = (ld.draws, ld.layers_run)
+
+    def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        self._set_scale(state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+        if logs is None or self._model is None or not any(k in logs for k in ("loss", "train_loss")):
+            return
+        ld = self._state()
+        extra = {"layerdrop/rate": round(sum(ld.rates) / len(ld.rates), 4)}
+        draws = ld.draws - self._last[0]
+        if draws:
+            extra["layerdrop/layers_run"] = round((ld.layers_run - self._last[1]) / draws, 3)
+        self._last = (ld.draws, ld.layers_run)
+        logs.update(extra)
+        if state.log_history:
+            state.log_history[-1].update(extra)
+
+    def state(self) -> dict[str, Any]:
+        """For ``Trainer``'s checkpoints: settings and the mask generator."""
+        module, _ = _applied(self._model) if self._model is not None else (None, None)
+        rng = _encode_rng(get_rng_state(module)) if module is not None else self.rng
+        return {
+            "args": {"schedule": self.schedule, "warmup_steps": self.warmup_steps, "gamma": self.gamma},
+            "attributes": {"rng": rng},
+        }
+
+
+def attach(trainer: Trainer, **kwargs: Any) -> LayerDropCallback:
+    """Add a :class:`LayerDropCallback` ahead of the reporting callbacks, and return it."""
+    callback = LayerDropCallback(**kwargs)
+    trainer.callback_handler.callbacks.insert(0, callback)
+    return callback
+
+
+class _MarkComplete(TrainerCallback):
+    """After ``Trainer`` has written a checkpoint, mark it complete (atomically)."""
+
+    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        if args.should_save:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                write_json(folder / CHECKPOINT_DONE, {"global_step": state.global_step})
+
+
+def last_complete_checkpoint(folder: str | Path) -> Path | None:
+    """The newest ``checkpoint-N`` under ``folder`` that was completely written."""
+    found = []
+    for p in Path(folder).glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / CHECKPOINT_DONE).is_file():
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``layerdrop train`` needs. Change with ``dataclasses.replace``."""
+
+    task: str
+    """``classification``, ``mlm`` (masked-LM continued pre-training) or ``clm`` (causal LM)."""
+    model: str
+    """A local model folder, a bundled name (``minilm-l6``, ``smollm2-135m``), a preset
+    (``bert-tiny``, ``gpt2-tiny``, ...) or, online, a hub name."""
+    data: str
+    """A bundled dataset name or a CSV/TSV/JSONL file or ``datasets`` folder."""
+    out: str
+    """Output folder: ``checkpoints/``, ``model/`` and ``metrics.json`` go here."""
+    rate: float = 0.2
+    """LayerDrop rate (0 trains without LayerDrop)."""
+    per_layer: str = "uniform"
+    """Rate profile over depth: uniform, linear or exponential."""
+    granularity: str = "layer"
+    """What is dropped: ``layer``, ``sublayer`` or ``head``."""
+    schedule: str = "constant"
+    """Rate schedule: constant, warmup or progressive."""
+    rate_warmup_steps: int = 0
+    """Steps of the linear rate warm-up (schedule ``warmup``)."""
+    pld_gamma: float = 0.001
+    """Decay of progressive layer dropping (schedule ``progressive``)."""
+    seed: int = 0
+    """Seed of data splits, initialisation, data order and LayerDrop masks."""
+    epochs: float = 3.0
+    """Training epochs (ignored when ``max_steps`` > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps, if positive."""
+    batch_size: int = 32
+    """Examples per device per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps accumulated per optimizer step."""
+    lr: float = 5e-5
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    lr_schedule: str = "linear"
+    """Learning-rate schedule after warm-up: ``linear`` or ``cosine``."""
+    warmup: float = 0.06
+    """Learning-rate warm-up: a fraction of training (< 1) or a number of steps."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+    dropout: float | None = None
+    """Override every dropout probability in the model config (``None`` keeps them)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the classification loss."""
+    bf16: bool = False
+    """bfloat16 mixed precision, where the hardware supports it."""
+    max_length: int = 128
+    """Tokens per example (classification) or per block (language modelling)."""
+    pooling: str = "mean"
+    """Classification pooling: mean, cls or last."""
+    long_doc: str | None = None
+    """Split long texts into overlapping windows and pool their logits: ``mean`` or ``max``."""
+    stride: int = 32
+    """Tokens shared by consecutive windows with ``long_doc``."""
+    train_rows: int | None = None
+    """Use only the first N training rows (the splits are shuffled)."""
+    eval_rows: int | None = None
+    """Use only the first N validation and test rows."""
+    tokenizer: str | None = None
+    """For presets: ``train`` (train one on the training text, the default) or a model to borrow from."""
+    vocab_size: int = 8000
+    """Vocabulary of a trained tokenizer."""
+    save_steps: int = 200
+    """Save a checkpoint every N optimizer steps."""
+    logging_steps: int = 20
+    """Log loss, rate and layers run every N steps."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in ``out/checkpoints``."""
+    progress: bool = True
+    """Show tqdm bars."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished ``layerdrop train`` run produced."""
+
+    out: Path
+    """The output folder."""
+    model_dir: Path
+    """The exported model (plain HF folder, plus the classifier head for classification)."""
+    metrics: dict[str, float]
+    """Validation and test metrics at full depth."""
+    steps: int
+    """Optimizer steps taken in total."""
+    seconds: float
+    """Wall time of this call."""
+    resumed_from: Path | None
+    """The checkpoint this run continued from, if any."""
+
+
+def _dropout_overrides(config: Any, p: float) -> dict[str, float]:
+    names = [k for k, v in config.to_dict().items()
+             if isinstance(v, float) and "layerdrop" not in k
+             and (k.endswith("dropout") or k.endswith("dropout_prob") or k.endswith("_pdrop"))]
+    return {k: p for k in names}
+
+
+def _load_model(cfg: TrainConfig, num_labels: int | None, texts: Sequence[str]) -> tuple[nn.Module, Any]:
+    from . import presets
+
+    if cfg.model in presets.PRESETS:
+        preset = presets.PRESETS[cfg.model]
+        if cfg.tokenizer in (None, "train"):
+            kind = "wordpiece" if preset.model_type == "bert" else "bpe"
+            tokenizer = presets.train_tokenizer(texts, kind, vocab_size=cfg.vocab_size)
+        else:
+            tokenizer = presets.borrow_tokenizer(cfg.tokenizer)
+        overrides = {}
+        if cfg.dropout is not None:
+            from transformers import AutoConfig
+
+            overrides = _dropout_overrides(AutoConfig.for_model(preset.model_type, **preset.config), cfg.dropout)
+        task = "classification" if cfg.task == "classification" else cfg.task
+        model = presets.build(cfg.model, tokenizer, task=task, num_labels=num_labels, seed=cfg.seed, **overrides)
+        if cfg.task == "classification":
+            model = Classifier(model, num_labels or 2, cfg.pooling)
+        return model, tokenizer
+
+    path, gguf_file = resolve(cfg.model)
+    local = Path(path)
+    if local.exists() and not (local / "config.json").is_file() and gguf_file is None:
+        raise FileNotFoundError(f"{path} is not a model folder: it has no config.json")
+    load_kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    tokenizer = AutoTokenizer.from_pretrained(path, **load_kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if cfg.dropout is not None:
+        from transformers import AutoConfig
+
+        load_kwargs.update(_dropout_overrides(AutoConfig.from_pretrained(path, **load_kwargs), cfg.dropout))
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)  # new weights (a head) are seeded without touching the caller's RNG
+        if cfg.task == "classification":
+            model = Classifier(AutoModel.from_pretrained(path, **load_kwargs), num_labels or 2, cfg.pooling)
+        elif cfg.task == "mlm":
+            model = AutoModelForMaskedLM.from_pretrained(path, **load_kwargs)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
+    return model, tokenizer
+
+
+class _Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.rows[i]
+
+
+def _batched(n: int, size: int = 512) -> list[range]:
+    return [range(i, min(n, i + size)) for i in range(0, n, size)]
+
+
+def encode_classification(
+    tokenizer: PreTrainedTokenizerBase, split: datasets.TextDataset, cfg: TrainConfig, desc: str
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """Tokenize a split; with ``long_doc``, each text becomes overlapping windows.
+
+    Returns the examples and, for each, the index of the text it came from.
+    """
+    rows: list[dict[str, Any]] = []
+    doc_of: list[int] = []
+    windows = cfg.long_doc is not None
+    for chunk in tqdm(_batched(len(split)), desc=desc, disable=not cfg.progress, unit="batch"):
+        enc = tokenizer([split.texts[i] for i in chunk], truncation=True, max_length=cfg.max_length,
+                        stride=cfg.stride if windows else 0, return_overflowing_tokens=windows)
+        origin = enc.pop("overflow_to_sample_mapping", list(range(len(chunk))))
+        for j in range(len(enc["input_ids"])):
+            doc = chunk[origin[j]]
+            row = {k: enc[k][j] for k in enc.keys()}
+            if split.labels is not None:
+                row["labels"] = split.labels[doc]
+            rows.append(row)
+            doc_of.append(doc)
+    return rows, doc_of
+
+
+def encode_lm(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], block: int, desc: str,
+              progress: bool) -> list[dict[str, Any]]:
+    """Concatenate tokenized texts (separated by EOS or SEP) and cut them into blocks of ``block`` tokens."""
+    sep = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    stream: list[int] = []
+    for chunk in tqdm(_batched(len(texts)), desc=desc, disable=not progress, unit="batch"):
+        for ids in tokenizer([texts[i] for i in chunk], add_special_tokens=False)["input_ids"]:
+            stream.extend(ids)
+            if sep is not None:
+                stream.append(sep)
+    n = len(stream) // block
+    if n == 0:
+        raise ValueError(f"{desc}: {len(stream)} tokens is less than one block of {block}; use less --max-length")
+    return [{"input_ids": stream[i * block:(i + 1) * block]} for i in range(n)]
+
+
+def _pooled_accuracy(logits: torch.Tensor, labels: Sequence[int], doc_of: Sequence[int], how: str | None) -> float:
+    docs = torch.tensor(doc_of)
+    n_docs = int(docs.max()) + 1
+    if how is None or how == "mean":
+        summed = torch.zeros(n_docs, logits.shape[1]).index_add_(0, docs, logits)
+        pooled = summed / torch.bincount(docs, minlength=n_docs).clamp(min=1).unsqueeze(1)  # (D, C)
+    elif how == "max":
+        pooled = torch.full((n_docs, logits.shape[1]), float("-inf")).index_reduce_(0, docs, logits, "amax")
+    else:
+        raise ValueError(f"unknown long-document pooling {how!r}; choose mean or max")
+    return float((pooled.argmax(1) == torch.tensor(labels[:n_docs])).float().mean())
+
+
+def _check(cfg: TrainConfig) -> None:
+    if cfg.task not in TASKS:
+        raise ValueError(f"unknown task {cfg.task!r}; choose one of {list(TASKS)}")
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown rate schedule {cfg.schedule!r}; choose one of {list(SCHEDULES)}")
+    if cfg.lr_schedule not in ("linear", "cosine"):
+        raise ValueError(f"unknown learning-rate schedule {cfg.lr_schedule!r}; choose linear or cosine")
+    if cfg.long_doc not in (None, "mean", "max"):
+        raise ValueError(f"unknown long-document pooling {cfg.long_doc!r}; choose mean or max")
+    if cfg.long_doc and cfg.task != "classification":
+        raise ValueError("--long-doc applies to classification only")
+    if cfg.long_doc and not 0 <= cfg.stride < cfg.max_length // 2:
+        raise ValueError(f"stride must be between 0 and max_length / 2 ({cfg.max_length // 2}), got {cfg.stride}")
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    """Train ``cfg.model`` with LayerDrop on ``cfg.data``; evaluate; export to ``cfg.out/model``."""
+    _check(cfg)
+    start = time.time()
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    resume_from = last_complete_checkpoint(ckpt_dir) if cfg.resume else None
+    if not cfg.resume and ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*")):
+        raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass --resume to continue that run, "
+                              "or choose another --out")
+
+    splits = datasets.load(cfg.data, seed=cfg.seed, label_column="label" if cfg.task == "classification" else None)
+    train_split, valid_split, test_split = splits.train, splits.valid, splits.test
+    if cfg.train_rows:
+        train_split = train_split.subset(range(min(cfg.train_rows, len(train_split))))
+    if cfg.eval_rows:
+        valid_split = valid_split.subset(range(min(cfg.eval_rows, len(valid_split))))
+        test_split = test_split.subset(range(min(cfg.eval_rows, len(test_split))))
+    if cfg.task == "classification" and train_split.labels is None:
+        raise ValueError(f"{cfg.data} has no labels; classification needs a label column")
+    num_labels = len(train_split.label_names) if train_split.label_names else None
+
+    model, tokenizer = _load_model(cfg, num_labels, train_split.texts)
+    if cfg.rate > 0:
+        extra = {"granularity": cfg.granularity} if cfg.granularity != "layer" else {}
+        apply(model, cfg.rate, per_layer=cfg.per_layer, seed=cfg.seed, **extra)
+
+    if cfg.task == "classification":
+        train_rows, _ = encode_classification(tokenizer, train_split, cfg, "tokenizing train")
+        evals = {name: encode_classification(tokenizer, split, cfg, f"tokenizing {name}")
+                 for name, split in (("valid", valid_split), ("test", test_split))}
+        collator: Any = DataCollatorWithPadding(tokenizer)
+    else:
+        train_rows = encode_lm(tokenizer, train_split.texts, cfg.max_length, "tokenizing train", cfg.progress)
+        evals = {name: (encode_lm(tokenizer, split.texts, cfg.max_length, f"tokenizing {name}", cfg.progress), [])
+                 for name, split in (("valid", valid_split), ("test", test_split))}
+        # MLM masking draws from the global RNG, which Trainer saves and restores on resume.
+        collator = DataCollatorForLanguageModeling(tokenizer, mlm=cfg.task == "mlm", mlm_probability=0.15)
+
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir),
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=max(cfg.batch_size, 64),
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_schedule,
+        warmup_steps=cfg.warmup,
+        max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else 0.0,
+        label_smoothing_factor=cfg.label_smoothing,
+        bf16=cfg.bf16,
+        seed=cfg.seed,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        logging_steps=cfg.logging_steps,
+        report_to="none",
+        disable_tqdm=not cfg.progress,
+        remove_unused_columns=False,
+        restore_callback_states_from_checkpoint=False,  # restored below, keeping the callback first
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=_Rows(train_rows), data_collator=collator,
+                      callbacks=[_MarkComplete()])
+    if cfg.rate > 0:
+        callback = attach(trainer, schedule=cfg.schedule, warmup_steps=cfg.rate_warmup_steps, gamma=cfg.pld_gamma)
+        if resume_from:
+            callback.restore(resume_from)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    metrics: dict[str, float] = {}
+    for name, (rows, doc_of) in evals.items():
+        if cfg.task == "classification":
+            pred = trainer.predict(_Rows(rows), metric_key_prefix=name)
+            split = valid_split if name == "valid" else test_split
+            metrics[f"{name}_accuracy"] = _pooled_accuracy(torch.as_tensor(pred.predictions), split.labels,
+                                                           doc_of, cfg.long_doc)
+        else:
+            loss = trainer.evaluate(_Rows(rows), metric_key_prefix=name)[f"{name}_loss"]
+            metrics[f"{name}_loss"] = loss
+            metrics[f"{name}_perplexity"] = math.exp(min(loss, 50.0))
+
+    model_dir = out / "model"
+    with atomic_dir(model_dir) as tmp:
+        meta = {"trained_with": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
+                "metrics": metrics}
+        if train_split.label_names:
+            meta["label_names"] = list(train_split.label_names)
+        if isinstance(model, Classifier):
+            save_classifier(model, tmp, extra=meta)
+        else:
+            model.save_pretrained(tmp)
+            write_json(tmp / META_FILE, {"task": cfg.task, **meta})
+        tokenizer.save_pretrained(tmp)
+    write_json(out / "metrics.json", metrics)
+    return TrainResult(out=out, model_dir=model_dir, metrics=metrics, steps=trainer.state.global_step,
+                       seconds=time.time() - start, resumed_from=resume_from)

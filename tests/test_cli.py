@@ -1,0 +1,89 @@
+"""End-to-end tests of the `layerdrop` command line."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+from layerdrop.cli import build_parser, main
+from layerdrop.models import load_classifier, resolve
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bert")
+    tok = AutoTokenizer.from_pretrained(resolve("minilm-l6")[0])
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "reviews.jsonl"
+    rows = [{"text": f"{w} film number {i}", "label": lab} for i in range(12)
+            for w, lab in (("good", "pos"), ("bad", "neg"))]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.mark.parametrize("command", sorted(build_parser()._subparsers._group_actions[0].choices))
+def test_every_subcommand_has_help_from_its_docstring(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: layerdrop " + command in text and len(text.splitlines()) > 8
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "layerdrop.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout and "prune" in out.stdout
+
+
+def test_train_then_prune_from_the_command_line(tmp_path, bert_dir, reviews, capsys):
+    run_dir = tmp_path / "run"
+    code = main(["train", "classification", bert_dir, "--data", reviews, "--out", str(run_dir), "--rate", "0.5",
+                 "--max-steps", "3", "--batch-size", "8", "--max-length", "16", "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "done: classification" in printed and f"model: {run_dir / 'model'}" in printed
+
+    small = tmp_path / "small"
+    assert main(["prune", str(run_dir / "model"), "--depth", "2", "--out", str(small)]) == 0
+    assert "kept layers [1, 3] of 4" in capsys.readouterr().out
+    encoder = AutoModel.from_pretrained(small)  # plain transformers
+    assert encoder.config.num_hidden_layers == 2
+    record = json.loads((small / "layerdrop.json").read_text())
+    assert record["pruning"]["kept_layers"] == [1, 3]
+    assert record["pruning"]["parameters_after"] < record["pruning"]["parameters_before"]
+    assert record["label_names"] == ["neg", "pos"]  # the training record is carried over
+    assert load_classifier(small).head.out_features == 2
+
+
+def test_prune_with_explicit_layers(tmp_path, bert_dir):
+    assert main(["prune", bert_dir, "--keep", "0,3", "--out", str(tmp_path / "k")]) == 0
+    assert AutoModel.from_pretrained(tmp_path / "k").config.layerdrop_pruning["kept_layers"] == [0, 3]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["prune", "{bert}", "--depth", "9", "--out", "{tmp}/x"], "depth must be an integer from 1 to 4"),
+        (["prune", "{bert}", "--keep", "0,a", "--out", "{tmp}/x"], "comma-separated integers"),
+        (["prune", "{tmp}", "--depth", "1", "--out", "{tmp}/x"], "not a model folder"),
+        (["prune", "./no/such/model", "--depth", "1", "--out", "{tmp}/x"], "no model folder"),
+        (["train", "poetry", "{bert}", "--data", "x", "--out", "{tmp}/x"], "unknown task"),
+        (["train", "classification", "{bert}", "--data", "nope", "--out", "{tmp}/x"], "nope"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(argv, message, tmp_path, bert_dir, capsys):
+    argv = [a.format(bert=bert_dir, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"layerdrop {argv[0]}: error:") and message in last

@@ -1,0 +1,291 @@
+"""Training: the Trainer callback, resumable masks, and the `layerdrop train` pipeline."""
+
+import csv
+import dataclasses
+import json
+
+import pytest
+import torch
+from transformers import (
+    AutoModel,
+    AutoTokenizer,
+    BertConfig,
+    BertForMaskedLM,
+    BertModel,
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+import layerdrop
+from layerdrop.models import Classifier, load_classifier, pool, resolve
+from layerdrop.rates import schedule_factor
+from layerdrop.train import LayerDropCallback, TrainConfig, _pooled_accuracy, attach, last_complete_checkpoint, run
+from conftest import make, tokens
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(resolve("minilm-l6")[0])
+
+
+def _tiny_dir(tmp_path_factory, tokenizer, kind):
+    folder = tmp_path_factory.mktemp(kind)
+    torch.manual_seed(0)
+    common = dict(vocab_size=tokenizer.vocab_size)
+    if kind == "bert":
+        model = BertModel(BertConfig(**common, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                     intermediate_size=64, max_position_embeddings=128))
+    elif kind == "bert-mlm":
+        model = BertForMaskedLM(BertConfig(**common, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                                           intermediate_size=64, max_position_embeddings=128))
+    else:
+        model = GPT2LMHeadModel(GPT2Config(**common, n_embd=32, n_layer=4, n_head=2, n_positions=128,
+                                           bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id))
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory, tokenizer):
+    return _tiny_dir(tmp_path_factory, tokenizer, "bert")
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "reviews.csv"
+    good = ["a good film", "great acting and a great story", "I loved it", "wonderful and moving", "superb"]
+    bad = ["a bad film", "awful acting and a dull story", "I hated it", "boring and slow", "terrible"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(8):
+            for t in good:
+                w.writerow([f"{t} {i}", "pos"])
+            for t in bad:
+                w.writerow([f"{t} {i}", "neg"])
+    return str(path)
+
+
+def _quick(**kw):
+    base = dict(batch_size=8, max_steps=4, save_steps=2, logging_steps=1, max_length=32, progress=False,
+                warmup=0.0, lr=1e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+# --------------------------------------------------------------------------- callback
+
+
+class _Record(TrainerCallback):
+    def __init__(self, model):
+        self.model, self.masks, self.scales = model, [], []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.masks.append(self.model.layerdrop_state.keep)
+        self.scales.append(self.model.layerdrop_state.scale)
+
+
+def _data(n=24):
+    ids = tokens(batch=n, length=6, seed=3)
+    return [{"input_ids": ids[i], "labels": torch.tensor(i % 3)} for i in range(n)]
+
+
+def _args(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path), max_steps=6, per_device_train_batch_size=4, report_to=[],
+                save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1, learning_rate=1e-3,
+                restore_callback_states_from_checkpoint=True)
+    return TrainingArguments(**{**base, **kw})
+
+
+@pytest.mark.parametrize("schedule", ["progressive", "warmup"])
+def test_callback_drives_the_rate_schedule(tmp_path, schedule):
+    model = layerdrop.apply(make("bert"), rate=0.5)
+    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=_data())
+    attach(trainer, schedule=schedule, warmup_steps=4, gamma=0.3)
+    record = _Record(model)
+    trainer.add_callback(record)
+    trainer.train()
+    expected = [schedule_factor(schedule, s, warmup_steps=4, gamma=0.3) for s in range(6)]
+    assert record.scales == pytest.approx(expected)
+
+
+def test_callback_logs_rate_and_layers_run(tmp_path):
+    model = layerdrop.apply(make("bert"), rate=0.5)
+    trainer = Trainer(model=model, args=_args(tmp_path), train_dataset=_data())
+    attach(trainer)
+    record = _Record(model)
+    trainer.add_callback(record)
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logged) == 6
+    assert all(h["layerdrop/rate"] == 0.5 for h in logged)
+    assert [h["layerdrop/layers_run"] for h in logged] == [sum(m) for m in record.masks]
+
+
+def test_restore_from_a_folder_without_state_is_explained(tmp_path):
+    with pytest.raises(FileNotFoundError, match="trainer_state.json"):
+        LayerDropCallback().restore(tmp_path)
+    (tmp_path / "trainer_state.json").write_text('{"stateful_callbacks": {}}')
+    with pytest.raises(ValueError, match="no LayerDropCallback state"):
+        LayerDropCallback().restore(tmp_path)
+
+
+def test_attach_puts_the_callback_first(tmp_path):
+    trainer = Trainer(model=layerdrop.apply(make("bert")), args=_args(tmp_path), train_dataset=_data())
+    callback = attach(trainer)
+    assert trainer.callback_handler.callbacks[0] is callback
+
+
+def test_callback_without_layerdrop_says_to_apply_it(tmp_path):
+    trainer = Trainer(model=make("bert"), args=_args(tmp_path), train_dataset=_data(), callbacks=[LayerDropCallback()])
+    with pytest.raises(ValueError, match="layerdrop.apply"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("how", ["trainer_restores", "restore_method"])
+def test_resumed_trainer_repeats_masks_and_losses(tmp_path, how):
+    def train(stop_at=None, resume=None):
+        model = layerdrop.apply(make("bert"), rate=0.5, seed=3)
+        args = _args(tmp_path / "ckpt", save_strategy="steps", save_steps=3,
+                     restore_callback_states_from_checkpoint=how == "trainer_restores")
+        callback = LayerDropCallback()
+        if resume and how == "restore_method":
+            callback.restore(resume)
+        trainer = Trainer(model=model, args=args, train_dataset=_data(), callbacks=[callback])
+        record = _Record(model)
+        trainer.add_callback(record)
+        if stop_at:
+            class Stop(TrainerCallback):
+                def on_step_end(self, args, state, control, **kwargs):
+                    control.should_training_stop = state.global_step >= stop_at
+            trainer.add_callback(Stop())
+        trainer.train(resume_from_checkpoint=resume)
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+        return record.masks, losses
+
+    full_masks, full_losses = train()
+    train(stop_at=3)
+    resumed_masks, resumed_losses = train(resume=str(tmp_path / "ckpt" / "checkpoint-3"))
+    assert resumed_masks == full_masks[3:]
+    assert resumed_losses[-3:] == pytest.approx(full_losses[3:], rel=1e-6)
+    assert len(set(full_masks)) > 1  # masks did vary
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def test_mean_pooling_ignores_padding():
+    hidden = torch.tensor([[[1.0], [3.0], [100.0]]])  # (1, 3, 1)
+    assert pool(hidden, torch.tensor([[1, 1, 0]]), "mean").item() == 2.0
+
+
+def test_last_pooling_takes_the_last_real_token():
+    hidden = torch.arange(6.0).reshape(2, 3, 1)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert pool(hidden, mask, "last").flatten().tolist() == [1.0, 5.0]
+
+
+def test_cls_pooling_takes_the_first_token():
+    hidden = torch.arange(6.0).reshape(2, 3, 1)
+    assert pool(hidden, None, "cls").flatten().tolist() == [0.0, 3.0]
+
+
+def test_unknown_pooling_lists_the_choices():
+    with pytest.raises(ValueError, match="mean"):
+        pool(torch.zeros(1, 2, 3), None, "max")
+
+
+def test_long_document_windows_are_pooled_per_document():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0], [5.0, 0.0]])  # 3 windows of doc 0, 1 of doc 1
+    docs = [0, 0, 0, 1]
+    assert _pooled_accuracy(logits, [0, 0], docs, "mean") == 1.0  # mean: (0.67, 0.67) ties -> class 0
+    assert _pooled_accuracy(logits, [1, 0], docs, "max") == 0.5  # max: (2, 1) -> class 0
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def test_classification_run_exports_a_plain_encoder_and_head(tmp_path, bert_dir, reviews):
+    result = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "run"), rate=0.5))
+    assert result.steps == 4 and set(result.metrics) == {"valid_accuracy", "test_accuracy"}
+    encoder = AutoModel.from_pretrained(result.model_dir)  # plain transformers
+    assert encoder.config.num_hidden_layers == 4
+    assert encoder.config.layerdrop_settings["rates"] == [0.5] * 4
+    clf = load_classifier(result.model_dir)
+    assert isinstance(clf, Classifier) and clf.head.out_features == 2
+    meta = json.loads((result.model_dir / "layerdrop.json").read_text())
+    assert meta["label_names"] == ["neg", "pos"] and meta["pooling"] == "mean"
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == result.metrics
+
+
+def test_long_doc_makes_overlapping_windows(tmp_path, bert_dir, reviews):
+    from layerdrop import data
+    from layerdrop.train import encode_classification
+
+    tok = AutoTokenizer.from_pretrained(bert_dir)
+    split = data.load(reviews).train
+    cfg = _quick(task="classification", model=bert_dir, data=reviews, out="x", max_length=8, stride=2,
+                 long_doc="mean")
+    rows, doc_of = encode_classification(tok, split, cfg, "t")
+    assert len(rows) > len(split) and sorted(set(doc_of)) == list(range(len(split)))
+    assert all(len(r["input_ids"]) <= 8 for r in rows)
+    assert all(r["labels"] == split.labels[d] for r, d in zip(rows, doc_of))
+
+
+def test_resumed_run_matches_an_uninterrupted_run(tmp_path, bert_dir, reviews):
+    cfg = _quick(task="classification", model=bert_dir, data=reviews, rate=0.5, dropout=0.1, out="")
+    full = run(dataclasses.replace(cfg, out=str(tmp_path / "full")))
+    out = tmp_path / "crashed"
+    run(dataclasses.replace(cfg, out=str(out)))
+    (out / "checkpoints" / "checkpoint-4" / "layerdrop-complete.json").unlink()  # as if it died while saving
+    assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"
+    resumed = run(dataclasses.replace(cfg, out=str(out), resume=True))
+    assert resumed.resumed_from.name == "checkpoint-2"
+    a = load_classifier(full.model_dir).state_dict()
+    b = load_classifier(resumed.model_dir).state_dict()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], msg=k)
+    assert resumed.metrics == pytest.approx(full.metrics)
+
+
+def test_existing_checkpoints_are_not_overwritten_without_resume(tmp_path, bert_dir, reviews):
+    cfg = _quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "r"), max_steps=2)
+    run(cfg)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(cfg)
+
+
+def test_mlm_run_reports_perplexity(tmp_path_factory, tokenizer, reviews, tmp_path):
+    folder = _tiny_dir(tmp_path_factory, tokenizer, "bert-mlm")
+    result = run(_quick(task="mlm", model=folder, data=reviews, out=str(tmp_path / "mlm"), max_length=16))
+    assert result.metrics["valid_perplexity"] > 1
+    assert type(AutoModel.from_pretrained(result.model_dir)).__name__ == "BertModel"
+
+
+def test_clm_run_exports_a_generating_model(tmp_path_factory, tokenizer, reviews, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    folder = _tiny_dir(tmp_path_factory, tokenizer, "gpt2")
+    result = run(_quick(task="clm", model=folder, data=reviews, out=str(tmp_path / "clm"), max_length=16,
+                        schedule="progressive"))
+    assert result.metrics["test_perplexity"] > 1
+    lm = AutoModelForCausalLM.from_pretrained(result.model_dir)
+    assert lm.generate(torch.tensor([[101, 2000]]), max_new_tokens=3, do_sample=False).shape == (1, 5)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"task": "translate"}, "unknown task"),
+        ({"schedule": "cosine"}, "unknown rate schedule"),
+        ({"lr_schedule": "step"}, "learning-rate schedule"),
+        ({"long_doc": "median"}, "long-document pooling"),
+        ({"stride": 20, "long_doc": "mean"}, "stride"),
+    ],
+)
+def test_bad_training_options_are_explained(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        run(_quick(**{"task": "classification", "model": "x", "data": "x", "out": str(tmp_path), **change}))
