@@ -2,7 +2,8 @@
 
 Supporting a new architecture means adding a row to :data:`ARCHITECTURES`.
 Any other model works when the caller names its ``nn.ModuleList`` of blocks,
-e.g. ``layers="encoder.blocks"``.
+e.g. ``layers="encoder.blocks"`` (whole layers only: the finer granularities
+need the ``sublayers`` and ``head_proj`` columns of a row).
 """
 
 from __future__ import annotations
@@ -11,7 +12,45 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "Arch", "LayerSite", "arch_for", "find_layers"]
+__all__ = ["ARCHITECTURES", "Arch", "LayerSite", "SKIPPED", "Sublayer", "arch_for", "find_layers"]
+
+SKIPPED = ("identity", "zeros")
+"""What a skipped sublayer can return; see :attr:`Sublayer.skipped`."""
+
+
+@dataclass(frozen=True)
+class Sublayer:
+    """One part of a block that ``granularity="sublayer"`` drops on its own."""
+
+    name: str
+    """What it is: ``"attention"`` or ``"feed_forward"``."""
+
+    path: str
+    """Attribute path inside a block. A submodule (its ``forward`` is gated) or a method of
+    the block or of a submodule (that method is gated), e.g. BERT's ``"feed_forward_chunk"``."""
+
+    skipped: str
+    """What a skipped one returns instead of being called. ``"identity"``: its first input,
+    for a sublayer that adds its own residual (and LayerNorm), so that it returns the
+    next hidden states. ``"zeros"``: zeros shaped like its first input, for a sublayer
+    whose block adds the residual outside it."""
+
+    returns_tuple: bool = False
+    """Whether it returns a tuple such as ``(attn_output, attn_weights)``; a skipped one
+    then returns ``(value, None)``."""
+
+    modules: tuple[str, ...] = ()
+    """Paths inside the block of the submodules whose compute it covers, when ``path`` is a
+    method; empty means the submodule at ``path``."""
+
+    def __post_init__(self) -> None:
+        if self.skipped not in SKIPPED:
+            raise ValueError(f"Sublayer {self.name!r}: skipped={self.skipped!r} must be one of {SKIPPED}")
+
+    @property
+    def covers(self) -> tuple[str, ...]:
+        """Paths of the submodules that do not run when it is skipped."""
+        return self.modules or (self.path,)
 
 
 @dataclass(frozen=True)
@@ -30,12 +69,48 @@ class Arch:
     per_layer_config: tuple[str, ...] = ()
     """Config attributes holding one entry per layer; pruning slices them."""
 
+    sublayers: tuple[Sublayer, ...] = ()
+    """The parts of a block dropped independently by ``granularity="sublayer"``;
+    empty if that granularity is not supported."""
+
+    head_proj: str | None = None
+    """Path inside a block of the attention output projection, whose input is the heads'
+    outputs side by side, ``(B, T, heads * head_dim)``; ``None`` if
+    ``granularity="head"`` is not supported."""
+
+    num_heads: str = "num_attention_heads"
+    """Config attribute holding the number of attention heads."""
+
+
+# Sublayers as the transformers 5 modeling code lays them out:
+# - BERT family: BertAttention returns (LayerNorm(dense(ctx) + input), attn_weights), its own
+#   residual and LayerNorm; feed_forward_chunk(x) returns LayerNorm(output(intermediate(x)) + x).
+# - DistilBERT: the block computes sa_layer_norm(attention(x)[0] + x), then
+#   output_layer_norm(ffn(h) + h): the residuals and LayerNorms are outside the sublayers.
+# - GPT-2 and Llama family (pre-norm): the block computes x + attn(ln_1(x))[0], then
+#   h + mlp(ln_2(h)): the residuals are outside, the norms run before each sublayer.
+_BERT_SUBLAYERS = (
+    Sublayer("attention", "attention", skipped="identity", returns_tuple=True),
+    Sublayer("feed_forward", "feed_forward_chunk", skipped="identity", modules=("intermediate", "output")),
+)
+
+
+def _residual_outside(attention: str, feed_forward: str) -> tuple[Sublayer, ...]:
+    return (
+        Sublayer("attention", attention, skipped="zeros", returns_tuple=True),
+        Sublayer("feed_forward", feed_forward, skipped="zeros"),
+    )
+
 
 ARCHITECTURES: tuple[Arch, ...] = (
-    Arch(("bert", "roberta", "xlm-roberta"), layers="encoder.layer", decoder=False),
-    Arch(("distilbert",), layers="transformer.layer", decoder=False),
-    Arch(("gpt2",), layers="h", decoder=True),
-    Arch(("llama", "mistral", "qwen2"), layers="layers", decoder=True, per_layer_config=("layer_types",)),
+    Arch(("bert", "roberta", "xlm-roberta"), layers="encoder.layer", decoder=False,
+         sublayers=_BERT_SUBLAYERS, head_proj="attention.output.dense"),
+    Arch(("distilbert",), layers="transformer.layer", decoder=False,
+         sublayers=_residual_outside("attention", "ffn"), head_proj="attention.out_lin"),
+    Arch(("gpt2",), layers="h", decoder=True,
+         sublayers=_residual_outside("attn", "mlp"), head_proj="attn.c_proj"),
+    Arch(("llama", "mistral", "qwen2"), layers="layers", decoder=True, per_layer_config=("layer_types",),
+         sublayers=_residual_outside("self_attn", "mlp"), head_proj="self_attn.o_proj"),
 )
 """The architectures found automatically."""
 

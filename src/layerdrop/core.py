@@ -10,7 +10,15 @@ states through unchanged, so its compute is actually saved. In eval mode every
 block runs. Outputs are not rescaled, as in the paper; ``rescale=True`` opts
 into stochastic-depth scaling of the kept blocks' updates instead.
 
-How: :func:`apply` puts a gate in each block's instance ``forward``, and
+Finer granularities, from the paper's comparison of structured dropouts (see
+``docs/granularity.md``): ``granularity="sublayer"`` drops each layer's
+attention and feed-forward sublayers independently (a dropped one is never
+called); ``granularity="head"`` zeroes attention heads (everything still runs,
+no compute is saved). Where the sublayers and head projections are comes from
+the architecture table.
+
+How: :func:`apply` puts a gate in each block's instance ``forward`` (and in each
+sublayer's, or a pre-hook on each attention output projection), and
 forward hooks on the model and on the module that loops over the blocks. The
 outermost of them to start a forward draws one keep-mask from a dedicated
 ``torch.Generator`` (never Python's ``random``, never the global RNG); the
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +39,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import find_layers
+from .arch import LayerSite, Sublayer, find_layers
 from .rates import layer_rates, validate_rates
 
 __all__ = [
     "CONFIG_KEY",
+    "GRANULARITIES",
     "LayerDropSettings",
     "LayerDropState",
     "apply",
@@ -43,6 +53,7 @@ __all__ = [
     "only_layers",
     "remove",
     "sample_keep_mask",
+    "sample_part_mask",
     "scale_rates",
     "set_rng_state",
     "state_of",
@@ -54,6 +65,9 @@ CONFIG_KEY = "layerdrop_settings"
 
 DEFAULT_RATE = 0.2
 """The rate used when none is given or recorded (the paper's usual choice)."""
+
+GRANULARITIES = ("layer", "sublayer", "head")
+"""What LayerDrop can drop: whole layers, attention / feed-forward sublayers, or attention heads."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,19 @@ class LayerDropSettings:
 
     layers: str | None = None
     """Attribute path of the block list, or ``None`` to find it from the architecture table."""
+
+    granularity: str = "layer"
+    """What is dropped, each with its layer's rate. ``"layer"``: whole layers (the paper's
+    LayerDrop). ``"sublayer"``: each layer's attention and feed-forward sublayers,
+    independently; a dropped one is never called. ``"head"``: each attention head is zeroed
+    independently; everything still runs, so no compute is saved. The finer two need an
+    architecture-table row that describes them (not a ``layers=`` path)."""
+
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(
+                f"granularity={self.granularity!r} is not one of {', '.join(map(repr, GRANULARITIES))}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, as written into ``model.config``."""
@@ -107,20 +134,61 @@ def sample_keep_mask(rates: torch.Tensor, generator: torch.Generator, min_layers
     return keep
 
 
-class LayerDropState:
-    """The live LayerDrop state of one model: settings, generator and current mask."""
+def sample_part_mask(
+    rates: torch.Tensor,
+    parts: int,
+    generator: torch.Generator,
+    min_layers: int = 0,
+    min_parts: int = 0,
+) -> torch.Tensor:
+    """Draw which parts (sublayers or heads) of each layer run, as a bool tensor ``(L, parts)``.
 
-    def __init__(self, settings: LayerDropSettings, path: str) -> None:
+    ``keep[i, j]`` is True with probability ``1 - rates[i]``, independently. Always draws
+    exactly ``len(rates) * parts`` numbers, so generators that start equal stay equal.
+    Then a layer keeping fewer than ``min_parts`` parts also keeps its dropped parts whose
+    draws came closest to their rate, and if fewer than ``min_layers`` layers keep any part,
+    the empty layers whose best draw came closest keep that part.
+    """
+    u = torch.rand((len(rates), parts), generator=generator, dtype=torch.float64)  # (L, P)
+    margin = u - rates[:, None]  # (L, P), >= 0 where kept
+    keep = u >= rates[:, None]  # (L, P)
+    short = (min_parts - keep.sum(1)).clamp(min=0)  # (L,)
+    if bool(short.any()):
+        order = margin.masked_fill(keep, float("-inf")).argsort(1, descending=True)  # (L, P) dropped, closest first
+        keep |= order.argsort(1) < short[:, None]  # each part's rank in that order
+    layers_short = min_layers - int(keep.any(1).sum())
+    if layers_short > 0:
+        best, part = margin.max(1)  # (L,), (L,): each layer's closest draw and its part
+        rows = best.masked_fill(keep.any(1), float("-inf")).topk(layers_short).indices
+        keep[rows, part[rows]] = True
+    return keep
+
+
+class LayerDropState:
+    """The live LayerDrop state of one model: settings, generator and current masks."""
+
+    def __init__(self, settings: LayerDropSettings, path: str, parts: int = 1) -> None:
         self.settings = settings
         self.path = path
         """Path of the block list inside the model."""
+        self.parts = parts
+        """Sublayers or heads per layer that masks are drawn over; 1 for granularity ``"layer"``."""
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(settings.seed)
         self.draws = 0
         """Training forwards sampled so far."""
         self._rates = torch.tensor(settings.rates, dtype=torch.float64)
         self.keep: tuple[bool, ...] = (True,) * len(settings.rates)
-        """The keep-mask of the current (or last) forward."""
+        """Per layer, whether it runs (any part of it) in the current (or last) forward."""
+        self.sublayer_keep: tuple[tuple[bool, ...], ...] | None = None
+        """Granularity ``"sublayer"``: per layer, which sublayers run, in the order of the
+        architecture's ``sublayers``. ``None`` at other granularities."""
+        self.head_keep: tuple[tuple[bool, ...], ...] | None = None
+        """Granularity ``"head"``: per layer, which attention heads are kept (not zeroed).
+        ``None`` at other granularities."""
+        self.head_scale: torch.Tensor | None = None
+        """Granularity ``"head"``, training forwards: ``(L, H)`` multipliers of the heads'
+        outputs (0 for a dropped head). ``None`` when every head passes unchanged."""
         self.fixed: tuple[bool, ...] | None = None
         """A mask forced by :func:`only_layers`, used in train and eval mode alike."""
         self.depth = 0
@@ -128,19 +196,51 @@ class LayerDropState:
         self.scale = 1.0
         """Multiplier on the configured rates, set by a schedule (see :func:`scale_rates`)."""
         self.layers_run = 0
-        """Layers run, summed over all training forwards sampled so far (for logging)."""
+        """Layers run (any part of them), summed over all training forwards sampled so far (for logging)."""
+        self._set_parts(None)
 
     def begin_forward(self, training: bool) -> None:
-        """Set the mask for the forward that is starting."""
-        if self.fixed is not None:
-            self.keep = self.fixed
-        elif training:
-            mask = sample_keep_mask(self._rates * self.scale, self.generator, self.settings.min_layers)
-            self.keep = tuple(mask.tolist())
+        """Set the masks for the forward that is starting."""
+        if self.fixed is None and training:
+            rates = self._rates * self.scale
+            granularity = self.settings.granularity
+            if granularity == "layer":
+                self.keep = tuple(sample_keep_mask(rates, self.generator, self.settings.min_layers).tolist())
+            else:
+                parts = sample_part_mask(rates, self.parts, self.generator, self.settings.min_layers,
+                                         min_parts=1 if granularity == "head" else 0)
+                self.keep = tuple(parts.any(1).tolist())
+                self._set_parts(parts, rates)
             self.draws += 1
             self.layers_run += sum(self.keep)
         else:
-            self.keep = (True,) * len(self.settings.rates)
+            self.keep = self.fixed if self.fixed is not None else (True,) * len(self.settings.rates)
+            self._set_parts(None)
+
+    def _set_parts(self, parts: torch.Tensor | None, rates: torch.Tensor | None = None) -> None:
+        """Record a drawn ``(L, parts)`` mask, or ``None`` for every part running as is."""
+        granularity = self.settings.granularity
+        if granularity == "layer":
+            return
+        full = parts if parts is not None else torch.ones(len(self.settings.rates), self.parts, dtype=torch.bool)
+        as_tuples = tuple(tuple(row) for row in full.tolist())
+        if granularity == "sublayer":
+            self.sublayer_keep = as_tuples
+            return
+        self.head_keep = as_tuples
+        self.head_scale = None
+        if parts is not None:
+            scale = parts.to(torch.float64)  # (L, H)
+            if self.settings.rescale:
+                scale = scale / (1.0 - rates)[:, None]
+            if not bool((scale == 1.0).all()):  # else the hooks have nothing to do
+                self.head_scale = scale
+
+    def runs(self, index: int, part: int | None = None) -> bool:
+        """Whether layer ``index`` (or its sublayer ``part``) runs in the current forward."""
+        if part is None:
+            return self.keep[index]
+        return self.sublayer_keep[index][part]
 
     @property
     def rates(self) -> tuple[float, ...]:
@@ -148,33 +248,100 @@ class LayerDropState:
         return tuple(r * self.scale for r in self.settings.rates)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LayerDropState:
-        new = LayerDropState(self.settings, self.path)
+        new = LayerDropState(self.settings, self.path, self.parts)
         new.generator.set_state(self.generator.get_state())
         new.draws, new.keep, new.fixed = self.draws, self.keep, self.fixed
         new.scale, new.layers_run = self.scale, self.layers_run
+        new.sublayer_keep, new.head_keep = self.sublayer_keep, self.head_keep
+        new.head_scale = None if self.head_scale is None else self.head_scale.clone()
         return new
 
 
-class _Gate:
-    """Installed as a block's ``forward``: runs the block, or skips it without calling it."""
+def _first_parameter(function: Any) -> str:
+    for param in inspect.signature(function).parameters.values():
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            return param.name
+    return "hidden_states"
 
-    def __init__(self, layer: nn.Module, index: int, state: LayerDropState) -> None:
-        self.layer = layer
-        self.index = index
+
+class _Gate:
+    """Gates one callable: a block's ``forward``, a sublayer's ``forward`` or a block method.
+
+    Installed as the instance attribute of the same name on ``owner``, so that Python finds
+    it before the class attribute. Calls the callable, or skips it without calling it and
+    returns what a skipped one returns: its first input (``"identity"``) or zeros shaped like
+    it (``"zeros"``), as ``(value, None)`` if the callable returns a tuple.
+    """
+
+    def __init__(self, owner: nn.Module, name: str, state: LayerDropState, index: int,
+                 part: int | None = None, sublayer: Sublayer | None = None) -> None:
+        self.owner = owner
+        self.name = name
         self.state = state
-        self.inner = layer.__dict__.get("forward")
-        """A forward some other library had already put on the instance (e.g. accelerate's hooks)."""
+        self.index = index
+        """The layer it belongs to."""
+        self.part = part
+        """Which of the layer's sublayers it gates; ``None`` for the whole layer."""
+        self.skipped = sublayer.skipped if sublayer is not None else "identity"
+        self.returns_tuple = sublayer.returns_tuple if sublayer is not None else False
+        self.rescales = state.settings.granularity == ("layer" if part is None else "sublayer")
+        """Whether it is the unit being dropped, so ``rescale=True`` scales its update."""
+        self.inner = owner.__dict__.get(name)
+        """A callable some other library had already put on the instance (e.g. accelerate's hooks)."""
+        self.input = _first_parameter(getattr(type(owner), name).__get__(owner))
+        """Name of the class callable's first parameter: the hidden states a skipped one passes on."""
+
+    def _wrapped(self) -> Any:
+        if self.inner is not None:
+            return self.inner
+        return getattr(type(self.owner), self.name).__get__(self.owner)
+
+    @property
+    def __signature__(self) -> inspect.Signature | None:
+        """The gated callable's signature, for code that inspects it (e.g. transformers'
+        ``apply_chunking_to_forward`` counts the parameters of ``feed_forward_chunk``)."""
+        try:
+            return inspect.signature(self._wrapped())
+        except (TypeError, ValueError):
+            return None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if not self.state.keep[self.index]:
-            return hidden
-        forward = self.inner if self.inner is not None else type(self.layer).forward.__get__(self.layer)
-        out = forward(*args, **kwargs)
-        rate = self.state.settings.rates[self.index] * self.state.scale
-        if self.state.settings.rescale and self.layer.training and rate > 0:
-            return hidden + (out - hidden) / (1.0 - rate)
-        return out
+        hidden = args[0] if args else kwargs[self.input]
+        if not self.state.runs(self.index, self.part):
+            value = hidden if self.skipped == "identity" else torch.zeros_like(hidden)
+            return (value, None) if self.returns_tuple else value
+        out = self._wrapped()(*args, **kwargs)
+        settings = self.state.settings
+        rate = settings.rates[self.index] * self.state.scale
+        if not (self.rescales and settings.rescale and self.owner.training and rate > 0):
+            return out
+        first = out[0] if self.returns_tuple else out
+        if self.skipped == "identity":
+            first = hidden + (first - hidden) / (1.0 - rate)
+        else:
+            first = first / (1.0 - rate)
+        return (first, *out[1:]) if self.returns_tuple else first
+
+
+class _HeadMask:
+    """Forward pre-hook on an attention output projection: zeroes the dropped heads' outputs."""
+
+    def __init__(self, state: LayerDropState, index: int, num_heads: int) -> None:
+        self.state = state
+        self.index = index
+        self.num_heads = num_heads
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        scale = self.state.head_scale
+        if scale is None:
+            return None
+        x = args[0]  # (B, T, H*d)
+        if x.shape[-1] % self.num_heads:
+            raise ValueError(f"head masking: the input width {x.shape[-1]} of {type(module).__name__} "
+                             f"does not split into {self.num_heads} heads")
+        mask = scale[self.index].to(device=x.device, dtype=x.dtype)  # (H,)
+        heads = x.unflatten(-1, (self.num_heads, -1))  # (B, T, H, d)
+        return ((heads * mask[:, None]).flatten(-2), *args[1:])  # (B, T, H*d)
 
 
 class _BeginPass:
@@ -204,12 +371,88 @@ def state_of(model: nn.Module) -> LayerDropState | None:
     return model.__dict__.get("layerdrop_state")
 
 
+def _unsupported(site: LayerSite, granularity: str, why: str) -> ValueError:
+    return ValueError(
+        f"granularity={granularity!r} is not supported for the blocks at {site.path!r}: {why}. "
+        f"Use granularity='layer', which works for any model."
+    )
+
+
+def _sublayer_target(layer: nn.Module, sublayer: Sublayer) -> tuple[nn.Module, str]:
+    """The module and attribute name to gate: a submodule's ``forward``, or a method."""
+    owner_path, _, attr = sublayer.path.rpartition(".")
+    try:
+        owner = layer.get_submodule(owner_path) if owner_path else layer
+    except AttributeError:
+        owner = None
+    found = getattr(owner, attr, None)
+    if isinstance(found, nn.Module):
+        return found, "forward"
+    if not callable(found):
+        raise ValueError(f"{type(layer).__name__} has no submodule or method {sublayer.path!r} "
+                         f"(the {sublayer.name} sublayer of its architecture row)")
+    return owner, attr
+
+
+def _head_projection(layer: nn.Module, path: str) -> nn.Module:
+    try:
+        return layer.get_submodule(path)
+    except AttributeError:
+        raise ValueError(f"{type(layer).__name__} has no attention output projection {path!r} "
+                         f"(the head_proj of its architecture row)") from None
+
+
+def _granularity_parts(model: nn.Module, site: LayerSite, granularity: str) -> int:
+    """How many parts per layer ``granularity`` draws masks over.
+
+    Raises ``ValueError``, changing nothing, if it is unsupported or a path of the row is missing.
+    """
+    if granularity == "layer":
+        return 1
+    arch = site.arch
+    if arch is None or not (site.path == arch.layers or site.path.endswith("." + arch.layers)):
+        raise _unsupported(site, granularity, "the finer granularities need an architecture-table row "
+                           "describing the blocks (see layerdrop.arch.ARCHITECTURES), and a layers= path "
+                           "has none")
+    if granularity == "sublayer":
+        if not arch.sublayers:
+            raise _unsupported(site, granularity, f"the {arch.model_types[0]} row has no sublayers column")
+        for layer in site.layers:
+            for sublayer in arch.sublayers:
+                _sublayer_target(layer, sublayer)
+        return len(arch.sublayers)
+    if arch.head_proj is None:
+        raise _unsupported(site, granularity, f"the {arch.model_types[0]} row has no head_proj column")
+    num_heads = getattr(getattr(model, "config", None), arch.num_heads, None)
+    if not isinstance(num_heads, int) or num_heads < 1:
+        raise _unsupported(site, granularity, f"config.{arch.num_heads} gives no number of heads")
+    for layer in site.layers:
+        _head_projection(layer, arch.head_proj)
+    return num_heads
+
+
 def install(model: nn.Module, settings: LayerDropSettings) -> LayerDropState:
-    """Put gates and the mask hook on `model`; no validation, no config record."""
+    """Put gates and the mask hooks on `model`; no config record.
+
+    Checks that the granularity is supported and finds every target before changing anything.
+    """
     site = find_layers(model, settings.layers)
-    state = LayerDropState(settings, site.path)
+    parts = _granularity_parts(model, site, settings.granularity)
+    state = LayerDropState(settings, site.path, parts)
+    gates = []
     for i, layer in enumerate(site.layers):
-        layer.forward = _Gate(layer, i, state)
+        gates.append(_Gate(layer, "forward", state, i))
+        if settings.granularity == "sublayer":
+            for j, sublayer in enumerate(site.arch.sublayers):
+                owner, name = _sublayer_target(layer, sublayer)
+                gates.append(_Gate(owner, name, state, i, part=j, sublayer=sublayer))
+    projections = []
+    if settings.granularity == "head":
+        projections = [_head_projection(layer, site.arch.head_proj) for layer in site.layers]
+    for gate in gates:
+        setattr(gate.owner, gate.name, gate)
+    for i, projection in enumerate(projections):
+        projection.register_forward_pre_hook(_HeadMask(state, i, parts))
     # Hook the model and the module that loops over the blocks: whichever is
     # called first draws the mask, so calling either one directly works.
     for module in {id(model): model, id(site.owner): site.owner}.values():
@@ -220,18 +463,21 @@ def install(model: nn.Module, settings: LayerDropSettings) -> LayerDropState:
 
 
 def uninstall(model: nn.Module) -> None:
-    """Take the gates, hook and state off ``model``; leave its config record alone."""
+    """Take the gates, hooks and state off ``model``; leave its config record alone."""
     state = state_of(model)
     if state is None:
         return
     site = find_layers(model, state.path)
     for layer in site.layers:
-        gate = layer.__dict__.get("forward")
-        if isinstance(gate, _Gate):
-            if gate.inner is None:
-                del layer.forward
-            else:
-                layer.forward = gate.inner
+        for module in layer.modules():
+            for name, gate in [(n, v) for n, v in vars(module).items() if isinstance(v, _Gate)]:
+                if gate.inner is None:
+                    delattr(module, name)
+                else:
+                    setattr(module, name, gate.inner)
+            hooks = module._forward_pre_hooks
+            for key in [k for k, h in hooks.items() if isinstance(h, _HeadMask)]:
+                del hooks[key]
     for module in (model, site.owner):
         for hooks in (module._forward_pre_hooks, module._forward_hooks):
             for key in [k for k, h in hooks.items() if isinstance(h, (_BeginPass, _EndPass))]:
@@ -254,6 +500,7 @@ def apply(
     min_layers: int | None = None,
     rescale: bool | None = None,
     layers: str | None = None,
+    granularity: str | None = None,
 ) -> nn.Module:
     """Make ``model`` depth-elastic in place, and return it.
 
@@ -270,6 +517,9 @@ def apply(
         rescale: Stochastic-depth scaling of kept layers (default off).
         layers: Attribute path of the ``nn.ModuleList`` of blocks, for
             architectures not in :data:`layerdrop.arch.ARCHITECTURES`.
+        granularity: What is dropped (default ``"layer"``): ``"layer"``, ``"sublayer"``
+            (attention and feed-forward independently) or ``"head"`` (attention heads
+            zeroed; saves no compute). See :attr:`LayerDropSettings.granularity`.
 
     With no ``rate`` and no ``rates``, the settings recorded in
     ``model.config.layerdrop_settings`` are used (re-arming a saved model),
@@ -280,7 +530,8 @@ def apply(
     recorded = _recorded(model)
     base = LayerDropSettings.from_dict(recorded) if recorded else None
     path = layers if layers is not None else (base.layers if base else None)
-    num_layers = len(find_layers(model, path).layers)
+    site = find_layers(model, path)
+    num_layers = len(site.layers)
     if rate is None and rates is None:
         if base is not None:
             resolved = validate_rates(base.rates, num_layers)
@@ -294,9 +545,11 @@ def apply(
         min_layers=min_layers if min_layers is not None else (base.min_layers if base else 1),
         rescale=rescale if rescale is not None else (base.rescale if base else False),
         layers=path,
+        granularity=granularity if granularity is not None else (base.granularity if base else "layer"),
     )
     if not 0 <= settings.min_layers <= num_layers:
         raise ValueError(f"min_layers={settings.min_layers} must be between 0 and the number of layers ({num_layers})")
+    _granularity_parts(model, site, settings.granularity)  # fail before the old gates come off
     uninstall(model)
     install(model, settings)
     config = getattr(model, "config", None)
