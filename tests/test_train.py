@@ -289,3 +289,56 @@ def test_clm_run_exports_a_generating_model(tmp_path_factory, tokenizer, reviews
 def test_bad_training_options_are_explained(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         run(_quick(**{"task": "classification", "model": "x", "data": "x", "out": str(tmp_path), **change}))
+
+
+# --------------------------------------------------------------------------- self-distillation, head lr
+
+
+def test_self_distill_loss_is_zero_for_identical_predictions_and_positive_otherwise():
+    from layerdrop.train import self_distill_loss
+
+    teacher = torch.randn(4, 7, 5)
+    assert self_distill_loss(teacher.clone(), teacher).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(4, 7, 5, requires_grad=True)
+    teacher.requires_grad_(True)
+    loss = self_distill_loss(student, teacher, temperature=2.0)
+    loss.backward()
+    assert loss.item() > 0 and student.grad is not None and teacher.grad is None
+
+
+def test_self_distill_runs_the_full_network_and_one_sampled_subnetwork(tmp_path):
+    from layerdrop.train import LayerDropTrainer
+
+    model = layerdrop.apply(make("bert"), rate=0.5, seed=2)
+    calls = [0] * 4
+    for i, layer in enumerate(layerdrop.find_layers(model).layers):
+        layer.attention.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    record = _Record(model)
+    trainer = LayerDropTrainer(model=model, args=_args(tmp_path, max_steps=3), train_dataset=_data(),
+                               self_distill=True, callbacks=[record])
+    trainer.train()
+    assert model.layerdrop_state.draws == 3  # the full-network pass draws no mask
+    assert calls == [3 + sum(m[i] for m in record.masks) for i in range(4)]
+
+
+def test_head_lr_gives_the_head_its_own_learning_rate(tmp_path):
+    from layerdrop.train import LayerDropTrainer
+
+    clf = Classifier(make("bert").bert, num_labels=3)
+    trainer = LayerDropTrainer(model=clf, args=_args(tmp_path, learning_rate=1e-4), train_dataset=_data(),
+                               head_lr=1e-2)
+    opt = trainer.create_optimizer()
+    head_ids = {id(p) for p in clf.head.parameters()}
+    for group in opt.param_groups:
+        in_head = {id(p) in head_ids for p in group["params"]}
+        assert len(in_head) == 1
+        assert group["lr"] == (1e-2 if in_head.pop() else 1e-4)
+
+
+def test_self_distill_run_trains_and_needs_a_rate(tmp_path, bert_dir, reviews):
+    result = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "sd"),
+                        rate=0.5, self_distill=True, max_steps=2, head_lr=1e-2))
+    assert result.steps == 2
+    with pytest.raises(ValueError, match="--rate > 0"):
+        run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "x"), rate=0.0,
+                   self_distill=True))

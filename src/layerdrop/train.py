@@ -45,7 +45,7 @@ from transformers import (
 from transformers.trainer_callback import ExportableState
 
 from . import data as datasets
-from .core import LayerDropState, apply, get_rng_state, scale_rates, set_rng_state, state_of
+from .core import LayerDropState, apply, get_rng_state, only_layers, scale_rates, set_rng_state, state_of
 from .files import atomic_dir, write_json
 from .models import META_FILE, Classifier, resolve, save_classifier
 from .rates import SCHEDULES, schedule_factor
@@ -53,11 +53,13 @@ from .rates import SCHEDULES, schedule_factor
 __all__ = [
     "TASKS",
     "LayerDropCallback",
+    "LayerDropTrainer",
     "TrainConfig",
     "TrainResult",
     "attach",
     "last_complete_checkpoint",
     "run",
+    "self_distill_loss",
 ]
 
 TASKS = ("classification", "mlm", "clm")
@@ -176,6 +178,67 @@ def attach(trainer: Trainer, **kwargs: Any) -> LayerDropCallback:
     return callback
 
 
+def self_distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) on softened predictions, averaged over predictions, times ``T**2``.
+
+    ``student`` and ``teacher`` are logits ``(..., C)``; the teacher is not back-propagated through.
+    """
+    s = (student / temperature).flatten(0, -2).log_softmax(-1)  # (N, C)
+    t = (teacher.detach() / temperature).flatten(0, -2).log_softmax(-1)  # (N, C)
+    return nn.functional.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
+
+
+class LayerDropTrainer(Trainer):
+    """``Trainer`` with two LayerDrop options: self-distillation and a separate head learning rate.
+
+    Args:
+        self_distill: Per step, the full network (every layer) learns the task and the
+            sub-network LayerDrop samples learns to match the full network's predictions.
+            Costs one extra forward and backward of the sub-network per step.
+        distill_weight: Weight of the KL term.
+        distill_temperature: Softmax temperature of the soft targets.
+        head_lr: Learning rate of parameters under ``head.`` (a :class:`Classifier`'s head).
+    """
+
+    def __init__(self, *args: Any, self_distill: bool = False, distill_weight: float = 1.0,
+                 distill_temperature: float = 1.0, head_lr: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.self_distill = self_distill
+        self.distill_weight = distill_weight
+        self.distill_temperature = distill_temperature
+        self.head_lr = head_lr
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+        if not (self.self_distill and model.training):
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        module, state = _applied(model)
+        inputs = dict(inputs)
+        labels = inputs.pop("labels") if self.label_smoother is not None else None
+        with only_layers(module, range(len(state.settings.rates))):
+            full = model(**inputs)  # the whole network, on the task
+        task = self.label_smoother(full, labels) if labels is not None else full.loss
+        sub = model(**{k: v for k, v in inputs.items() if k != "labels"})  # a sampled sub-network
+        loss = task + self.distill_weight * self_distill_loss(sub.logits, full.logits, self.distill_temperature)
+        return (loss, full) if return_outputs else loss
+
+    def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]
+        if self.head_lr is None:
+            return super().create_optimizer(model)
+        model = model if model is not None else self.model
+        decay = set(self.get_decay_parameter_names(model))
+        groups = []
+        for in_head in (False, True):
+            for decayed in (True, False):
+                params = [p for n, p in model.named_parameters()
+                          if p.requires_grad and n.startswith("head.") == in_head and (n in decay) == decayed]
+                if params:
+                    groups.append({"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0,
+                                   "lr": self.head_lr if in_head else self.args.learning_rate})
+        self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=(self.args.adam_beta1,
+                                           self.args.adam_beta2), eps=self.args.adam_epsilon)
+        return self.optimizer
+
+
 class _MarkComplete(TrainerCallback):
     """After ``Trainer`` has written a checkpoint, mark it complete (atomically)."""
 
@@ -248,6 +311,15 @@ class TrainConfig:
     """Override every dropout probability in the model config (``None`` keeps them)."""
     label_smoothing: float = 0.0
     """Label smoothing of the classification loss."""
+    head_lr: float | None = None
+    """A separate learning rate for the classification head (``None``: same as ``lr``)."""
+    self_distill: bool = False
+    """Each step, train the full network on the task and a sampled sub-network toward
+    the full network's predictions (KL on soft targets), as DynaBERT does for depth."""
+    distill_weight: float = 1.0
+    """Weight of the sub-network's KL term with ``self_distill``."""
+    distill_temperature: float = 1.0
+    """Softmax temperature of the soft targets with ``self_distill``."""
     bf16: bool = False
     """bfloat16 mixed precision, where the hardware supports it."""
     max_length: int = 128
@@ -493,8 +565,12 @@ def run(cfg: TrainConfig) -> TrainResult:
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
-    trainer = Trainer(model=model, args=args, train_dataset=_Rows(train_rows), data_collator=collator,
-                      callbacks=[_MarkComplete()])
+    if cfg.self_distill and cfg.rate <= 0:
+        raise ValueError("--self-distill trains LayerDrop sub-networks: it needs --rate > 0")
+    trainer = LayerDropTrainer(model=model, args=args, train_dataset=_Rows(train_rows), data_collator=collator,
+                               callbacks=[_MarkComplete()], self_distill=cfg.self_distill,
+                               distill_weight=cfg.distill_weight, distill_temperature=cfg.distill_temperature,
+                               head_lr=cfg.head_lr)
     if cfg.rate > 0:
         callback = attach(trainer, schedule=cfg.schedule, warmup_steps=cfg.rate_warmup_steps, gamma=cfg.pld_gamma)
         if resume_from:

@@ -1,0 +1,141 @@
+"""Quality, latency and size at every depth, without copying the model.
+
+A depth sweep runs the full model restricted to the kept layers
+(:func:`layerdrop.only_layers`): skipped layers are never called, so the
+quality and latency measured are those of the pruned model (the tests check
+that the pruned model's outputs are identical).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .arch import find_layers
+from .core import only_layers
+from .prune import every_other
+
+__all__ = [
+    "DepthResult",
+    "accuracy",
+    "depth_sweep",
+    "latency_ms",
+    "parameters_at",
+    "perplexity",
+]
+
+
+@dataclass(frozen=True)
+class DepthResult:
+    """One point of a sweep."""
+
+    depth: int
+    """Layers kept."""
+    kept: tuple[int, ...]
+    """Which layers (0-based, original numbering)."""
+    score: float
+    """The metric: accuracy in [0, 1], or perplexity."""
+    parameters: int
+    """Parameters of the model pruned to these layers."""
+    latency_ms: float | None = None
+    """Median milliseconds per batch, if measured."""
+
+
+def parameters_at(model: nn.Module, kept: Sequence[int], layers: str | None = None) -> int:
+    """Parameter count of ``model`` pruned to ``kept``, without pruning it."""
+    site = find_layers(model, layers)
+    dropped = sum(p.numel() for i, layer in enumerate(site.layers) if i not in set(kept) for p in layer.parameters())
+    return sum(p.numel() for p in model.parameters()) - dropped
+
+
+def _batches(rows: Sequence[dict[str, Any]], size: int, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]):
+    for i in range(0, len(rows), size):
+        yield collate(list(rows[i:i + size]))
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module,
+    rows: Sequence[dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    *,
+    batch_size: int = 64,
+    doc_of: Sequence[int] | None = None,
+    doc_labels: Sequence[int] | None = None,
+    long_doc: str | None = None,
+) -> float:
+    """Classification accuracy; with ``doc_of``, window logits are pooled per document first."""
+    model.eval()
+    logits, labels = [], []
+    for batch in _batches(rows, batch_size, collate):
+        labels.append(batch.pop("labels"))
+        logits.append(model(**batch).logits.float())
+    all_logits = torch.cat(logits)  # (N, C)
+    if doc_of is None:
+        return float((all_logits.argmax(-1) == torch.cat(labels)).float().mean())
+    from .train import _pooled_accuracy
+
+    return _pooled_accuracy(all_logits, list(doc_labels or []), doc_of, long_doc)
+
+
+@torch.no_grad()
+def perplexity(
+    model: nn.Module,
+    rows: Sequence[dict[str, Any]],
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    *,
+    batch_size: int = 16,
+) -> float:
+    """Token-weighted perplexity of a language model over ``rows`` (blocks with labels from ``collate``)."""
+    model.eval()
+    total, count = 0.0, 0
+    for batch in _batches(rows, batch_size, collate):
+        n = int((batch["labels"] != -100).sum())
+        total += float(model(**batch).loss) * n
+        count += n
+    return math.exp(min(total / max(count, 1), 50.0))
+
+
+@torch.no_grad()
+def latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], *, reps: int = 10, warmup: int = 2) -> float:
+    """Median wall milliseconds of one eval forward on ``batch``."""
+    model.eval()
+    times = []
+    for i in range(warmup + reps):
+        start = time.perf_counter()
+        model(**batch)
+        if i >= warmup:
+            times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def depth_sweep(
+    model: nn.Module,
+    score: Callable[[nn.Module], float],
+    *,
+    depths: Sequence[int] | None = None,
+    choose: Callable[[int, int], Sequence[int]] = every_other,
+    latency_batch: dict[str, torch.Tensor] | None = None,
+    latency_reps: int = 10,
+    layers: str | None = None,
+    progress: bool = False,
+    desc: str = "depths",
+) -> list[DepthResult]:
+    """Score ``model`` at each depth (default 1..L) with the layers ``choose(L, depth)`` keeps."""
+    num_layers = len(find_layers(model, layers).layers)
+    results = []
+    for depth in tqdm(list(depths or range(1, num_layers + 1)), desc=desc, disable=not progress):
+        kept = tuple(choose(num_layers, depth))
+        with only_layers(model, kept, layers=layers):
+            value = score(model)
+            ms = latency_ms(model, latency_batch, reps=latency_reps) if latency_batch is not None else None
+        results.append(DepthResult(depth, kept, value, parameters_at(model, kept, layers), ms))
+    return results

@@ -1,0 +1,112 @@
+"""Tables and plots of quality against depth and latency: Markdown, CSV-ready rows and PNG.
+
+Plots need matplotlib (``pip install layerdrop[plot]``); everything else is plain text.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .evaluate import DepthResult
+from .files import write_bytes
+
+__all__ = ["depth_table", "markdown_table", "pareto_front", "plot_quality_vs_depth", "plot_quality_vs_latency"]
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float, metric: str) -> str:
+    return f"{100 * value:.1f} %" if metric == "accuracy" else f"{value:.2f}"
+
+
+def depth_table(series: Mapping[str, Sequence[DepthResult]], metric: str) -> str:
+    """One row per depth, one column per series (e.g. with and without LayerDrop)."""
+    depths = sorted({r.depth for results in series.values() for r in results}, reverse=True)
+    by = {name: {r.depth: r for r in results} for name, results in series.items()}
+    rows = []
+    for d in depths:
+        any_result = next(by[n][d] for n in by if d in by[n])
+        row: list[Any] = [d, ", ".join(map(str, any_result.kept))]
+        row += [_fmt(by[n][d].score, metric) if d in by[n] else "–" for n in series]
+        rows.append(row)
+    return markdown_table(["depth", "layers kept", *[f"{n} ({metric})" for n in series]], rows)
+
+
+def pareto_front(points: Sequence[tuple[float, float]], *, higher_is_better: bool = True) -> list[int]:
+    """Indices of points (latency, quality) that no other point beats on both axes."""
+    front = []
+    for i, (lat, q) in enumerate(points):
+        dominated = any(
+            (l2 <= lat and (q2 >= q if higher_is_better else q2 <= q)) and (l2, q2) != (lat, q)
+            for l2, q2 in points
+        )
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("plots need matplotlib: pip install 'layerdrop[plot]'") from err
+    return plt
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    fig.clf()
+    return write_bytes(path, buf.getvalue())
+
+
+def plot_quality_vs_depth(series: Mapping[str, Sequence[DepthResult]], metric: str, path: str | Path,
+                          *, title: str = "") -> Path:
+    """Line plot of the metric against depth, one line per series; written atomically as PNG."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, results in series.items():
+        pts = sorted((r.depth, r.score * (100 if metric == "accuracy" else 1)) for r in results)
+        ax.plot([d for d, _ in pts], [s for _, s in pts], marker="o", label=name)
+    ax.set_xlabel("layers kept")
+    ax.set_ylabel("accuracy (%)" if metric == "accuracy" else metric)
+    if metric == "perplexity":
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_quality_vs_latency(series: Mapping[str, Sequence[DepthResult]], metric: str, path: str | Path,
+                            *, title: str = "") -> Path:
+    """Scatter of quality against latency, with each series' Pareto front drawn as a line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    higher = metric == "accuracy"
+    for name, results in series.items():
+        pts = [(r.latency_ms or 0.0, r.score * (100 if higher else 1)) for r in results]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=name, alpha=0.6)
+        front = sorted(pts[i] for i in pareto_front(pts, higher_is_better=higher))
+        ax.plot([p[0] for p in front], [p[1] for p in front], linewidth=1)
+    ax.set_xlabel("latency (ms per batch)")
+    ax.set_ylabel("accuracy (%)" if higher else metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
