@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) examples/quickstart.py
+	$(VENV)/bin/layerdrop demo
 
 bench: $(STAMP)
 	$(PY) bench/core.py

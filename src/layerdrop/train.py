@@ -344,6 +344,8 @@ class TrainConfig:
     """Log loss, rate and layers run every N steps."""
     resume: bool = False
     """Continue from the newest complete checkpoint in ``out/checkpoints``."""
+    evaluate: bool = True
+    """Score the validation and test splits at full depth after training."""
     progress: bool = True
     """Show tqdm bars."""
 
@@ -530,12 +532,12 @@ def run(cfg: TrainConfig) -> TrainResult:
     if cfg.task == "classification":
         train_rows, _ = encode_classification(tokenizer, train_split, cfg, "tokenizing train")
         evals = {name: encode_classification(tokenizer, split, cfg, f"tokenizing {name}")
-                 for name, split in (("valid", valid_split), ("test", test_split))}
+                 for name, split in (("valid", valid_split), ("test", test_split)) if cfg.evaluate}
         collator: Any = DataCollatorWithPadding(tokenizer)
     else:
         train_rows = encode_lm(tokenizer, train_split.texts, cfg.max_length, "tokenizing train", cfg.progress)
         evals = {name: (encode_lm(tokenizer, split.texts, cfg.max_length, f"tokenizing {name}", cfg.progress), [])
-                 for name, split in (("valid", valid_split), ("test", test_split))}
+                 for name, split in (("valid", valid_split), ("test", test_split)) if cfg.evaluate}
         # MLM masking draws from the global RNG, which Trainer saves and restores on resume.
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=cfg.task == "mlm", mlm_probability=0.15)
 
