@@ -32,3 +32,23 @@ def test_minilm_applies_prunes_saves_and_reloads_with_plain_transformers(minilm,
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).last_hidden_state, expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(small.eval()(**batch).last_hidden_state, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_smollm2_gguf_converts_once_into_a_plain_trainable_folder(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_utils import validate_quantization_for_training
+
+    from layerdrop.models import local_folder
+
+    monkeypatch.setenv("LAYERDROP_CACHE", str(tmp_path))
+    folder = local_folder("smollm2-135m")
+    assert folder.startswith(str(tmp_path)) and local_folder("smollm2-135m") == folder  # converted once
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert getattr(model, "hf_quantizer", None) is None and model.config.num_hidden_layers == 30
+    validate_quantization_for_training(model)  # Trainer would accept it
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok("In the beginning God created", return_tensors="pt").input_ids
+    small = layerdrop.prune(layerdrop.apply(model, rate=0.5), depth=15).eval()
+    assert small.config.num_hidden_layers == 15
+    out = small.generate(ids, max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, ids.shape[1] + 3)

@@ -8,8 +8,10 @@ unchanged, which keeps hub names working for users who are online.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from .files import write_json
+from .files import atomic_dir, write_json
 
 __all__ = [
     "BUNDLED_MODELS",
@@ -30,6 +32,7 @@ __all__ = [
     "Classifier",
     "load_classifier",
     "load_saved",
+    "local_folder",
     "pool",
     "resolve",
     "save_classifier",
@@ -67,6 +70,42 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
     ),
 }
 """Short name -> where the weights are."""
+
+
+CACHE_ENV = "LAYERDROP_CACHE"
+"""Environment variable naming the cache folder (default ``~/.cache/layerdrop``)."""
+
+
+def cache_dir() -> Path:
+    """Where converted bundled models are kept."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "layerdrop")
+
+
+def local_folder(name_or_path: str) -> str:
+    """A plain Hugging Face folder for ``name_or_path``, ready for ``from_pretrained`` and training.
+
+    A model shipped as GGUF is converted once: loaded (dequantized to float32),
+    stripped of its GGUF quantizer, which would make ``Trainer`` refuse it, and
+    saved into :func:`cache_dir` atomically. Later calls return that folder.
+    """
+    path, gguf_file = resolve(name_or_path)
+    if gguf_file is None:
+        return path
+    version = importlib.metadata.version(BUNDLED_MODELS[name_or_path].pin.split("==")[0])
+    target = cache_dir() / f"{name_or_path}-{version}"
+    if (target / "config.json").is_file():
+        return str(target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    model.hf_quantizer = None  # the weights are plain float32 tensors already
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return str(target)
 
 
 def resolve(name_or_path: str) -> tuple[str, str | None]:
@@ -167,16 +206,15 @@ def load_saved(name_or_path: str) -> nn.Module:
     The class comes from ``config.architectures`` (e.g. ``BertForMaskedLM``), so
     a task head is kept; without it, ``AutoModel``.
     """
-    path, gguf_file = resolve(name_or_path)
+    path = local_folder(name_or_path)
     folder = Path(path)
     if not folder.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise FileNotFoundError(f"no model folder at {path}")
     if (folder / HEAD_FILE).is_file():
         return load_classifier(folder)
-    if folder.is_dir() and not (folder / "config.json").is_file() and gguf_file is None:
+    if folder.is_dir() and not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} is not a model folder: it has no config.json")
-    kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    config = AutoConfig.from_pretrained(path, **kwargs)
+    config = AutoConfig.from_pretrained(path)
     names = config.architectures or []
     cls = getattr(transformers, names[0], None) if names else None
-    return (cls or AutoModel).from_pretrained(path, **kwargs)
+    return (cls or AutoModel).from_pretrained(path)

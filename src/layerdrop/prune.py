@@ -138,7 +138,7 @@ def prune_saved(
     """
     from transformers import AutoTokenizer
 
-    from .models import META_FILE, Classifier, load_saved, resolve, save_classifier
+    from .models import META_FILE, Classifier, load_saved, local_folder, save_classifier
 
     model = load_saved(source)
     small = prune(model, depth, keep=keep)
@@ -152,7 +152,7 @@ def prune_saved(
         "parameters_after": _n_params(small),
         **(extra or {}),
     }
-    path, gguf_file = resolve(source)
+    path = local_folder(source)
     with atomic_dir(out) as tmp:
         source_meta = Path(path) / META_FILE
         meta = json.loads(source_meta.read_text()) if source_meta.is_file() else {}
@@ -163,7 +163,7 @@ def prune_saved(
             small.save_pretrained(tmp)
             write_json(tmp / META_FILE, meta)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path, **({"gguf_file": gguf_file} if gguf_file else {}))
+            tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError):
             tokenizer = None  # a model saved without its tokenizer stays without one
         if tokenizer is not None:

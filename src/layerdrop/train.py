@@ -47,7 +47,7 @@ from transformers.trainer_callback import ExportableState
 from . import data as datasets
 from .core import LayerDropState, apply, get_rng_state, only_layers, scale_rates, set_rng_state, state_of
 from .files import atomic_dir, write_json
-from .models import META_FILE, Classifier, resolve, save_classifier
+from .models import META_FILE, Classifier, local_folder, save_classifier
 from .rates import SCHEDULES, schedule_factor
 
 __all__ = [
@@ -396,18 +396,18 @@ def _load_model(cfg: TrainConfig, num_labels: int | None, texts: Sequence[str]) 
             model = Classifier(model, num_labels or 2, cfg.pooling)
         return model, tokenizer
 
-    path, gguf_file = resolve(cfg.model)
+    path = local_folder(cfg.model)
     local = Path(path)
-    if local.exists() and not (local / "config.json").is_file() and gguf_file is None:
+    if local.exists() and not (local / "config.json").is_file():
         raise FileNotFoundError(f"{path} is not a model folder: it has no config.json")
-    load_kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = AutoTokenizer.from_pretrained(path, **load_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    load_kwargs: dict[str, Any] = {}
     if cfg.dropout is not None:
         from transformers import AutoConfig
 
-        load_kwargs.update(_dropout_overrides(AutoConfig.from_pretrained(path, **load_kwargs), cfg.dropout))
+        load_kwargs.update(_dropout_overrides(AutoConfig.from_pretrained(path), cfg.dropout))
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)  # new weights (a head) are seeded without touching the caller's RNG
         if cfg.task == "classification":
