@@ -342,3 +342,9 @@ def test_self_distill_run_trains_and_needs_a_rate(tmp_path, bert_dir, reviews):
     with pytest.raises(ValueError, match="--rate > 0"):
         run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "x"), rate=0.0,
                    self_distill=True))
+
+
+def test_bf16_mixed_precision_trains_on_the_cpu_too(tmp_path, bert_dir, reviews):
+    result = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "bf16"), bf16=True,
+                        max_steps=2))
+    assert result.steps == 2 and 0.0 <= result.metrics["test_accuracy"] <= 1.0

@@ -555,6 +555,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else 0.0,
         label_smoothing_factor=cfg.label_smoothing,
         bf16=cfg.bf16,
+        use_cpu=cfg.bf16 and not torch.cuda.is_available(),  # Trainer wants it explicit for CPU bf16
         seed=cfg.seed,
         save_strategy="steps",
         save_steps=cfg.save_steps,
