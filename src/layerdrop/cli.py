@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .demo import DemoConfig
+    from .sweep import SweepConfig
     from .train import TrainConfig
 
 __all__ = ["main"]
@@ -69,29 +70,62 @@ def demo(config: DemoConfig) -> int:
     return 0
 
 
-def prune(model: str, out: str, depth: int | None = None, keep: str | None = None) -> int:
+def sweep(config: SweepConfig) -> int:
+    """Measure quality, latency and parameters at every depth for each layer-choice strategy.
+
+    MODEL is a saved classifier (accuracy) or causal LM (perplexity); --data is
+    scored on its validation split. Writes sweep.csv, sweep.json, sweep.md and
+    PNG plots (quality against depth, against latency with the Pareto front,
+    and per-layer importance) to --out.
+
+    Example:
+      layerdrop sweep runs/rt/model --data rotten-tomatoes --strategies every-other,search,block-influence --out runs/rt-sweep
+    """
+    from .sweep import run_sweep
+
+    result = run_sweep(config)
+    print(result.table)
+    print(f"sweep: {result.out / 'sweep.md'}")
+    return 0
+
+
+def prune(model: str, out: str, depth: int | None = None, keep: str | None = None,
+          strategy: str = "every-other", data: str | None = None, rows: int = 500) -> int:
     """Cut a saved model to fewer layers and write a plain Hugging Face checkpoint.
 
-    Also writes layerdrop.json with the kept layers and the parameter counts.
-    A classifier saved by `layerdrop train` keeps its head.
+    Also writes layerdrop.json: the kept layers, the strategy and how it chose,
+    the parameters before and after, and the validation quality when --data is
+    given. A classifier saved by `layerdrop train` keeps its head.
 
     Args:
         model: Model folder (or bundled model name) to prune.
         out: Output folder; written atomically.
-        depth: Number of layers to keep, chosen every-other.
+        depth: Number of layers to keep, chosen by --strategy.
         keep: Comma-separated 0-based layer indices to keep instead, e.g. 0,2,5.
+        strategy: every-other, search, block-influence, angular or top (search and the importance metrics need --data).
+        data: Dataset name or file: the validation split scores the choice (and calibrates the importance metrics).
+        rows: Validation rows used with --data.
     """
     from .prune import prune_saved
 
-    indices = None
     if keep is not None:
         try:
             indices = [int(x) for x in keep.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"--keep takes comma-separated integers like 0,2,5, got {keep!r}") from None
-    record = prune_saved(model, out, depth=depth, keep=indices)
-    print(f"kept layers {record['kept_layers']} of {record['original_num_layers']}: "
-          f"{record['parameters_before'] / 1e6:.2f}M -> {record['parameters_after'] / 1e6:.2f}M parameters")
+        record = prune_saved(model, out, keep=indices)
+    elif depth is None:
+        raise ValueError("pass --depth K (with --strategy) or --keep 0,2,5")
+    elif strategy == "every-other" and data is None:
+        record = prune_saved(model, out, depth=depth)
+    else:
+        from .sweep import prune_with_strategy
+
+        record = prune_with_strategy(model, out, depth, strategy, data=data, rows=rows)
+    quality = {k: v for k, v in record.items() if k.startswith("validation_")}
+    shown = "".join(f", {k.removeprefix('validation_')} {v:.4g}" for k, v in quality.items())
+    print(f"kept layers {record['kept_layers']} of {record['original_num_layers']} ({record['strategy']}): "
+          f"{record['parameters_before'] / 1e6:.2f}M -> {record['parameters_after'] / 1e6:.2f}M parameters{shown}")
     print(f"model: {out}")
     return 0
 
@@ -105,15 +139,23 @@ def _train_config() -> type:
     return TrainConfig
 
 
+def _sweep_config() -> type:
+    from .sweep import SweepConfig
+
+    return SweepConfig
+
+
 def _demo_config() -> type:
     from .demo import DemoConfig
 
     return DemoConfig
 
 
-COMMANDS: dict[str, Callable[..., int]] = {"train": train, "prune": prune, "demo": demo}
-POSITIONAL: dict[str, tuple[str, ...]] = {"train": ("task", "model"), "prune": ("model",)}
-DATACLASSES: dict[str, Callable[[], type]] = {"TrainConfig": _train_config, "DemoConfig": _demo_config}
+COMMANDS: dict[str, Callable[..., int]] = {"train": train, "prune": prune, "sweep": sweep, "demo": demo}
+POSITIONAL: dict[str, tuple[str, ...]] = {"train": ("task", "model"), "prune": ("model",), "sweep": ("model",)}
+DATACLASSES: dict[str, Callable[[], type]] = {
+    "TrainConfig": _train_config, "SweepConfig": _sweep_config, "DemoConfig": _demo_config,
+}
 """Dataclass parameters, by annotation; imported lazily so ``--help`` stays fast."""
 
 

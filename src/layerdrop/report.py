@@ -13,7 +13,14 @@ from typing import Any
 from .evaluate import DepthResult
 from .files import write_bytes
 
-__all__ = ["depth_table", "markdown_table", "pareto_front", "plot_quality_vs_depth", "plot_quality_vs_latency"]
+__all__ = [
+    "depth_table",
+    "markdown_table",
+    "pareto_front",
+    "plot_layer_importance",
+    "plot_quality_vs_depth",
+    "plot_quality_vs_latency",
+]
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -105,6 +112,31 @@ def plot_quality_vs_latency(series: Mapping[str, Sequence[DepthResult]], metric:
     ax.set_xlabel("latency (ms per batch)")
     ax.set_ylabel("accuracy (%)" if higher else metric)
     ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    out = _save(fig, path)
+    plt.close(fig)
+    return out
+
+
+def plot_layer_importance(scores: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "") -> Path:
+    """Grouped bars of per-layer importance, one group per layer and one colour per metric.
+
+    Each metric is divided by its largest value, so metrics on different scales share an axis.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    names = list(scores)
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        values = list(scores[name])
+        top = max((abs(v) for v in values), default=1.0) or 1.0
+        ax.bar([i + k * width for i in range(len(values))], [v / top for v in values], width=width, label=name)
+    n = max((len(v) for v in scores.values()), default=0)
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(n)], [str(i) for i in range(n)])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("importance (relative to the largest)")
+    ax.grid(alpha=0.3, axis="y")
     ax.legend()
     ax.set_title(title)
     out = _save(fig, path)

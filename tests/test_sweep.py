@@ -1,0 +1,119 @@
+"""`layerdrop sweep` and strategy-driven `layerdrop prune`, end to end on tiny saved models."""
+
+import csv
+import json
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+
+from layerdrop.cli import main
+from layerdrop.models import Classifier, resolve, save_classifier
+from layerdrop.sweep import SweepConfig, prune_with_strategy, run_sweep
+
+pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return AutoTokenizer.from_pretrained(resolve("minilm-l6")[0])
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory, tok):
+    folder = tmp_path_factory.mktemp("clf")
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4,
+                                   num_attention_heads=2, intermediate_size=64))
+    save_classifier(Classifier(encoder, num_labels=2), folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory, tok):
+    folder = tmp_path_factory.mktemp("lm")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=4, n_head=2,
+                               eos_token_id=tok.sep_token_id)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def reviews(tmp_path_factory):
+    path = tmp_path_factory.mktemp("d") / "r.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(60):
+            w.writerow([f"{'good' if i % 2 else 'bad'} film number {i} with some more words", i % 2])
+    return str(path)
+
+
+def _cfg(model, data, out, **kw):
+    return SweepConfig(model=model, data=data, out=str(out), rows=12, batch_size=6, max_length=16,
+                       latency_reps=1, calibration_rows=12, search_budget=30, progress=False, **kw)
+
+
+def test_classifier_sweep_writes_every_strategy_at_every_depth(tmp_path, classifier_dir, reviews):
+    strategies = "every-other,search,block-influence,angular,top"
+    result = run_sweep(_cfg(classifier_dir, reviews, tmp_path, strategies=strategies))
+    assert result.metric == "accuracy"
+    assert {s: [r.depth for r in v] for s, v in result.points.items()} == {
+        s: [4, 3, 2, 1] for s in strategies.split(",")}
+    rows = list(csv.reader((tmp_path / "sweep.csv").open()))
+    assert rows[0][:4] == ["strategy", "depth", "kept", "accuracy"] and rows[0][5].startswith("latency_ms_batch")
+    assert len(rows) == 1 + 5 * 4
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["records"]["search"][0]["record"]["method"] == "greedy"
+    assert "★" in (tmp_path / "sweep.md").read_text()
+    for png in ("quality_vs_depth.png", "quality_vs_latency.png", "layer_importance.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    top = {r.depth: r.kept for r in result.points["top"]}
+    assert top[2] == (0, 1)
+    assert all(r.parameters > 0 and r.latency_ms > 0 for v in result.points.values() for r in v)
+
+
+def test_lm_sweep_reports_perplexity(tmp_path, lm_dir, reviews):
+    result = run_sweep(_cfg(lm_dir, reviews, tmp_path, strategies="every-other"))
+    assert result.metric == "perplexity" and all(r.score > 1 for r in result.points["every-other"])
+
+
+def test_unknown_strategy_lists_the_valid_ones(tmp_path, classifier_dir, reviews):
+    with pytest.raises(ValueError, match="block-influence"):
+        run_sweep(_cfg(classifier_dir, reviews, tmp_path, strategies="every-other,magic"))
+
+
+def test_prune_by_search_records_the_choice_and_its_quality(tmp_path, classifier_dir, reviews):
+    record = prune_with_strategy(classifier_dir, str(tmp_path / "s"), 2, "search", data=reviews, rows=12)
+    meta = json.loads((tmp_path / "s" / "layerdrop.json").read_text())["pruning"]
+    assert meta["strategy"] == "search" and len(meta["kept_layers"]) == 2
+    assert "validation_accuracy" in meta and "test_score" in meta["strategy_record"]
+    assert record["kept_layers"] == meta["kept_layers"]
+    assert AutoModel.from_pretrained(tmp_path / "s").config.num_hidden_layers == 2
+
+
+def test_prune_top_without_data(tmp_path, classifier_dir):
+    record = prune_with_strategy(classifier_dir, str(tmp_path / "t"), 3, "top")
+    assert record["kept_layers"] == [0, 1, 2] and record["strategy"] == "top"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--depth", "2", "--strategy", "search"], "needs data"),
+        (["--depth", "2", "--strategy", "cosine"], "unknown strategy"),
+        (["--depth", "0", "--strategy", "top"], "depth must be an integer from 1 to 4"),
+        ([], "pass --depth"),
+    ],
+)
+def test_prune_cli_explains_bad_strategy_input(argv, message, tmp_path, classifier_dir, capsys):
+    assert main(["prune", classifier_dir, "--out", str(tmp_path / "x"), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sweep_cli_prints_the_table(tmp_path, classifier_dir, reviews, capsys):
+    code = main(["sweep", classifier_dir, "--data", reviews, "--out", str(tmp_path), "--rows", "12",
+                 "--latency-reps", "1", "--no-progress"])
+    assert code == 0 and "| every-other | 1 |" in capsys.readouterr().out
