@@ -22,7 +22,8 @@ from transformers import (
 import layerdrop
 from layerdrop.models import Classifier, load_classifier, pool, resolve
 from layerdrop.rates import schedule_factor
-from layerdrop.train import LayerDropCallback, TrainConfig, _pooled_accuracy, attach, last_complete_checkpoint, run
+from layerdrop.evaluate import pooled_accuracy
+from layerdrop.train import LayerDropCallback, TrainConfig, attach, last_complete_checkpoint, run
 from conftest import make, tokens
 
 
@@ -201,8 +202,8 @@ def test_unknown_pooling_lists_the_choices():
 def test_long_document_windows_are_pooled_per_document():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [0.0, 1.0], [5.0, 0.0]])  # 3 windows of doc 0, 1 of doc 1
     docs = [0, 0, 0, 1]
-    assert _pooled_accuracy(logits, [0, 0], docs, "mean") == 1.0  # mean: (0.67, 0.67) ties -> class 0
-    assert _pooled_accuracy(logits, [1, 0], docs, "max") == 0.5  # max: (2, 1) -> class 0
+    assert pooled_accuracy(logits, [0, 0], docs, "mean") == 1.0  # mean: (0.67, 0.67) ties -> class 0
+    assert pooled_accuracy(logits, [1, 0], docs, "max") == 0.5  # max: (2, 1) -> class 0
 
 
 # --------------------------------------------------------------------------- pipeline

@@ -30,6 +30,7 @@ __all__ = [
     "latency_ms",
     "parameters_at",
     "perplexity",
+    "pooled_accuracy",
 ]
 
 
@@ -81,9 +82,22 @@ def accuracy(
     all_logits = torch.cat(logits)  # (N, C)
     if doc_of is None:
         return float((all_logits.argmax(-1) == torch.cat(labels)).float().mean())
-    from .train import _pooled_accuracy
+    return pooled_accuracy(all_logits, list(doc_labels or []), doc_of, long_doc)
 
-    return _pooled_accuracy(all_logits, list(doc_labels or []), doc_of, long_doc)
+
+def pooled_accuracy(logits: torch.Tensor, labels: Sequence[int], doc_of: Sequence[int], how: str | None) -> float:
+    """Accuracy per document: the logits ``(N, C)`` of each document's windows are pooled
+    (``mean``, the default, or ``max``) before the argmax; ``labels`` are per document."""
+    docs = torch.tensor(doc_of)
+    n_docs = int(docs.max()) + 1
+    if how is None or how == "mean":
+        summed = torch.zeros(n_docs, logits.shape[1]).index_add_(0, docs, logits)
+        pooled = summed / torch.bincount(docs, minlength=n_docs).clamp(min=1).unsqueeze(1)  # (D, C)
+    elif how == "max":
+        pooled = torch.full((n_docs, logits.shape[1]), float("-inf")).index_reduce_(0, docs, logits, "amax")
+    else:
+        raise ValueError(f"unknown long-document pooling {how!r}; choose mean or max")
+    return float((pooled.argmax(1) == torch.tensor(labels[:n_docs])).float().mean())
 
 
 @torch.no_grad()

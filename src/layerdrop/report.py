@@ -71,10 +71,14 @@ def _pyplot():
     return plt
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def _finish(plt: Any, fig: Any, ax: Any, path: str | Path, title: str, *, grid_axis: str = "both") -> Path:
+    """Grid, legend and title; then write the PNG atomically and free the figure."""
+    ax.grid(alpha=0.3, axis=grid_axis)
+    ax.legend()
+    ax.set_title(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    fig.clf()
+    plt.close(fig)
     return write_bytes(path, buf.getvalue())
 
 
@@ -90,12 +94,7 @@ def plot_quality_vs_depth(series: Mapping[str, Sequence[DepthResult]], metric: s
     ax.set_ylabel("accuracy (%)" if metric == "accuracy" else metric)
     if metric == "perplexity":
         ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, ax, path, title)
 
 
 def plot_quality_vs_latency(series: Mapping[str, Sequence[DepthResult]], metric: str, path: str | Path,
@@ -111,12 +110,7 @@ def plot_quality_vs_latency(series: Mapping[str, Sequence[DepthResult]], metric:
         ax.plot([p[0] for p in front], [p[1] for p in front], linewidth=1)
     ax.set_xlabel("latency (ms per batch)")
     ax.set_ylabel("accuracy (%)" if higher else metric)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    ax.set_title(title)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, ax, path, title)
 
 
 def plot_layer_importance(scores: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "") -> Path:
@@ -136,9 +130,4 @@ def plot_layer_importance(scores: Mapping[str, Sequence[float]], path: str | Pat
     ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(n)], [str(i) for i in range(n)])
     ax.set_xlabel("layer")
     ax.set_ylabel("importance (relative to the largest)")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend()
-    ax.set_title(title)
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, ax, path, title, grid_axis="y")

@@ -46,6 +46,7 @@ from transformers.trainer_callback import ExportableState
 
 from . import data as datasets
 from .core import LayerDropState, apply, get_rng_state, only_layers, scale_rates, set_rng_state, state_of
+from .evaluate import pooled_accuracy
 from .files import atomic_dir, write_json
 from .models import META_FILE, Classifier, local_folder, save_classifier
 from .rates import SCHEDULES, schedule_factor
@@ -474,19 +475,6 @@ def encode_lm(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], block: i
     return [{"input_ids": stream[i * block:(i + 1) * block]} for i in range(n)]
 
 
-def _pooled_accuracy(logits: torch.Tensor, labels: Sequence[int], doc_of: Sequence[int], how: str | None) -> float:
-    docs = torch.tensor(doc_of)
-    n_docs = int(docs.max()) + 1
-    if how is None or how == "mean":
-        summed = torch.zeros(n_docs, logits.shape[1]).index_add_(0, docs, logits)
-        pooled = summed / torch.bincount(docs, minlength=n_docs).clamp(min=1).unsqueeze(1)  # (D, C)
-    elif how == "max":
-        pooled = torch.full((n_docs, logits.shape[1]), float("-inf")).index_reduce_(0, docs, logits, "amax")
-    else:
-        raise ValueError(f"unknown long-document pooling {how!r}; choose mean or max")
-    return float((pooled.argmax(1) == torch.tensor(labels[:n_docs])).float().mean())
-
-
 def _check(cfg: TrainConfig) -> None:
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task {cfg.task!r}; choose one of {list(TASKS)}")
@@ -585,7 +573,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         if cfg.task == "classification":
             pred = trainer.predict(_Rows(rows), metric_key_prefix=name)
             split = valid_split if name == "valid" else test_split
-            metrics[f"{name}_accuracy"] = _pooled_accuracy(torch.as_tensor(pred.predictions), split.labels,
+            metrics[f"{name}_accuracy"] = pooled_accuracy(torch.as_tensor(pred.predictions), split.labels,
                                                            doc_of, cfg.long_doc)
         else:
             loss = trainer.evaluate(_Rows(rows), metric_key_prefix=name)[f"{name}_loss"]
