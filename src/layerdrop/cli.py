@@ -89,6 +89,39 @@ def sweep(config: SweepConfig) -> int:
     return 0
 
 
+def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: int = 64,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+             stop: str | None = None, seed: int = 0) -> int:
+    """Generate text with a causal LM cut to --depth layers, streaming tokens as they come.
+
+    Args:
+        model: Model folder, bundled name (smollm2-135m) or hub name of a causal LM.
+        prompt: Text to continue.
+        depth: Layers to run (every-other); all layers if omitted.
+        max_new_tokens: Most tokens to generate.
+        temperature: 0 is greedy decoding; above 0 samples.
+        top_k: Sample from the k most likely tokens (with --temperature).
+        top_p: Sample from the smallest set of tokens with this probability mass (with --temperature).
+        stop: Comma-separated strings that end generation.
+        seed: Seed of sampling.
+    """
+    from transformers import AutoTokenizer
+
+    from .generate import generate as run
+    from .models import load_saved, local_folder
+
+    lm = load_saved(model)
+    tokenizer = AutoTokenizer.from_pretrained(local_folder(model))
+    print(prompt, end="", flush=True)
+    result = run(lm, tokenizer, prompt, depth=depth, max_new_tokens=max_new_tokens, temperature=temperature,
+                 top_k=top_k, top_p=top_p, stop=[s for s in (stop or "").split(",") if s], seed=seed,
+                 on_text=lambda text: print(text, end="", flush=True))
+    print()
+    note = " (prompt truncated to fit the context)" if result.prompt_truncated else ""
+    print(f"[{result.new_tokens} tokens at depth {result.depth}{note}]", file=sys.stderr)
+    return 0
+
+
 def prune(model: str, out: str, depth: int | None = None, keep: str | None = None,
           strategy: str = "every-other", data: str | None = None, rows: int = 500) -> int:
     """Cut a saved model to fewer layers and write a plain Hugging Face checkpoint.
@@ -151,8 +184,12 @@ def _demo_config() -> type:
     return DemoConfig
 
 
-COMMANDS: dict[str, Callable[..., int]] = {"train": train, "prune": prune, "sweep": sweep, "demo": demo}
-POSITIONAL: dict[str, tuple[str, ...]] = {"train": ("task", "model"), "prune": ("model",), "sweep": ("model",)}
+COMMANDS: dict[str, Callable[..., int]] = {
+    "train": train, "prune": prune, "sweep": sweep, "generate": generate, "demo": demo,
+}
+POSITIONAL: dict[str, tuple[str, ...]] = {
+    "train": ("task", "model"), "prune": ("model",), "sweep": ("model",), "generate": ("model",),
+}
 DATACLASSES: dict[str, Callable[[], type]] = {
     "TrainConfig": _train_config, "SweepConfig": _sweep_config, "DemoConfig": _demo_config,
 }
