@@ -102,7 +102,8 @@ def _classification(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[s
         series[label] = depth_sweep(model, lambda m: accuracy(m, rows, collate), progress=cfg.progress,
                                     desc=f"depths ({label})")
         if rate > 0:
-            prune_saved(str(result.model_dir), out / "checkpoints" / "minilm-rt-layerdrop-depth3", depth=3)
+            prune_saved(str(result.model_dir), out / "checkpoints" / "minilm-rt-layerdrop-depth3", depth=3,
+                        model=model)
     return series
 
 
@@ -132,7 +133,8 @@ def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[s
                                     desc=f"depths ({label})")
         if rate > 0:
             half = model.config.num_hidden_layers // 2
-            prune_saved(str(result.model_dir), out / "checkpoints" / "gpt2-kjv-layerdrop-half", depth=half)
+            prune_saved(str(result.model_dir), out / "checkpoints" / "gpt2-kjv-layerdrop-half", depth=half,
+                        model=model)
     return series
 
 

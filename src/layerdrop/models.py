@@ -33,6 +33,7 @@ __all__ = [
     "load_classifier",
     "load_saved",
     "local_folder",
+    "model_folder",
     "pool",
     "resolve",
     "save_classifier",
@@ -200,20 +201,27 @@ def load_classifier(folder: str | Path) -> Classifier:
     return model
 
 
+def model_folder(name_or_path: str) -> str:
+    """:func:`local_folder`, checked: a missing local path, or a folder without ``config.json``,
+    is a clear ``FileNotFoundError`` (a hub name is passed on unchecked)."""
+    path = local_folder(name_or_path)
+    folder = Path(path)
+    if not folder.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise FileNotFoundError(f"no model folder at {path}")
+    if folder.is_dir() and not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a model folder: it has no config.json")
+    return path
+
+
 def load_saved(name_or_path: str) -> nn.Module:
     """Load a saved model of any kind: a layerdrop classifier, or an HF model of its own class.
 
     The class comes from ``config.architectures`` (e.g. ``BertForMaskedLM``), so
     a task head is kept; without it, ``AutoModel``.
     """
-    path = local_folder(name_or_path)
-    folder = Path(path)
-    if not folder.exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
-        raise FileNotFoundError(f"no model folder at {path}")
-    if (folder / HEAD_FILE).is_file():
-        return load_classifier(folder)
-    if folder.is_dir() and not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a model folder: it has no config.json")
+    path = model_folder(name_or_path)
+    if (Path(path) / HEAD_FILE).is_file():
+        return load_classifier(path)
     config = AutoConfig.from_pretrained(path)
     names = config.architectures or []
     cls = getattr(transformers, names[0], None) if names else None

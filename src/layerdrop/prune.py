@@ -130,9 +130,11 @@ def prune_saved(
     depth: int | None = None,
     keep: Sequence[int] | None = None,
     extra: dict[str, Any] | None = None,
+    model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Load a saved model, prune it, and write a plain checkpoint plus ``layerdrop.json`` to ``out``.
 
+    ``model`` is ``source`` already loaded, if the caller has it (saves loading it again).
     ``out`` is written atomically. Returns the record also written to ``layerdrop.json``:
     the kept layers (original indices), the strategy, and parameters before and after.
     """
@@ -140,7 +142,8 @@ def prune_saved(
 
     from .models import META_FILE, Classifier, load_saved, local_folder, save_classifier
 
-    model = load_saved(source)
+    if model is None:
+        model = load_saved(source)
     small = prune(model, depth, keep=keep)
     pruning = getattr(small.config, PRUNING_KEY)
     record: dict[str, Any] = {

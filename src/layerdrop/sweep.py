@@ -131,7 +131,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     metric, score_valid, score_test, calibration = _prepare(cfg, model, tokenizer)
     num_layers = len(find_layers(model).layers)
     higher = metric == "accuracy"
-    latency_batch = {k: v for k, v in calibration[0].items()}
+    latency_batch = calibration[0]
 
     points: dict[str, list[DepthResult]] = {}
     records: dict[str, list[dict[str, Any]]] = {}
@@ -193,6 +193,7 @@ def prune_with_strategy(model_path: str, out: str, depth: int, strategy: str, *,
     if STRATEGIES[strategy].needs_data and data is None:
         raise ValueError(f"strategy {strategy!r} needs data: pass --data (a dataset name or file)")
     extra: dict[str, Any] = {"strategy": strategy}
+    model = None
     if data is not None:
         model = load_saved(model_path).eval()
         tokenizer = AutoTokenizer.from_pretrained(local_folder(model_path))
@@ -212,4 +213,4 @@ def prune_with_strategy(model_path: str, out: str, depth: int, strategy: str, *,
         picked = (every_other_choice if strategy == "every-other" else top_layers_choice)(num_layers, depth)
         extra["strategy_record"] = picked.record
         keep = list(picked.kept)
-    return prune_saved(model_path, out, keep=keep, extra=extra)
+    return prune_saved(model_path, out, keep=keep, extra=extra, model=model)

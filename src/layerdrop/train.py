@@ -48,7 +48,7 @@ from . import data as datasets
 from .core import LayerDropState, apply, get_rng_state, only_layers, scale_rates, set_rng_state, state_of
 from .evaluate import pooled_accuracy
 from .files import atomic_dir, write_json
-from .models import META_FILE, Classifier, local_folder, save_classifier
+from .models import META_FILE, Classifier, model_folder, save_classifier
 from .rates import SCHEDULES, schedule_factor
 
 __all__ = [
@@ -397,10 +397,7 @@ def _load_model(cfg: TrainConfig, num_labels: int | None, texts: Sequence[str]) 
             model = Classifier(model, num_labels or 2, cfg.pooling)
         return model, tokenizer
 
-    path = local_folder(cfg.model)
-    local = Path(path)
-    if local.exists() and not (local / "config.json").is_file():
-        raise FileNotFoundError(f"{path} is not a model folder: it has no config.json")
+    path = model_folder(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
