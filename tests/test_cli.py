@@ -56,11 +56,11 @@ def test_train_then_prune_from_the_command_line(tmp_path, bert_dir, reviews, cap
 
     small = tmp_path / "small"
     assert main(["prune", str(run_dir / "model"), "--depth", "2", "--out", str(small)]) == 0
-    assert "kept layers [1, 3] of 4 (every-other)" in capsys.readouterr().out
+    assert "kept layers [0, 3] of 4 (every-other)" in capsys.readouterr().out
     encoder = AutoModel.from_pretrained(small)  # plain transformers
     assert encoder.config.num_hidden_layers == 2
     record = json.loads((small / "layerdrop.json").read_text())
-    assert record["pruning"]["kept_layers"] == [1, 3]
+    assert record["pruning"]["kept_layers"] == [0, 3]
     assert record["pruning"]["parameters_after"] < record["pruning"]["parameters_before"]
     assert record["label_names"] == ["neg", "pos"]  # the training record is carried over
     assert load_classifier(small).head.out_features == 2

@@ -39,7 +39,7 @@ def test_pruned_model_has_fewer_parameters_and_updated_config(arch_name):
     per_layer = _n_params(layerdrop.find_layers(model).layers[0])
     assert _n_params(model) - _n_params(pruned) == 2 * per_layer
     assert pruned.config.num_hidden_layers == 2
-    assert getattr(pruned.config, PRUNING_KEY) == {"kept_layers": [1, 3], "original_num_layers": NUM_LAYERS}
+    assert getattr(pruned.config, PRUNING_KEY) == {"kept_layers": [0, 3], "original_num_layers": NUM_LAYERS}
     layer_types = getattr(pruned.config, "layer_types", None)
     assert layer_types is None or len(layer_types) == 2
 
@@ -107,25 +107,29 @@ def test_custom_model_applied_with_a_path_prunes_without_repeating_it():
     ("num_layers", "depth", "expected"),
     [
         (6, 6, (0, 1, 2, 3, 4, 5)),
-        (6, 3, (1, 3, 5)),
-        (6, 2, (2, 5)),
-        (6, 1, (5,)),
-        (6, 4, (1, 2, 4, 5)),
-        (12, 6, (1, 3, 5, 7, 9, 11)),
-        (12, 9, (1, 2, 3, 5, 6, 7, 9, 10, 11)),  # p = 1/4: drops d = 0 (mod 4)
-        (12, 4, (2, 5, 8, 11)),
-        (30, 15, tuple(range(1, 30, 2))),
+        (6, 5, (0, 1, 3, 4, 5)),
+        (6, 4, (0, 2, 3, 5)),
+        (6, 3, (0, 3, 5)),
+        (6, 2, (0, 5)),
+        (6, 1, (0,)),
+        (7, 4, (0, 2, 4, 6)),  # odd L at half depth: exactly every other layer
+        (12, 6, (0, 2, 4, 7, 9, 11)),
+        (12, 4, (0, 4, 7, 11)),
+        (30, 15, (0, 2, 4, 6, 8, 10, 12, 15, 17, 19, 21, 23, 25, 27, 29)),
     ],
 )
 def test_every_other_keeps_documented_indices(num_layers, depth, expected):
     assert layerdrop.every_other(num_layers, depth) == expected
 
 
-def test_every_other_always_keeps_the_last_layer_and_spreads_evenly():
-    for num_layers in range(1, 25):
+def test_every_other_keeps_both_ends_and_spreads_evenly():
+    for num_layers in range(1, 33):
         for depth in range(1, num_layers + 1):
             kept = layerdrop.every_other(num_layers, depth)
-            assert len(kept) == depth == len(set(kept)) and kept[-1] == num_layers - 1
+            assert len(kept) == depth == len(set(kept)) and list(kept) == sorted(kept)
+            assert kept[0] == 0
+            if depth > 1:
+                assert kept[-1] == num_layers - 1
             gaps = [b - a for a, b in zip(kept, kept[1:])]
             assert not gaps or max(gaps) - min(gaps) <= 1
 

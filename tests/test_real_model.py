@@ -20,10 +20,10 @@ def test_minilm_applies_prunes_saves_and_reloads_with_plain_transformers(minilm,
     tok = AutoTokenizer.from_pretrained(minilm)
     batch = tok(["depth on demand", "a transformer with fewer layers"], padding=True, return_tensors="pt")
     model = layerdrop.apply(AutoModel.from_pretrained(minilm), rate=0.2).eval()
-    with layerdrop.only_layers(model, [1, 3, 5]):
+    with layerdrop.only_layers(model, [0, 3, 5]):
         expected = model(**batch).last_hidden_state
     small = layerdrop.prune(model, depth=3)
-    assert small.config.layerdrop_pruning["kept_layers"] == [1, 3, 5]
+    assert small.config.layerdrop_pruning["kept_layers"] == [0, 3, 5]
     small.save_pretrained(tmp_path)
 
     reloaded = AutoModel.from_pretrained(tmp_path).eval()  # no layerdrop involved

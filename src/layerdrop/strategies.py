@@ -91,7 +91,7 @@ def _num_layers(model: nn.Module, layers: str | None) -> int:
 
 
 def every_other_choice(num_layers: int, depth: int) -> Choice:
-    """The paper's rule, :func:`layerdrop.every_other`: evenly spread, the last layer kept."""
+    """The paper's rule, :func:`layerdrop.every_other`: evenly spread, first and last layers kept."""
     kept = every_other(num_layers, depth)
     return Choice(kept, "every-other", {"rule": "keep L - 1 - floor(j * L / depth), j = 0..depth-1",
                                         "num_layers": num_layers, "depth": depth})
