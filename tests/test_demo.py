@@ -1,5 +1,6 @@
 """The demo pipeline end to end, at toy size (the real sizes are timed in the README)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.real
 def test_demo_writes_report_plots_and_loadable_checkpoints(tmp_path):
     pytest.importorskip("matplotlib")
     cfg = DemoConfig(out=str(tmp_path / "demo"), rt_rows=32, rt_epochs=1, rt_eval_rows=32, lm_steps=3,
-                     lm_eval_rows=40, progress=False)
+                     lm_eval_rows=40, progress=False, references=True)
     lines = []
     result = run_demo(cfg, log=lines.append)
     assert lines[0].startswith("(a)") and lines[1].startswith("(b)")
@@ -21,6 +22,7 @@ def test_demo_writes_report_plots_and_loadable_checkpoints(tmp_path):
     for table in result.tables.values():
         assert table in report
     assert report.count("\n| 6 |") == 2 and report.count("\n| 1 |") == 2  # every depth, both parts
+    assert "## The quality bar" in report and report.count("bar: ") == 5
     for png in ("classification.png", "language_model.png"):
         assert (result.out / png).read_bytes()[:4] == b"\x89PNG"
     results = json.loads((result.out / "results.json").read_text())
@@ -30,3 +32,23 @@ def test_demo_writes_report_plots_and_loadable_checkpoints(tmp_path):
     assert encoder.config.num_hidden_layers == 3
     lm = AutoModelForCausalLM.from_pretrained(result.out / "checkpoints" / "gpt2-kjv-layerdrop-half")
     assert lm.config.num_hidden_layers == 3
+
+
+def test_demo_references_are_pruned_before_training_and_a_rerun_reuses_finished_runs(tmp_path):
+    cfg = DemoConfig(out=str(tmp_path / "demo"), rt_rows=16, rt_epochs=1, rt_eval_rows=16, lm_steps=2,
+                     lm_eval_rows=20, progress=False, references=True)
+    first = run_demo(cfg)
+    results = json.loads((first.out / "results.json").read_text())
+    reference = {r["depth"]: r for r in results["classification"]["pruned first, then fine-tuned"]}
+    assert sorted(reference) == [3, 4] and reference[3]["kept"] == [0, 3, 5]
+    trained = json.loads((first.out / "rt-reference-depth3" / "model" / "layerdrop.json").read_text())
+    assert trained["trained_with"]["model"] == str(first.out / "minilm-l6-depth3")
+    assert AutoModel.from_pretrained(first.out / "minilm-l6-depth3").config.num_hidden_layers == 3
+
+    stamp = (first.out / "rt-plain" / "model" / "model.safetensors").stat().st_mtime_ns
+    again = run_demo(cfg)
+    assert again.tables == first.tables
+    assert (first.out / "rt-plain" / "model" / "model.safetensors").stat().st_mtime_ns == stamp  # reused
+
+    with pytest.raises(FileExistsError, match="other settings"):
+        run_demo(dataclasses.replace(cfg, rt_rows=20))

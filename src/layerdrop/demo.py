@@ -6,12 +6,19 @@
     and with LayerDrop: validation perplexity at each depth.
 (c) PNG plots, a Markdown report and the pruned checkpoints, in one folder.
 
-Every number in the report is measured by the run that writes it.
+With ``references`` (on with ``full``, the quality-bar run) MiniLM-L6 is also
+pruned every-other to each reference depth *first* and then fine-tuned without
+LayerDrop: the separately trained model that "depth on demand" must match.
+
+Every number in the report is measured by the run that writes it. A run that
+stops is resumed by running the same command again: finished trainings are
+reused, unfinished ones continue from their last complete checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,10 +30,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLan
 from . import data as datasets
 from .evaluate import DepthResult, accuracy, depth_sweep, perplexity
 from .files import write_json, write_text
-from .models import load_classifier
-from .prune import prune_saved
+from .models import META_FILE, load_classifier, local_folder
+from .prune import every_other, prune_saved
 from .report import depth_table, plot_quality_vs_depth
-from .train import TrainConfig, encode_classification, encode_lm, run
+from .train import TrainConfig, encode_classification, encode_lm, last_complete_checkpoint, run
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
@@ -36,9 +43,10 @@ class DemoConfig:
     """Sizes of the demo. The defaults fit in about 15 minutes on 2 CPU cores; ``full`` is the quality-bar run."""
 
     out: str = "out/demo"
-    """Output folder."""
+    """Output folder (with ``full``, the default becomes ``out/demo-full``)."""
     full: bool = False
-    """Full-size run (all training rows, more epochs; an hour or more on 2 CPU cores)."""
+    """The quality-bar run: all training rows, the whole test and validation splits, 3x the LM
+    steps, and the per-depth references (about two hours on 2 CPU cores)."""
     rt_rows: int = 1500
     """Rotten Tomatoes training rows (ignored with ``full``)."""
     rt_epochs: float = 2.0
@@ -55,6 +63,9 @@ class DemoConfig:
     """KJV validation paragraphs scored at each depth (ignored with ``full``: all of them)."""
     self_distill: bool = True
     """Train the LayerDrop runs with self-distillation (sub-networks learn from the full network)."""
+    references: bool = False
+    """Also fine-tune MiniLM-L6 pruned every-other to 4 and 3 layers before training: the
+    quality bar's per-depth references (always on with ``full``)."""
     seed: int = 0
     """Seed of everything."""
     progress: bool = True
@@ -75,36 +86,80 @@ class DemoResult:
     """Wall time."""
 
 
+REFERENCE_DEPTHS = (4, 3)
+"""Depths at which ``references`` trains a separately pruned-then-fine-tuned MiniLM-L6."""
+
+
 def _sizes(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.full:
-        return {"rt_rows": None, "rt_eval": None, "rt_epochs": max(cfg.rt_epochs, 3.0), "lm_steps": cfg.lm_steps * 5}
+        return {"rt_rows": None, "rt_eval": None, "rt_epochs": cfg.rt_epochs, "lm_steps": cfg.lm_steps * 3}
     return {"rt_rows": cfg.rt_rows, "rt_eval": cfg.rt_eval_rows, "rt_epochs": cfg.rt_epochs, "lm_steps": cfg.lm_steps}
+
+
+def _train(tc: TrainConfig) -> Path:
+    """Train, or reuse the finished run of the same config in ``tc.out``, or continue an unfinished one."""
+    out = Path(tc.out)
+    meta_file = out / "model" / META_FILE
+    if meta_file.is_file():
+        wanted = {k: v for k, v in dataclasses.asdict(tc).items() if k != "progress"}
+        trained = json.loads(meta_file.read_text()).get("trained_with")
+        if trained != json.loads(json.dumps(wanted)):
+            raise FileExistsError(f"{out} holds a run with other settings; choose another --out or delete it")
+        return out / "model"
+    resume = last_complete_checkpoint(out / "checkpoints") is not None
+    return run(dataclasses.replace(tc, resume=resume)).model_dir
+
+
+def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, rate: float) -> TrainConfig:
+    return TrainConfig(
+        task="classification", model=model, data="rotten-tomatoes", out=str(out),
+        rate=rate, self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, epochs=sizes["rt_epochs"],
+        train_rows=sizes["rt_rows"], eval_rows=sizes["rt_eval"], batch_size=32, lr=5e-5, head_lr=1e-3,
+        max_length=64, pooling="mean", save_steps=200, logging_steps=25, progress=cfg.progress,
+        evaluate=False,  # the depth sweeps below score the test split
+    )
+
+
+def _rt_scorer(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_dir: Path) -> Callable[[Any], float]:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    test = datasets.load("rotten-tomatoes", seed=cfg.seed).test
+    if sizes["rt_eval"]:
+        test = test.subset(range(min(sizes["rt_eval"], len(test))))
+    rows, _ = encode_classification(tokenizer, test, dataclasses.replace(tc, progress=False), "test")
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    return lambda m: accuracy(m, rows, collate)
 
 
 def _classification(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[str, list[DepthResult]]:
     series: dict[str, list[DepthResult]] = {}
     for label, rate in (("no LayerDrop", 0.0), (f"LayerDrop {cfg.rt_rate}", cfg.rt_rate)):
-        tc = TrainConfig(
-            task="classification", model="minilm-l6", data="rotten-tomatoes", out=str(out / _slug("rt", rate)),
-            rate=rate, self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, epochs=sizes["rt_epochs"],
-            train_rows=sizes["rt_rows"], eval_rows=sizes["rt_eval"], batch_size=32, lr=5e-5, head_lr=1e-3,
-            max_length=64, pooling="mean", save_steps=10_000, logging_steps=25, progress=cfg.progress,
-            evaluate=False,  # the depth sweep below scores the test split
-        )
-        result = run(tc)
-        model = load_classifier(result.model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
-        test = datasets.load("rotten-tomatoes", seed=cfg.seed).test
-        if sizes["rt_eval"]:
-            test = test.subset(range(min(sizes["rt_eval"], len(test))))
-        rows, _ = encode_classification(tokenizer, test, dataclasses.replace(tc, progress=False), "test")
-        collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-        series[label] = depth_sweep(model, lambda m: accuracy(m, rows, collate), progress=cfg.progress,
+        tc = _rt_config(cfg, sizes, out / _slug("rt", rate), "minilm-l6", rate)
+        model_dir = _train(tc)
+        model = load_classifier(model_dir)
+        series[label] = depth_sweep(model, _rt_scorer(cfg, sizes, tc, model_dir), progress=cfg.progress,
                                     desc=f"depths ({label})")
         if rate > 0:
-            prune_saved(str(result.model_dir), out / "checkpoints" / "minilm-rt-layerdrop-depth3", depth=3,
+            prune_saved(str(model_dir), out / "checkpoints" / "minilm-rt-layerdrop-depth3", depth=3,
                         model=model)
+    if cfg.references or cfg.full:
+        series["pruned first, then fine-tuned"] = _references(cfg, out, sizes)
     return series
+
+
+def _references(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> list[DepthResult]:
+    """MiniLM-L6 cut every-other to each reference depth, then fine-tuned without LayerDrop."""
+    results = []
+    for depth in REFERENCE_DEPTHS:
+        base = out / f"minilm-l6-depth{depth}"
+        if not (base / "config.json").is_file():
+            prune_saved(local_folder("minilm-l6"), base, depth=depth)
+        tc = _rt_config(cfg, sizes, out / f"rt-reference-depth{depth}", str(base), 0.0)
+        model_dir = _train(tc)
+        model = load_classifier(model_dir)
+        score = _rt_scorer(cfg, sizes, tc, model_dir)(model.eval())
+        n_params = sum(p.numel() for p in model.parameters())
+        results.append(DepthResult(depth, every_other(6, depth), score, n_params))
+    return results
 
 
 def _slug(task: str, rate: float) -> str:
@@ -118,12 +173,12 @@ def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[s
             task="clm", model="gpt2-tiny", data="kjv", out=str(out / _slug("kjv", rate)), rate=rate,
             self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, max_steps=sizes["lm_steps"],
             batch_size=16, lr=1e-3, warmup=0.05, lr_schedule="cosine", max_length=128, vocab_size=4000,
-            eval_rows=cfg.lm_eval_rows if not cfg.full else None, save_steps=10_000, logging_steps=50,
+            eval_rows=cfg.lm_eval_rows if not cfg.full else None, save_steps=200, logging_steps=50,
             progress=cfg.progress, evaluate=False,  # the depth sweep below scores the validation split
         )
-        result = run(tc)
-        model = AutoModelForCausalLM.from_pretrained(result.model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(result.model_dir)
+        model_dir = _train(tc)
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
         valid = datasets.load("kjv", seed=cfg.seed).valid
         if not cfg.full:
             valid = valid.subset(range(min(cfg.lm_eval_rows, len(valid))))
@@ -133,13 +188,13 @@ def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[s
                                     desc=f"depths ({label})")
         if rate > 0:
             half = model.config.num_hidden_layers // 2
-            prune_saved(str(result.model_dir), out / "checkpoints" / "gpt2-kjv-layerdrop-half", depth=half,
+            prune_saved(str(model_dir), out / "checkpoints" / "gpt2-kjv-layerdrop-half", depth=half,
                         model=model)
     return series
 
 
 def _verdict(series: dict[str, list[DepthResult]], higher_is_better: bool) -> str:
-    (plain_name, plain), (ld_name, ld) = series.items()
+    (plain_name, plain), (ld_name, ld) = list(series.items())[:2]
     by_plain = {r.depth: r.score for r in plain}
     wins = [r.depth for r in ld if (r.score > by_plain[r.depth]) == higher_is_better and r.score != by_plain[r.depth]]
     losses = [r.depth for r in ld if r.depth not in wins and r.score != by_plain[r.depth]]
@@ -149,10 +204,35 @@ def _verdict(series: dict[str, list[DepthResult]], higher_is_better: bool) -> st
     return "; ".join(parts) + "."
 
 
+def _quality_bar(cls: dict[str, list[DepthResult]], lm: dict[str, list[DepthResult]]) -> list[str]:
+    """The issue's bar, checked on this run's numbers: one line per condition, met or not."""
+    (_, plain), (ld_name, ld), *rest = cls.items()
+    plain_at, ld_at = {r.depth: r.score for r in plain}, {r.depth: r.score for r in ld}
+    lines = []
+    reference = {6: plain_at[6], **({r.depth: r.score for r in rest[0][1]} if rest else {})}
+    for depth, ref in sorted(reference.items(), reverse=True):
+        diff = 100 * (ld_at[depth] - ref)
+        lines.append(f"- depth {depth}: {ld_name} {100 * ld_at[depth]:.1f} % against the reference "
+                     f"{100 * ref:.1f} % ({diff:+.1f} points; bar: at most 2 below): "
+                     f"{'met' if diff >= -2 else 'not met'}.")
+    diff = 100 * (ld_at[6] - plain_at[6])
+    lines.append(f"- full depth against no LayerDrop: {diff:+.1f} points (bar: at most 1 below): "
+                 f"{'met' if diff >= -1 else 'not met'}.")
+    (_, lm_plain), (lm_name, lm_ld) = list(lm.items())[:2]
+    full, half = lm_ld[-1], next(r for r in lm_ld if r.depth == lm_ld[-1].depth // 2)
+    rise = 100 * (half.score / full.score - 1)
+    plain_full, plain_half = lm_plain[-1], next(r for r in lm_plain if r.depth == half.depth)
+    lines.append(f"- language model, {lm_name} at half depth: perplexity {half.score:.1f} against "
+                 f"{full.score:.1f} at full depth ({rise:+.1f} %; bar: within 15 %): "
+                 f"{'met' if rise <= 15 else 'not met'}; without LayerDrop {plain_half.score:.1f} against "
+                 f"{plain_full.score:.1f} ({100 * (plain_half.score / plain_full.score - 1):+.1f} %).")
+    return lines
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> DemoResult:
     """Run the demo; ``log`` receives one line per stage (the CLI prints them)."""
     start = time.time()
-    out = Path(cfg.out)
+    out = Path("out/demo-full" if cfg.full and cfg.out == DemoConfig.out else cfg.out)
     sizes = _sizes(cfg)
     log("(a) MiniLM-L6 on Rotten Tomatoes, without and with LayerDrop")
     cls = _classification(cfg, out, sizes)
@@ -171,12 +251,17 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
         f"Training rows: {sizes['rt_rows'] or 'all'}, epochs: {sizes['rt_epochs']:g}, mean pooling; "
         f"accuracy on {sizes['rt_eval'] or 'all'} test rows. "
         f"LayerDrop run: rate {cfg.rt_rate}{', self-distilled' if cfg.self_distill else ''}.", "",
-        tables["classification"], _verdict(cls, True), "", "![accuracy by depth](classification.png)", "",
+        tables["classification"], _verdict(cls, True), "",
+        *(["The reference at depth k is MiniLM-L6 cut every-other to k layers first, then fine-tuned "
+           "the same way without LayerDrop; at depth 6 it is the no-LayerDrop model.", ""]
+          if len(cls) > 2 else []),
+        "![accuracy by depth](classification.png)", "",
         "## (b) GPT-2-style language model on the King James Bible", "",
         f"Trained from scratch for {sizes['lm_steps']} steps (preset gpt2-tiny, tokenizer trained on the text). "
         f"LayerDrop run: rate {cfg.lm_rate}{', self-distilled' if cfg.self_distill else ''}. "
         "Validation perplexity (lower is better).", "",
         tables["language model"], _verdict(lm, False), "", "![perplexity by depth](language_model.png)", "",
+        *(["## The quality bar", "", *_quality_bar(cls, lm), ""] if len(cls) > 2 else []),
         "## Files", "",
         "- `checkpoints/`: pruned LayerDrop models, loadable with plain `transformers` "
         "(`AutoModel.from_pretrained`), each with `layerdrop.json`.",
