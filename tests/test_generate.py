@@ -1,4 +1,4 @@
-"""Generation at a depth (issue 6, first part): greedy/sampling, streaming, stops, bad input."""
+"""Generation at a depth and self-speculative decoding (issue 6, parts 1 and 2)."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 import layerdrop
 from layerdrop.cli import main
-from layerdrop.generate import generate
+from layerdrop.generate import draft_model, generate
 from layerdrop.models import resolve
 from conftest import make
 
@@ -74,15 +74,129 @@ def test_bad_generation_input_is_explained(lm, tok, kwargs, message):
         generate(lm, tok, **{"prompt": "hello", **kwargs})
 
 
-def test_encoder_only_models_are_refused(tok):
+@pytest.mark.parametrize("kwargs", [{}, {"speculative": 2}])
+def test_encoder_only_models_are_refused(tok, kwargs):
     with pytest.raises(ValueError, match="encoder-only"):
-        generate(make("bert"), tok, "hello")
+        generate(make("bert"), tok, "hello", **kwargs)
 
 
-def test_generate_cli_streams_the_continuation(tmp_path, lm, tok, capsys):
+@pytest.fixture
+def saved_lm(tmp_path, lm, tok):
     lm.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    assert main(["generate", str(tmp_path), "--prompt", "in the beginning", "--depth", "2",
+    return tmp_path
+
+
+def test_generate_cli_streams_the_continuation(saved_lm, capsys):
+    assert main(["generate", str(saved_lm), "--prompt", "in the beginning", "--depth", "2",
                  "--max-new-tokens", "4"]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("in the beginning") and "4 tokens at depth 2" in captured.err
+
+
+# --------------------------------------------------------------------------- self-speculative decoding (part 2)
+
+
+@pytest.fixture(scope="module")
+def decoders(tok):
+    """The helpers' tiny GPT-2 and Llama (4 layers), with the tokenizer's vocabulary."""
+    models = {}
+    for name in ("gpt2", "llama"):
+        model = make(name)
+        model.resize_token_embeddings(tok.vocab_size, mean_resizing=False)
+        models[name] = model.eval()
+    return models
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_speculative_greedy_output_is_identical_to_full_depth(decoders, tok, name):
+    model = decoders[name]
+    for prompt in ("in the beginning", "and god said let there be light"):
+        full = generate(model, tok, prompt, max_new_tokens=12)
+        for draft_depth in (1, 2, 3):
+            for draft_tokens in (1, 3):
+                fast = generate(model, tok, prompt, max_new_tokens=12, speculative=draft_depth,
+                                draft_tokens=draft_tokens)
+                assert (fast.text, fast.new_tokens) == (full.text, full.new_tokens)
+                assert fast.draft_depth == draft_depth and fast.depth == 4
+
+
+def test_speculative_decoding_reports_consistent_acceptance(decoders, tok):
+    rejections = 0
+    for name, model in decoders.items():
+        result = generate(model, tok, "in the beginning", max_new_tokens=12, speculative=2, draft_tokens=3)
+        assert 0 <= result.accepted <= result.drafted <= 3 * result.new_tokens
+        assert result.drafted > 0 and result.seconds > 0 and result.tokens_per_second > 0
+        assert result.acceptance_rate == result.accepted / result.drafted
+        rejections += result.drafted - result.accepted
+    assert rejections > 0  # the random Llama disagrees with its draft, so the rejection path ran
+
+
+def test_the_draft_shares_the_models_weights_and_leaves_it_untouched(decoders):
+    model = decoders["llama"]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    draft = draft_model(model, 2)
+    layers = layerdrop.find_layers(model).layers
+    assert list(layerdrop.find_layers(draft).layers) == [layers[0], layers[3]]  # every_other(4, 2)
+    pointers = {p.data_ptr() for p in model.parameters()}
+    assert all(p.data_ptr() in pointers for p in draft.parameters())
+    assert {id(p) for p in draft.parameters()} <= {id(p) for p in model.parameters()}
+    assert len(layers) == 4 and [layer.self_attn.layer_idx for layer in layers] == [0, 1, 2, 3]
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_the_draft_computes_what_the_pruned_model_computes(decoders):
+    ids = torch.randint(3, 99, (1, 7), generator=torch.Generator().manual_seed(0))  # (1, T)
+    for model in decoders.values():
+        with torch.no_grad():
+            drafted = draft_model(model, keep=[0, 2])(input_ids=ids).logits
+            pruned = layerdrop.prune(model, keep=[0, 2]).eval()(input_ids=ids).logits
+        torch.testing.assert_close(drafted, pruned)
+
+
+def test_speculative_with_a_depth_equals_greedy_decoding_at_that_depth(decoders, tok):
+    model = decoders["llama"]
+    cut = generate(model, tok, "and god said", depth=3, max_new_tokens=10)
+    fast = generate(model, tok, "and god said", depth=3, max_new_tokens=10, speculative=2)
+    assert (fast.text, fast.depth, fast.draft_depth) == (cut.text, 3, 2)
+
+
+def test_speculative_decoding_streams_and_stops_like_plain_decoding(decoders, tok):
+    model = decoders["llama"]
+    pieces = []
+    fast = generate(model, tok, "in the beginning", max_new_tokens=10, speculative=2, on_text=pieces.append)
+    assert "".join(pieces).strip() == fast.text.strip()
+    stop = fast.text.split()[1]
+    stopped = generate(model, tok, "in the beginning", max_new_tokens=10, stop=[stop])
+    fast_stopped = generate(model, tok, "in the beginning", max_new_tokens=10, stop=[stop], speculative=2)
+    assert (fast_stopped.text, fast_stopped.new_tokens) == (stopped.text, stopped.new_tokens)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"speculative": 4}, "smaller than the 4 layers"),
+        ({"speculative": 0}, "from 1 to 3"),
+        ({"speculative": 2, "depth": 2}, "smaller than the 2 layers"),
+        ({"speculative": 2, "temperature": 0.7}, "temperature 0"),
+        ({"speculative": 2, "draft_tokens": 0}, "draft_tokens must be a positive integer"),
+    ],
+)
+def test_bad_speculative_input_is_explained(lm, tok, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate(lm, tok, "hello", **kwargs)
+
+
+def test_a_draft_without_layer_0_is_refused(lm):
+    with pytest.raises(ValueError, match="keep layer 0"):
+        draft_model(lm, keep=[1, 3])
+
+
+def test_generate_cli_reports_speculative_acceptance(saved_lm, capsys):
+    assert main(["generate", str(saved_lm), "--prompt", "in the beginning", "--speculative", "2",
+                 "--max-new-tokens", "6"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("in the beginning")
+    assert "at depth 4" in captured.err and "draft of 2 layers" in captured.err and "accepted" in captured.err
+    assert main(["generate", str(saved_lm), "--prompt", "hi", "--speculative", "4"]) == 2
+    assert "smaller than the 4 layers" in capsys.readouterr().err

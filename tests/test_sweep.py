@@ -117,3 +117,31 @@ def test_sweep_cli_prints_the_table(tmp_path, classifier_dir, reviews, capsys):
     code = main(["sweep", classifier_dir, "--data", reviews, "--out", str(tmp_path), "--rows", "12",
                  "--latency-reps", "1", "--no-progress"])
     assert code == 0 and "| every-other | 1 |" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def learned_dir(tmp_path_factory, tok):
+    folder = tmp_path_factory.mktemp("learned")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=4, n_head=2, eos_token_id=tok.sep_token_id)
+    config.layerdrop_learned_rates = [0.1, 0.7, 0.3, 0.5]
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def test_data_driven_sweep_keeps_the_lowest_learned_rates_and_charts_them(tmp_path, learned_dir, reviews):
+    result = run_sweep(_cfg(learned_dir, reviews, tmp_path, strategies="every-other,data-driven"))
+    kept = {r.depth: r.kept for r in result.points["data-driven"]}
+    assert kept == {4: (0, 1, 2, 3), 3: (0, 2, 3), 2: (0, 2), 1: (0,)}
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["records"]["data-driven"][0]["scores"] == pytest.approx([0.9, 0.3, 0.7, 0.5])
+    assert (tmp_path / "layer_importance.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prune_data_driven_without_data_reads_the_recorded_rates(tmp_path, learned_dir, lm_dir):
+    record = prune_with_strategy(learned_dir, str(tmp_path / "d"), 2, "data-driven")
+    assert record["kept_layers"] == [0, 2] and record["strategy"] == "data-driven"
+    assert AutoModel.from_pretrained(tmp_path / "d").config.layerdrop_learned_rates == [0.1, 0.3]
+    with pytest.raises(ValueError, match="--data-driven"):
+        prune_with_strategy(lm_dir, str(tmp_path / "e"), 2, "data-driven")

@@ -236,8 +236,10 @@ def test_long_doc_makes_overlapping_windows(tmp_path, bert_dir, reviews):
     assert all(r["labels"] == split.labels[d] for r, d in zip(rows, doc_of))
 
 
-def test_resumed_run_matches_an_uninterrupted_run(tmp_path, bert_dir, reviews):
-    cfg = _quick(task="classification", model=bert_dir, data=reviews, rate=0.5, dropout=0.1, out="")
+@pytest.mark.parametrize("data_driven", [False, True])
+def test_resumed_run_matches_an_uninterrupted_run(tmp_path, bert_dir, reviews, data_driven):
+    cfg = _quick(task="classification", model=bert_dir, data=reviews, rate=0.5, dropout=0.1, out="",
+                 data_driven=data_driven)
     full = run(dataclasses.replace(cfg, out=str(tmp_path / "full")))
     out = tmp_path / "crashed"
     run(dataclasses.replace(cfg, out=str(out)))
@@ -250,6 +252,10 @@ def test_resumed_run_matches_an_uninterrupted_run(tmp_path, bert_dir, reviews):
     for k in a:
         torch.testing.assert_close(b[k], a[k], msg=k)
     assert resumed.metrics == pytest.approx(full.metrics)
+    if data_driven:
+        rates = [json.loads((r.model_dir / "layerdrop.json").read_text())["learned_rates"] for r in (full, resumed)]
+        assert rates[1] == pytest.approx(rates[0]) and len(rates[0]) == 4
+        assert (out / "checkpoints" / "checkpoint-2" / "learned_rates.safetensors").is_file()
 
 
 def test_existing_checkpoints_are_not_overwritten_without_resume(tmp_path, bert_dir, reviews):
@@ -285,6 +291,8 @@ def test_clm_run_exports_a_generating_model(tmp_path_factory, tokenizer, reviews
         ({"lr_schedule": "step"}, "learning-rate schedule"),
         ({"long_doc": "median"}, "long-document pooling"),
         ({"stride": 20, "long_doc": "mean"}, "stride"),
+        ({"data_driven": True, "rate": 0.0}, "--data-driven"),
+        ({"data_driven": True, "granularity": "head"}, "--data-driven"),
     ],
 )
 def test_bad_training_options_are_explained(tmp_path, change, message):

@@ -8,6 +8,7 @@ Dropout", ICLR 2020 (arXiv:1909.11556).
 >>> small = layerdrop.prune(model, depth=3)  # doctest: +SKIP
 """
 
+from . import distributed  # layerdrop.distributed: DDP and FSDP (imports only torch)
 from .arch import ARCHITECTURES, Arch, find_layers
 from .core import (
     LayerDropSettings,
@@ -20,6 +21,7 @@ from .core import (
     set_rng_state,
     state_of,
 )
+from .learned import LearnedRates, learn_rates, learned_rates
 from .prune import every_other, prune
 from .rates import exponential_rates, layer_rates, linear_rates, uniform_rates
 
@@ -29,12 +31,16 @@ __all__ = [
     "ARCHITECTURES",
     "Arch",
     "LayerDropSettings",
+    "LearnedRates",
     "apply",
+    "distributed",
     "every_other",
     "exponential_rates",
     "find_layers",
     "get_rng_state",
     "layer_rates",
+    "learn_rates",
+    "learned_rates",
     "linear_rates",
     "only_layers",
     "prune",

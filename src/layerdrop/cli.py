@@ -91,8 +91,13 @@ def sweep(config: SweepConfig) -> int:
 
 def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: int = 64,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-             stop: str | None = None, seed: int = 0) -> int:
+             stop: str | None = None, seed: int = 0, speculative: int | None = None,
+             draft_tokens: int = 4) -> int:
     """Generate text with a causal LM cut to --depth layers, streaming tokens as they come.
+
+    With --speculative K, a K-layer sub-network of the model (the same weights)
+    drafts tokens and all layers verify them: the text is exactly the greedy
+    text of the model, and the speed and the acceptance rate are printed after it.
 
     Args:
         model: Model folder, bundled name (smollm2-135m) or hub name of a causal LM.
@@ -104,6 +109,9 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
         top_p: Sample from the smallest set of tokens with this probability mass (with --temperature).
         stop: Comma-separated strings that end generation.
         seed: Seed of sampling.
+        speculative: Self-speculative decoding with a draft of this many (every-other) layers; greedy only.
+            With --depth D too, the draft is K layers of the D-layer model, and the text is that model's.
+        draft_tokens: Tokens the draft proposes per verification (with --speculative).
     """
     from transformers import AutoTokenizer
 
@@ -115,10 +123,15 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
     print(prompt, end="", flush=True)
     result = run(lm, tokenizer, prompt, depth=depth, max_new_tokens=max_new_tokens, temperature=temperature,
                  top_k=top_k, top_p=top_p, stop=[s for s in (stop or "").split(",") if s], seed=seed,
-                 on_text=lambda text: print(text, end="", flush=True))
+                 on_text=lambda text: print(text, end="", flush=True), speculative=speculative,
+                 draft_tokens=draft_tokens)
     print()
     note = " (prompt truncated to fit the context)" if result.prompt_truncated else ""
-    print(f"[{result.new_tokens} tokens at depth {result.depth}{note}]", file=sys.stderr)
+    if result.draft_depth is not None:
+        note += (f"; speculative: draft of {result.draft_depth} layers, {result.accepted} of {result.drafted} "
+                 f"drafted tokens accepted ({100 * result.acceptance_rate:.0f} %)")
+    print(f"[{result.new_tokens} tokens at depth {result.depth}, {result.tokens_per_second:.1f} tokens/s{note}]",
+          file=sys.stderr)
     return 0
 
 
@@ -135,7 +148,7 @@ def prune(model: str, out: str, depth: int | None = None, keep: str | None = Non
         out: Output folder; written atomically.
         depth: Number of layers to keep, chosen by --strategy.
         keep: Comma-separated 0-based layer indices to keep instead, e.g. 0,2,5.
-        strategy: every-other, search, block-influence, angular or top (search and the importance metrics need --data).
+        strategy: every-other, search, block-influence, angular, top or data-driven (search and the importance metrics need --data; data-driven needs a model trained with --data-driven).
         data: Dataset name or file: the validation split scores the choice (and calibrates the importance metrics).
         rows: Validation rows used with --data.
     """

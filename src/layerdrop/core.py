@@ -197,12 +197,18 @@ class LayerDropState:
         """Multiplier on the configured rates, set by a schedule (see :func:`scale_rates`)."""
         self.layers_run = 0
         """Layers run (any part of them), summed over all training forwards sampled so far (for logging)."""
+        self.learner: Any = None
+        """A :class:`layerdrop.learned.LearnedRates` that sets the rates of every sampled
+        forward and learns them (the paper's data-driven pruning), or ``None``."""
+        self.sampled = False
+        """Whether the current (or last) forward's mask was drawn (training, no fixed mask)."""
         self._set_parts(None)
 
     def begin_forward(self, training: bool) -> None:
         """Set the masks for the forward that is starting."""
-        if self.fixed is None and training:
-            rates = self._rates * self.scale
+        self.sampled = self.fixed is None and training
+        if self.sampled:
+            rates = self.learner.rates(self.scale) if self.learner is not None else self._rates * self.scale
             granularity = self.settings.granularity
             if granularity == "layer":
                 self.keep = tuple(sample_keep_mask(rates, self.generator, self.settings.min_layers).tolist())
@@ -244,7 +250,9 @@ class LayerDropState:
 
     @property
     def rates(self) -> tuple[float, ...]:
-        """The rates in force now: the configured ones times :attr:`scale`."""
+        """The rates in force now: the configured (or learned) ones times :attr:`scale`."""
+        if self.learner is not None:
+            return tuple(self.learner.rates(self.scale).tolist())
         return tuple(r * self.scale for r in self.settings.rates)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> LayerDropState:
@@ -252,6 +260,7 @@ class LayerDropState:
         new.generator.set_state(self.generator.get_state())
         new.draws, new.keep, new.fixed = self.draws, self.keep, self.fixed
         new.scale, new.layers_run = self.scale, self.layers_run
+        new.learner, new.sampled = self.learner, self.sampled  # the scorer is not part of the model
         new.sublayer_keep, new.head_keep = self.sublayer_keep, self.head_keep
         new.head_scale = None if self.head_scale is None else self.head_scale.clone()
         return new
@@ -307,12 +316,16 @@ class _Gate:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         hidden = args[0] if args else kwargs[self.input]
-        if not self.state.runs(self.index, self.part):
+        state = self.state
+        runs = state.runs(self.index, self.part)
+        if state.learner is not None and state.sampled and self.part is None:
+            state.learner.decide(self.index, hidden, runs, state.scale)  # data-driven rates learn from this
+        if not runs:
             value = hidden if self.skipped == "identity" else torch.zeros_like(hidden)
             return (value, None) if self.returns_tuple else value
         out = self._wrapped()(*args, **kwargs)
-        settings = self.state.settings
-        rate = settings.rates[self.index] * self.state.scale
+        settings = state.settings
+        rate = state.rates[self.index] if settings.rescale else 0.0
         if not (self.rescales and settings.rescale and self.owner.training and rate > 0):
             return out
         first = out[0] if self.returns_tuple else out

@@ -1,24 +1,47 @@
-"""Text generation at a chosen depth.
+"""Text generation at a chosen depth, and self-speculative decoding.
 
 ``depth=k`` cuts the decoder to ``k`` layers with :func:`layerdrop.prune`
 (every-other by default, or ``keep=[...]``) and generates with a KV cache
 through Hugging Face ``generate``. Tokens can be streamed as they are produced.
+
+``speculative=K`` drafts with a ``K``-layer sub-network of the model itself
+(:func:`draft_model`, layers :func:`layerdrop.every_other`) and verifies with
+all its layers: the draft proposes a few tokens greedily, one forward of the
+full model scores them all, the longest prefix the full model agrees with is
+kept plus the full model's own next token, and both KV caches are cropped to
+what was kept. The output is the full model's greedy output, token for token.
+The draft holds the very layer modules of the model (nothing is copied), and
+they keep their ``layer_idx``: the draft's own ``DynamicCache`` is indexed by
+the original layer numbers, so its length, read from layer 0, is right as long
+as the draft keeps layer 0 (``every_other`` always does).
+
+The loop is ours rather than HF ``generate(assistant_model=draft)``, which
+accepts such a draft and gives the same tokens (transformers 5.24): HF does not
+report how many drafted tokens were accepted, which is what this feature must
+report, and by default it drafts up to 20 tokens a round but cuts a draft short
+when the draft's confidence falls below a threshold that it re-tunes as it
+goes, so what gets drafted depends on that policy as much as on the draft. Our
+loop drafts a fixed ``draft_tokens`` per round, so its acceptance rate measures
+the draft; it is a few dozen lines over ``DynamicCache.crop``.
 """
 
 from __future__ import annotations
 
+import copy
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from .arch import find_layers
-from .prune import prune
+from .core import check_keep
+from .prune import every_other, prune
 
-__all__ = ["Generation", "generate"]
+__all__ = ["Generation", "draft_model", "generate"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +56,24 @@ class Generation:
     """Layers the model ran with."""
     prompt_truncated: bool
     """Whether the prompt was cut to fit the context."""
+    seconds: float = 0.0
+    """Wall-clock time of the generation, prompt processing included."""
+    draft_depth: int | None = None
+    """Layers of the draft with ``speculative=K`` (``K``); ``None`` without it."""
+    drafted: int = 0
+    """Tokens the draft proposed (speculative decoding)."""
+    accepted: int = 0
+    """Of the drafted tokens, those the full model agreed with; ``0 <= accepted <= drafted``."""
+
+    @property
+    def tokens_per_second(self) -> float:
+        """New tokens over :attr:`seconds`."""
+        return self.new_tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        """:attr:`accepted` over :attr:`drafted` (0 when nothing was drafted)."""
+        return self.accepted / self.drafted if self.drafted else 0.0
 
 
 class _StopOnStrings(StoppingCriteria):
@@ -54,6 +95,87 @@ class _Stream(TextStreamer):
         self.on_text(text)
 
 
+def draft_model(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | None = None) -> nn.Module:
+    """A view of ``model`` that runs only ``depth`` of its layers (or ``keep``), sharing everything.
+
+    The result is a shallow copy: the modules on the path to the block list are
+    new objects, so that the copy can hold its own, shorter list, but every
+    block, embedding, norm and head is the model's own module (no parameter is
+    copied), and the model is untouched. The blocks keep their ``layer_idx``, so
+    a KV cache of the draft is indexed by the original layer numbers; layer 0
+    must be kept, because a cache's length is read from layer 0.
+    :func:`layerdrop.every_other` always keeps it. The config is the model's own
+    too (it still counts all the layers). Not for saving: use :func:`layerdrop.prune`.
+    """
+    site = find_layers(model)
+    num_layers = len(site.layers)
+    if (depth is None) == (keep is None):
+        raise ValueError("pass exactly one of depth=K or keep=[indices]")
+    kept = every_other(num_layers, depth) if depth is not None else check_keep(keep, num_layers)
+    if kept[0] != 0:
+        raise ValueError(f"a draft must keep layer 0 (its KV cache length is read there), got keep={list(kept)}")
+    *parents, leaf = site.path.split(".")
+    draft = copy.copy(model)
+    draft._modules = dict(model._modules)  # copy.copy shares the dict; the draft needs its own
+    node, original = draft, model
+    for name in parents:
+        child = copy.copy(original._modules[name])
+        child._modules = dict(child._modules)
+        node._modules[name] = child
+        node, original = child, original._modules[name]
+    node._modules[leaf] = nn.ModuleList([site.layers[i] for i in kept])
+    return draft
+
+
+@torch.no_grad()
+def _speculative(
+    model: nn.Module,
+    draft: nn.Module,
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    draft_tokens: int,
+    emit: Callable[[int], bool],
+) -> tuple[int, int]:
+    """Greedy decoding of ``model`` after ``ids``, drafted by ``draft``; returns ``(drafted, accepted)``.
+
+    Each new token goes to ``emit``, in order, which returns ``True`` to stop
+    (at the latest at the ``max_new_tokens``-th token).
+    """
+    # Both caches have a slot per original layer: the draft's blocks fill theirs by their own layer_idx.
+    full_cache, draft_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    logits = model(input_ids=ids, cache=full_cache, use_cache=True, logits_to_keep=1).logits
+    seq = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)  # (1, T + 1)
+    drafted = accepted = 0
+    if emit(int(seq[0, -1])):
+        return drafted, accepted
+    while True:
+        start = seq.shape[1]
+        proposal = seq
+        # a round yields at most n + 1 tokens: never draft past max_new_tokens (nor the context)
+        n = min(draft_tokens, max_new_tokens - (start - ids.shape[1]) - 1)
+        for _ in range(n):
+            # the draft catches up on every token it has not seen: after a fully accepted round, two
+            new = proposal[:, draft_cache.get_seq_length():]
+            logits = draft(input_ids=new, cache=draft_cache, use_cache=True, logits_to_keep=1).logits
+            proposal = torch.cat([proposal, logits[:, -1:].argmax(-1)], dim=1)
+        candidates = proposal[:, start:]  # (1, n)
+        # one forward of the full model scores the last kept token and every candidate
+        logits = model(input_ids=proposal[:, full_cache.get_seq_length():], cache=full_cache, use_cache=True).logits
+        wanted = logits.argmax(-1)  # (1, n + 1): the full model's token after each input
+        agree = int((candidates == wanted[:, :-1]).int().cumprod(dim=-1).sum())
+        drafted, accepted = drafted + candidates.shape[1], accepted + agree
+        kept = torch.cat([candidates[:, :agree], wanted[:, agree:agree + 1]], dim=1)  # (1, agree + 1)
+        seq = torch.cat([seq, kept], dim=1)
+        for cache in (full_cache, draft_cache):
+            # drop rejected candidates: a cache holds at most ``seq`` without its last token
+            extra = cache.get_seq_length() - (seq.shape[1] - 1)
+            if extra > 0:
+                cache.crop(-extra)
+        for token in kept[0].tolist():
+            if emit(token):
+                return drafted, accepted
+
+
 def generate(
     model: nn.Module,
     tokenizer: Any,
@@ -68,6 +190,8 @@ def generate(
     stop: Sequence[str] = (),
     seed: int = 0,
     on_text: Callable[[str], None] | None = None,
+    speculative: int | None = None,
+    draft_tokens: int = 4,
 ) -> Generation:
     """Continue ``prompt`` with ``model`` cut to ``depth`` layers (or to ``keep``).
 
@@ -77,6 +201,14 @@ def generate(
     ``on_text`` receives the text as it is produced. A prompt longer than the
     context leaves room for ``max_new_tokens`` by keeping its end; the result
     says so in ``prompt_truncated``.
+
+    ``speculative=K`` decodes greedily with self-speculative decoding: a draft of
+    ``K`` of the layers (:func:`draft_model`, the same weights) proposes
+    ``draft_tokens`` tokens at a time and the model verifies them, so the text is
+    the model's own greedy output, produced in fewer full forwards. With ``depth``
+    (or ``keep``) too, the model is cut first and the draft is ``K`` layers of the
+    cut model, whose greedy output the result then equals. Speculative decoding
+    needs ``temperature=0``; the result reports ``drafted`` and ``accepted``.
     """
     arch = find_layers(model).arch
     if arch is None or not arch.decoder or not hasattr(model, "generate"):
@@ -86,9 +218,20 @@ def generate(
         raise ValueError("the prompt is empty: pass some text to continue")
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if speculative is not None and temperature > 0:
+        raise ValueError("speculative decoding here is greedy: use temperature 0 (the default) with speculative")
+    if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
+        raise ValueError(f"draft_tokens must be a positive integer, got {draft_tokens!r}")
     if depth is not None or keep is not None:
         model = prune(model, depth, keep=keep)
     model.eval()
+    draft = None
+    if speculative is not None:
+        num_layers = len(find_layers(model).layers)
+        if isinstance(speculative, bool) or not isinstance(speculative, int) or not 1 <= speculative < num_layers:
+            raise ValueError(f"the speculative draft depth must be smaller than the {num_layers} layers that verify "
+                             f"it: an integer from 1 to {num_layers - 1}, got {speculative!r}")
+        draft = draft_model(model, speculative)
     ids = tokenizer(prompt, return_tensors="pt").input_ids  # (1, T)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     truncated = False
@@ -99,6 +242,10 @@ def generate(
                              f"context of {context} tokens")
         if ids.shape[1] > room:
             ids, truncated = ids[:, -room:], True
+    begin = time.perf_counter()
+    if draft is not None:
+        return _generate_speculative(model, draft, tokenizer, ids, truncated, begin, max_new_tokens=max_new_tokens,
+                                     draft_tokens=draft_tokens, stop=stop, on_text=on_text)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "use_cache": True,
                               "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                               else tokenizer.eos_token_id}
@@ -114,9 +261,50 @@ def generate(
         torch.manual_seed(seed)
         out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
     new = out[0, ids.shape[1]:]
-    text = tokenizer.decode(new, skip_special_tokens=True)
+    text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
+    return Generation(text=text, new_tokens=int(new.shape[0]), depth=len(find_layers(model).layers),
+                      prompt_truncated=truncated, seconds=time.perf_counter() - begin)
+
+
+def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
     for s in stop:
         if s in text:
             text = text[: text.index(s)]
-    return Generation(text=text, new_tokens=int(new.shape[0]), depth=len(find_layers(model).layers),
-                      prompt_truncated=truncated)
+    return text
+
+
+def _generate_speculative(
+    model: nn.Module,
+    draft: nn.Module,
+    tokenizer: Any,
+    ids: torch.Tensor,
+    truncated: bool,
+    begin: float,
+    *,
+    max_new_tokens: int,
+    draft_tokens: int,
+    stop: Sequence[str],
+    on_text: Callable[[str], None] | None,
+) -> Generation:
+    """:func:`generate`'s speculative path; ends where HF ``generate`` would (EOS, a stop string, the length)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos_ids = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+    streamer = _Stream(tokenizer, on_text) if on_text is not None else None
+    if streamer is not None:
+        streamer.put(ids)  # the prompt, which it skips
+    new: list[int] = []
+
+    def emit(token: int) -> bool:
+        new.append(token)
+        if streamer is not None:
+            streamer.put(torch.tensor([token]))
+        text = tokenizer.decode(new, skip_special_tokens=True) if stop else ""
+        return token in eos_ids or len(new) >= max_new_tokens or any(s in text for s in stop)
+
+    drafted, accepted = _speculative(model, draft, ids, max_new_tokens, draft_tokens, emit)
+    if streamer is not None:
+        streamer.end()
+    text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
+    return Generation(text=text, new_tokens=len(new), depth=len(find_layers(model).layers),
+                      prompt_truncated=truncated, seconds=time.perf_counter() - begin,
+                      draft_depth=len(find_layers(draft).layers), drafted=drafted, accepted=accepted)

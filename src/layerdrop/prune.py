@@ -21,6 +21,7 @@ from torch import nn
 from .arch import find_layers
 from .core import CONFIG_KEY, check_keep, state_of, uninstall
 from .files import atomic_dir, write_json
+from .learned import LEARNED_KEY
 
 __all__ = ["PRUNING_KEY", "every_other", "prune", "prune_saved"]
 
@@ -77,6 +78,9 @@ def _prune_config(config: Any, keep: tuple[int, ...], num_layers: int, per_layer
     recorded = getattr(config, CONFIG_KEY, None)
     if recorded:
         setattr(config, CONFIG_KEY, {**recorded, "rates": [recorded["rates"][i] for i in keep]})
+    learned = getattr(config, LEARNED_KEY, None)
+    if learned and len(learned) == num_layers:
+        setattr(config, LEARNED_KEY, [learned[i] for i in keep])
 
 
 def prune(

@@ -12,6 +12,8 @@ JSON-ready record of how it chose.
 - ``"angular"``: Gromov et al. 2024, drop the contiguous block whose input and output
   hidden states are closest in angle (:func:`angular_distance_choice`).
 - ``"top"``: Sajjad et al. 2020, drop the top layers (:func:`top_layers_choice`).
+- ``"data-driven"``: the paper's data-driven pruning, keep the layers with the lowest
+  rates learned during training (:func:`data_driven_choice`, :mod:`layerdrop.learned`).
 
 The last three are for models trained *without* LayerDrop; the two importance metrics
 read calibration batches (dicts of model inputs).
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .arch import find_layers
 from .core import only_layers
+from .learned import learned_rates
 from .prune import _check_depth, every_other
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "block_influence",
     "block_influence_choice",
     "choose",
+    "data_driven_choice",
     "every_other_choice",
     "search",
     "search_all_depths",
@@ -93,8 +97,22 @@ def _num_layers(model: nn.Module, layers: str | None) -> int:
 def every_other_choice(num_layers: int, depth: int) -> Choice:
     """The paper's rule, :func:`layerdrop.every_other`: evenly spread, first and last layers kept."""
     kept = every_other(num_layers, depth)
-    return Choice(kept, "every-other", {"rule": "keep L - 1 - floor(j * L / depth), j = 0..depth-1",
+    return Choice(kept, "every-other", {"rule": "keep round(j * (L - 1) / (depth - 1)), j = 0..depth-1",
                                         "num_layers": num_layers, "depth": depth})
+
+
+def data_driven_choice(rates: Sequence[float], depth: int) -> Choice:
+    """The paper's data-driven pruning: keep the ``depth`` layers with the lowest learned rates.
+
+    ``rates`` come from training with learned rates (:func:`layerdrop.learned_rates`);
+    ties keep the lower layer. The set is fixed: it does not depend on the input.
+    """
+    _check_depth(depth, len(rates))
+    order = sorted(range(len(rates)), key=lambda i: (rates[i], i))
+    kept = tuple(sorted(order[:depth]))
+    return Choice(kept, "data-driven", {"rule": "keep the depth layers with the lowest learned drop rates",
+                                        "learned_rates": list(rates), "depth": depth},
+                  scores=tuple(1.0 - r for r in rates))
 
 
 def top_layers_choice(num_layers: int, depth: int) -> Choice:
@@ -481,13 +499,16 @@ class Strategy:
 
 STRATEGIES: dict[str, Strategy] = {
     "every-other": Strategy(every_other_choice, False,
-                            "evenly spread layers, the last kept (the paper's rule, for LayerDrop-trained models)"),
+                            "evenly spread layers, first and last kept (the paper's rule, for LayerDrop-trained "
+                            "models)"),
     "search": Strategy(search, True, "greedy backward elimination (or beam) on a validation score"),
     "block-influence": Strategy(block_influence_choice, True,
                                 "keep the layers that change their hidden states most (ShortGPT)"),
     "angular": Strategy(angular_distance_choice, True,
                         "drop the contiguous block of least angular distance (Gromov et al. 2024)"),
     "top": Strategy(top_layers_choice, False, "drop the top layers (Sajjad et al. 2020)"),
+    "data-driven": Strategy(data_driven_choice, False,
+                            "keep the layers with the lowest learned rates (train with --data-driven)"),
 }
 """Strategy name -> function, whether it needs data, and a description."""
 
@@ -515,6 +536,8 @@ def choose(
         return every_other_choice(num_layers, depth, **kw)
     if strategy == "top":
         return top_layers_choice(num_layers, depth, **kw)
+    if strategy == "data-driven":
+        return data_driven_choice(learned_rates(model), depth)
     if strategy == "search":
         if score is None:
             raise ValueError("search needs validation data: pass score=lambda model: <validation metric>")

@@ -36,7 +36,16 @@ from .report import (
     plot_quality_vs_depth,
     plot_quality_vs_latency,
 )
-from .strategies import STRATEGIES, Choice, choose, every_other_choice, search_all_depths, top_layers_choice
+from .learned import learned_rates
+from .strategies import (
+    STRATEGIES,
+    Choice,
+    choose,
+    data_driven_choice,
+    every_other_choice,
+    search_all_depths,
+    top_layers_choice,
+)
 
 __all__ = ["SweepConfig", "SweepResult", "prune_with_strategy", "run_sweep"]
 
@@ -52,7 +61,7 @@ class SweepConfig:
     out: str
     """Output folder for sweep.csv, sweep.json, sweep.md and the plots."""
     strategies: str = "every-other"
-    """Comma-separated strategies: every-other, search, block-influence, angular, top."""
+    """Comma-separated strategies: every-other, search, block-influence, angular, top, data-driven."""
     rows: int = 500
     """Validation rows scored per point (and test rows for search's final check)."""
     batch_size: int = 32
@@ -206,11 +215,15 @@ def prune_with_strategy(model_path: str, out: str, depth: int, strategy: str, *,
         with only_layers(model, choice.kept):
             extra.update({"strategy_record": choice.record, f"validation_{metric}": score_valid(model)})
         keep = list(choice.kept)
-    else:  # every-other or top: the layer count is enough
+    else:  # every-other, top or data-driven: the config is enough
         from transformers import AutoConfig
 
-        num_layers = AutoConfig.from_pretrained(local_folder(model_path)).num_hidden_layers
-        picked = (every_other_choice if strategy == "every-other" else top_layers_choice)(num_layers, depth)
+        config = AutoConfig.from_pretrained(local_folder(model_path))
+        if strategy == "data-driven":
+            picked = data_driven_choice(learned_rates(config), depth)
+        else:
+            picked = (every_other_choice if strategy == "every-other" else top_layers_choice)(
+                config.num_hidden_layers, depth)
         extra["strategy_record"] = picked.record
         keep = list(picked.kept)
     return prune_saved(model_path, out, keep=keep, extra=extra, model=model)

@@ -20,6 +20,7 @@ import base64
 import dataclasses
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -27,8 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from tqdm.auto import tqdm
 from transformers import (
     AutoModel,
@@ -46,8 +49,10 @@ from transformers.trainer_callback import ExportableState
 
 from . import data as datasets
 from .core import LayerDropState, apply, get_rng_state, only_layers, scale_rates, set_rng_state, state_of
+from .distributed import DEFAULT_CHECK_EVERY, check_trainer_setup, configure_trainer, watch, world_size
 from .evaluate import pooled_accuracy
-from .files import atomic_dir, write_json
+from .files import atomic_dir, write_bytes, write_json
+from .learned import LearnedRates, learn_rates, record_learned_rates
 from .models import META_FILE, Classifier, model_folder, save_classifier
 from .rates import SCHEDULES, schedule_factor
 
@@ -65,6 +70,9 @@ __all__ = [
 
 TASKS = ("classification", "mlm", "clm")
 """What ``layerdrop train`` trains."""
+
+LEARNED_FILE = "learned_rates.safetensors"
+"""The data-driven scorer's state, saved into each checkpoint (it is not part of the model)."""
 
 CHECKPOINT_DONE = "layerdrop-complete.json"
 """Written last into a checkpoint folder: only checkpoints that have it are resumed from."""
@@ -101,6 +109,8 @@ class LayerDropCallback(TrainerCallback, ExportableState):
             ``"progressive"`` (Zhang & He 2020, with ``gamma``); see :mod:`layerdrop.rates`.
         warmup_steps: Optimizer steps of the linear rate warm-up.
         gamma: Decay of progressive layer dropping (their default 0.001).
+        check_every: Under DDP or FSDP, check that all ranks draw the same masks at the first
+            training forward and every this many; see :func:`layerdrop.distributed.watch`.
 
     The generator state is saved in ``trainer_state.json`` of each checkpoint. On
     resume it is restored either by ``TrainingArguments(restore_callback_states_from_checkpoint=True)``
@@ -108,13 +118,18 @@ class LayerDropCallback(TrainerCallback, ExportableState):
     reporting callbacks) or, keeping this instance in place, by :meth:`restore`.
     """
 
-    def __init__(self, schedule: str = "constant", warmup_steps: int = 0, gamma: float = 0.001) -> None:
+    def __init__(self, schedule: str = "constant", warmup_steps: int = 0, gamma: float = 0.001,
+                 check_every: int = DEFAULT_CHECK_EVERY) -> None:
         schedule_factor(schedule, 0, warmup_steps=warmup_steps, gamma=gamma)  # validates the name
+        self.check_every = check_every
+        self._watch: RemovableHandle | None = None
         self.schedule = schedule
         self.warmup_steps = warmup_steps
         self.gamma = gamma
         self.rng: dict[str, Any] | None = None
         """Generator state restored from a checkpoint, applied when training begins."""
+        self.learned: dict[str, torch.Tensor] | None = None
+        """Data-driven scorer state restored from a checkpoint, applied when training begins."""
         self._model: nn.Module | None = None
         self._last = (0, 0)
 
@@ -127,6 +142,8 @@ class LayerDropCallback(TrainerCallback, ExportableState):
         if not saved:
             raise ValueError(f"{checkpoint} holds no {type(self).__name__} state: was it trained with one?")
         self.rng = (saved[0] if isinstance(saved, list) else saved)["attributes"]["rng"]
+        learned = Path(checkpoint) / LEARNED_FILE
+        self.learned = safetensors.torch.load_file(learned) if learned.is_file() else None
 
     def _state(self) -> LayerDropState:
         if self._model is None:
@@ -143,17 +160,36 @@ class LayerDropCallback(TrainerCallback, ExportableState):
         if self.rng is not None:
             set_rng_state(module, _decode_rng(self.rng))
             self.rng = None
+        if self.learned is not None and ld.learner is not None:
+            ld.learner.load_state_dict(self.learned)
+            self.learned = None
         self._set_scale(state.global_step)
         self._last = (ld.draws, ld.layers_run)
+        if world_size() > 1:
+            check_trainer_setup(args, model)
+            self._watch = watch(module, every=self.check_every)
+
+    def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        if self._watch is not None:
+            self._watch.remove()
+            self._watch = None
 
     def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
         self._set_scale(state.global_step)
+
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        learner = self._state().learner
+        if learner is not None:  # Trainer zeroes only the model's gradients
+            learner.zero_grad(set_to_none=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
         if logs is None or self._model is None or not any(k in logs for k in ("loss", "train_loss")):
             return
         ld = self._state()
-        extra = {"layerdrop/rate": round(sum(ld.rates) / len(ld.rates), 4)}
+        rates = ld.rates
+        extra = {"layerdrop/rate": round(sum(rates) / len(rates), 4)}
+        if ld.learner is not None:
+            extra.update({f"layerdrop/rate_{i}": round(r, 4) for i, r in enumerate(rates)})
         draws = ld.draws - self._last[0]
         if draws:
             extra["layerdrop/layers_run"] = round((ld.layers_run - self._last[1]) / draws, 3)
@@ -161,6 +197,13 @@ class LayerDropCallback(TrainerCallback, ExportableState):
         logs.update(extra)
         if state.log_history:
             state.log_history[-1].update(extra)
+
+    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        learner = self._state().learner if self._model is not None else None
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if learner is not None and args.should_save and folder.is_dir():
+            tensors = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()}
+            write_bytes(folder / LEARNED_FILE, safetensors.torch.save(tensors))
 
     def state(self) -> dict[str, Any]:
         """For ``Trainer``'s checkpoints: settings and the mask generator."""
@@ -173,8 +216,13 @@ class LayerDropCallback(TrainerCallback, ExportableState):
 
 
 def attach(trainer: Trainer, **kwargs: Any) -> LayerDropCallback:
-    """Add a :class:`LayerDropCallback` ahead of the reporting callbacks, and return it."""
+    """Add a :class:`LayerDropCallback` ahead of the reporting callbacks, and return it.
+
+    Also sets the trainer's DDP up for LayerDrop (``find_unused_parameters=True``, see
+    :func:`layerdrop.distributed.configure_trainer`), which matters when it runs on several ranks.
+    """
     callback = LayerDropCallback(**kwargs)
+    configure_trainer(trainer)  # DDP must tolerate skipped layers
     trainer.callback_handler.callbacks.insert(0, callback)
     return callback
 
@@ -199,19 +247,30 @@ class LayerDropTrainer(Trainer):
         distill_weight: Weight of the KL term.
         distill_temperature: Softmax temperature of the soft targets.
         head_lr: Learning rate of parameters under ``head.`` (a :class:`Classifier`'s head).
+        rate_learner: The scorer of data-driven rates (:func:`layerdrop.learn_rates`); it is
+            not part of the model, so it gets its own optimizer parameter group.
+        rate_lr: Learning rate of ``rate_learner``.
     """
 
     def __init__(self, *args: Any, self_distill: bool = False, distill_weight: float = 1.0,
-                 distill_temperature: float = 1.0, head_lr: float | None = None, **kwargs: Any) -> None:
+                 distill_temperature: float = 1.0, head_lr: float | None = None,
+                 rate_learner: LearnedRates | None = None, rate_lr: float = 5e-3, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.self_distill = self_distill
         self.distill_weight = distill_weight
         self.distill_temperature = distill_temperature
         self.head_lr = head_lr
+        self.rate_learner = rate_learner
+        self.rate_lr = rate_lr
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
         if not (self.self_distill and model.training):
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.rate_learner is None or not model.training:
+                return result
+            loss = result[0] if return_outputs else result
+            loss = loss + self.rate_learner.policy_loss(loss)
+            return (loss, result[1]) if return_outputs else loss
         module, state = _applied(model)
         inputs = dict(inputs)
         labels = inputs.pop("labels") if self.label_smoother is not None else None
@@ -219,12 +278,23 @@ class LayerDropTrainer(Trainer):
             full = model(**inputs)  # the whole network, on the task
         task = self.label_smoother(full, labels) if labels is not None else full.loss
         sub = model(**{k: v for k, v in inputs.items() if k != "labels"})  # a sampled sub-network
-        loss = task + self.distill_weight * self_distill_loss(sub.logits, full.logits, self.distill_temperature)
+        distill = self_distill_loss(sub.logits, full.logits, self.distill_temperature)
+        loss = task + self.distill_weight * distill
+        if self.rate_learner is not None:  # the sub-network's gap to the full one, free of data noise
+            loss = loss + self.rate_learner.policy_loss(distill)
         return (loss, full) if return_outputs else loss
 
     def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]
         if self.head_lr is None:
-            return super().create_optimizer(model)
+            super().create_optimizer(model)
+        else:
+            self._create_head_lr_optimizer(model)
+        if self.rate_learner is not None:
+            self.optimizer.add_param_group({"params": list(self.rate_learner.parameters()), "lr": self.rate_lr,
+                                            "weight_decay": 0.0})
+        return self.optimizer
+
+    def _create_head_lr_optimizer(self, model=None) -> None:  # type: ignore[no-untyped-def]
         model = model if model is not None else self.model
         decay = set(self.get_decay_parameter_names(model))
         groups = []
@@ -237,7 +307,6 @@ class LayerDropTrainer(Trainer):
                                    "lr": self.head_lr if in_head else self.args.learning_rate})
         self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=(self.args.adam_beta1,
                                            self.args.adam_beta2), eps=self.args.adam_epsilon)
-        return self.optimizer
 
 
 class _MarkComplete(TrainerCallback):
@@ -321,6 +390,11 @@ class TrainConfig:
     """Weight of the sub-network's KL term with ``self_distill``."""
     distill_temperature: float = 1.0
     """Softmax temperature of the soft targets with ``self_distill``."""
+    data_driven: bool = False
+    """Learn each layer's drop rate from its activations, averaging --rate (the paper's
+    data-driven pruning); then prune with ``--strategy data-driven``."""
+    rate_lr: float = 5e-3
+    """Learning rate of the data-driven rates' scorer."""
     bf16: bool = False
     """bfloat16 mixed precision, where the hardware supports it."""
     max_length: int = 128
@@ -483,6 +557,9 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown long-document pooling {cfg.long_doc!r}; choose mean or max")
     if cfg.long_doc and cfg.task != "classification":
         raise ValueError("--long-doc applies to classification only")
+    if cfg.data_driven and (cfg.rate <= 0 or cfg.granularity != "layer"):
+        raise ValueError("--data-driven learns per-layer rates that average --rate: it needs --rate > 0 "
+                         "and --granularity layer")
     if cfg.long_doc and not 0 <= cfg.stride < cfg.max_length // 2:
         raise ValueError(f"stride must be between 0 and max_length / 2 ({cfg.max_length // 2}), got {cfg.stride}")
 
@@ -510,9 +587,12 @@ def run(cfg: TrainConfig) -> TrainResult:
     num_labels = len(train_split.label_names) if train_split.label_names else None
 
     model, tokenizer = _load_model(cfg, num_labels, train_split.texts)
+    learner = None
     if cfg.rate > 0:
         extra = {"granularity": cfg.granularity} if cfg.granularity != "layer" else {}
         apply(model, cfg.rate, per_layer=cfg.per_layer, seed=cfg.seed, **extra)
+        if cfg.data_driven:
+            learner = learn_rates(model, seed=cfg.seed)
 
     if cfg.task == "classification":
         train_rows, _ = encode_classification(tokenizer, train_split, cfg, "tokenizing train")
@@ -540,7 +620,8 @@ def run(cfg: TrainConfig) -> TrainResult:
         max_grad_norm=cfg.max_grad_norm if cfg.max_grad_norm > 0 else 0.0,
         label_smoothing_factor=cfg.label_smoothing,
         bf16=cfg.bf16,
-        use_cpu=cfg.bf16 and not torch.cuda.is_available(),  # Trainer wants it explicit for CPU bf16
+        # Trainer wants use_cpu explicit for bf16 on CPUs, and for DDP across CPU processes (torchrun sets WORLD_SIZE).
+        use_cpu=not torch.cuda.is_available() and (cfg.bf16 or int(os.environ.get("WORLD_SIZE", "1")) > 1),
         seed=cfg.seed,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -551,6 +632,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         remove_unused_columns=False,
         restore_callback_states_from_checkpoint=False,  # restored below, keeping the callback first
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=True if cfg.rate > 0 else None,  # under DDP, skipped layers get no gradient
         dataloader_pin_memory=torch.cuda.is_available(),
     )
     if cfg.self_distill and cfg.rate <= 0:
@@ -558,7 +640,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     trainer = LayerDropTrainer(model=model, args=args, train_dataset=_Rows(train_rows), data_collator=collator,
                                callbacks=[_MarkComplete()], self_distill=cfg.self_distill,
                                distill_weight=cfg.distill_weight, distill_temperature=cfg.distill_temperature,
-                               head_lr=cfg.head_lr)
+                               head_lr=cfg.head_lr, rate_learner=learner, rate_lr=cfg.rate_lr)
     if cfg.rate > 0:
         callback = attach(trainer, schedule=cfg.schedule, warmup_steps=cfg.rate_warmup_steps, gamma=cfg.pld_gamma)
         if resume_from:
@@ -578,9 +660,14 @@ def run(cfg: TrainConfig) -> TrainResult:
             metrics[f"{name}_perplexity"] = math.exp(min(loss, 50.0))
 
     model_dir = out / "model"
+    if not trainer.is_world_process_zero():  # launched on several ranks: one of them writes the files
+        return TrainResult(out=out, model_dir=model_dir, metrics=metrics, steps=trainer.state.global_step,
+                           seconds=time.time() - start, resumed_from=resume_from)
     with atomic_dir(model_dir) as tmp:
         meta = {"trained_with": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
                 "metrics": metrics}
+        if learner is not None:  # into the config too, so the data-driven strategy finds them
+            meta["learned_rates"] = list(record_learned_rates(model))
         if train_split.label_names:
             meta["label_names"] = list(train_split.label_names)
         if isinstance(model, Classifier):

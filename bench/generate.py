@@ -1,0 +1,165 @@
+"""Generation speed at each depth, and self-speculative decoding against full-depth greedy decoding.
+
+Prints, from one run (greedy decoding, KV cache, a fixed prompt, N new tokens):
+  1. tokens per second at each depth (the model cut with every-other layers);
+  2. for each draft depth K, self-speculative decoding: tokens per second, the speed-up over
+     full-depth greedy decoding, the acceptance rate, and whether the text is identical to
+     the full-depth greedy text (it must be);
+  3. memory: what building the draft adds to the process (it shares the model's weights),
+     next to what a deep copy of the model adds.
+
+Runs of the variants are interleaved and medians reported, so drift of the machine affects
+all alike. Full-depth and cut-depth decoding go through HF ``generate`` (what ``layerdrop
+generate`` runs without ``--speculative``); speculative decoding is layerdrop's own
+draft-and-verify loop (``layerdrop.generate.generate(..., speculative=K)``). HF ``generate``
+spends some time per step on its own machinery, which a bare loop does not, so full-depth greedy
+decoding is also timed as a bare loop (one forward per token, the same KV cache), and the
+speed-up is given over both.
+
+    python bench/generate.py [--model smollm2-135m] [--new-tokens 64] [--depths 30,20,15]
+                             [--speculative 15,20] [--draft-tokens 4] [--runs 3] [--threads 1]
+
+``--model`` is a local folder, a bundled name (``smollm2-135m``: converted once from GGUF into a
+cached folder, about 20 s the first time), or ``random``: a tiny randomly initialised Llama, for
+a smoke test only (its numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import platform
+import resource
+import statistics
+from pathlib import Path
+
+import time
+
+import torch
+from transformers import AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
+
+import layerdrop
+from layerdrop.generate import Generation, draft_model, generate
+from layerdrop.models import load_saved, local_folder, resolve
+
+PROMPT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
+          "and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters.")
+"""Genesis 1:1-2, King James Version."""
+
+
+def _load(name: str) -> tuple[torch.nn.Module, object]:
+    if name == "random":
+        tokenizer = AutoTokenizer.from_pretrained(resolve("minilm-l6")[0])
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=64, num_hidden_layers=6,
+                             num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
+                             max_position_embeddings=256, eos_token_id=None)
+        return LlamaForCausalLM(config).eval(), tokenizer
+    return load_saved(name).eval(), AutoTokenizer.from_pretrained(local_folder(name))
+
+
+@torch.no_grad()
+def _bare_greedy(model: torch.nn.Module, tokenizer: object, prompt: str, new_tokens: int) -> Generation:
+    """Full-depth greedy decoding as a bare loop: one forward per token, a KV cache, no EOS check."""
+    ids = tokenizer(prompt, return_tensors="pt").input_ids  # (1, T)
+    start = time.perf_counter()
+    cache = DynamicCache(config=model.config)
+    step, new = ids, []
+    for _ in range(new_tokens):
+        step = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1:].argmax(-1)  # (1, 1)
+        new.append(int(step))
+    return Generation(text=tokenizer.decode(new, skip_special_tokens=True), new_tokens=len(new),
+                      depth=len(layerdrop.find_layers(model).layers), prompt_truncated=False,
+                      seconds=time.perf_counter() - start)
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return [int(x) for x in text.split(",") if x.strip()] if text else None
+
+
+def _rss_mib() -> float:
+    """Resident memory now (Linux)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m", help="folder, bundled name, or 'random' (smoke test)")
+    p.add_argument("--prompt", default=PROMPT)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--depths", help="comma-separated depths to time (default: L, 2L/3, L/2)")
+    p.add_argument("--speculative", help="comma-separated draft depths (default: L/2, 2L/3)")
+    p.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per verification")
+    p.add_argument("--runs", type=int, default=3, help="timed runs per variant (after one warm-up)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+
+    model, tokenizer = _load(a.model)
+    num_layers = len(layerdrop.find_layers(model).layers)
+    depths = _ints(a.depths) or sorted({num_layers, round(2 * num_layers / 3), num_layers // 2}, reverse=True)
+    drafts = _ints(a.speculative) or sorted({num_layers // 2, round(2 * num_layers / 3)})
+    # Cut once, outside the timing: generate(depth=...) would copy the kept layers on every call.
+    cut = {d: model if d == num_layers else layerdrop.prune(model, d).eval() for d in depths}
+    full = cut.get(num_layers, model)
+
+    variants = {f"depth {d}": (lambda m=m: generate(m, tokenizer, a.prompt, max_new_tokens=a.new_tokens))
+                for d, m in cut.items()}
+    if num_layers not in cut:
+        variants[f"depth {num_layers}"] = lambda: generate(full, tokenizer, a.prompt, max_new_tokens=a.new_tokens)
+    variants["bare"] = lambda: _bare_greedy(full, tokenizer, a.prompt, a.new_tokens)
+    for k in drafts:
+        variants[f"speculative {k}"] = (lambda k=k: generate(full, tokenizer, a.prompt, max_new_tokens=a.new_tokens,
+                                                             speculative=k, draft_tokens=a.draft_tokens))
+    results: dict[str, list[Generation]] = {name: [] for name in variants}
+    for i in range(1 + a.runs):
+        for name, run in variants.items():
+            result = run()
+            if i > 0:  # the first round warms up
+                results[name].append(result)
+
+    def rate(name: str) -> float:
+        return statistics.median(r.tokens_per_second for r in results[name])
+
+    reference = results[f"depth {num_layers}"][0]
+    prompt_tokens = len(tokenizer(a.prompt).input_ids)
+    print(f"# bench/generate.py: {a.model} ({model.config.model_type}, {num_layers} layers), prompt {prompt_tokens} "
+          f"tokens, {a.new_tokens} new tokens, greedy, KV cache, {a.threads} threads, torch {torch.__version__}, "
+          f"{platform.machine()}, median of {a.runs}")
+    for d in sorted({*depths, num_layers}, reverse=True):
+        label = f"depth {d}{' (full)' if d == num_layers else ''}, HF generate"
+        print(f"{label:<36}: {rate(f'depth {d}'):8.1f} tokens/s ({results[f'depth {d}'][0].new_tokens} tokens)")
+    bare_same = results["bare"][0].text.startswith(reference.text)  # it does not stop at EOS
+    print(f"{f'depth {num_layers} (full), bare loop':<36}: {rate('bare'):8.1f} tokens/s "
+          f"(same text as HF generate: {'yes' if bare_same else 'NO'})")
+    for k in drafts:
+        runs = results[f"speculative {k}"]
+        same = all(r.text == reference.text and r.new_tokens == reference.new_tokens for r in runs)
+        r, speed = runs[0], rate(f"speculative {k}")
+        print(f"{f'speculative, draft {k} of {num_layers} layers':<36}: {speed:8.1f} tokens/s, "
+              f"{speed / rate(f'depth {num_layers}'):.2f}x over HF generate, {speed / rate('bare'):.2f}x over the "
+              f"bare loop; acceptance {100 * r.acceptance_rate:.1f} % ({r.accepted}/{r.drafted}, {a.draft_tokens} "
+              f"per round); output identical: {'yes' if same else 'NO'}")
+
+    rss, peak = _rss_mib(), _peak_mib()
+    draft = draft_model(full, drafts[0])
+    rss_draft, peak_draft = _rss_mib(), _peak_mib()
+    shared = {t.data_ptr() for t in full.parameters()}
+    own = sum(t.numel() for t in draft.parameters() if t.data_ptr() not in shared)
+    duplicate = copy.deepcopy(full)
+    rss_copy, peak_copy = _rss_mib(), _peak_mib()
+    print(f"memory, building the {drafts[0]}-layer draft: RSS {rss_draft - rss:+8.1f} MiB, peak (ru_maxrss) "
+          f"{peak_draft - peak:+8.1f} MiB, parameters of its own: {own}")
+    print(f"memory, a deep copy of the model: RSS {rss_copy - rss_draft:+8.1f} MiB, peak (ru_maxrss) "
+          f"{peak_copy - peak_draft:+8.1f} MiB ({sum(t.numel() for t in duplicate.parameters()) / 1e6:.1f}M "
+          "parameters)")
+    print(f"full-depth text: {reference.text[:120]!r}")
+
+
+if __name__ == "__main__":
+    main()

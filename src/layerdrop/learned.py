@@ -1,0 +1,226 @@
+"""Data-driven pruning: per-layer drop rates learned from the layers' activations.
+
+The paper's third pruning strategy (Fan, Grave & Joulin 2020, section 4,
+"Data Driven Pruning"): instead of one rate ``p`` for every layer, learn a rate
+``p_d`` for each layer ``d`` as a non-linear function of its activations
+followed by a softmax, constrained so that the rates average ``p``. At
+inference, keep the ``k`` layers with the lowest learned rates: a fixed set
+that does not depend on the input.
+
+Here, with ``h_d`` the hidden states entering layer ``d`` (they exist whether or
+not ``d`` runs):
+
+- score ``s_d = w2_d . tanh(W1_d mean_tokens(h_d) + b1_d) + b2_d``, averaged over the
+  batch; a small MLP per layer, on detached activations, so the scorer never
+  pushes the model;
+- rates ``p = L * p_mean * softmax(s_bar)``, where ``s_bar`` is a running mean of each
+  layer's score; a rate above ``max_rate`` is held there and its excess shared by the
+  others (:func:`capped_rates`), so the rates average exactly ``p_mean``. The keep-mask of a forward is drawn
+  from these rates at its start, as for any LayerDrop forward (one draw per layer
+  from the dedicated generator; a skipped layer is never called);
+- learning signal: the score-function (REINFORCE) estimator. Each sampled forward
+  records, per layer, the log-probability of its drawn keep/skip decision under rates
+  computed from the layer's *live* score; :meth:`LearnedRates.policy_loss` turns the
+  loss of that forward, minus a running baseline, into a surrogate whose gradient is
+  an unbiased estimate of how the expected loss changes with each layer's rate. A
+  layer whose absence raises the loss gets a lower score, so a lower rate. (The
+  first-order alternative, the gradient of the loss with respect to a kept layer's
+  update, is about zero for a layer that already fits its part, so it cannot tell a
+  needed layer from a useless one; the tests include such a case.)
+
+The forward itself is exactly LayerDrop's: the scorers only read detached
+activations, so the model's gradients are unchanged. The loss passed to
+:meth:`~LearnedRates.policy_loss` must be added to the training loss
+(:class:`layerdrop.train.LayerDropTrainer` does it; with self-distillation it uses
+the sub-network's KL to the full network, which has no data noise).
+
+The scorer is not part of the model (its parameters are not in the model's
+``state_dict``, so ``save_pretrained`` stays vanilla): it is attached to the
+LayerDrop state, trained by its own optimizer parameter group
+(:class:`layerdrop.train.LayerDropTrainer`), saved beside checkpoints, and its
+final rates are recorded in ``model.config.layerdrop_learned_rates`` for the
+``data-driven`` strategy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .arch import find_layers
+from .core import state_of
+
+__all__ = ["LEARNED_KEY", "LearnedRates", "capped_rates", "learn_rates", "learned_rates", "record_learned_rates"]
+
+LEARNED_KEY = "layerdrop_learned_rates"
+"""Name of the ``model.config`` attribute that records the learned rates."""
+
+
+def capped_rates(logits: torch.Tensor, mean: float, cap: float) -> torch.Tensor:
+    """Rates proportional to ``softmax(logits)``, averaging ``mean``, none above ``cap``.
+
+    Water-filling: a rate that would exceed the cap is held at it and the excess is shared
+    among the others in proportion to their softmax weights, so the mean stays exactly
+    ``mean``. The weights are renormalised in log space, so tiny ones stay exact.
+    Differentiable in ``logits``.
+    """
+    if not 0 <= mean <= cap:
+        raise ValueError(f"the mean rate {mean} must be between 0 and the cap {cap}")
+    n = logits.shape[0]
+    capped = torch.zeros(n, dtype=torch.bool, device=logits.device)
+    rates = n * mean * logits.softmax(0)
+    for _ in range(n):
+        new = (rates > cap) & ~capped
+        if not bool(new.any()):
+            break
+        capped |= new
+        rest = n * mean - cap * int(capped.sum())
+        free = logits.masked_fill(capped, float("-inf")).softmax(0)  # (L,), 0 where capped
+        rates = torch.where(capped, torch.full_like(rates, cap), rest * free)
+    return rates
+
+
+class LearnedRates(nn.Module):
+    """Per-layer scorers and the running mean of their scores. See the module docstring.
+
+    Args:
+        num_layers: Layers ``L``.
+        hidden_size: Width of the hidden states entering each layer.
+        rate: The mean rate ``p`` the learned rates must average.
+        width: Hidden width of each layer's scorer.
+        momentum: Of the running mean of scores that sets the rates.
+        max_rate: Cap on any layer's rate (the softmax could ask for more than 1).
+        seed: Initialisation of the scorers.
+    """
+
+    def __init__(self, num_layers: int, hidden_size: int, rate: float, *, width: int = 32,
+                 momentum: float = 0.95, max_rate: float = 0.9, seed: int = 0) -> None:
+        super().__init__()
+        if not 0 < rate < 1:
+            raise ValueError(f"data-driven rates need a mean rate in (0, 1), got {rate}")
+        if not rate <= max_rate < 1:
+            raise ValueError(f"max_rate must be in [rate, 1), got {max_rate}")
+        self.num_layers, self.rate, self.momentum, self.max_rate = num_layers, rate, momentum, max_rate
+        g = torch.Generator().manual_seed(seed)
+        self.w1 = nn.Parameter(torch.randn(num_layers, hidden_size, width, generator=g) / math.sqrt(hidden_size))
+        self.b1 = nn.Parameter(torch.zeros(num_layers, width))
+        self.w2 = nn.Parameter(torch.zeros(num_layers, width))  # all scores 0: starts as uniform LayerDrop
+        self.b2 = nn.Parameter(torch.zeros(num_layers))
+        self.register_buffer("mean_score", torch.zeros(num_layers))
+        self.register_buffer("baseline", torch.tensor(float("nan")))  # NaN until the first loss
+        self._log_probs: list[torch.Tensor] = []
+
+    def score(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Layer ``index``'s score for the hidden states entering it, averaged over the batch (a scalar)."""
+        x = hidden.detach().to(self.w1.dtype)
+        pooled = x.mean(dim=1) if x.dim() == 3 else x.reshape(-1, x.shape[-1])  # (B, H)
+        features = torch.tanh(pooled @ self.w1[index] + self.b1[index])  # (B, width)
+        return (features @ self.w2[index] + self.b2[index]).mean()
+
+    def _rates_from(self, logits: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        return capped_rates(logits, self.rate * scale, self.max_rate)
+
+    def rates(self, scale: float = 1.0) -> torch.Tensor:
+        """The rates in force, from the running mean scores: ``(L,)`` float64, no gradient."""
+        return self._rates_from(self.mean_score.detach().double(), scale)
+
+    @torch.no_grad()
+    def observe(self, index: int, score: torch.Tensor) -> None:
+        """Fold a score of layer ``index`` into its running mean."""
+        self.mean_score[index] = self.momentum * self.mean_score[index] + (1 - self.momentum) * score.detach()
+
+    def decide(self, index: int, hidden: torch.Tensor, kept: bool, scale: float = 1.0) -> None:
+        """Record the log-probability of layer ``index``'s drawn decision under its live score."""
+        score = self.score(index, hidden)
+        logits = self.mean_score.detach().clone()
+        logits[index] = score
+        self.observe(index, score)
+        rate = self._rates_from(logits, scale)[index].clamp(1e-6, 1 - 1e-6)
+        self._log_probs.append(torch.log(1 - rate) if kept else torch.log(rate))
+
+    def policy_loss(self, loss: torch.Tensor) -> torch.Tensor:
+        """Surrogate to add to the training loss: ``(loss - baseline) * sum(log-probabilities)``.
+
+        ``loss`` is the (scalar) loss of the sampled forward(s) since the last call; only its
+        value is used. Updates the running baseline and clears the recorded decisions.
+        Zero (with no gradient) when no sampled forward ran.
+        """
+        value = float(loss.detach())
+        if not self._log_probs:
+            return torch.zeros((), device=self.w1.device)
+        if torch.isnan(self.baseline):
+            self.baseline.fill_(value)
+        advantage = value - float(self.baseline)
+        with torch.no_grad():
+            self.baseline.mul_(self.momentum).add_((1 - self.momentum) * value)
+        surrogate = advantage * torch.stack(self._log_probs).sum()
+        self._log_probs = []
+        return surrogate
+
+    def extra_repr(self) -> str:
+        return f"num_layers={self.num_layers}, rate={self.rate}, max_rate={self.max_rate}"
+
+
+def _state(model: nn.Module) -> Any:
+    return next((state for module in model.modules() if (state := state_of(module)) is not None), None)
+
+
+def _hidden_size(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    for name in ("hidden_size", "n_embd", "d_model", "dim"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    raise ValueError(f"cannot tell the hidden size of {type(model).__name__}: pass hidden_size=")
+
+
+def learn_rates(model: nn.Module, *, hidden_size: int | None = None, **kwargs: Any) -> LearnedRates:
+    """Make an applied model's rates data-driven; return the scorer, which the caller trains.
+
+    The mean rate is the mean of the rates :func:`layerdrop.apply` set. Only
+    ``granularity="layer"`` is supported. Keyword arguments go to :class:`LearnedRates`.
+    """
+    state = _state(model)
+    if state is None:
+        raise ValueError("learn_rates needs LayerDrop applied first: layerdrop.apply(model, rate=...)")
+    if state.settings.granularity != "layer":
+        raise ValueError(f"data-driven rates drop whole layers; granularity={state.settings.granularity!r} "
+                         "is not supported")
+    if torch.distributed.is_available() and torch.distributed.is_initialized() \
+            and torch.distributed.get_world_size() > 1:
+        raise NotImplementedError("data-driven rates are not synchronised across processes yet: the running "
+                                  "scores differ per rank, so the masks would too. Train on one process.")
+    rates = state.settings.rates
+    learner = LearnedRates(len(rates), hidden_size or _hidden_size(model), sum(rates) / len(rates), **kwargs)
+    first = next(iter(find_layers(model, state.settings.layers).layers.parameters()), None)
+    if first is not None:
+        learner.to(first.device)
+    state.learner = learner
+    return learner
+
+
+def record_learned_rates(model: nn.Module) -> tuple[float, ...]:
+    """Write the attached scorer's current rates into ``model.config`` (for saving) and return them."""
+    state = _state(model)
+    if state is None or state.learner is None:
+        raise ValueError("no learned rates to record: call layerdrop.learn_rates(model) and train first")
+    rates = tuple(round(float(r), 6) for r in state.learner.rates())
+    setattr(model.config, LEARNED_KEY, list(rates))
+    return rates
+
+
+def learned_rates(model_or_config: Any) -> tuple[float, ...]:
+    """The learned rates of a model (live scorer first, else recorded in its config)."""
+    state = _state(model_or_config) if isinstance(model_or_config, nn.Module) else None
+    if state is not None and state.learner is not None:
+        return tuple(float(r) for r in state.learner.rates())
+    config = getattr(model_or_config, "config", model_or_config)
+    recorded: Sequence[float] | None = getattr(config, LEARNED_KEY, None)
+    if not recorded:
+        raise ValueError("this model has no learned rates: train it with data-driven rates "
+                         "(`layerdrop train ... --data-driven`, or layerdrop.learn_rates) first")
+    return tuple(float(r) for r in recorded)
