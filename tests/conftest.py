@@ -112,3 +112,24 @@ def arch_name(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(params=DECODERS)
 def decoder_name(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def minilm_tokenizer():
+    """The real MiniLM tokenizer (from the bundled package), for tiny models saved as folders."""
+    from transformers import AutoTokenizer
+
+    from layerdrop.models import resolve
+
+    return AutoTokenizer.from_pretrained(resolve("minilm-l6")[0])
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer) -> str:
+    """A saved 4-layer GPT-2 (width 32) with the MiniLM tokenizer."""
+    folder = tmp_path_factory.mktemp("tiny-lm")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=minilm_tokenizer.vocab_size, n_embd=32, n_layer=4, n_head=2,
+                               eos_token_id=minilm_tokenizer.sep_token_id)).save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    return str(folder)

@@ -31,16 +31,6 @@ def classifier_dir(tmp_path_factory, tok):
 
 
 @pytest.fixture(scope="module")
-def lm_dir(tmp_path_factory, tok):
-    folder = tmp_path_factory.mktemp("lm")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=4, n_head=2,
-                               eos_token_id=tok.sep_token_id)).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
 def reviews(tmp_path_factory):
     path = tmp_path_factory.mktemp("d") / "r.csv"
     with open(path, "w", newline="") as f:
@@ -75,8 +65,8 @@ def test_classifier_sweep_writes_every_strategy_at_every_depth(tmp_path, classif
     assert all(r.parameters > 0 and r.latency_ms > 0 for v in result.points.values() for r in v)
 
 
-def test_lm_sweep_reports_perplexity(tmp_path, lm_dir, reviews):
-    result = run_sweep(_cfg(lm_dir, reviews, tmp_path, strategies="every-other"))
+def test_lm_sweep_reports_perplexity(tmp_path, tiny_lm_dir, reviews):
+    result = run_sweep(_cfg(tiny_lm_dir, reviews, tmp_path, strategies="every-other"))
     assert result.metric == "perplexity" and all(r.score > 1 for r in result.points["every-other"])
 
 
@@ -139,9 +129,9 @@ def test_data_driven_sweep_keeps_the_lowest_learned_rates_and_charts_them(tmp_pa
     assert (tmp_path / "layer_importance.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_prune_data_driven_without_data_reads_the_recorded_rates(tmp_path, learned_dir, lm_dir):
+def test_prune_data_driven_without_data_reads_the_recorded_rates(tmp_path, learned_dir, tiny_lm_dir):
     record = prune_with_strategy(learned_dir, str(tmp_path / "d"), 2, "data-driven")
     assert record["kept_layers"] == [0, 2] and record["strategy"] == "data-driven"
     assert AutoModel.from_pretrained(tmp_path / "d").config.layerdrop_learned_rates == [0.1, 0.3]
     with pytest.raises(ValueError, match="--data-driven"):
-        prune_with_strategy(lm_dir, str(tmp_path / "e"), 2, "data-driven")
+        prune_with_strategy(tiny_lm_dir, str(tmp_path / "e"), 2, "data-driven")

@@ -45,7 +45,7 @@ class DemoConfig:
     out: str = "out/demo"
     """Output folder (with ``full``, the default becomes ``out/demo-full``)."""
     full: bool = False
-    """The quality-bar run: all training rows, the whole test and validation splits, 3x the LM
+    """The quality-bar run: all training rows, the whole test and validation splits, 2x the LM
     steps, and the per-depth references (about two hours on 2 CPU cores)."""
     rt_rows: int = 1500
     """Rotten Tomatoes training rows (ignored with ``full``)."""
@@ -92,7 +92,7 @@ REFERENCE_DEPTHS = (4, 3)
 
 def _sizes(cfg: DemoConfig) -> dict[str, Any]:
     if cfg.full:
-        return {"rt_rows": None, "rt_eval": None, "rt_epochs": cfg.rt_epochs, "lm_steps": cfg.lm_steps * 3}
+        return {"rt_rows": None, "rt_eval": None, "rt_epochs": cfg.rt_epochs, "lm_steps": cfg.lm_steps * 2}
     return {"rt_rows": cfg.rt_rows, "rt_eval": cfg.rt_eval_rows, "rt_epochs": cfg.rt_epochs, "lm_steps": cfg.lm_steps}
 
 
