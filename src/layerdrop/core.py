@@ -49,6 +49,7 @@ __all__ = [
     "LayerDropState",
     "apply",
     "check_keep",
+    "find_state",
     "get_rng_state",
     "only_layers",
     "remove",
@@ -382,6 +383,16 @@ class _EndPass:
 def state_of(model: nn.Module) -> LayerDropState | None:
     """The live LayerDrop state of ``model``, or ``None`` if LayerDrop is not applied."""
     return model.__dict__.get("layerdrop_state")
+
+
+def find_state(model: nn.Module) -> tuple[nn.Module, LayerDropState] | None:
+    """The (sub)module LayerDrop was applied to and its state, looking inside wrappers
+    (DDP, FSDP, a classifier around an encoder); ``None`` if there is none."""
+    for module in model.modules():
+        state = state_of(module)
+        if state is not None:
+            return module, state
+    return None
 
 
 def _unsupported(site: LayerSite, granularity: str, why: str) -> ValueError:

@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .core import LayerDropState, state_of
+from .core import LayerDropState, find_state, state_of
 
 __all__ = [
     "DEFAULT_CHECK_EVERY",
@@ -136,10 +136,9 @@ def reduce_device(backend: str) -> torch.device:
 
 def _layerdrop_module(model: nn.Module) -> tuple[nn.Module, LayerDropState]:
     """The (sub)module that LayerDrop was applied to, looking inside wrappers such as DDP."""
-    for module in model.modules():
-        state = state_of(module)
-        if state is not None:
-            return module, state
+    found = find_state(model)
+    if found is not None:
+        return found
     raise ValueError("LayerDrop is not applied to this model; call layerdrop.apply(model, rate=...) first, "
                      "on every rank, with the same seed")
 

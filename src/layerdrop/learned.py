@@ -52,7 +52,7 @@ import torch
 from torch import nn
 
 from .arch import find_layers
-from .core import state_of
+from .core import find_state
 
 __all__ = ["LEARNED_KEY", "LearnedRates", "capped_rates", "learn_rates", "learned_rates", "record_learned_rates"]
 
@@ -166,7 +166,8 @@ class LearnedRates(nn.Module):
 
 
 def _state(model: nn.Module) -> Any:
-    return next((state for module in model.modules() if (state := state_of(module)) is not None), None)
+    found = find_state(model)
+    return found[1] if found is not None else None
 
 
 def _hidden_size(model: nn.Module) -> int:

@@ -48,7 +48,7 @@ from transformers import (
 from transformers.trainer_callback import ExportableState
 
 from . import data as datasets
-from .core import LayerDropState, apply, get_rng_state, only_layers, scale_rates, set_rng_state, state_of
+from .core import LayerDropState, apply, find_state, get_rng_state, only_layers, scale_rates, set_rng_state
 from .distributed import DEFAULT_CHECK_EVERY, check_trainer_setup, configure_trainer, watch, world_size
 from .evaluate import pooled_accuracy
 from .files import atomic_dir, write_bytes, write_json
@@ -82,10 +82,9 @@ CHECKPOINT_DONE = "layerdrop-complete.json"
 
 
 def _applied(model: nn.Module) -> tuple[nn.Module, LayerDropState]:
-    for module in model.modules():
-        state = state_of(module)
-        if state is not None:
-            return module, state
+    found = find_state(model)
+    if found is not None:
+        return found
     raise ValueError(
         "LayerDropCallback needs a model with LayerDrop applied: call layerdrop.apply(model, rate=...) "
         "before training"
