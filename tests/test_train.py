@@ -23,7 +23,7 @@ import layerdrop
 from layerdrop.models import Classifier, load_classifier, pool, resolve
 from layerdrop.rates import schedule_factor
 from layerdrop.evaluate import pooled_accuracy
-from layerdrop.train import LayerDropCallback, TrainConfig, attach, last_complete_checkpoint, run
+from layerdrop.train import LayerDropCallback, TrainConfig, attach, last_complete_checkpoint, run, run_or_reuse
 from conftest import make, tokens
 
 
@@ -357,3 +357,17 @@ def test_bf16_mixed_precision_trains_on_the_cpu_too(tmp_path, bert_dir, reviews)
     result = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "bf16"), bf16=True,
                         max_steps=2))
     assert result.steps == 2 and 0.0 <= result.metrics["test_accuracy"] <= 1.0
+
+
+def test_run_or_reuse_reuses_a_finished_run_even_if_it_was_resumed(tmp_path, bert_dir, reviews):
+    cfg = _quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "r"), max_steps=2)
+    model_dir = run_or_reuse(cfg)
+    meta_file = model_dir / "layerdrop.json"
+    meta = json.loads(meta_file.read_text())
+    meta["trained_with"]["resume"] = True  # as written by a run that was continued after a stop
+    meta_file.write_text(json.dumps(meta))
+    stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
+    assert run_or_reuse(cfg) == model_dir
+    assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp  # not trained again
+    with pytest.raises(FileExistsError, match="other settings"):
+        run_or_reuse(dataclasses.replace(cfg, lr=1e-4))

@@ -18,7 +18,6 @@ reused, unfinished ones continue from their last complete checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,10 +29,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLan
 from . import data as datasets
 from .evaluate import DepthResult, accuracy, depth_sweep, perplexity
 from .files import write_json, write_text
-from .models import META_FILE, load_classifier, local_folder
+from .models import load_classifier, local_folder
 from .prune import every_other, prune_saved
 from .report import depth_table, plot_quality_vs_depth
-from .train import TrainConfig, encode_classification, encode_lm, last_complete_checkpoint, run
+from .train import TrainConfig, encode_classification, encode_lm, run_or_reuse
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
@@ -96,20 +95,6 @@ def _sizes(cfg: DemoConfig) -> dict[str, Any]:
     return {"rt_rows": cfg.rt_rows, "rt_eval": cfg.rt_eval_rows, "rt_epochs": cfg.rt_epochs, "lm_steps": cfg.lm_steps}
 
 
-def _train(tc: TrainConfig) -> Path:
-    """Train, or reuse the finished run of the same config in ``tc.out``, or continue an unfinished one."""
-    out = Path(tc.out)
-    meta_file = out / "model" / META_FILE
-    if meta_file.is_file():
-        wanted = {k: v for k, v in dataclasses.asdict(tc).items() if k != "progress"}
-        trained = json.loads(meta_file.read_text()).get("trained_with")
-        if trained != json.loads(json.dumps(wanted)):
-            raise FileExistsError(f"{out} holds a run with other settings; choose another --out or delete it")
-        return out / "model"
-    resume = last_complete_checkpoint(out / "checkpoints") is not None
-    return run(dataclasses.replace(tc, resume=resume)).model_dir
-
-
 def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, rate: float) -> TrainConfig:
     return TrainConfig(
         task="classification", model=model, data="rotten-tomatoes", out=str(out),
@@ -134,7 +119,7 @@ def _classification(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[s
     series: dict[str, list[DepthResult]] = {}
     for label, rate in (("no LayerDrop", 0.0), (f"LayerDrop {cfg.rt_rate}", cfg.rt_rate)):
         tc = _rt_config(cfg, sizes, out / _slug("rt", rate), "minilm-l6", rate)
-        model_dir = _train(tc)
+        model_dir = run_or_reuse(tc)
         model = load_classifier(model_dir)
         series[label] = depth_sweep(model, _rt_scorer(cfg, sizes, tc, model_dir), progress=cfg.progress,
                                     desc=f"depths ({label})")
@@ -154,7 +139,7 @@ def _references(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> list[Depth
         if not (base / "config.json").is_file():
             prune_saved(local_folder("minilm-l6"), base, depth=depth)
         tc = _rt_config(cfg, sizes, out / f"rt-reference-depth{depth}", str(base), 0.0)
-        model_dir = _train(tc)
+        model_dir = run_or_reuse(tc)
         model = load_classifier(model_dir)
         score = _rt_scorer(cfg, sizes, tc, model_dir)(model.eval())
         n_params = sum(p.numel() for p in model.parameters())
@@ -176,7 +161,7 @@ def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[s
             eval_rows=cfg.lm_eval_rows if not cfg.full else None, save_steps=200, logging_steps=50,
             progress=cfg.progress, evaluate=False,  # the depth sweep below scores the validation split
         )
-        model_dir = _train(tc)
+        model_dir = run_or_reuse(tc)
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         valid = datasets.load("kjv", seed=cfg.seed).valid

@@ -23,7 +23,7 @@ from .evaluate import DepthResult, depth_sweep, perplexity
 from .files import write_json, write_text
 from .models import model_folder
 from .report import depth_table
-from .train import TrainConfig, encode_lm, last_complete_checkpoint, run
+from .train import TrainConfig, encode_lm, run_or_reuse
 
 __all__ = ["ElasticConfig", "ElasticResult", "run_elastic"]
 
@@ -116,13 +116,12 @@ def run_elastic(cfg: ElasticConfig, log: Callable[[str], None] = lambda _: None)
     tc = TrainConfig(task="clm", model=cfg.model, data=cfg.data, out=str(out / "train"), rate=cfg.rate,
                      self_distill=cfg.self_distill, seed=cfg.seed, max_steps=cfg.steps, batch_size=cfg.batch_size,
                      lr=cfg.lr, warmup=0.1, max_length=cfg.max_length, eval_rows=cfg.eval_rows,
-                     save_steps=max(cfg.steps // 5, 10), logging_steps=10, progress=cfg.progress, evaluate=False,
-                     resume=last_complete_checkpoint(out / "train" / "checkpoints") is not None)
+                     save_steps=max(cfg.steps // 5, 10), logging_steps=10, progress=cfg.progress, evaluate=False)
     start = time.time()
-    trained = run(tc)
+    model_dir = run_or_reuse(tc)
     seconds = time.time() - start
     log("scoring the trained model")
-    after = score(str(trained.model_dir))
+    after = score(str(model_dir))
 
     series = {"before": before, f"after {cfg.steps} steps of LayerDrop {cfg.rate}": after}
     table = depth_table(series, "perplexity")
@@ -133,9 +132,9 @@ def run_elastic(cfg: ElasticConfig, log: Callable[[str], None] = lambda _: None)
         f"{cfg.steps} steps of {cfg.batch_size} x {cfg.max_length} tokens, LayerDrop {cfg.rate}"
         f"{', self-distilled' if cfg.self_distill else ''}, learning rate {cfg.lr:g}, "
         f"{seconds / 60:.1f} minutes.", "", table,
-        f"The model: `{trained.model_dir}` (plain `transformers` folder).", ""]))
+        f"The model: `{model_dir}` (plain `transformers` folder).", ""]))
     write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "train_seconds": seconds,
                                       "before": [dataclasses.asdict(r) for r in before],
                                       "after": [dataclasses.asdict(r) for r in after]})
-    return ElasticResult(before=before, after=after, table=table, model_dir=trained.model_dir,
+    return ElasticResult(before=before, after=after, table=table, model_dir=model_dir,
                          train_seconds=seconds, report=report)

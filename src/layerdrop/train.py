@@ -65,6 +65,7 @@ __all__ = [
     "attach",
     "last_complete_checkpoint",
     "run",
+    "run_or_reuse",
     "self_distill_loss",
 ]
 
@@ -563,6 +564,29 @@ def _check(cfg: TrainConfig) -> None:
         raise ValueError(f"stride must be between 0 and max_length / 2 ({cfg.max_length // 2}), got {cfg.stride}")
 
 
+def _recorded(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings written into ``layerdrop.json`` as ``trained_with`` (all but ``progress``)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"}
+
+
+def run_or_reuse(cfg: TrainConfig) -> Path:
+    """The exported model of ``cfg``: reused if ``cfg.out`` already holds this finished run,
+    continued from the last complete checkpoint if it holds an unfinished one, else trained.
+
+    A finished run with other settings is a ``FileExistsError``; ``resume`` does not count.
+    """
+    out = Path(cfg.out)
+    meta_file = out / "model" / META_FILE
+    if meta_file.is_file():
+        trained = json.loads(meta_file.read_text()).get("trained_with") or {}
+        wanted = json.loads(json.dumps(_recorded(cfg)))  # as JSON stores it: tuples become lists
+        if {k: v for k, v in trained.items() if k != "resume"} != {k: v for k, v in wanted.items() if k != "resume"}:
+            raise FileExistsError(f"{out} holds a run with other settings; choose another --out or delete it")
+        return out / "model"
+    resume = last_complete_checkpoint(out / "checkpoints") is not None
+    return run(dataclasses.replace(cfg, resume=resume)).model_dir
+
+
 def run(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` with LayerDrop on ``cfg.data``; evaluate; export to ``cfg.out/model``."""
     _check(cfg)
@@ -663,8 +687,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         return TrainResult(out=out, model_dir=model_dir, metrics=metrics, steps=trainer.state.global_step,
                            seconds=time.time() - start, resumed_from=resume_from)
     with atomic_dir(model_dir) as tmp:
-        meta = {"trained_with": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
-                "metrics": metrics}
+        meta = {"trained_with": _recorded(cfg), "metrics": metrics}
         if learner is not None:  # into the config too, so the data-driven strategy finds them
             meta["learned_rates"] = list(record_learned_rates(model))
         if train_split.label_names:
