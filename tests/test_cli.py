@@ -87,3 +87,16 @@ def test_bad_input_exits_2_with_a_clear_message(argv, message, tmp_path, bert_di
     assert main(argv) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"layerdrop {argv[0]}: error:") and message in last
+
+
+def test_train_reports_once_under_several_processes(monkeypatch, capsys, tmp_path):
+    import layerdrop.train
+    from layerdrop.train import TrainResult
+
+    def other_rank(config):
+        return TrainResult(out=tmp_path, model_dir=tmp_path / "model", metrics={}, steps=3, seconds=1.0,
+                           resumed_from=None, main_process=False)
+
+    monkeypatch.setattr(layerdrop.train, "run", other_rank)
+    assert main(["train", "classification", "x", "--data", "x", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().out == ""

@@ -388,3 +388,41 @@ def test_layers_run_counts_layers_of_training_forwards():
     model = layerdrop.apply(Custom(), rate=0.5, layers="encoder.blocks").train()
     masks = _masks(model, 10, torch.randn(1, 8))
     assert model.layerdrop_state.layers_run == sum(sum(m) for m in masks)
+
+
+def test_every_other_pattern_trains_exactly_the_subnetworks_pruning_keeps(arch_name):
+    model = layerdrop.apply(make(arch_name), rate=0.5, seed=2, pattern="every-other").train()
+    counts = _count_calls(_layers(model))
+    seen = set()
+    for _ in range(30):
+        before = list(counts)
+        model(input_ids=tokens())
+        kept = tuple(i for i, k in enumerate(model.layerdrop_state.keep) if k)
+        assert kept == layerdrop.every_other(NUM_LAYERS, len(kept))
+        assert [counts[i] > before[i] for i in range(NUM_LAYERS)] == list(model.layerdrop_state.keep)
+        seen.add(len(kept))
+    assert len(seen) >= 3  # the depth still varies from step to step
+
+
+def test_every_other_pattern_keeps_as_many_layers_as_the_random_draw():
+    x = {"input_ids": tokens()}
+    random_masks = _masks(layerdrop.apply(make("bert"), rate=0.5, seed=4).train(), 40, x)
+    placed = _masks(layerdrop.apply(make("bert"), rate=0.5, seed=4, pattern="every-other").train(), 40, x)
+    assert [sum(m) for m in random_masks] == [sum(m) for m in placed]
+    assert random_masks != placed
+
+
+def test_pattern_is_recorded_and_rearms_after_reload(tmp_path):
+    model = layerdrop.apply(make("bert"), rate=0.3, pattern="every-other")
+    model.save_pretrained(tmp_path)
+    reloaded = layerdrop.apply(type(model).from_pretrained(tmp_path))
+    assert reloaded.layerdrop_state.settings.pattern == "every-other"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"pattern": "alternate"}, "not one of"),
+    ({"pattern": "every-other", "granularity": "sublayer"}, "needs granularity='layer'"),
+])
+def test_bad_pattern_is_explained(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        layerdrop.apply(make("bert"), rate=0.5, **kwargs)

@@ -49,6 +49,14 @@ def test_demo_references_are_pruned_before_training_and_a_rerun_reuses_finished_
     again = run_demo(cfg)
     assert again.tables == first.tables
     assert (first.out / "rt-plain" / "model" / "model.safetensors").stat().st_mtime_ns == stamp  # reused
+    minutes = json.loads((first.out / "timing.json").read_text())["invocations"]
+    assert len(minutes) == 2 and all(m > 0 for m in minutes)
+    assert "over 2 invocations" in again.report.read_text()  # the run's time is not the last call's
 
     with pytest.raises(FileExistsError, match="other settings"):
         run_demo(dataclasses.replace(cfg, rt_rows=20))
+
+
+def test_demo_refuses_an_unknown_pattern_before_training():
+    with pytest.raises(ValueError, match="pattern='alternate'"):
+        DemoConfig(pattern="alternate")

@@ -127,6 +127,8 @@ def test_learn_rates_explains_what_it_needs():
         learn_rates(make("bert"))
     with pytest.raises(ValueError, match="granularity"):
         learn_rates(layerdrop.apply(make("bert"), rate=0.2, granularity="sublayer"))
+    with pytest.raises(ValueError, match="pattern='random'"):
+        learn_rates(layerdrop.apply(make("bert"), rate=0.2, pattern="every-other"))
     with pytest.raises(ValueError, match="mean rate"):
         LearnedRates(4, 8, 0.0)
 

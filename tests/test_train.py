@@ -222,6 +222,12 @@ def test_classification_run_exports_a_plain_encoder_and_head(tmp_path, bert_dir,
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == result.metrics
 
 
+def test_run_trains_with_the_every_other_pattern_and_records_it(tmp_path, bert_dir, reviews):
+    result = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "run"), rate=0.5,
+                        pattern="every-other", self_distill=True, evaluate=False))
+    assert AutoModel.from_pretrained(result.model_dir).config.layerdrop_settings["pattern"] == "every-other"
+
+
 def test_long_doc_makes_overlapping_windows(tmp_path, bert_dir, reviews):
     from layerdrop import data
     from layerdrop.train import encode_classification
@@ -293,6 +299,8 @@ def test_clm_run_exports_a_generating_model(tmp_path_factory, tokenizer, reviews
         ({"stride": 20, "long_doc": "mean"}, "stride"),
         ({"data_driven": True, "rate": 0.0}, "--data-driven"),
         ({"data_driven": True, "granularity": "head"}, "--data-driven"),
+        ({"data_driven": True, "rate": 0.5, "pattern": "every-other"}, "one or the other"),
+        ({"pattern": "alternate"}, "unknown pattern"),
     ],
 )
 def test_bad_training_options_are_explained(tmp_path, change, message):
@@ -369,5 +377,27 @@ def test_run_or_reuse_reuses_a_finished_run_even_if_it_was_resumed(tmp_path, ber
     stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
     assert run_or_reuse(cfg) == model_dir
     assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp  # not trained again
+    moved = tmp_path / "moved"
+    (tmp_path / "r").rename(moved)
+    assert run_or_reuse(dataclasses.replace(cfg, out=str(moved))) == moved / "model"  # a moved run is reused
+    cfg = dataclasses.replace(cfg, out=str(moved))
     with pytest.raises(FileExistsError, match="other settings"):
         run_or_reuse(dataclasses.replace(cfg, lr=1e-4))
+
+
+def test_run_or_reuse_takes_a_setting_missing_from_an_older_record_as_its_default(tmp_path, bert_dir, reviews):
+    cfg = _quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "r"), max_steps=2)
+    model_dir = run_or_reuse(cfg)
+    meta_file = model_dir / "layerdrop.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["trained_with"]["pattern"]  # as written before the setting existed
+    meta_file.write_text(json.dumps(meta))
+    assert run_or_reuse(cfg) == model_dir
+    with pytest.raises(FileExistsError, match="other settings"):
+        run_or_reuse(dataclasses.replace(cfg, pattern="every-other"))
+
+
+def test_callback_state_recreates_the_callback_with_its_check_interval():
+    callback = LayerDropCallback(schedule="warmup", warmup_steps=7, check_every=13)
+    again = LayerDropCallback(**callback.state()["args"])
+    assert (again.schedule, again.warmup_steps, again.check_every) == ("warmup", 7, 13)

@@ -13,6 +13,7 @@ from .arch import ARCHITECTURES, Arch, find_layers
 from .core import (
     LayerDropSettings,
     apply,
+    arrange_like_pruning,
     get_rng_state,
     only_layers,
     remove,
@@ -22,7 +23,8 @@ from .core import (
     state_of,
 )
 from .learned import LearnedRates, learn_rates, learned_rates
-from .prune import every_other, prune
+from .depths import every_other
+from .prune import prune
 from .rates import exponential_rates, layer_rates, linear_rates, uniform_rates
 
 __version__ = "0.1.0"
@@ -33,6 +35,7 @@ __all__ = [
     "LayerDropSettings",
     "LearnedRates",
     "apply",
+    "arrange_like_pruning",
     "distributed",
     "every_other",
     "exponential_rates",

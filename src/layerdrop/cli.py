@@ -45,6 +45,8 @@ def train(config: TrainConfig) -> int:
     from .train import run
 
     result = run(config)
+    if not result.main_process:  # launched on several ranks: rank 0 reports
+        return 0
     where = f"resumed from {result.resumed_from.name}, " if result.resumed_from else ""
     shown = ", ".join(f"{k} {v:.4g}" for k, v in result.metrics.items())
     print(f"done: {config.task} {config.model} on {config.data}, {result.steps} steps, {where}"

@@ -40,14 +40,17 @@ import torch
 from torch import nn
 
 from .arch import LayerSite, Sublayer, find_layers
+from .depths import every_other
 from .rates import layer_rates, validate_rates
 
 __all__ = [
     "CONFIG_KEY",
     "GRANULARITIES",
+    "PATTERNS",
     "LayerDropSettings",
     "LayerDropState",
     "apply",
+    "arrange_like_pruning",
     "check_keep",
     "find_state",
     "get_rng_state",
@@ -69,6 +72,9 @@ DEFAULT_RATE = 0.2
 
 GRANULARITIES = ("layer", "sublayer", "head")
 """What LayerDrop can drop: whole layers, attention / feed-forward sublayers, or attention heads."""
+
+PATTERNS = ("random", "every-other")
+"""Which layers a training forward keeps: each independently, or as many, placed as pruning places them."""
 
 
 @dataclass(frozen=True)
@@ -99,11 +105,22 @@ class LayerDropSettings:
     independently; everything still runs, so no compute is saved. The finer two need an
     architecture-table row that describes them (not a ``layers=`` path)."""
 
+    pattern: str = "random"
+    """Which layers a training forward keeps. ``"random"``: each layer independently with its
+    rate (the paper). ``"every-other"``: as many layers as that draw keeps, but placed where
+    :func:`layerdrop.every_other` places them, so training samples exactly the sub-networks
+    that pruning to each depth keeps. Whole layers only."""
+
     def __post_init__(self) -> None:
         if self.granularity not in GRANULARITIES:
             raise ValueError(
                 f"granularity={self.granularity!r} is not one of {', '.join(map(repr, GRANULARITIES))}"
             )
+        if self.pattern not in PATTERNS:
+            raise ValueError(f"pattern={self.pattern!r} is not one of {', '.join(map(repr, PATTERNS))}")
+        if self.pattern != "random" and self.granularity != "layer":
+            raise ValueError(f"pattern={self.pattern!r} places whole layers; it needs granularity='layer', "
+                             f"not {self.granularity!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, as written into ``model.config``."""
@@ -133,6 +150,19 @@ def sample_keep_mask(rates: torch.Tensor, generator: torch.Generator, min_layers
         margin = (u - rates).masked_fill(keep, float("-inf"))  # only dropped layers compete
         keep[margin.topk(short).indices] = True
     return keep
+
+
+def arrange_like_pruning(keep: torch.Tensor) -> torch.Tensor:
+    """Keep as many layers as ``keep`` does, at the places :func:`layerdrop.every_other` keeps.
+
+    >>> arrange_like_pruning(torch.tensor([True, True, False, True, False, False])).tolist()
+    [True, False, False, True, False, True]
+    """
+    count = int(keep.sum())
+    arranged = torch.zeros_like(keep)
+    if count:
+        arranged[list(every_other(len(keep), count))] = True
+    return arranged
 
 
 def sample_part_mask(
@@ -212,7 +242,10 @@ class LayerDropState:
             rates = self.learner.rates(self.scale) if self.learner is not None else self._rates * self.scale
             granularity = self.settings.granularity
             if granularity == "layer":
-                self.keep = tuple(sample_keep_mask(rates, self.generator, self.settings.min_layers).tolist())
+                keep = sample_keep_mask(rates, self.generator, self.settings.min_layers)
+                if self.settings.pattern == "every-other":
+                    keep = arrange_like_pruning(keep)
+                self.keep = tuple(keep.tolist())
             else:
                 parts = sample_part_mask(rates, self.parts, self.generator, self.settings.min_layers,
                                          min_parts=1 if granularity == "head" else 0)
@@ -525,6 +558,7 @@ def apply(
     rescale: bool | None = None,
     layers: str | None = None,
     granularity: str | None = None,
+    pattern: str | None = None,
 ) -> nn.Module:
     """Make ``model`` depth-elastic in place, and return it.
 
@@ -544,6 +578,9 @@ def apply(
         granularity: What is dropped (default ``"layer"``): ``"layer"``, ``"sublayer"``
             (attention and feed-forward independently) or ``"head"`` (attention heads
             zeroed; saves no compute). See :attr:`LayerDropSettings.granularity`.
+        pattern: Which layers a training forward keeps (default ``"random"``, the paper):
+            ``"every-other"`` keeps as many as a random draw, placed as pruning places
+            them. See :attr:`LayerDropSettings.pattern`.
 
     With no ``rate`` and no ``rates``, the settings recorded in
     ``model.config.layerdrop_settings`` are used (re-arming a saved model),
@@ -570,6 +607,7 @@ def apply(
         rescale=rescale if rescale is not None else (base.rescale if base else False),
         layers=path,
         granularity=granularity if granularity is not None else (base.granularity if base else "layer"),
+        pattern=pattern if pattern is not None else (base.pattern if base else "random"),
     )
     if not 0 <= settings.min_layers <= num_layers:
         raise ValueError(f"min_layers={settings.min_layers} must be between 0 and the number of layers ({num_layers})")

@@ -18,21 +18,23 @@ reused, unfinished ones continue from their last complete checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, DataCollatorWithPadding
+from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPadding
 
 from . import data as datasets
+from .core import PATTERNS
 from .evaluate import DepthResult, accuracy, depth_sweep, perplexity
 from .files import write_json, write_text
 from .models import load_classifier, local_folder
 from .prune import every_other, prune_saved
 from .report import depth_table, plot_quality_vs_depth
-from .train import TrainConfig, encode_classification, encode_lm, run_or_reuse
+from .train import TrainConfig, encode_classification, lm_eval_blocks, run_or_reuse
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
@@ -62,6 +64,9 @@ class DemoConfig:
     """KJV validation paragraphs scored at each depth (ignored with ``full``: all of them)."""
     self_distill: bool = True
     """Train the LayerDrop runs with self-distillation (sub-networks learn from the full network)."""
+    pattern: str = "random"
+    """Which layers a LayerDrop step keeps: ``random`` (the paper) or ``every-other`` (the
+    sub-networks that pruning every-other keeps; see ``docs/training.md``)."""
     references: bool = False
     """Also fine-tune MiniLM-L6 pruned every-other to 4 and 3 layers before training: the
     quality bar's per-depth references (always on with ``full``)."""
@@ -69,6 +74,10 @@ class DemoConfig:
     """Seed of everything."""
     progress: bool = True
     """Show tqdm bars."""
+
+    def __post_init__(self) -> None:
+        if self.pattern not in PATTERNS:  # before any training, not after the first one
+            raise ValueError(f"pattern={self.pattern!r} is not one of {', '.join(map(repr, PATTERNS))}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,7 @@ def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, ra
     return TrainConfig(
         task="classification", model=model, data="rotten-tomatoes", out=str(out),
         rate=rate, self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, epochs=sizes["rt_epochs"],
+        pattern=cfg.pattern if rate > 0 else "random",
         train_rows=sizes["rt_rows"], eval_rows=sizes["rt_eval"], batch_size=32, lr=5e-5, head_lr=1e-3,
         max_length=64, pooling="mean", save_steps=200, logging_steps=25, progress=cfg.progress,
         evaluate=False,  # the depth sweeps below score the test split
@@ -117,8 +127,8 @@ def _rt_scorer(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_di
 
 def _classification(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[str, list[DepthResult]]:
     series: dict[str, list[DepthResult]] = {}
-    for label, rate in (("no LayerDrop", 0.0), (f"LayerDrop {cfg.rt_rate}", cfg.rt_rate)):
-        tc = _rt_config(cfg, sizes, out / _slug("rt", rate), "minilm-l6", rate)
+    for label, rate in (("no LayerDrop", 0.0), (_label(cfg, cfg.rt_rate), cfg.rt_rate)):
+        tc = _rt_config(cfg, sizes, out / _slug("rt", rate, cfg.pattern), "minilm-l6", rate)
         model_dir = run_or_reuse(tc)
         model = load_classifier(model_dir)
         series[label] = depth_sweep(model, _rt_scorer(cfg, sizes, tc, model_dir), progress=cfg.progress,
@@ -147,15 +157,22 @@ def _references(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> list[Depth
     return results
 
 
-def _slug(task: str, rate: float) -> str:
-    return f"{task}-layerdrop{rate:g}" if rate > 0 else f"{task}-plain"
+def _slug(task: str, rate: float, pattern: str) -> str:
+    if rate <= 0:
+        return f"{task}-plain"
+    return f"{task}-layerdrop{rate:g}" + (f"-{pattern}" if pattern != "random" else "")
+
+
+def _label(cfg: DemoConfig, rate: float) -> str:
+    return f"LayerDrop {rate}" + (f", {cfg.pattern}" if cfg.pattern != "random" else "")
 
 
 def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[str, list[DepthResult]]:
     series: dict[str, list[DepthResult]] = {}
-    for label, rate in (("no LayerDrop", 0.0), (f"LayerDrop {cfg.lm_rate}", cfg.lm_rate)):
+    for label, rate in (("no LayerDrop", 0.0), (_label(cfg, cfg.lm_rate), cfg.lm_rate)):
         tc = TrainConfig(
-            task="clm", model="gpt2-tiny", data="kjv", out=str(out / _slug("kjv", rate)), rate=rate,
+            task="clm", model="gpt2-tiny", data="kjv", out=str(out / _slug("kjv", rate, cfg.pattern)), rate=rate,
+            pattern=cfg.pattern if rate > 0 else "random",
             self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, max_steps=sizes["lm_steps"],
             batch_size=16, lr=1e-3, warmup=0.05, lr_schedule="cosine", max_length=128, vocab_size=4000,
             eval_rows=cfg.lm_eval_rows if not cfg.full else None, save_steps=200, logging_steps=50,
@@ -167,8 +184,7 @@ def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[s
         valid = datasets.load("kjv", seed=cfg.seed).valid
         if not cfg.full:
             valid = valid.subset(range(min(cfg.lm_eval_rows, len(valid))))
-        blocks = encode_lm(tokenizer, valid.texts, tc.max_length, "valid", progress=False)
-        collate = DataCollatorForLanguageModeling(tokenizer, mlm=False, return_tensors="pt")
+        blocks, collate = lm_eval_blocks(tokenizer, valid.texts, tc.max_length)
         series[label] = depth_sweep(model, lambda m: perplexity(m, blocks, collate), progress=cfg.progress,
                                     desc=f"depths ({label})")
         if rate > 0:
@@ -214,28 +230,68 @@ def _quality_bar(cls: dict[str, list[DepthResult]], lm: dict[str, list[DepthResu
     return lines
 
 
+def _recipe(cfg: DemoConfig) -> str:
+    return (", self-distilled" if cfg.self_distill else "") + (
+        ", every-other sub-networks" if cfg.pattern == "every-other" else "")
+
+
+class _Clock:
+    """Minutes spent on one output folder over every invocation, kept in ``timing.json``.
+
+    A stopped run is resumed by running the demo again, so one invocation's time is
+    not the run's time. Each invocation's minutes are written after every stage.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "timing.json"
+        self.start = time.time()
+        earlier = json.loads(self.path.read_text()).get("invocations", []) if self.path.is_file() else []
+        self.earlier: list[float] = [float(m) for m in earlier]
+
+    def tick(self) -> None:
+        write_json(self.path, {"invocations": [*self.earlier, self.now]})
+
+    @property
+    def now(self) -> float:
+        """Minutes of this invocation so far."""
+        return (time.time() - self.start) / 60
+
+    @property
+    def total(self) -> float:
+        """Minutes of every invocation so far, this one included."""
+        return sum(self.earlier) + self.now
+
+    def describe(self) -> str:
+        if not self.earlier:
+            return f"in {self.now:.1f} minutes"
+        return (f"in {self.total:.1f} minutes over {len(self.earlier) + 1} invocations "
+                f"({self.now:.1f} in the last one, which reused the finished trainings)")
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> DemoResult:
     """Run the demo; ``log`` receives one line per stage (the CLI prints them)."""
     start = time.time()
     out = Path("out/demo-full" if cfg.full and cfg.out == DemoConfig.out else cfg.out)
+    clock = _Clock(out)
     sizes = _sizes(cfg)
     log("(a) MiniLM-L6 on Rotten Tomatoes, without and with LayerDrop")
     cls = _classification(cfg, out, sizes)
+    clock.tick()
     log("(b) GPT-2-style LM on the King James Bible, without and with LayerDrop")
     lm = _language_model(cfg, out, sizes)
+    clock.tick()
 
     plot_quality_vs_depth(cls, "accuracy", out / "classification.png", title="MiniLM-L6, Rotten Tomatoes (test)")
     plot_quality_vs_depth(lm, "perplexity", out / "language_model.png", title="GPT-2-style LM, KJV (valid)")
     tables = {"classification": depth_table(cls, "accuracy"), "language model": depth_table(lm, "perplexity")}
-    minutes = (time.time() - start) / 60
     report = [
         "# layerdrop demo report", "",
-        f"Measured by `layerdrop demo{' --full' if cfg.full else ''}` in {minutes:.1f} minutes. "
+        f"Measured by `layerdrop demo{' --full' if cfg.full else ''}` {clock.describe()}. "
         "Every model is pruned every-other after training, with no further training.", "",
         "## (a) MiniLM-L6 fine-tuned on Rotten Tomatoes", "",
         f"Training rows: {sizes['rt_rows'] or 'all'}, epochs: {sizes['rt_epochs']:g}, mean pooling; "
         f"accuracy on {sizes['rt_eval'] or 'all'} test rows. "
-        f"LayerDrop run: rate {cfg.rt_rate}{', self-distilled' if cfg.self_distill else ''}.", "",
+        f"LayerDrop run: rate {cfg.rt_rate}{_recipe(cfg)}.", "",
         tables["classification"], _verdict(cls, True), "",
         *(["The reference at depth k is MiniLM-L6 cut every-other to k layers first, then fine-tuned "
            "the same way without LayerDrop; at depth 6 it is the no-LayerDrop model.", ""]
@@ -243,21 +299,23 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
         "![accuracy by depth](classification.png)", "",
         "## (b) GPT-2-style language model on the King James Bible", "",
         f"Trained from scratch for {sizes['lm_steps']} steps (preset gpt2-tiny, tokenizer trained on the text). "
-        f"LayerDrop run: rate {cfg.lm_rate}{', self-distilled' if cfg.self_distill else ''}. "
+        f"LayerDrop run: rate {cfg.lm_rate}{_recipe(cfg)}. "
         "Validation perplexity (lower is better).", "",
         tables["language model"], _verdict(lm, False), "", "![perplexity by depth](language_model.png)", "",
         *(["## The quality bar", "", *_quality_bar(cls, lm), ""] if len(cls) > 2 else []),
         "## Files", "",
         "- `checkpoints/`: pruned LayerDrop models, loadable with plain `transformers` "
         "(`AutoModel.from_pretrained`), each with `layerdrop.json`.",
-        "- `results.json`: every number above.", "",
+        "- `results.json`: every number above.",
+        "- `timing.json`: the minutes of each invocation that worked on this folder.", "",
     ]
     path = write_text(out / "report.md", "\n".join(report))
     write_json(out / "results.json", {
         "config": dataclasses.asdict(cfg),
         "classification": {k: [dataclasses.asdict(r) for r in v] for k, v in cls.items()},
         "language_model": {k: [dataclasses.asdict(r) for r in v] for k, v in lm.items()},
-        "minutes": minutes,
+        "minutes": clock.total,
     })
+    clock.tick()
     return DemoResult(out=out, report=path, tables=tables, seconds=time.time() - start)
 

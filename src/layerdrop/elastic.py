@@ -16,14 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from . import data as datasets
 from .evaluate import DepthResult, depth_sweep, perplexity
 from .files import write_json, write_text
 from .models import model_folder
 from .report import depth_table
-from .train import TrainConfig, encode_lm, run_or_reuse
+from .train import TrainConfig, lm_eval_blocks, run_or_reuse
 
 __all__ = ["ElasticConfig", "ElasticResult", "run_elastic"]
 
@@ -98,12 +98,9 @@ def run_elastic(cfg: ElasticConfig, log: Callable[[str], None] = lambda _: None)
     folder = model_folder(cfg.model)
     depths = _depths(cfg.depths, AutoConfig.from_pretrained(folder).num_hidden_layers)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     valid = datasets.load(cfg.data, seed=cfg.seed, label_column=None).valid
     valid = valid.subset(range(min(cfg.eval_rows, len(valid))))
-    blocks = encode_lm(tokenizer, valid.texts, cfg.max_length, "valid", progress=False)
-    collate = DataCollatorForLanguageModeling(tokenizer, mlm=False, return_tensors="pt")
+    blocks, collate = lm_eval_blocks(tokenizer, valid.texts, cfg.max_length)
 
     def score(path: str) -> list[DepthResult]:
         model = AutoModelForCausalLM.from_pretrained(path).eval()

@@ -191,6 +191,9 @@ def learn_rates(model: nn.Module, *, hidden_size: int | None = None, **kwargs: A
     if state.settings.granularity != "layer":
         raise ValueError(f"data-driven rates drop whole layers; granularity={state.settings.granularity!r} "
                          "is not supported")
+    if state.settings.pattern != "random":
+        raise ValueError(f"data-driven rates learn which layers to drop; pattern={state.settings.pattern!r} "
+                         "fixes where the kept layers go. Apply with pattern='random'.")
     if torch.distributed.is_available() and torch.distributed.is_initialized() \
             and torch.distributed.get_world_size() > 1:
         raise NotImplementedError("data-driven rates are not synchronised across processes yet: the running "

@@ -20,6 +20,7 @@ from torch import nn
 
 from .arch import find_layers
 from .core import CONFIG_KEY, check_keep, state_of, uninstall
+from .depths import every_other
 from .files import atomic_dir, write_json
 from .learned import LEARNED_KEY
 
@@ -27,34 +28,6 @@ __all__ = ["PRUNING_KEY", "every_other", "prune", "prune_saved"]
 
 PRUNING_KEY = "layerdrop_pruning"
 """Name of the ``model.config`` attribute that records a pruning."""
-
-
-def every_other(num_layers: int, depth: int) -> tuple[int, ...]:
-    """Evenly spread layers to keep, always including the first and the last.
-
-    Keeps ``round(j * (L - 1) / (depth - 1))`` for ``j = 0 .. depth - 1``
-    (halves round up), and layer 0 alone at depth 1. The paper notes that the
-    first and last layers matter most, and on every model we measured
-    (``docs/results.md``) keeping both ends was best or near-best while each
-    one-ended rule failed badly somewhere. When ``L`` is odd, half depth
-    ``(L + 1) / 2`` is exactly every other layer, 0, 2, 4, ..., L - 1; when
-    ``L`` is even, an exact every-other set cannot hold both ends, so one gap
-    is a layer wider.
-
-    >>> every_other(6, 3), every_other(6, 4), every_other(12, 6), every_other(6, 1)
-    ((0, 3, 5), (0, 2, 3, 5), (0, 2, 4, 7, 9, 11), (0,))
-    """
-    _check_depth(depth, num_layers)
-    if depth == 1:
-        return (0,)
-    span, steps = num_layers - 1, depth - 1
-    # round half up in integers: floor(j * span / steps + 1/2)
-    return tuple((2 * j * span + steps) // (2 * steps) for j in range(depth))
-
-
-def _check_depth(depth: int, num_layers: int) -> None:
-    if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= num_layers:
-        raise ValueError(f"depth must be an integer from 1 to {num_layers} (the model's layer count), got {depth!r}")
 
 
 def _renumber(layer: nn.Module, index: int) -> None:

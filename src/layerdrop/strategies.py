@@ -34,8 +34,8 @@ from tqdm.auto import tqdm
 
 from .arch import find_layers
 from .core import only_layers
+from .depths import check_depth, every_other
 from .learned import learned_rates
-from .prune import _check_depth, every_other
 
 __all__ = [
     "MIN_CALIBRATION_TOKENS",
@@ -107,7 +107,7 @@ def data_driven_choice(rates: Sequence[float], depth: int) -> Choice:
     ``rates`` come from training with learned rates (:func:`layerdrop.learned_rates`);
     ties keep the lower layer. The set is fixed: it does not depend on the input.
     """
-    _check_depth(depth, len(rates))
+    check_depth(depth, len(rates))
     order = sorted(range(len(rates)), key=lambda i: (rates[i], i))
     kept = tuple(sorted(order[:depth]))
     return Choice(kept, "data-driven", {"rule": "keep the depth layers with the lowest learned drop rates",
@@ -117,7 +117,7 @@ def data_driven_choice(rates: Sequence[float], depth: int) -> Choice:
 
 def top_layers_choice(num_layers: int, depth: int) -> Choice:
     """Sajjad et al. 2020 baseline: drop the top ``L - depth`` layers, keep ``0..depth-1``."""
-    _check_depth(depth, num_layers)
+    check_depth(depth, num_layers)
     return Choice(tuple(range(depth)), "top", {"rule": "drop the top L - depth layers",
                                                "num_layers": num_layers, "depth": depth})
 
@@ -267,7 +267,7 @@ def search(
     (sign-adjusted) score without it alone, when all those were evaluated.
     """
     num_layers = _num_layers(model, layers)
-    _check_depth(depth, num_layers)
+    check_depth(depth, num_layers)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
     if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
@@ -436,7 +436,7 @@ def block_influence_choice(model: nn.Module, batches: Iterable[Batch], depth: in
                            layers: str | None = None) -> Choice:
     """Keep the ``depth`` layers of highest Block Influence (ShortGPT); ties keep the lower layer."""
     num_layers = _num_layers(model, layers)
-    _check_depth(depth, num_layers)
+    check_depth(depth, num_layers)
     bi = block_influence(model, batches, layers=layers)
     kept = tuple(sorted(sorted(range(num_layers), key=lambda i: (-bi[i], i))[:depth]))
     return Choice(kept, "block-influence", {"rule": "keep the depth layers of highest block influence",
@@ -466,7 +466,7 @@ def angular_distance_choice(model: nn.Module, batches: Iterable[Batch], depth: i
     """Gromov et al. 2024: drop the contiguous block of ``n = L - depth`` layers whose input
     and output are closest in angle; ties drop the lower block."""
     num_layers = _num_layers(model, layers)
-    _check_depth(depth, num_layers)
+    check_depth(depth, num_layers)
     n = num_layers - depth
     if n == 0:
         _calibration(batches)
@@ -531,7 +531,7 @@ def choose(
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     num_layers = _num_layers(model, layers)
-    _check_depth(depth, num_layers)
+    check_depth(depth, num_layers)
     if strategy == "every-other":
         return every_other_choice(num_layers, depth, **kw)
     if strategy == "top":

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, DataCollatorForLanguageModeling, DataCollatorWithPadding
+from transformers import AutoTokenizer, DataCollatorWithPadding
 
 from . import data as datasets
 from .arch import find_layers
@@ -96,7 +96,7 @@ class SweepResult:
 
 def _prepare(cfg: SweepConfig, model: torch.nn.Module, tokenizer: Any) -> tuple[str, Callable, Callable, list]:
     """The metric name, a validation scorer, a test scorer and calibration batches."""
-    from .train import TrainConfig, encode_classification, encode_lm
+    from .train import TrainConfig, encode_classification, lm_eval_blocks
 
     splits = datasets.load(cfg.data, seed=cfg.seed, label_column="label" if isinstance(model, Classifier) else None)
     valid = splits.valid.subset(range(min(cfg.rows, len(splits.valid))))
@@ -112,11 +112,9 @@ def _prepare(cfg: SweepConfig, model: torch.nn.Module, tokenizer: Any) -> tuple[
             return lambda m: accuracy(m, rows[name], collate, batch_size=cfg.batch_size)
         metric = "accuracy"
     else:
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        rows = {name: encode_lm(tokenizer, split.texts, cfg.max_length, name, False) for name, split in
-                (("valid", valid), ("test", test))}
-        collate = DataCollatorForLanguageModeling(tokenizer, mlm=False, return_tensors="pt")
+        rows = {}
+        for name, split in (("valid", valid), ("test", test)):
+            rows[name], collate = lm_eval_blocks(tokenizer, split.texts, cfg.max_length, name)
 
         def make(name: str) -> Callable:
             return lambda m: perplexity(m, rows[name], collate, batch_size=cfg.batch_size)

@@ -48,7 +48,8 @@ from transformers import (
 from transformers.trainer_callback import ExportableState
 
 from . import data as datasets
-from .core import LayerDropState, apply, find_state, get_rng_state, only_layers, scale_rates, set_rng_state
+from .core import (PATTERNS, LayerDropState, apply, find_state, get_rng_state, only_layers, scale_rates,
+                   set_rng_state)
 from .distributed import DEFAULT_CHECK_EVERY, check_trainer_setup, configure_trainer, watch, world_size
 from .evaluate import pooled_accuracy
 from .files import atomic_dir, write_bytes, write_json
@@ -210,7 +211,8 @@ class LayerDropCallback(TrainerCallback, ExportableState):
         module, _ = _applied(self._model) if self._model is not None else (None, None)
         rng = _encode_rng(get_rng_state(module)) if module is not None else self.rng
         return {
-            "args": {"schedule": self.schedule, "warmup_steps": self.warmup_steps, "gamma": self.gamma},
+            "args": {"schedule": self.schedule, "warmup_steps": self.warmup_steps, "gamma": self.gamma,
+                     "check_every": self.check_every},
             "attributes": {"rng": rng},
         }
 
@@ -351,6 +353,9 @@ class TrainConfig:
     """Rate profile over depth: uniform, linear or exponential."""
     granularity: str = "layer"
     """What is dropped: ``layer``, ``sublayer`` or ``head``."""
+    pattern: str = "random"
+    """Which layers a training step keeps: ``random`` (each independently, the paper) or
+    ``every-other`` (as many, placed where pruning to that depth places them)."""
     schedule: str = "constant"
     """Rate schedule: constant, warmup or progressive."""
     rate_warmup_steps: int = 0
@@ -441,6 +446,8 @@ class TrainResult:
     """Wall time of this call."""
     resumed_from: Path | None
     """The checkpoint this run continued from, if any."""
+    main_process: bool = True
+    """Whether this process wrote the files; under several processes only rank 0 does."""
 
 
 def _dropout_overrides(config: Any, p: float) -> dict[str, float]:
@@ -546,6 +553,18 @@ def encode_lm(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], block: i
     return [{"input_ids": stream[i * block:(i + 1) * block]} for i in range(n)]
 
 
+def lm_eval_blocks(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], block: int,
+                   split: str = "valid") -> tuple[list[dict[str, Any]], DataCollatorForLanguageModeling]:
+    """Blocks of ``texts`` to score a causal LM on, and the collator that labels them.
+
+    For :func:`layerdrop.evaluate.perplexity`; a tokenizer without a pad token gets EOS as one.
+    """
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    blocks = encode_lm(tokenizer, texts, block, split, progress=False)
+    return blocks, DataCollatorForLanguageModeling(tokenizer, mlm=False, return_tensors="pt")
+
+
 def _check(cfg: TrainConfig) -> None:
     if cfg.task not in TASKS:
         raise ValueError(f"unknown task {cfg.task!r}; choose one of {list(TASKS)}")
@@ -560,6 +579,11 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.data_driven and (cfg.rate <= 0 or cfg.granularity != "layer"):
         raise ValueError("--data-driven learns per-layer rates that average --rate: it needs --rate > 0 "
                          "and --granularity layer")
+    if cfg.pattern not in PATTERNS:
+        raise ValueError(f"unknown pattern {cfg.pattern!r}; choose one of {list(PATTERNS)}")
+    if cfg.data_driven and cfg.pattern != "random":
+        raise ValueError("--data-driven learns which layers to drop; --pattern every-other fixes where the kept "
+                         "layers go. Use one or the other.")
     if cfg.long_doc and not 0 <= cfg.stride < cfg.max_length // 2:
         raise ValueError(f"stride must be between 0 and max_length / 2 ({cfg.max_length // 2}), got {cfg.stride}")
 
@@ -573,14 +597,18 @@ def run_or_reuse(cfg: TrainConfig) -> Path:
     """The exported model of ``cfg``: reused if ``cfg.out`` already holds this finished run,
     continued from the last complete checkpoint if it holds an unfinished one, else trained.
 
-    A finished run with other settings is a ``FileExistsError``; ``resume`` does not count.
+    A finished run with other settings is a ``FileExistsError``; ``resume`` and ``out`` do not
+    count, and a setting the run's record lacks (added in a later version) counts as its default.
     """
     out = Path(cfg.out)
     meta_file = out / "model" / META_FILE
     if meta_file.is_file():
-        trained = json.loads(meta_file.read_text()).get("trained_with") or {}
-        wanted = json.loads(json.dumps(_recorded(cfg)))  # as JSON stores it: tuples become lists
-        if {k: v for k, v in trained.items() if k != "resume"} != {k: v for k, v in wanted.items() if k != "resume"}:
+        defaults = _recorded(TrainConfig(task=cfg.task, model=cfg.model, data=cfg.data, out=cfg.out))
+        trained = {**defaults, **(json.loads(meta_file.read_text()).get("trained_with") or {})}
+        trained, wanted = json.loads(json.dumps([trained, _recorded(cfg)]))  # as JSON stores it: tuples become lists
+        ignored = ("resume", "out")  # a continued run, or a run folder moved elsewhere, is the same run
+        if {k: v for k, v in trained.items() if k not in ignored} != {k: v for k, v in wanted.items()
+                                                                       if k not in ignored}:
             raise FileExistsError(f"{out} holds a run with other settings; choose another --out or delete it")
         return out / "model"
     resume = last_complete_checkpoint(out / "checkpoints") is not None
@@ -613,7 +641,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     learner = None
     if cfg.rate > 0:
         extra = {"granularity": cfg.granularity} if cfg.granularity != "layer" else {}
-        apply(model, cfg.rate, per_layer=cfg.per_layer, seed=cfg.seed, **extra)
+        apply(model, cfg.rate, per_layer=cfg.per_layer, seed=cfg.seed, pattern=cfg.pattern, **extra)
         if cfg.data_driven:
             learner = learn_rates(model, seed=cfg.seed)
 
@@ -685,7 +713,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     model_dir = out / "model"
     if not trainer.is_world_process_zero():  # launched on several ranks: one of them writes the files
         return TrainResult(out=out, model_dir=model_dir, metrics=metrics, steps=trainer.state.global_step,
-                           seconds=time.time() - start, resumed_from=resume_from)
+                           seconds=time.time() - start, resumed_from=resume_from, main_process=False)
     with atomic_dir(model_dir) as tmp:
         meta = {"trained_with": _recorded(cfg), "metrics": metrics}
         if learner is not None:  # into the config too, so the data-driven strategy finds them
