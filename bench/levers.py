@@ -1,0 +1,80 @@
+"""Quality-bar levers: one full-size Rotten Tomatoes run of the demo's recipe, with changes.
+
+Trains MiniLM-L6 exactly as ``layerdrop demo --full`` trains its LayerDrop run (all training
+rows, 2 epochs, batch 32, learning rate 5e-5, head 1e-3, 64 tokens, mean pooling, rate 0.5,
+self-distilled), with any ``TrainConfig`` field changed by ``name=value``, then prunes the
+result every-other to each depth and scores it on the whole test split, as the demo does.
+Prints one line of accuracies and writes ``OUT/sweep.json``. A finished run in ``OUT/rt`` is
+reused and an unfinished one resumed, so re-running the same command continues it.
+
+    python bench/levers.py OUT [name=value ...] [--threads N]
+
+    python bench/levers.py runs/levers/every-other pattern=every-other
+    python bench/levers.py runs/levers/every-other-3ep pattern=every-other epochs=3
+    # a reference: MiniLM-L6 cut to 3 layers first (layerdrop prune minilm-l6 --depth 3), no LayerDrop
+    python bench/levers.py runs/levers/ref3-3ep model=runs/minilm-l6-depth3 rate=0 epochs=3
+
+Results: docs/results.md, "The quality bar".
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+import typing
+from pathlib import Path
+
+import torch
+
+from layerdrop.demo import DemoConfig, _rt_config, _rt_scorer, _sizes
+from layerdrop.evaluate import depth_sweep
+from layerdrop.files import write_json
+from layerdrop.models import load_classifier
+from layerdrop.train import TrainConfig, run_or_reuse
+
+
+def _parse(pairs: list[str]) -> dict[str, typing.Any]:
+    """``name=value`` pairs, each value converted to its ``TrainConfig`` field's type."""
+    hints = typing.get_type_hints(TrainConfig)
+    changes: dict[str, typing.Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or name not in hints:
+            raise SystemExit(f"{pair!r}: expected name=value with a TrainConfig field name, e.g. pattern=every-other")
+        kind = hints[name]
+        if kind is bool:
+            changes[name] = value.lower() in ("1", "true", "yes")
+        elif kind in (int, float):
+            changes[name] = kind(value)
+        elif kind == float | None:
+            changes[name] = None if value.lower() == "none" else float(value)
+        else:
+            changes[name] = value
+    return changes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("changes", nargs="*", help="TrainConfig fields to change, as name=value")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    changes = _parse(args.changes)
+    demo = DemoConfig(full=True)
+    sizes = _sizes(demo)
+    model, rate = changes.pop("model", "minilm-l6"), changes.pop("rate", demo.rt_rate)
+    cfg = dataclasses.replace(_rt_config(demo, sizes, args.out / "rt", model, rate), **changes)
+    start = time.time()
+    model_dir = run_or_reuse(cfg)
+    results = depth_sweep(load_classifier(model_dir), _rt_scorer(demo, sizes, cfg, model_dir), progress=False)
+    rows = [{"depth": r.depth, "kept": list(r.kept), "score": r.score} for r in results]
+    write_json(args.out / "sweep.json", {"config": dataclasses.asdict(cfg), "minutes": (time.time() - start) / 60,
+                                         "rows": rows})
+    print(" ".join(f"{r['depth']}:{100 * r['score']:.1f}" for r in rows))
+
+
+if __name__ == "__main__":
+    main()
