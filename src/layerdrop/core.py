@@ -8,7 +8,9 @@ layer: attention and feed-forward) is skipped for the *whole batch* with its
 own probability. A skipped block is never called; it passes its input hidden
 states through unchanged, so its compute is actually saved. In eval mode every
 block runs. Outputs are not rescaled, as in the paper; ``rescale=True`` opts
-into stochastic-depth scaling of the kept blocks' updates instead.
+into stochastic-depth scaling of the kept blocks' updates instead. With
+``pattern="every-other"`` the number of kept blocks is drawn the same way, but
+they are the ones :func:`layerdrop.every_other` keeps at that depth.
 
 Finer granularities, from the paper's comparison of structured dropouts (see
 ``docs/granularity.md``): ``granularity="sublayer"`` drops each layer's
