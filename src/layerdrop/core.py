@@ -54,6 +54,7 @@ __all__ = [
     "apply",
     "arrange_like_pruning",
     "check_keep",
+    "check_pattern",
     "find_state",
     "get_rng_state",
     "only_layers",
@@ -77,6 +78,12 @@ GRANULARITIES = ("layer", "sublayer", "head")
 
 PATTERNS = ("random", "every-other")
 """Which layers a training forward keeps: each independently, or as many, placed as pruning places them."""
+
+
+def check_pattern(pattern: str) -> None:
+    """Raise ``ValueError`` unless ``pattern`` is one of :data:`PATTERNS`."""
+    if pattern not in PATTERNS:
+        raise ValueError(f"unknown pattern={pattern!r}: not one of {', '.join(map(repr, PATTERNS))}")
 
 
 @dataclass(frozen=True)
@@ -118,8 +125,7 @@ class LayerDropSettings:
             raise ValueError(
                 f"granularity={self.granularity!r} is not one of {', '.join(map(repr, GRANULARITIES))}"
             )
-        if self.pattern not in PATTERNS:
-            raise ValueError(f"pattern={self.pattern!r} is not one of {', '.join(map(repr, PATTERNS))}")
+        check_pattern(self.pattern)
         if self.pattern != "random" and self.granularity != "layer":
             raise ValueError(f"pattern={self.pattern!r} places whole layers; it needs granularity='layer', "
                              f"not {self.granularity!r}")

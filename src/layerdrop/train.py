@@ -48,7 +48,7 @@ from transformers import (
 from transformers.trainer_callback import ExportableState
 
 from . import data as datasets
-from .core import (PATTERNS, LayerDropState, apply, find_state, get_rng_state, only_layers, scale_rates,
+from .core import (LayerDropState, apply, check_pattern, find_state, get_rng_state, only_layers, scale_rates,
                    set_rng_state)
 from .distributed import DEFAULT_CHECK_EVERY, check_trainer_setup, configure_trainer, watch, world_size
 from .evaluate import pooled_accuracy
@@ -579,8 +579,7 @@ def _check(cfg: TrainConfig) -> None:
     if cfg.data_driven and (cfg.rate <= 0 or cfg.granularity != "layer"):
         raise ValueError("--data-driven learns per-layer rates that average --rate: it needs --rate > 0 "
                          "and --granularity layer")
-    if cfg.pattern not in PATTERNS:
-        raise ValueError(f"unknown pattern {cfg.pattern!r}; choose one of {list(PATTERNS)}")
+    check_pattern(cfg.pattern)  # before loading anything
     if cfg.data_driven and cfg.pattern != "random":
         raise ValueError("--data-driven learns which layers to drop; --pattern every-other fixes where the kept "
                          "layers go. Use one or the other.")
