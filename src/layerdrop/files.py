@@ -46,7 +46,7 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` in one rename.
 
-    If the body raises, ``path`` is left as it was. An existing ``path`` is
+    If the body or the swap fails, ``path`` is left as it was. An existing ``path`` is
     moved aside first and deleted only after the new folder is in place.
     """
     path = Path(path)
@@ -61,6 +61,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     if path.exists():
         old = path.with_name(f".{path.name}.old-{os.getpid()}")
         os.replace(path, old)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        if old is not None:
+            os.replace(old, path)  # put the previous folder back
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
