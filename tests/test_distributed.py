@@ -113,9 +113,9 @@ def _train(rank: int, out: str, scenario: str) -> None:
             with contextlib.nullcontext() if last or scenario == "fsdp" else wrapped.no_sync():
                 loss = wrapped(**_batch(rank, accumulate * step + micro)).loss / accumulate
                 loss.backward()
-            masks.append(state.keep)
+            masks.append(state.mask.keep)
             losses.append(loss.item())
-            used = [u or k for u, k in zip(used, state.keep)]
+            used = [u or k for u, k in zip(used, state.mask.keep)]
         # As in one process: a layer skipped in every micro-step has no gradient at all.
         grads_as_in_one_process.append(all(
             all((p.grad is not None) == u for p in layer.parameters()) for layer, u in zip(layers, used)))
@@ -180,7 +180,7 @@ def _trainer(rank: int, out: str, port: int) -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     model = layerdrop.apply(make("bert"), rate=0.5, seed=SEED)
     masks = []
-    model.register_forward_hook(lambda m, a, o: masks.append(m.layerdrop_state.keep) if m.training else None)
+    model.register_forward_hook(lambda m, a, o: masks.append(m.layerdrop_state.mask.keep) if m.training else None)
     data = [{"input_ids": tokens(batch=1, length=6, seed=i)[0], "labels": torch.tensor(i % 3)} for i in range(64)]
     # Activation checkpointing makes Trainer turn find_unused_parameters off unless LayerDrop sets it.
     args = TrainingArguments(output_dir=str(Path(out) / "trainer"), max_steps=12, per_device_train_batch_size=4,
