@@ -447,3 +447,23 @@ def test_explicit_per_layer_is_never_silently_replaced_by_recorded_rates():
     assert model.layerdrop_state.settings.rates == pytest.approx(layerdrop.rates.linear_rates(0.4, NUM_LAYERS))
     assert layerdrop.apply(make("bert"), per_layer="linear").layerdrop_state.settings.rates == pytest.approx(
         layerdrop.rates.linear_rates(0.2, NUM_LAYERS))  # nothing recorded: the default rate, reshaped
+
+
+def test_import_layerdrop_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, layerdrop, layerdrop.settings; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert 'apply' in layerdrop.__all__ and 'sample_keep_mask' not in layerdrop.__all__")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_top_level_names_resolve_lazily_and_prune_stays_the_function():
+    import layerdrop.prune  # the submodule of that name must not replace the function
+
+    assert callable(layerdrop.prune) and layerdrop.prune.__module__ == "layerdrop.prune"
+    assert layerdrop.state_of is layerdrop.core.state_of  # plumbing: out of __all__, still found
+    for name in layerdrop.__all__:
+        assert getattr(layerdrop, name) is not None
+    with pytest.raises(AttributeError):
+        layerdrop.no_such_name

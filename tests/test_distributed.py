@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -174,10 +173,11 @@ def test_two_ranks_train_like_one_process_on_both_batches(runs):
 # --------------------------------------------------------------------------- HF Trainer
 
 
-def _trainer(rank: int, out: str, port: int) -> None:
-    # What torchrun sets: Trainer (through accelerate) reads it and joins the process group.
+def _trainer(rank: int, out: str) -> None:
+    # What torchrun sets, so that Trainer (through accelerate) runs distributed. The process group
+    # is already joined through the file store, which accelerate uses as is: no port to pick.
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1")
     model = layerdrop.apply(make("bert"), rate=0.5, seed=SEED)
     masks = []
     model.register_forward_hook(lambda m, a, o: masks.append(m.layerdrop_state.mask.keep) if m.training else None)
@@ -196,22 +196,10 @@ def _trainer(rank: int, out: str, port: int) -> None:
                 "world": dist.get_world_size()}, Path(out) / f"trainer-{rank}.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _trainer_entry(rank: int, out: str, port: int) -> None:
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    _trainer(rank, out, port)
-
-
 @pytest.fixture(scope="module")
 def trainer_runs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("trainer")
-    _spawn_two(_trainer_entry, (str(tmp), _free_port()), "Trainer")
+    _two_ranks(tmp, _trainer, str(tmp))
     return [torch.load(tmp / f"trainer-{r}.pt") for r in range(2)]
 
 

@@ -68,8 +68,9 @@ def sample_keep_mask(rates: torch.Tensor, generator: torch.Generator, min_layers
     stay equal. If fewer than ``min_layers`` are kept, the dropped layers whose
     draws came closest to their rate are kept as well.
 
-    >>> sample_keep_mask(torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64), torch.Generator().manual_seed(0)).tolist()
-    [True, False, True]
+    >>> rates = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
+    >>> sample_keep_mask(rates, torch.Generator().manual_seed(0), min_layers=2).tolist()
+    [True, True, False]
     """
     u = torch.rand(rates.shape, generator=generator, dtype=torch.float64)
     keep = u >= rates
