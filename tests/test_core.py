@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 import layerdrop
-from layerdrop.core import CONFIG_KEY, sample_keep_mask
+from layerdrop.core import CONFIG_KEY
+from layerdrop.mask import Mask, sample_keep_mask
 from conftest import NUM_LAYERS, Block, Custom, logits, make, tokens
 
 
@@ -31,7 +32,7 @@ def test_skipped_layer_is_never_called(arch_name):
     for _ in range(6):
         before = list(counts)
         model(input_ids=tokens())
-        keep = model.layerdrop_state.keep
+        keep = model.layerdrop_state.mask.keep
         for i, kept in enumerate(keep):
             assert (counts[i] > before[i]) == kept
         ran_any_skip |= not all(keep)
@@ -53,7 +54,7 @@ def test_training_output_equals_unscaled_subnetwork(arch_name):
     ids = tokens()
     for _ in range(4):
         out = logits(model, ids)
-        keep = [i for i, k in enumerate(model.layerdrop_state.keep) if k]
+        keep = [i for i, k in enumerate(model.layerdrop_state.mask.keep) if k]
         with layerdrop.only_layers(model, keep):
             expected = logits(model, ids)
         torch.testing.assert_close(out, expected)
@@ -65,7 +66,7 @@ def test_skipped_layers_get_no_gradient(arch_name):
     for _ in range(10):
         model.zero_grad(set_to_none=True)
         logits(model, tokens()).sum().backward()
-        keep = model.layerdrop_state.keep
+        keep = model.layerdrop_state.mask.keep
         if not all(keep):
             break
     for layer, kept in zip(layers, keep):
@@ -90,7 +91,7 @@ def test_model_drop_frequency_matches_per_layer_rates():
     x = torch.randn(2, 8)
     for _ in range(n):
         model(x)
-        dropped += ~torch.tensor(model.layerdrop_state.keep)
+        dropped += ~torch.tensor(model.layerdrop_state.mask.keep)
     freq = dropped / n
     assert torch.allclose(freq, torch.tensor([0.1, 0.6, 0.3, 0.8]), atol=0.045), freq
 
@@ -121,7 +122,7 @@ def _masks(model, steps, x):
     out = []
     for _ in range(steps):
         model(**x) if isinstance(x, dict) else model(x)
-        out.append(model.layerdrop_state.keep)
+        out.append(model.layerdrop_state.mask.keep)
     return out
 
 
@@ -218,7 +219,7 @@ def test_rescale_scales_kept_layer_updates_in_training_only():
     model.eval()
     torch.testing.assert_close(block(x), x + plain_update)
     model.train()
-    model.layerdrop_state.keep = (True,) * NUM_LAYERS
+    model.layerdrop_state.mask = Mask(keep=(True,) * NUM_LAYERS, rates=(0.5,) * NUM_LAYERS, sampled=True)
     torch.testing.assert_close(block(x), x + plain_update / 0.5)
 
 
@@ -257,7 +258,7 @@ def test_only_layers_overrides_sampling_in_training():
     model = layerdrop.apply(Custom(), rate=0.5, layers="encoder.blocks").train()
     with layerdrop.only_layers(model, [0, 2]):
         model(torch.randn(1, 8))
-        assert model.layerdrop_state.keep == (True, False, True, False)
+        assert model.layerdrop_state.mask.keep == (True, False, True, False)
         assert model.layerdrop_state.draws == 0
 
 
@@ -306,7 +307,7 @@ def test_peft_lora_wraps_an_applied_model():
     lora = peft.get_peft_model(model, peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     counts = _count_calls(_layers(model))
     lora(input_ids=tokens()).logits.sum().backward()
-    keep = model.layerdrop_state.keep
+    keep = model.layerdrop_state.mask.keep
     assert [c > 0 for c in counts] == list(keep)
     assert any(p.grad is not None for n, p in lora.named_parameters() if "lora_" in n)
 
@@ -397,9 +398,9 @@ def test_every_other_pattern_trains_exactly_the_subnetworks_pruning_keeps(arch_n
     for _ in range(30):
         before = list(counts)
         model(input_ids=tokens())
-        kept = tuple(i for i, k in enumerate(model.layerdrop_state.keep) if k)
+        kept = tuple(i for i, k in enumerate(model.layerdrop_state.mask.keep) if k)
         assert kept == layerdrop.every_other(NUM_LAYERS, len(kept))
-        assert [counts[i] > before[i] for i in range(NUM_LAYERS)] == list(model.layerdrop_state.keep)
+        assert [counts[i] > before[i] for i in range(NUM_LAYERS)] == list(model.layerdrop_state.mask.keep)
         seen.add(len(kept))
     assert len(seen) >= 3  # the depth still varies from step to step
 
@@ -426,3 +427,43 @@ def test_pattern_is_recorded_and_rearms_after_reload(tmp_path):
 def test_bad_pattern_is_explained(kwargs, message):
     with pytest.raises(ValueError, match=message):
         layerdrop.apply(make("bert"), rate=0.5, **kwargs)
+
+
+def test_explicit_argument_beats_recorded_setting():
+    model = layerdrop.apply(make("bert"), rate=0.3, granularity="head", seed=4)
+    layerdrop.apply(model, 0.2, granularity="layer")
+    assert model.layerdrop_state.settings.granularity == "layer"
+    assert model.layerdrop_state.settings.seed == 4  # not given: the recorded one
+    layerdrop.apply(model, granularity="head")
+    layerdrop.apply(model, 0.2)  # no granularity given: the recorded one stays
+    assert model.layerdrop_state.settings.granularity == "head"
+
+
+def test_explicit_per_layer_is_never_silently_replaced_by_recorded_rates():
+    model = layerdrop.apply(make("bert"), rate=0.3)
+    with pytest.raises(ValueError, match="rate="):
+        layerdrop.apply(model, per_layer="linear")  # the record holds rates, not a rate to reshape
+    layerdrop.apply(model, 0.4, per_layer="linear")
+    assert model.layerdrop_state.settings.rates == pytest.approx(layerdrop.rates.linear_rates(0.4, NUM_LAYERS))
+    assert layerdrop.apply(make("bert"), per_layer="linear").layerdrop_state.settings.rates == pytest.approx(
+        layerdrop.rates.linear_rates(0.2, NUM_LAYERS))  # nothing recorded: the default rate, reshaped
+
+
+def test_import_layerdrop_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, layerdrop, layerdrop.settings; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert 'apply' in layerdrop.__all__ and 'sample_keep_mask' not in layerdrop.__all__")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_top_level_names_resolve_lazily_and_prune_stays_the_function():
+    import layerdrop.prune  # the submodule of that name must not replace the function
+
+    assert callable(layerdrop.prune) and layerdrop.prune.__module__ == "layerdrop.prune"
+    assert layerdrop.state_of is layerdrop.core.state_of  # plumbing: out of __all__, still found
+    for name in layerdrop.__all__:
+        assert getattr(layerdrop, name) is not None
+    with pytest.raises(AttributeError):
+        layerdrop.no_such_name

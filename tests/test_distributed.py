@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -113,9 +112,9 @@ def _train(rank: int, out: str, scenario: str) -> None:
             with contextlib.nullcontext() if last or scenario == "fsdp" else wrapped.no_sync():
                 loss = wrapped(**_batch(rank, accumulate * step + micro)).loss / accumulate
                 loss.backward()
-            masks.append(state.keep)
+            masks.append(state.mask.keep)
             losses.append(loss.item())
-            used = [u or k for u, k in zip(used, state.keep)]
+            used = [u or k for u, k in zip(used, state.mask.keep)]
         # As in one process: a layer skipped in every micro-step has no gradient at all.
         grads_as_in_one_process.append(all(
             all((p.grad is not None) == u for p in layer.parameters()) for layer, u in zip(layers, used)))
@@ -174,13 +173,14 @@ def test_two_ranks_train_like_one_process_on_both_batches(runs):
 # --------------------------------------------------------------------------- HF Trainer
 
 
-def _trainer(rank: int, out: str, port: int) -> None:
-    # What torchrun sets: Trainer (through accelerate) reads it and joins the process group.
+def _trainer(rank: int, out: str) -> None:
+    # What torchrun sets, so that Trainer (through accelerate) runs distributed. The process group
+    # is already joined through the file store, which accelerate uses as is: no port to pick.
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      MASTER_ADDR="127.0.0.1")
     model = layerdrop.apply(make("bert"), rate=0.5, seed=SEED)
     masks = []
-    model.register_forward_hook(lambda m, a, o: masks.append(m.layerdrop_state.keep) if m.training else None)
+    model.register_forward_hook(lambda m, a, o: masks.append(m.layerdrop_state.mask.keep) if m.training else None)
     data = [{"input_ids": tokens(batch=1, length=6, seed=i)[0], "labels": torch.tensor(i % 3)} for i in range(64)]
     # Activation checkpointing makes Trainer turn find_unused_parameters off unless LayerDrop sets it.
     args = TrainingArguments(output_dir=str(Path(out) / "trainer"), max_steps=12, per_device_train_batch_size=4,
@@ -196,22 +196,10 @@ def _trainer(rank: int, out: str, port: int) -> None:
                 "world": dist.get_world_size()}, Path(out) / f"trainer-{rank}.pt")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _trainer_entry(rank: int, out: str, port: int) -> None:
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    _trainer(rank, out, port)
-
-
 @pytest.fixture(scope="module")
 def trainer_runs(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("trainer")
-    _spawn_two(_trainer_entry, (str(tmp), _free_port()), "Trainer")
+    _two_ranks(tmp, _trainer, str(tmp))
     return [torch.load(tmp / f"trainer-{r}.pt") for r in range(2)]
 
 

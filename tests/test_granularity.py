@@ -10,7 +10,8 @@ from torch import nn
 
 import layerdrop
 from layerdrop.arch import Sublayer
-from layerdrop.core import CONFIG_KEY, sample_part_mask
+from layerdrop.core import CONFIG_KEY
+from layerdrop.mask import sample_part_mask
 from conftest import NUM_LAYERS, Custom, logits, make, tokens
 
 HEADS = 4
@@ -64,13 +65,13 @@ def _count_sublayer_calls(model):
 
 
 def _gates(model):
-    from layerdrop.core import _Gate
+    from layerdrop.gates import _Gate
 
     return [(m, n) for m in model.modules() for n, v in vars(m).items() if isinstance(v, _Gate)]
 
 
 def _head_hooks(model):
-    from layerdrop.core import _HeadMask
+    from layerdrop.gates import _HeadMask
 
     return [h for m in model.modules() for h in m._forward_pre_hooks.values() if isinstance(h, _HeadMask)]
 
@@ -124,9 +125,9 @@ def test_dropped_sublayer_is_never_called_while_the_other_runs(arch_name):
         before = copy.deepcopy(counts)
         model(input_ids=tokens())
         state = model.layerdrop_state
-        for i, keep in enumerate(state.sublayer_keep):
+        for i, keep in enumerate(state.mask.sublayers):
             assert [after > b for after, b in zip(counts[i], before[i])] == list(keep), (i, keep)
-            assert state.keep[i] == any(keep)
+            assert state.mask.keep[i] == any(keep)
             if any(keep) and not all(keep):
                 mixed.add(keep)
     assert mixed == {(True, False), (False, True)}
@@ -137,7 +138,7 @@ def test_sublayers_are_drawn_independently():
     seen = [set() for _ in range(NUM_LAYERS)]
     for _ in range(40):
         model(input_ids=tokens(length=3))
-        for i, keep in enumerate(model.layerdrop_state.sublayer_keep):
+        for i, keep in enumerate(model.layerdrop_state.mask.sublayers):
             seen[i].add(keep)
     all_four = {(True, True), (True, False), (False, True), (False, False)}
     assert all(s == all_four for s in seen), seen
@@ -152,7 +153,7 @@ def test_sublayer_drop_frequency_matches_rates():
     both = torch.zeros(NUM_LAYERS)
     for _ in range(n):
         state.begin_forward(training=True)
-        mask = ~torch.tensor(state.sublayer_keep)  # (L, 2)
+        mask = ~torch.tensor(state.mask.sublayers)  # (L, 2)
         dropped += mask
         both += mask.all(1)
     r = torch.tensor(rates)
@@ -187,7 +188,7 @@ def test_eval_runs_every_sublayer(arch_name):
     model(input_ids=tokens())
     assert all(c > 0 for row in counts for c in row)
     assert model.layerdrop_state.draws == 0
-    assert all(all(k) for k in model.layerdrop_state.sublayer_keep)
+    assert all(all(k) for k in model.layerdrop_state.mask.sublayers)
 
 
 def test_sublayer_training_output_equals_dropping_by_hand(arch_name):
@@ -195,7 +196,7 @@ def test_sublayer_training_output_equals_dropping_by_hand(arch_name):
     ids = tokens()
     for _ in range(4):
         out = logits(model, ids)
-        keep = model.layerdrop_state.sublayer_keep
+        keep = model.layerdrop_state.mask.sublayers
         expected = logits(_drop_sublayers_by_hand(arch_name, make(arch_name).eval(), keep), ids)
         torch.testing.assert_close(out, expected, msg=str(keep))
 
@@ -205,7 +206,7 @@ def test_gradient_reaches_only_sublayers_that_ran(arch_name):
     for _ in range(10):
         model.zero_grad(set_to_none=True)
         logits(model, tokens()).sum().backward()
-        keep = model.layerdrop_state.sublayer_keep
+        keep = model.layerdrop_state.mask.sublayers
         if any(k[0] != k[1] for k in keep):
             break
     sublayers = _arch(model).sublayers
@@ -269,7 +270,7 @@ def test_sublayer_rescale_scales_kept_sublayer_outputs_in_training():
     model = layerdrop.apply(make("llama"), rate=rate, seed=5, rescale=True, granularity="sublayer").train()
     ids = tokens()
     out = logits(model, ids)
-    keep = model.layerdrop_state.sublayer_keep
+    keep = model.layerdrop_state.mask.sublayers
     plain = _drop_sublayers_by_hand("llama", make("llama").eval(), keep)
     for layer, layer_keep in zip(_layers(plain), keep):
         for path, kept in zip(_LAST_PROJECTION["llama"], layer_keep):
@@ -286,7 +287,7 @@ def test_layers_run_counts_layers_running_any_sublayer():
     total = 0
     for _ in range(6):
         model(input_ids=tokens(length=3))
-        total += sum(any(k) for k in model.layerdrop_state.sublayer_keep)
+        total += sum(any(k) for k in model.layerdrop_state.mask.sublayers)
     assert model.layerdrop_state.layers_run == total
 
 
@@ -298,7 +299,7 @@ def test_masking_heads_equals_zeroing_output_projection_columns(arch_name):
     ids = tokens()
     for _ in range(3):
         out = logits(model, ids)
-        keep = model.layerdrop_state.head_keep
+        keep = model.layerdrop_state.mask.heads
         assert not all(all(k) for k in keep)
         expected = logits(_zero_heads_by_hand(make(arch_name).eval(), keep), ids)
         torch.testing.assert_close(out, expected, msg=str(keep))
@@ -309,8 +310,8 @@ def test_all_heads_kept_equals_the_plain_model(arch_name):
     expected = logits(make(arch_name).eval(), ids)
     model = layerdrop.apply(make(arch_name), rate=0.0, granularity="head").train()
     torch.testing.assert_close(logits(model, ids), expected)
-    assert all(all(k) for k in model.layerdrop_state.head_keep)
-    assert model.layerdrop_state.head_scale is None  # the hooks had nothing to do
+    assert all(all(k) for k in model.layerdrop_state.mask.heads)
+    assert model.layerdrop_state.mask.head_scale is None  # the hooks had nothing to do
     model = layerdrop.apply(make(arch_name), rate=0.9, granularity="head").eval()
     torch.testing.assert_close(logits(model, ids), expected)
 
@@ -331,7 +332,7 @@ def test_head_masking_saves_no_compute(arch_name):
     model = layerdrop.apply(make(arch_name), rate=0.9, seed=0, granularity="head").train()
     assert _module_calls(model, steps) == _module_calls(make(arch_name).train(), steps)
     state = model.layerdrop_state
-    assert state.keep == (True,) * NUM_LAYERS and state.layers_run == steps * NUM_LAYERS
+    assert state.mask.keep == (True,) * NUM_LAYERS and state.layers_run == steps * NUM_LAYERS
 
 
 def test_head_drop_frequency_matches_rates():
@@ -342,7 +343,7 @@ def test_head_drop_frequency_matches_rates():
     dropped = torch.zeros(NUM_LAYERS, HEADS)
     for _ in range(n):
         state.begin_forward(training=True)
-        dropped += ~torch.tensor(state.head_keep)
+        dropped += ~torch.tensor(state.mask.heads)
     r = torch.tensor(rates)
     expected = r - r**HEADS / HEADS
     tol = 4 * torch.sqrt(expected * (1 - expected) / n)  # at most 0.045 here
@@ -363,7 +364,7 @@ def test_head_rescale_scales_kept_heads_by_one_over_keep_probability():
     ids = tokens()
     out = logits(model, ids)
     scale = [1 / (1 - r) for r in rates]
-    expected = logits(_zero_heads_by_hand(make("gpt2").eval(), model.layerdrop_state.head_keep, scale), ids)
+    expected = logits(_zero_heads_by_hand(make("gpt2").eval(), model.layerdrop_state.mask.heads, scale), ids)
     torch.testing.assert_close(out, expected)
 
 
@@ -382,7 +383,7 @@ def test_same_seed_same_masks_and_a_fixed_number_of_draws(granularity):
         for _ in range(6):
             model(input_ids=ids)
             state = model.layerdrop_state
-            out.append(state.sublayer_keep if granularity == "sublayer" else state.head_keep)
+            out.append(state.mask.sublayers if granularity == "sublayer" else state.mask.heads)
         assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == py_state
         return out, state.generator.get_state()
 
@@ -494,8 +495,8 @@ def test_only_layers_and_prune_stay_layer_level(arch_name, granularity):
     with layerdrop.only_layers(model, [0, 2]):
         part = logits(model, ids)
         state = model.layerdrop_state
-        assert state.keep == (True, False, True, False) and state.draws == 0
-        assert all(all(k) for k in (state.sublayer_keep or state.head_keep))  # kept layers run whole
+        assert state.mask.keep == (True, False, True, False) and state.draws == 0
+        assert all(all(k) for k in (state.mask.sublayers or state.mask.heads))  # kept layers run whole
     pruned = layerdrop.prune(model, keep=[0, 2])
     assert layerdrop.state_of(pruned) is None and not _gates(pruned) and not _head_hooks(pruned)
     torch.testing.assert_close(logits(pruned.eval(), ids), part)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import layerdrop
-from layerdrop.learned import LEARNED_KEY, LearnedRates, capped_rates, learn_rates, learned_rates
+from layerdrop.learned import LEARNED_KEY, RateLearner, attach_rate_learner, capped_rates, recorded_learned_rates
 from layerdrop.strategies import choose, data_driven_choice
 from conftest import NUM_LAYERS, logits, make, tokens
 
@@ -29,14 +29,14 @@ def test_learned_rates_start_uniform_so_training_starts_as_plain_layerdrop(arch_
     ids = tokens(batch=2, length=5)
     plain = layerdrop.apply(make(arch_name), rate=0.4, seed=3).train()
     learned = layerdrop.apply(make(arch_name), rate=0.4, seed=3).train()
-    learner = learn_rates(learned)
-    assert learned_rates(learned) == pytest.approx((0.4,) * NUM_LAYERS)
+    learner = attach_rate_learner(learned)
+    assert recorded_learned_rates(learned) == pytest.approx((0.4,) * NUM_LAYERS)
     for _ in range(4):
         torch.manual_seed(0)  # the models' own dropout
         expected = logits(plain, ids)
         torch.manual_seed(0)
         got = logits(learned, ids)
-        assert learned.layerdrop_state.keep == plain.layerdrop_state.keep
+        assert learned.layerdrop_state.mask.keep == plain.layerdrop_state.mask.keep
         torch.testing.assert_close(got, expected)
     learner.policy_loss(got.sum()).backward()
     assert learner.w2.grad is not None  # the recorded decisions carry the scorer's gradient
@@ -45,7 +45,7 @@ def test_learned_rates_start_uniform_so_training_starts_as_plain_layerdrop(arch_
 def test_scorer_is_not_part_of_the_model():
     model = layerdrop.apply(make("bert"), rate=0.3)
     keys = set(model.state_dict())
-    learner = learn_rates(model)
+    learner = attach_rate_learner(model)
     assert set(model.state_dict()) == keys
     assert not any(p is q for p in model.parameters() for q in learner.parameters())
 
@@ -77,7 +77,7 @@ def test_learned_rates_drop_the_harmful_layer_most_and_keep_the_helpful_ones():
     g = torch.Generator().manual_seed(0)
     shifts = torch.randn(4, 8, generator=g)  # (L, H)
     model = layerdrop.apply(_Shifts(shifts), rate=0.25, layers="blocks", seed=1).train()
-    learner = learn_rates(model, hidden_size=8, seed=0)
+    learner = attach_rate_learner(model, hidden_size=8, seed=0)
     optimizer = torch.optim.Adam(learner.parameters(), lr=0.05)
     for _ in range(150):
         x = torch.randn(16, 3, 8, generator=g)  # (B, T, H)
@@ -86,7 +86,7 @@ def test_learned_rates_drop_the_harmful_layer_most_and_keep_the_helpful_ones():
         optimizer.zero_grad()
         learner.policy_loss(loss).backward()  # the blocks are frozen: only the scorer learns
         optimizer.step()
-    rates = learned_rates(model)
+    rates = recorded_learned_rates(model)
     assert max(range(4), key=rates.__getitem__) == 2
     assert sum(rates) / 4 == pytest.approx(0.25, abs=1e-6)
     assert data_driven_choice(rates, 3).kept == (0, 1, 3)
@@ -109,14 +109,14 @@ def test_data_driven_strategy_without_learned_rates_says_how_to_get_them():
 
 def test_recorded_rates_survive_saving_and_are_cut_by_pruning(tmp_path):
     model = layerdrop.apply(make("gpt2"), rate=0.5)
-    learner = learn_rates(model)
+    learner = attach_rate_learner(model)
     with torch.no_grad():
         learner.mean_score.copy_(torch.tensor([0.0, 2.0, -1.0, 1.0]))
     rates = layerdrop.learned.record_learned_rates(model)
     assert rates.index(max(rates)) == 1
     layerdrop.remove(model).save_pretrained(tmp_path)
     reloaded = type(model).from_pretrained(tmp_path)
-    assert learned_rates(reloaded) == pytest.approx(rates, abs=1e-6)
+    assert recorded_learned_rates(reloaded) == pytest.approx(rates, abs=1e-6)
     assert choose("data-driven", reloaded, 2).kept == (0, 2)
     small = layerdrop.prune(reloaded, keep=[0, 2])
     assert getattr(small.config, LEARNED_KEY) == pytest.approx([rates[0], rates[2]])
@@ -124,18 +124,18 @@ def test_recorded_rates_survive_saving_and_are_cut_by_pruning(tmp_path):
 
 def test_learn_rates_explains_what_it_needs():
     with pytest.raises(ValueError, match="apply"):
-        learn_rates(make("bert"))
+        attach_rate_learner(make("bert"))
     with pytest.raises(ValueError, match="granularity"):
-        learn_rates(layerdrop.apply(make("bert"), rate=0.2, granularity="sublayer"))
+        attach_rate_learner(layerdrop.apply(make("bert"), rate=0.2, granularity="sublayer"))
     with pytest.raises(ValueError, match="pattern='random'"):
-        learn_rates(layerdrop.apply(make("bert"), rate=0.2, pattern="every-other"))
+        attach_rate_learner(layerdrop.apply(make("bert"), rate=0.2, pattern="every-other"))
     with pytest.raises(ValueError, match="mean rate"):
-        LearnedRates(4, 8, 0.0)
+        RateLearner(4, 8, 0.0)
 
 
 def test_eval_and_fixed_masks_do_not_touch_the_learned_rates():
     model = layerdrop.apply(make("llama"), rate=0.5)
-    learner = learn_rates(model)
+    learner = attach_rate_learner(model)
     with torch.no_grad():
         learner.b2.fill_(1.0)
     before = learner.mean_score.clone()
@@ -151,7 +151,17 @@ def test_eval_and_fixed_masks_do_not_touch_the_learned_rates():
 
 def test_rate_schedule_scales_the_learned_rates():
     model = layerdrop.apply(make("bert"), rate=0.4)
-    learn_rates(model)
+    attach_rate_learner(model)
     layerdrop.scale_rates(model, 0.5)
     assert model.layerdrop_state.rates == pytest.approx((0.2,) * NUM_LAYERS)
     assert dataclasses.replace(model.layerdrop_state.settings).rates == (0.4,) * NUM_LAYERS
+
+
+def test_old_learned_rates_names_still_work_and_warn():
+    model = layerdrop.apply(make("bert"), rate=0.3)
+    with pytest.warns(DeprecationWarning, match="attach_rate_learner"):
+        learner = layerdrop.learn_rates(model)
+    with pytest.warns(DeprecationWarning, match="recorded_learned_rates"):
+        assert layerdrop.learned_rates(model) == pytest.approx((0.3,) * NUM_LAYERS)
+    with pytest.warns(DeprecationWarning, match="RateLearner"):
+        assert isinstance(learner, layerdrop.LearnedRates)

@@ -8,11 +8,14 @@ need the ``sublayers`` and ``head_proj`` columns of a row).
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
-__all__ = ["ARCHITECTURES", "Arch", "LayerSite", "SKIPPED", "Sublayer", "arch_for", "find_layers"]
+__all__ = ["ARCHITECTURES", "Arch", "LayerSite", "SKIPPED", "Sublayer", "arch_for", "find_layers", "first_input_name"]
 
 SKIPPED = ("identity", "zeros")
 """What a skipped sublayer can return; see :attr:`Sublayer.skipped`."""
@@ -195,3 +198,16 @@ def find_layers(model: nn.Module, layers: str | None = None) -> LayerSite:
     owner_path, _, _ = path.rpartition(".")
     owner = model.get_submodule(owner_path) if owner_path else model
     return LayerSite(path=path, owner=owner, layers=found, arch=arch)
+
+
+def first_input_name(function: Callable[..., Any]) -> str:
+    """Name of the first positional parameter of ``function`` other than ``self`` (a ``forward``,
+    bound or not): the hidden states a block or sublayer takes; ``"hidden_states"`` if none.
+
+    >>> first_input_name(nn.Linear(2, 2).forward), first_input_name(nn.Linear.forward)
+    ('input', 'input')
+    """
+    for param in inspect.signature(function).parameters.values():
+        if param.name != "self" and param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            return param.name
+    return "hidden_states"

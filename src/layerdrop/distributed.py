@@ -41,7 +41,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from .core import LayerDropState, find_state, state_of
+from .core import LayerDropState, applied, state_of
 
 __all__ = [
     "DEFAULT_CHECK_EVERY",
@@ -134,22 +134,13 @@ def reduce_device(backend: str) -> torch.device:
     return torch.device(accelerator.type, torch.accelerator.current_device_index())
 
 
-def _layerdrop_module(model: nn.Module) -> tuple[nn.Module, LayerDropState]:
-    """The (sub)module that LayerDrop was applied to, looking inside wrappers such as DDP."""
-    found = find_state(model)
-    if found is not None:
-        return found
-    raise ValueError("LayerDrop is not applied to this model; call layerdrop.apply(model, rate=...) first, "
-                     "on every rank, with the same seed")
-
-
 def check_in_sync(model: nn.Module, group: Any = None) -> None:
     """Raise :class:`RanksOutOfSync` unless every rank's LayerDrop state matches; a collective.
 
     Every rank of ``group`` must call it at the same point. Costs one all-reduce of eight integers.
     Does nothing without ``torch.distributed`` or with a single rank.
     """
-    _, state = _layerdrop_module(model)
+    _, state = applied(model)
     if world_size(group) <= 1:
         return
     values = torch.tensor(fingerprint(state), dtype=torch.int64)
@@ -187,7 +178,7 @@ def watch(model: nn.Module, every: int = DEFAULT_CHECK_EVERY, group: Any = None)
     """
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be a positive number of training forwards, got {every!r}")
-    module, _ = _layerdrop_module(model)
+    module, _ = applied(model)
     return module.register_forward_pre_hook(_Watch(every, group))
 
 
@@ -238,7 +229,7 @@ def wrap(model: nn.Module, *, check_every: int = DEFAULT_CHECK_EVERY, group: Any
     if ddp_kwargs.get("static_graph"):
         raise ValueError("static_graph=True cannot be used with LayerDrop: the set of layers that run "
                          "changes at every forward; leave static_graph off")
-    _layerdrop_module(model)
+    applied(model)
     _refuse_reentrant(model)
     watch(model, every=check_every, group=group)
     return nn.parallel.DistributedDataParallel(model, find_unused_parameters=True, process_group=group,

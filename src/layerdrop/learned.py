@@ -1,50 +1,17 @@
 """Data-driven pruning: per-layer drop rates learned from the layers' activations.
 
-The paper's third pruning strategy (Fan, Grave & Joulin 2020, section 4,
-"Data Driven Pruning"): instead of one rate ``p`` for every layer, learn a rate
-``p_d`` for each layer ``d`` as a non-linear function of its activations
-followed by a softmax, constrained so that the rates average ``p``. At
-inference, keep the ``k`` layers with the lowest learned rates: a fixed set
-that does not depend on the input.
-
-Here, with ``h_d`` the hidden states entering layer ``d`` (they exist whether or
-not ``d`` runs):
-
-- score ``s_d = w2_d . tanh(W1_d mean_tokens(h_d) + b1_d) + b2_d``, averaged over the
-  batch; a small MLP per layer, on detached activations, so the scorer never
-  pushes the model;
-- rates ``p = L * p_mean * softmax(s_bar)``, where ``s_bar`` is a running mean of each
-  layer's score; a rate above ``max_rate`` is held there and its excess shared by the
-  others (:func:`capped_rates`), so the rates average exactly ``p_mean``. The keep-mask of a forward is drawn
-  from these rates at its start, as for any LayerDrop forward (one draw per layer
-  from the dedicated generator; a skipped layer is never called);
-- learning signal: the score-function (REINFORCE) estimator. Each sampled forward
-  records, per layer, the log-probability of its drawn keep/skip decision under rates
-  computed from the layer's *live* score; :meth:`LearnedRates.policy_loss` turns the
-  loss of that forward, minus a running baseline, into a surrogate whose gradient is
-  an unbiased estimate of how the expected loss changes with each layer's rate. A
-  layer whose absence raises the loss gets a lower score, so a lower rate. (The
-  first-order alternative, the gradient of the loss with respect to a kept layer's
-  update, is about zero for a layer that already fits its part, so it cannot tell a
-  needed layer from a useless one; the tests include such a case.)
-
-The forward itself is exactly LayerDrop's: the scorers only read detached
-activations, so the model's gradients are unchanged. The loss passed to
-:meth:`~LearnedRates.policy_loss` must be added to the training loss
-(:class:`layerdrop.train.LayerDropTrainer` does it; with self-distillation it uses
-the sub-network's KL to the full network, which has no data noise).
-
-The scorer is not part of the model (its parameters are not in the model's
-``state_dict``, so ``save_pretrained`` stays vanilla): it is attached to the
-LayerDrop state, trained by its own optimizer parameter group
-(:class:`layerdrop.train.LayerDropTrainer`), saved beside checkpoints, and its
-final rates are recorded in ``model.config.layerdrop_learned_rates`` for the
-``data-driven`` strategy.
+The paper's third pruning strategy (Fan, Grave & Joulin, ICLR 2020, arXiv:1909.11556, section 4):
+instead of one rate for every layer, a small scorer per layer (:class:`RateLearner`) sets each
+layer's rate from its input activations, averaging the configured rate; the whole layers are
+dropped as in any LayerDrop forward. At inference the layers with the lowest learned rates are
+kept. The scorer is trained by REINFORCE, is not part of the model's ``state_dict``, and its rates
+are recorded in ``model.config.layerdrop_learned_rates``. Why and how: ``docs/training.md``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,9 +19,16 @@ import torch
 from torch import nn
 
 from .arch import find_layers
-from .core import find_state
+from .core import applied, find_state
 
-__all__ = ["LEARNED_KEY", "LearnedRates", "capped_rates", "learn_rates", "learned_rates", "record_learned_rates"]
+__all__ = [
+    "LEARNED_KEY",
+    "RateLearner",
+    "attach_rate_learner",
+    "capped_rates",
+    "record_learned_rates",
+    "recorded_learned_rates",
+]
 
 LEARNED_KEY = "layerdrop_learned_rates"
 """Name of the ``model.config`` attribute that records the learned rates."""
@@ -84,8 +58,11 @@ def capped_rates(logits: torch.Tensor, mean: float, cap: float) -> torch.Tensor:
     return rates
 
 
-class LearnedRates(nn.Module):
-    """Per-layer scorers and the running mean of their scores. See the module docstring.
+class RateLearner(nn.Module):
+    """Per-layer scorers that set and learn each layer's drop rate (see ``docs/training.md``).
+
+    Layer ``d``'s score is ``w2_d . tanh(W1_d mean_tokens(h_d) + b1_d) + b2_d`` on the detached
+    hidden states ``h_d`` entering it; the rates are ``capped_rates`` of the running mean scores.
 
     Args:
         num_layers: Layers ``L``.
@@ -165,11 +142,6 @@ class LearnedRates(nn.Module):
         return f"num_layers={self.num_layers}, rate={self.rate}, max_rate={self.max_rate}"
 
 
-def _state(model: nn.Module) -> Any:
-    found = find_state(model)
-    return found[1] if found is not None else None
-
-
 def _hidden_size(model: nn.Module) -> int:
     config = getattr(model, "config", None)
     for name in ("hidden_size", "n_embd", "d_model", "dim"):
@@ -179,15 +151,13 @@ def _hidden_size(model: nn.Module) -> int:
     raise ValueError(f"cannot tell the hidden size of {type(model).__name__}: pass hidden_size=")
 
 
-def learn_rates(model: nn.Module, *, hidden_size: int | None = None, **kwargs: Any) -> LearnedRates:
+def attach_rate_learner(model: nn.Module, *, hidden_size: int | None = None, **kwargs: Any) -> RateLearner:
     """Make an applied model's rates data-driven; return the scorer, which the caller trains.
 
     The mean rate is the mean of the rates :func:`layerdrop.apply` set. Only
-    ``granularity="layer"`` is supported. Keyword arguments go to :class:`LearnedRates`.
+    ``granularity="layer"`` is supported. Keyword arguments go to :class:`RateLearner`.
     """
-    state = _state(model)
-    if state is None:
-        raise ValueError("learn_rates needs LayerDrop applied first: layerdrop.apply(model, rate=...)")
+    _, state = applied(model)
     if state.settings.granularity != "layer":
         raise ValueError(f"data-driven rates drop whole layers; granularity={state.settings.granularity!r} "
                          "is not supported")
@@ -199,7 +169,7 @@ def learn_rates(model: nn.Module, *, hidden_size: int | None = None, **kwargs: A
         raise NotImplementedError("data-driven rates are not synchronised across processes yet: the running "
                                   "scores differ per rank, so the masks would too. Train on one process.")
     rates = state.settings.rates
-    learner = LearnedRates(len(rates), hidden_size or _hidden_size(model), sum(rates) / len(rates), **kwargs)
+    learner = RateLearner(len(rates), hidden_size or _hidden_size(model), sum(rates) / len(rates), **kwargs)
     first = next(iter(find_layers(model, state.settings.layers).layers.parameters()), None)
     if first is not None:
         learner.to(first.device)
@@ -207,24 +177,55 @@ def learn_rates(model: nn.Module, *, hidden_size: int | None = None, **kwargs: A
     return learner
 
 
+def _learner(model: nn.Module) -> RateLearner | None:
+    found = find_state(model)
+    return found[1].learner if found is not None else None
+
+
 def record_learned_rates(model: nn.Module) -> tuple[float, ...]:
     """Write the attached scorer's current rates into ``model.config`` (for saving) and return them."""
-    state = _state(model)
-    if state is None or state.learner is None:
-        raise ValueError("no learned rates to record: call layerdrop.learn_rates(model) and train first")
-    rates = tuple(round(float(r), 6) for r in state.learner.rates())
+    learner = _learner(model)
+    if learner is None:
+        raise ValueError("no learned rates to record: call layerdrop.attach_rate_learner(model) and train first")
+    rates = tuple(round(float(r), 6) for r in learner.rates())
     setattr(model.config, LEARNED_KEY, list(rates))
     return rates
 
 
-def learned_rates(model_or_config: Any) -> tuple[float, ...]:
-    """The learned rates of a model (live scorer first, else recorded in its config)."""
-    state = _state(model_or_config) if isinstance(model_or_config, nn.Module) else None
-    if state is not None and state.learner is not None:
-        return tuple(float(r) for r in state.learner.rates())
+def recorded_learned_rates(model_or_config: Any) -> tuple[float, ...]:
+    """The learned rates of a model (its live scorer first, else those recorded in its config) or of a config."""
+    learner = _learner(model_or_config) if isinstance(model_or_config, nn.Module) else None
+    if learner is not None:
+        return tuple(float(r) for r in learner.rates())
     config = getattr(model_or_config, "config", model_or_config)
     recorded: Sequence[float] | None = getattr(config, LEARNED_KEY, None)
     if not recorded:
         raise ValueError("this model has no learned rates: train it with data-driven rates "
-                         "(`layerdrop train ... --data-driven`, or layerdrop.learn_rates) first")
+                         "(`layerdrop train ... --data-driven`, or layerdrop.attach_rate_learner) first")
     return tuple(float(r) for r in recorded)
+
+
+# Deprecated names, kept for one release.
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"layerdrop.{old} is deprecated; use layerdrop.{new}", DeprecationWarning, stacklevel=3)
+
+
+def __getattr__(name: str) -> Any:
+    """``LearnedRates``, the deprecated name of :class:`RateLearner`, warns when it is looked up."""
+    if name == "LearnedRates":
+        _deprecated("learned.LearnedRates", "learned.RateLearner")
+        return RateLearner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def learn_rates(model: nn.Module, *, hidden_size: int | None = None, **kwargs: Any) -> RateLearner:
+    """Deprecated: :func:`attach_rate_learner`."""
+    _deprecated("learn_rates", "attach_rate_learner")
+    return attach_rate_learner(model, hidden_size=hidden_size, **kwargs)
+
+
+def learned_rates(model_or_config: Any) -> tuple[float, ...]:
+    """Deprecated: :func:`recorded_learned_rates`."""
+    _deprecated("learned_rates", "recorded_learned_rates")
+    return recorded_learned_rates(model_or_config)
