@@ -24,7 +24,7 @@ from .depths import every_other
 from .files import atomic_dir, write_json
 from .learned import LEARNED_KEY
 
-__all__ = ["PRUNING_KEY", "every_other", "prune", "prune_saved"]
+__all__ = ["PRUNING_KEY", "every_other", "prune", "prune_saved", "view"]
 
 PRUNING_KEY = "layerdrop_pruning"
 """Name of the ``model.config`` attribute that records a pruning."""
@@ -84,14 +84,7 @@ def prune(
         raise ValueError("pass exactly one of depth=K or keep=[indices]")
     kept = every_other(num_layers, depth) if depth is not None else check_keep(keep, num_layers)
 
-    # Swap in the kept blocks while copying, so dropped ones are never copied.
-    owner_attr = site.path.rpartition(".")[2]
-    site.owner._modules[owner_attr] = nn.ModuleList([site.layers[i] for i in kept])
-    try:
-        pruned = copy.deepcopy(model)
-    finally:
-        site.owner._modules[owner_attr] = site.layers
-
+    pruned = _copy_keeping(model, site.layers, kept)
     uninstall(pruned)
     for new_index, layer in enumerate(find_layers(pruned, site.path).layers):
         _renumber(layer, new_index)
@@ -100,6 +93,63 @@ def prune(
         per_layer = site.arch.per_layer_config if site.arch else ()
         _prune_config(config, kept, num_layers, per_layer)
     return pruned
+
+
+def _copy_keeping(model: nn.Module, blocks: nn.ModuleList, kept: tuple[int, ...]) -> nn.Module:
+    """A deep copy of ``model`` whose block list holds copies of the ``kept`` blocks only.
+
+    One deepcopy memo serves the whole copy: the kept blocks are copied first, the block
+    list is entered as the new, shorter list, and each dropped block as a placeholder, so
+    deepcopy never reaches a dropped block and never sees ``model`` changed.
+    """
+    memo: dict[int, Any] = {}
+    shorter = nn.ModuleList([copy.deepcopy(blocks[i], memo) for i in kept])
+    memo[id(blocks)] = shorter
+    dropped = nn.Identity()
+    for i, block in enumerate(blocks):
+        if i not in kept:
+            memo[id(block)] = dropped
+    return copy.deepcopy(model, memo)
+
+
+def view(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | None = None) -> nn.Module:
+    """A view of ``model`` that runs only ``depth`` of its layers (or ``keep``), sharing everything.
+
+    The modules on the path to the block list are shallow copies (so the view can hold its own,
+    shorter list); every block, embedding, norm and head is the model's own module, so no
+    parameter is copied, and ``model`` is untouched. For generation at a depth and for the
+    self-speculative draft; to save a smaller model, use :func:`prune`.
+
+    The blocks keep their ``layer_idx`` and the config still counts every layer, so a KV cache
+    has a slot per original layer; its length is read at layer 0, which must be kept
+    (:func:`every_other` always keeps it).
+    """
+    site = find_layers(model)
+    num_layers = len(site.layers)
+    if (depth is None) == (keep is None):
+        raise ValueError("pass exactly one of depth=K or keep=[indices]")
+    kept = every_other(num_layers, depth) if depth is not None else check_keep(keep, num_layers)
+    if kept[0] != 0:
+        raise ValueError(f"a view must keep layer 0 (a KV cache's length is read there), got keep={list(kept)}")
+    *parents, leaf = site.path.split(".")
+    shell = _shell(model)
+    node, original = shell, model
+    for name in parents:
+        original = original._modules[name]
+        node._modules[name] = node = _shell(original)
+    node._modules[leaf] = nn.ModuleList([site.layers[i] for i in kept])
+    return shell
+
+
+def _shell(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` with its own child, parameter, buffer and hook tables."""
+    shell = copy.copy(module)
+    for name in ("_modules", "_parameters", "_buffers", "_forward_pre_hooks", "_forward_hooks",
+                 "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+        table = module.__dict__.get(name)
+        if table is not None:
+            shell.__dict__[name] = type(table)(table)
+    return shell
 
 
 def _n_params(model: nn.Module) -> int:
