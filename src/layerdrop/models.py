@@ -38,6 +38,7 @@ __all__ = [
     "local_folder",
     "model_folder",
     "pool",
+    "read_meta",
     "resolve",
     "save_classifier",
 ]
@@ -184,7 +185,7 @@ def save_classifier(model: Classifier, folder: str | Path, *, extra: dict[str, A
     folder = Path(folder)
     model.encoder.save_pretrained(folder)
     save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
-    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
+    meta = read_meta(folder)
     meta.update({"task": "classification", "pooling": model.pooling, "num_labels": model.head.out_features})
     meta.update(extra or {})
     write_json(folder / META_FILE, meta)
@@ -220,6 +221,18 @@ def _blame_file(folder: str | Path, err: Exception) -> None:
         raise ModelFileError(f"{bad} is damaged or incomplete ({reason}); copy or save the model again") from err
 
 
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The ``layerdrop.json`` record in ``folder``; ``{}`` if there is none."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        _blame_file(folder, err)
+        raise
+
+
 def from_pretrained(cls: Any, name_or_path: str | Path, **kwargs: Any) -> Any:
     """``cls.from_pretrained(name_or_path, **kwargs)``; a damaged file in the folder is a
     :class:`ModelFileError` that names it."""
@@ -238,10 +251,10 @@ def load_classifier(folder: str | Path) -> Classifier:
         raise FileNotFoundError(
             f"{folder} is not a layerdrop classifier: expected {META_FILE} and {HEAD_FILE} beside the encoder"
         )
+    meta = read_meta(folder)
     try:
-        meta = json.loads(meta_path.read_text())
         head = load_file(folder / HEAD_FILE)
-    except (ValueError, UnicodeDecodeError, SafetensorError) as err:
+    except SafetensorError as err:
         _blame_file(folder, err)
         raise
     model = Classifier(from_pretrained(AutoModel, folder), meta["num_labels"], meta["pooling"])

@@ -11,7 +11,6 @@ so plain ``transformers`` loads the saved result.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -162,36 +161,82 @@ def prune_saved(
     *,
     depth: int | None = None,
     keep: Sequence[int] | None = None,
+    strategy: str = "every-other",
+    data: str | None = None,
+    rows: int = 500,
+    search_budget: int = 200,
+    seed: int = 0,
     extra: dict[str, Any] | None = None,
     model: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Load a saved model, prune it, and write a plain checkpoint plus ``layerdrop.json`` to ``out``.
+    """``layerdrop prune``: load a saved model, choose its layers, and write a plain checkpoint
+    plus ``layerdrop.json`` to ``out`` (atomically).
 
-    ``model`` is ``source`` already loaded, if the caller has it (saves loading it again).
-    ``out`` is written atomically. Returns the record also written to ``layerdrop.json``:
-    the kept layers (original indices), the strategy, and parameters before and after.
+    Args:
+        source: A saved model folder (or bundled name).
+        out: The output folder.
+        depth: Layers to keep, chosen by ``strategy`` (:func:`layerdrop.strategies.choose`).
+        keep: The 0-based layers to keep instead (``depth`` and ``strategy`` are then ignored).
+        strategy: A name of :data:`layerdrop.strategies.STRATEGIES`.
+        data: A dataset (name or file) whose validation rows score the choice and calibrate
+            the importance metrics (:func:`layerdrop.evaluate.validation_scorers`); search and
+            the importance metrics need it.
+        rows: Validation (and test) rows scored.
+        search_budget: Most score evaluations of ``"search"``.
+        seed: Seed of the data splits.
+        extra: More entries for the record.
+        model: ``source`` already loaded, if the caller has it (saves loading it again).
+
+    Returns the record also written to ``layerdrop.json`` under ``"pruning"``: the kept layers
+    (original indices), the strategy and its record, parameters before and after, and with
+    ``data`` the validation quality of the kept layers.
     """
     from transformers import AutoTokenizer
 
-    from .models import META_FILE, Classifier, load_saved, local_folder, save_classifier
+    from .core import only_layers
+    from .evaluate import validation_scorers
+    from .models import META_FILE, Classifier, load_saved, local_folder, read_meta, save_classifier
+    from .strategies import choose, lookup
 
+    if depth is None and keep is None:
+        raise ValueError("pass --depth K (depth=K, layers chosen by the strategy) or --keep 0,2,5 (keep=[...])")
+    if keep is not None:
+        depth = None
+    elif lookup(strategy).needs_data and data is None:
+        raise ValueError(f"strategy {strategy!r} needs data: pass --data (data=, a dataset name or file)")
+    path = local_folder(source)
     if model is None:
         model = load_saved(source)
-    small = prune(model, depth, keep=keep)
+    chosen: dict[str, Any] = {"strategy": "keep"}
+    if depth is not None:
+        scorers, options = None, {}
+        if data is not None:
+            model.eval()
+            scorers = validation_scorers(model, AutoTokenizer.from_pretrained(path), data, rows=rows, seed=seed)
+            if strategy == "search":
+                options = {"budget": search_budget, "higher_is_better": scorers.higher_is_better,
+                           "test_score": scorers.test}
+        choice = choose(strategy, model, depth, score=scorers.valid if scorers else None,
+                        batches=scorers.calibration if scorers else None, **options)
+        chosen = {"strategy": strategy, "strategy_record": choice.record}
+        if scorers is not None:
+            with only_layers(model, choice.kept):
+                chosen[f"validation_{scorers.metric}"] = scorers.valid(model)
+        keep = choice.kept
+    small = prune(model, keep=keep)
     pruning = getattr(small.config, PRUNING_KEY)
     record: dict[str, Any] = {
         "source": str(source),
         "kept_layers": pruning["kept_layers"],
         "original_num_layers": pruning["original_num_layers"],
-        "strategy": "every-other" if depth is not None else "keep",
+        "strategy": chosen.pop("strategy"),
         "parameters_before": _n_params(model),
         "parameters_after": _n_params(small),
+        **chosen,
         **(extra or {}),
     }
-    path = local_folder(source)
     with atomic_dir(out) as tmp:
-        source_meta = Path(path) / META_FILE
-        meta = json.loads(source_meta.read_text()) if source_meta.is_file() else {}
+        meta = read_meta(path)
         meta["pruning"] = record
         if isinstance(small, Classifier):
             save_classifier(small, tmp, extra=meta)
