@@ -332,3 +332,16 @@ def test_generation_with_layers_kept_without_layer_0_equals_the_pruned_model(dec
     expected = pruned.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
                                pad_token_id=tok.pad_token_id)
     assert result.text == tok.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_generation_at_a_depth_of_a_model_with_layerdrop_applied_equals_the_pruned_model(tok):
+    model = make("llama")
+    model.resize_token_embeddings(tok.vocab_size, mean_resizing=False)
+    model = layerdrop.apply(model, rate=0.5).eval()
+    result = generate(model, tok, "in the beginning", depth=3, max_new_tokens=6)
+    pruned = layerdrop.prune(model, depth=3).eval()
+    ids = tok("in the beginning", return_tensors="pt").input_ids
+    expected = pruned.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                               pad_token_id=tok.pad_token_id)
+    assert result.text == tok.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
+    assert layerdrop.state_of(model) is not None and len(layerdrop.find_layers(model).layers) == 4
