@@ -7,6 +7,7 @@ from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 import layerdrop
 from layerdrop.cli import main
 from layerdrop.generate import draft_model, generate
+from layerdrop.prune import view
 from layerdrop.models import resolve
 from conftest import make
 
@@ -36,9 +37,25 @@ def test_generation_at_a_depth_equals_the_pruned_model(lm, tok):
 
 
 def test_tokens_stream_as_they_are_produced(lm, tok):
-    pieces = []
-    result = generate(lm, tok, "and god said", max_new_tokens=5, on_text=pieces.append)
+    pieces, progress = [], []
+    calls = 0
+
+    def forward_count(module, args, kwargs, output):
+        nonlocal calls
+        calls += 1
+
+    def on_text(piece):
+        pieces.append(piece)
+        progress.append(calls)
+
+    handle = lm.register_forward_hook(forward_count, with_kwargs=True)
+    try:
+        result = generate(lm, tok, "and god said", max_new_tokens=8, on_text=on_text)
+    finally:
+        handle.remove()
     assert "".join(pieces).strip() == result.text.strip()
+    assert len([p for p in pieces if p]) >= 3  # several pieces, not one at the end
+    assert progress[0] < calls  # the first piece arrived while the model was still generating
 
 
 def test_sampling_is_seeded_and_leaves_the_global_rng_alone(lm, tok):
@@ -48,6 +65,14 @@ def test_sampling_is_seeded_and_leaves_the_global_rng_alone(lm, tok):
     assert a.text == b.text and torch.equal(torch.get_rng_state(), state)
 
 
+def test_sampling_follows_the_temperature_and_the_seed(lm, tok):
+    greedy = generate(lm, tok, "let there be", max_new_tokens=8)
+    hot = {generate(lm, tok, "let there be", max_new_tokens=8, temperature=5.0, seed=s).text for s in range(4)}
+    assert len(hot) > 1 and greedy.text not in hot  # seeds differ, and a hot sample is not the greedy text
+    cold = [generate(lm, tok, "let there be", max_new_tokens=8, temperature=1e-4, seed=s).text for s in range(3)]
+    assert cold == [greedy.text] * 3  # temperature -> 0 is greedy decoding
+
+
 def test_stop_strings_end_generation(lm, tok):
     free = generate(lm, tok, "the light", max_new_tokens=8)
     first_word = free.text.split()[0]
@@ -55,9 +80,38 @@ def test_stop_strings_end_generation(lm, tok):
     assert first_word not in stopped.text and stopped.new_tokens <= free.new_tokens
 
 
+def test_generation_stops_right_after_the_stop_string(lm, tok):
+    free = generate(lm, tok, "the light", max_new_tokens=12)
+    ids = tok("the light", return_tensors="pt").input_ids
+    new = lm.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+    words = free.text.split()
+    stop = words[len(words) // 2]
+    # the fewest tokens whose text holds the stop string: where generation must end
+    needed = next(n for n in range(1, len(new) + 1) if stop in tok.decode(new[:n], skip_special_tokens=True))
+    stopped = generate(lm, tok, "the light", max_new_tokens=12, stop=[stop])
+    assert stopped.new_tokens == needed < free.new_tokens
+    assert stopped.text == free.text[: free.text.index(stop)]  # the text ends exactly before the stop string
+
+
 def test_a_prompt_longer_than_the_context_is_truncated_from_the_start(lm, tok):
     result = generate(lm, tok, "word " * 100, max_new_tokens=4)
     assert result.prompt_truncated and result.new_tokens == 4
+
+
+def test_a_long_prompt_keeps_its_end(lm, tok):
+    prompt = " ".join(f"w{i}" for i in range(60))
+    ids = tok(prompt, return_tensors="pt").input_ids  # longer than the 32-token context
+    room = lm.config.n_positions - 4
+    assert ids.shape[1] > room
+    end = ids[:, -room:]
+    expected = lm.generate(end, attention_mask=torch.ones_like(end), max_new_tokens=4, do_sample=False,
+                           pad_token_id=tok.pad_token_id)[0, room:]
+    result = generate(lm, tok, prompt, max_new_tokens=4)
+    assert result.prompt_truncated and result.text == tok.decode(expected, skip_special_tokens=True)
+    start = ids[:, :room]
+    from_start = lm.generate(start, attention_mask=torch.ones_like(start), max_new_tokens=4, do_sample=False,
+                             pad_token_id=tok.pad_token_id)[0, room:]
+    assert not torch.equal(from_start, expected)  # the check can tell the two ends apart
 
 
 @pytest.mark.parametrize(
@@ -135,7 +189,7 @@ def test_speculative_decoding_reports_consistent_acceptance(decoders, tok):
 def test_the_draft_shares_the_models_weights_and_leaves_it_untouched(decoders):
     model = decoders["llama"]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    draft = draft_model(model, 2)
+    draft = view(model, 2)
     layers = layerdrop.find_layers(model).layers
     assert list(layerdrop.find_layers(draft).layers) == [layers[0], layers[3]]  # every_other(4, 2)
     pointers = {p.data_ptr() for p in model.parameters()}
@@ -149,7 +203,7 @@ def test_the_draft_computes_what_the_pruned_model_computes(decoders):
     ids = torch.randint(3, 99, (1, 7), generator=torch.Generator().manual_seed(0))  # (1, T)
     for model in decoders.values():
         with torch.no_grad():
-            drafted = draft_model(model, keep=[0, 2])(input_ids=ids).logits
+            drafted = view(model, keep=[0, 2])(input_ids=ids).logits
             pruned = layerdrop.prune(model, keep=[0, 2]).eval()(input_ids=ids).logits
         torch.testing.assert_close(drafted, pruned)
 
@@ -189,7 +243,13 @@ def test_bad_speculative_input_is_explained(lm, tok, kwargs, message):
 
 def test_a_draft_without_layer_0_is_refused(lm):
     with pytest.raises(ValueError, match="keep layer 0"):
-        draft_model(lm, keep=[1, 3])
+        view(lm, keep=[1, 3])
+
+
+def test_draft_model_is_a_deprecated_alias_of_view(lm):
+    with pytest.warns(DeprecationWarning, match="layerdrop.prune.view"):
+        draft = draft_model(lm, 2)
+    assert list(layerdrop.find_layers(draft).layers) == list(layerdrop.find_layers(view(lm, 2)).layers)
 
 
 def test_generate_cli_reports_speculative_acceptance(saved_lm, capsys):
@@ -200,3 +260,88 @@ def test_generate_cli_reports_speculative_acceptance(saved_lm, capsys):
     assert "at depth 4" in captured.err and "draft of 2 layers" in captured.err and "accepted" in captured.err
     assert main(["generate", str(saved_lm), "--prompt", "hi", "--speculative", "4"]) == 2
     assert "smaller than the 4 layers" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- generation at a depth shares the model (issue 12, bug 2)
+
+
+def _snapshot(model):
+    return ([(name, id(module)) for name, module in model.named_modules()],
+            {name: (p.data_ptr(), p.detach().clone()) for name, p in model.named_parameters()})
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_two_threads_at_different_depths_each_get_their_own_output(lm, decoders, tok, name):
+    import threading
+
+    model = lm if name == "gpt2" else decoders[name]  # the helpers' GPT-2 only writes special tokens
+    before = _snapshot(model)
+    alone_full = generate(model, tok, "the light", max_new_tokens=8).text
+    alone_cut = generate(model, tok, "the light", depth=2, max_new_tokens=8).text
+    assert alone_full and alone_cut and alone_full != alone_cut  # the depths differ
+    results = {"full": [], "cut": []}
+
+    def full():
+        for _ in range(6):
+            results["full"].append(generate(model, tok, "the light", max_new_tokens=8).text)
+
+    def cut():
+        for _ in range(6):
+            results["cut"].append(generate(model, tok, "the light", depth=2, max_new_tokens=8).text)
+
+    threads = [threading.Thread(target=full), threading.Thread(target=cut)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {"full": [alone_full] * 6, "cut": [alone_cut] * 6}
+    after = _snapshot(model)
+    assert after[0] == before[0] and after[1].keys() == before[1].keys()
+    assert all(p == before[1][k][0] and torch.equal(v, before[1][k][1]) for k, (p, v) in after[1].items())
+
+
+def test_generation_at_a_depth_copies_nothing(decoders, tok, monkeypatch):
+    import copy
+
+    model = decoders["llama"]
+    deepcopy = copy.deepcopy
+    copied = []
+
+    def watching(obj, memo=None, _nil=[]):
+        if isinstance(obj, (torch.nn.Module, torch.Tensor)):
+            copied.append(type(obj).__name__)
+        return deepcopy(obj, memo)
+
+    seen = []
+    hook = model.register_forward_hook(lambda module, args, out: seen.append(module))
+    monkeypatch.setattr(copy, "deepcopy", watching)
+    try:
+        generate(model, tok, "in the beginning", depth=2, max_new_tokens=3)
+    finally:
+        hook.remove()
+    assert copied == []
+    pointers = {p.data_ptr() for p in model.parameters()}
+    assert seen and all(p.data_ptr() in pointers for m in seen for p in m.parameters())
+
+
+def test_generation_with_layers_kept_without_layer_0_equals_the_pruned_model(decoders, tok):
+    model = decoders["llama"]
+    result = generate(model, tok, "in the beginning", keep=[1, 3], max_new_tokens=6)
+    pruned = layerdrop.prune(model, keep=[1, 3]).eval()
+    ids = tok("in the beginning", return_tensors="pt").input_ids
+    expected = pruned.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                               pad_token_id=tok.pad_token_id)
+    assert result.text == tok.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_generation_at_a_depth_of_a_model_with_layerdrop_applied_equals_the_pruned_model(tok):
+    model = make("llama")
+    model.resize_token_embeddings(tok.vocab_size, mean_resizing=False)
+    model = layerdrop.apply(model, rate=0.5).eval()
+    result = generate(model, tok, "in the beginning", depth=3, max_new_tokens=6)
+    pruned = layerdrop.prune(model, depth=3).eval()
+    ids = tok("in the beginning", return_tensors="pt").input_ids
+    expected = pruned.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                               pad_token_id=tok.pad_token_id)
+    assert result.text == tok.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
+    assert layerdrop.state_of(model) is not None and len(layerdrop.find_layers(model).layers) == 4

@@ -2,6 +2,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from layerdrop.models import BUNDLED_MODELS, resolve
 
@@ -21,3 +22,76 @@ def test_unknown_names_pass_through_for_the_hub():
 def test_bundled_models_resolve_to_existing_files(name):
     folder, gguf = resolve(name)
     assert Path(folder, gguf or "config.json").is_file()
+
+
+# --------------------------------------------------------------------------- damaged files (issue 12, bug 3)
+
+
+def _saved(folder, classifier=False):
+    from transformers import BertConfig, BertModel
+
+    from layerdrop.models import Classifier, save_classifier
+
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64))
+    if classifier:
+        save_classifier(Classifier(encoder, num_labels=2), folder)
+    else:
+        encoder.save_pretrained(folder)
+    return folder
+
+
+def _cut(path, keep=0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: max(4, int(len(data) * keep))])
+
+
+DAMAGE = {
+    "truncated weights": ("model.safetensors", False, lambda p: _cut(p)),
+    "weights cut inside the header": ("model.safetensors", False, lambda p: _cut(p, 0.001)),
+    "truncated classifier head": ("classifier.safetensors", True, lambda p: _cut(p)),
+    "config that is not JSON": ("config.json", False, lambda p: p.write_text("{not json")),
+    "classifier record that is not JSON": ("layerdrop.json", True, lambda p: p.write_text('{"task": ')),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_model_file_is_named_by_the_loader(tmp_path, case):
+    from layerdrop.models import ModelFileError, load_saved
+
+    name, classifier, damage = DAMAGE[case]
+    folder = _saved(tmp_path / "m", classifier)
+    damage(folder / name)
+    with pytest.raises(ModelFileError, match="damaged or incomplete") as err:
+        load_saved(str(folder))
+    assert str(folder / name) in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, ValueError)
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+@pytest.mark.parametrize("command", [["prune", "{m}", "--depth", "1", "--out", "{tmp}/x"],
+                                     ["generate", "{m}", "--prompt", "hello"],
+                                     ["sweep", "{m}", "--data", "rotten-tomatoes", "--out", "{tmp}/s"]])
+def test_every_command_reports_a_damaged_model_file_in_one_line(tmp_path, capsys, case, command):
+    from layerdrop.cli import main
+
+    name, classifier, damage = DAMAGE[case]
+    folder = _saved(tmp_path / "m", classifier)
+    damage(folder / name)
+    argv = [a.format(m=folder, tmp=tmp_path) for a in command]
+    capsys.readouterr()  # what saving printed
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"layerdrop {argv[0]}: error: {folder / name} is damaged")
+
+
+def test_the_loader_for_training_names_a_damaged_file(tmp_path):
+    from transformers import AutoModel
+
+    from layerdrop.models import ModelFileError, from_pretrained
+
+    folder = _saved(tmp_path / "m")
+    _cut(folder / "model.safetensors")
+    with pytest.raises(ModelFileError, match="model.safetensors is damaged"):
+        from_pretrained(AutoModel, str(folder))

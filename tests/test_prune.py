@@ -3,7 +3,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import layerdrop
-from layerdrop.prune import PRUNING_KEY
+from layerdrop.prune import PRUNING_KEY, view
 from conftest import DECODERS, NUM_LAYERS, Custom, logits, make, tokens
 
 
@@ -161,3 +161,81 @@ def test_depth_and_keep_are_exclusive():
         layerdrop.prune(make("bert"), depth=2, keep=[0, 1])
     with pytest.raises(ValueError, match="exactly one"):
         layerdrop.prune(make("bert"))
+
+
+# --------------------------------------------------------------------------- pruning never touches its input (issue 12, bug 2)
+
+
+def _tree(model):
+    """The module tree: names and identities, and every parameter's storage and values."""
+    return ([(name, id(module)) for name, module in model.named_modules()],
+            {name: (p.data_ptr(), p.detach().clone()) for name, p in model.named_parameters()})
+
+
+def _same_tree(model, before):
+    names, params = _tree(model)
+    assert names == before[0]
+    assert params.keys() == before[1].keys()
+    assert all(ptr == before[1][k][0] and torch.equal(v, before[1][k][1]) for k, (ptr, v) in params.items())
+
+
+def test_pruning_leaves_the_layer_list_intact_even_while_it_copies(monkeypatch, decoder_name):
+    import copy
+
+    model = layerdrop.apply(make(decoder_name), rate=0.3)
+    site = layerdrop.find_layers(model)
+    blocks = list(site.layers)
+    deepcopy = copy.deepcopy
+    seen = []
+
+    def watching(obj, memo=None, _nil=[]):  # runs at every step of the copy
+        now = layerdrop.find_layers(model)
+        seen.append(now.layers is site.layers and list(now.layers) == blocks)
+        return deepcopy(obj, memo)
+
+    monkeypatch.setattr(copy, "deepcopy", watching)
+    layerdrop.prune(model, keep=[0, 2])
+    assert seen and all(seen)
+
+
+def test_pruning_never_copies_a_dropped_block():
+    model = make("llama")
+    before = _tree(model)
+    layers = layerdrop.find_layers(model).layers
+
+    def refuse(memo):
+        raise AssertionError("a dropped block was copied")
+
+    for i in (1, 3):
+        object.__setattr__(layers[i], "__deepcopy__", refuse)  # copy.deepcopy looks it up on the instance
+    try:
+        pruned = layerdrop.prune(model, keep=[0, 2])
+    finally:
+        for i in (1, 3):
+            object.__delattr__(layers[i], "__deepcopy__")
+    assert len(layerdrop.find_layers(pruned).layers) == 2
+    _same_tree(model, before)
+    shared = {p.data_ptr() for p in model.parameters()} & {p.data_ptr() for p in pruned.parameters()}
+    assert not shared  # the result owns its weights
+
+
+# --------------------------------------------------------------------------- a weight-sharing view
+
+
+def test_a_view_shares_every_parameter_and_leaves_the_model_untouched(decoder_name):
+    model = make(decoder_name).eval()
+    before = _tree(model)
+    small = view(model, keep=[0, 3])
+    layers = layerdrop.find_layers(model).layers
+    assert list(layerdrop.find_layers(small).layers) == [layers[0], layers[3]]
+    assert {p.data_ptr() for p in small.parameters()} <= {p.data_ptr() for p in model.parameters()}
+    ids = tokens(batch=1)
+    with torch.no_grad():
+        torch.testing.assert_close(small(input_ids=ids).logits,
+                                   layerdrop.prune(model, keep=[0, 3]).eval()(input_ids=ids).logits)
+    _same_tree(model, before)
+
+
+def test_a_view_without_layer_0_is_refused():
+    with pytest.raises(ValueError, match="keep layer 0"):
+        view(make("llama"), keep=[1, 3])

@@ -309,3 +309,24 @@ def test_subsets_evaluated_match_the_search_space_sizes() -> None:
     score = Counted(lambda s: 0.0)
     search(make("llama"), score, 2, method="beam", beam_width=10)
     assert set(score.calls) == {c for k in (3, 2) for c in combinations(range(NUM_LAYERS), k)}
+
+
+def test_the_module_doctest_holds() -> None:
+    import doctest
+
+    import layerdrop.strategies
+
+    assert doctest.testmod(layerdrop.strategies).failed == 0
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_row_takes_the_same_arguments(name: str) -> None:
+    import inspect
+
+    parameters = inspect.signature(STRATEGIES[name].function).parameters
+    assert list(parameters) == ["model", "depth", "score", "batches", "layers", "options"]
+
+
+def test_a_strategy_ignores_the_data_it_does_not_use() -> None:
+    model = make("llama")
+    assert choose("top", model, 2, score=Counted(bad_count), batches=calibration()).kept == (0, 1)

@@ -9,7 +9,8 @@ from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, GPT2Co
 
 from layerdrop.cli import main
 from layerdrop.models import Classifier, resolve, save_classifier
-from layerdrop.sweep import SweepConfig, prune_with_strategy, run_sweep
+from layerdrop.prune import prune_saved
+from layerdrop.sweep import SweepConfig, run_sweep
 
 pytest.importorskip("matplotlib")
 
@@ -76,7 +77,7 @@ def test_unknown_strategy_lists_the_valid_ones(tmp_path, classifier_dir, reviews
 
 
 def test_prune_by_search_records_the_choice_and_its_quality(tmp_path, classifier_dir, reviews):
-    record = prune_with_strategy(classifier_dir, str(tmp_path / "s"), 2, "search", data=reviews, rows=12)
+    record = prune_saved(classifier_dir, str(tmp_path / "s"), depth=2, strategy="search", data=reviews, rows=12)
     meta = json.loads((tmp_path / "s" / "layerdrop.json").read_text())["pruning"]
     assert meta["strategy"] == "search" and len(meta["kept_layers"]) == 2
     assert "validation_accuracy" in meta and "test_score" in meta["strategy_record"]
@@ -85,7 +86,7 @@ def test_prune_by_search_records_the_choice_and_its_quality(tmp_path, classifier
 
 
 def test_prune_top_without_data(tmp_path, classifier_dir):
-    record = prune_with_strategy(classifier_dir, str(tmp_path / "t"), 3, "top")
+    record = prune_saved(classifier_dir, str(tmp_path / "t"), depth=3, strategy="top")
     assert record["kept_layers"] == [0, 1, 2] and record["strategy"] == "top"
 
 
@@ -130,8 +131,38 @@ def test_data_driven_sweep_keeps_the_lowest_learned_rates_and_charts_them(tmp_pa
 
 
 def test_prune_data_driven_without_data_reads_the_recorded_rates(tmp_path, learned_dir, tiny_lm_dir):
-    record = prune_with_strategy(learned_dir, str(tmp_path / "d"), 2, "data-driven")
+    record = prune_saved(learned_dir, str(tmp_path / "d"), depth=2, strategy="data-driven")
     assert record["kept_layers"] == [0, 2] and record["strategy"] == "data-driven"
     assert AutoModel.from_pretrained(tmp_path / "d").config.layerdrop_learned_rates == [0.1, 0.3]
     with pytest.raises(ValueError, match="--data-driven"):
-        prune_with_strategy(tiny_lm_dir, str(tmp_path / "e"), 2, "data-driven")
+        prune_saved(tiny_lm_dir, str(tmp_path / "e"), depth=2, strategy="data-driven")
+
+
+@pytest.mark.parametrize("strategy", ["every-other", "block-influence", "angular"])
+def test_prune_cli_chooses_with_every_strategy_and_records_it(tmp_path, classifier_dir, reviews, capsys, strategy):
+    out = tmp_path / strategy
+    assert main(["prune", classifier_dir, "--depth", "2", "--strategy", strategy, "--data", reviews,
+                 "--rows", "12", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((out / "layerdrop.json").read_text())["pruning"]
+    assert f"({strategy})" in printed and "accuracy" in printed
+    assert meta["strategy"] == strategy and len(meta["kept_layers"]) == 2
+    assert 0 <= meta["validation_accuracy"] <= 1 and meta["strategy_record"]
+    assert AutoModel.from_pretrained(out).config.num_hidden_layers == 2
+
+
+def test_explicit_layers_beat_a_depth(tmp_path, classifier_dir):
+    record = prune_saved(classifier_dir, tmp_path / "k", depth=3, keep=[1, 2])
+    assert record["kept_layers"] == [1, 2] and record["strategy"] == "keep"
+
+
+def test_validation_scorers_score_a_classifier_and_give_unlabelled_calibration(classifier_dir, reviews, tok):
+    from layerdrop.evaluate import validation_scorers
+    from layerdrop.models import load_saved
+
+    model = load_saved(classifier_dir).eval()
+    scorers = validation_scorers(model, tok, reviews, rows=12, batch_size=2, max_length=16, calibration_rows=3)
+    assert scorers.metric == "accuracy" and scorers.higher_is_better
+    assert 0 <= scorers.valid(model) <= 1 and 0 <= scorers.test(model) <= 1
+    assert [len(b["input_ids"]) for b in scorers.calibration] == [2, 1]
+    assert all("labels" not in b for b in scorers.calibration)

@@ -157,20 +157,11 @@ def prune(model: str, out: str, depth: int | None = None, keep: str | None = Non
     """
     from .prune import prune_saved
 
-    if keep is not None:
-        try:
-            indices = [int(x) for x in keep.split(",") if x.strip()]
-        except ValueError:
-            raise ValueError(f"--keep takes comma-separated integers like 0,2,5, got {keep!r}") from None
-        record = prune_saved(model, out, keep=indices)
-    elif depth is None:
-        raise ValueError("pass --depth K (with --strategy) or --keep 0,2,5")
-    elif strategy == "every-other" and data is None:
-        record = prune_saved(model, out, depth=depth)
-    else:
-        from .sweep import prune_with_strategy
-
-        record = prune_with_strategy(model, out, depth, strategy, data=data, rows=rows)
+    try:
+        indices = None if keep is None else [int(x) for x in keep.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--keep takes comma-separated integers like 0,2,5, got {keep!r}") from None
+    record = prune_saved(model, out, depth=depth, keep=indices, strategy=strategy, data=data, rows=rows)
     quality = {k: v for k, v in record.items() if k.startswith("validation_")}
     shown = "".join(f", {k.removeprefix('validation_')} {v:.4g}" for k, v in quality.items())
     print(f"kept layers {record['kept_layers']} of {record['original_num_layers']} ({record['strategy']}): "

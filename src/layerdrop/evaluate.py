@@ -3,7 +3,8 @@
 A depth sweep runs the full model restricted to the kept layers
 (:func:`layerdrop.only_layers`): skipped layers are never called, so the
 quality and latency measured are those of the pruned model (the tests check
-that the pruned model's outputs are identical).
+that the pruned model's outputs are identical). :func:`validation_scorers` builds
+the scorers of a saved model on a dataset, for ``layerdrop prune`` and ``layerdrop sweep``.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ from tqdm.auto import tqdm
 
 from .arch import find_layers
 from .core import only_layers
-from .prune import every_other
+from .depths import every_other
 
 __all__ = [
     "DepthResult",
+    "Scorers",
     "accuracy",
     "depth_sweep",
     "latency_ms",
     "parameters_at",
     "perplexity",
     "pooled_accuracy",
+    "validation_scorers",
 ]
 
 
@@ -153,3 +156,74 @@ def depth_sweep(
             ms = latency_ms(model, latency_batch, reps=latency_reps) if latency_batch is not None else None
         results.append(DepthResult(depth, kept, value, parameters_at(model, kept, layers), ms))
     return results
+
+
+@dataclass(frozen=True)
+class Scorers:
+    """How a model scores on a dataset: validation and test scorers, and calibration batches."""
+
+    metric: str
+    """``"accuracy"`` (a classifier) or ``"perplexity"`` (a language model)."""
+    valid: Callable[[nn.Module], float]
+    """``valid(model)``: the metric on the validation rows."""
+    test: Callable[[nn.Module], float]
+    """``test(model)``: the metric on the test rows (held out from a search)."""
+    calibration: list[dict[str, Any]]
+    """Batches of model inputs (no labels) from the validation rows, for the importance metrics."""
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger metric is better (accuracy) or worse (perplexity)."""
+        return self.metric == "accuracy"
+
+
+def _encoded(classifier: bool, tokenizer: Any, split: Any, max_length: int, name: str
+             ) -> tuple[list[dict[str, Any]], Callable[[list[dict[str, Any]]], dict[str, Any]]]:
+    """Rows of ``split`` and their collator: labelled examples, or language-model blocks.
+
+    The one place that calls the training encoders.
+    """
+    from transformers import DataCollatorWithPadding
+
+    from .train import TrainConfig, encode_classification, lm_eval_blocks
+
+    if not classifier:
+        return lm_eval_blocks(tokenizer, split.texts, max_length, name)
+    config = TrainConfig(task="classification", model="", data="", out="", max_length=max_length, progress=False)
+    return encode_classification(tokenizer, split, config, name)[0], DataCollatorWithPadding(tokenizer,
+                                                                                             return_tensors="pt")
+
+
+def validation_scorers(
+    model: nn.Module,
+    tokenizer: Any,
+    data: str,
+    *,
+    rows: int = 500,
+    batch_size: int = 32,
+    max_length: int = 128,
+    calibration_rows: int = 64,
+    seed: int = 0,
+) -> Scorers:
+    """Scorers of ``model`` on ``data`` (a bundled dataset name or a file): accuracy for a
+    :class:`layerdrop.models.Classifier`, perplexity otherwise, on the first ``rows`` rows of
+    the validation and test splits; calibration batches from the first validation rows."""
+    from . import data as datasets
+    from .models import Classifier
+
+    classifier = isinstance(model, Classifier)
+    splits = datasets.load(data, seed=seed, label_column="label" if classifier else None)
+    encoded = {name: _encoded(classifier, tokenizer, split.subset(range(min(rows, len(split)))), max_length, name)
+               for name, split in (("valid", splits.valid), ("test", splits.test))}
+    metric = "accuracy" if classifier else "perplexity"
+    measure = accuracy if classifier else perplexity
+
+    def scorer(name: str) -> Callable[[nn.Module], float]:
+        examples, collate = encoded[name]
+        return lambda m: measure(m, examples, collate, batch_size=batch_size)
+
+    examples, collate = encoded["valid"]
+    calib = examples[:calibration_rows]
+    calibration = [{k: v for k, v in collate(calib[i:i + batch_size]).items() if k != "labels"}
+                   for i in range(0, len(calib), batch_size)]
+    return Scorers(metric, scorer("valid"), scorer("test"), calibration)

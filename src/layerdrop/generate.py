@@ -1,34 +1,15 @@
 """Text generation at a chosen depth, and self-speculative decoding.
 
-``depth=k`` cuts the decoder to ``k`` layers with :func:`layerdrop.prune`
-(every-other by default, or ``keep=[...]``) and generates with a KV cache
-through Hugging Face ``generate``. Tokens can be streamed as they are produced.
-
-``speculative=K`` drafts with a ``K``-layer sub-network of the model itself
-(:func:`draft_model`, layers :func:`layerdrop.every_other`) and verifies with
-all its layers: the draft proposes a few tokens greedily, one forward of the
-full model scores them all, the longest prefix the full model agrees with is
-kept plus the full model's own next token, and both KV caches are cropped to
-what was kept. The output is the full model's greedy output, token for token.
-The draft holds the very layer modules of the model (nothing is copied), and
-they keep their ``layer_idx``: the draft's own ``DynamicCache`` is indexed by
-the original layer numbers, so its length, read from layer 0, is right as long
-as the draft keeps layer 0 (``every_other`` always does).
-
-The loop is ours rather than HF ``generate(assistant_model=draft)``, which
-accepts such a draft and gives the same tokens (transformers 5.24): HF does not
-report how many drafted tokens were accepted, which is what this feature must
-report, and by default it drafts up to 20 tokens a round but cuts a draft short
-when the draft's confidence falls below a threshold that it re-tunes as it
-goes, so what gets drafted depends on that policy as much as on the draft. Our
-loop drafts a fixed ``draft_tokens`` per round, so its acceptance rate measures
-the draft; it is a few dozen lines over ``DynamicCache.crop``.
+``depth=k`` runs the model on a weight-sharing :func:`layerdrop.prune.view` of ``k`` layers
+(every-other, or ``keep=[...]``): nothing is copied and the model is untouched. ``speculative=K``
+drafts with a ``K``-layer view and verifies with every layer, so the text is the model's own
+greedy text. Why our loop rather than HF's ``assistant_model``: docs/generation.md.
 """
 
 from __future__ import annotations
 
-import copy
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,9 +20,9 @@ from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, T
 
 from .arch import find_layers
 from .core import check_keep
-from .prune import every_other, prune
+from .prune import prune, view
 
-__all__ = ["Generation", "draft_model", "generate"]
+__all__ = ["Generation", "generate"]
 
 
 @dataclass(frozen=True)
@@ -96,35 +77,9 @@ class _Stream(TextStreamer):
 
 
 def draft_model(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | None = None) -> nn.Module:
-    """A view of ``model`` that runs only ``depth`` of its layers (or ``keep``), sharing everything.
-
-    The result is a shallow copy: the modules on the path to the block list are
-    new objects, so that the copy can hold its own, shorter list, but every
-    block, embedding, norm and head is the model's own module (no parameter is
-    copied), and the model is untouched. The blocks keep their ``layer_idx``, so
-    a KV cache of the draft is indexed by the original layer numbers; layer 0
-    must be kept, because a cache's length is read from layer 0.
-    :func:`layerdrop.every_other` always keeps it. The config is the model's own
-    too (it still counts all the layers). Not for saving: use :func:`layerdrop.prune`.
-    """
-    site = find_layers(model)
-    num_layers = len(site.layers)
-    if (depth is None) == (keep is None):
-        raise ValueError("pass exactly one of depth=K or keep=[indices]")
-    kept = every_other(num_layers, depth) if depth is not None else check_keep(keep, num_layers)
-    if kept[0] != 0:
-        raise ValueError(f"a draft must keep layer 0 (its KV cache length is read there), got keep={list(kept)}")
-    *parents, leaf = site.path.split(".")
-    draft = copy.copy(model)
-    draft._modules = dict(model._modules)  # copy.copy shares the dict; the draft needs its own
-    node, original = draft, model
-    for name in parents:
-        child = copy.copy(original._modules[name])
-        child._modules = dict(child._modules)
-        node._modules[name] = child
-        node, original = child, original._modules[name]
-    node._modules[leaf] = nn.ModuleList([site.layers[i] for i in kept])
-    return draft
+    """Deprecated alias of :func:`layerdrop.prune.view`."""
+    warnings.warn("layerdrop.generate.draft_model is now layerdrop.prune.view", DeprecationWarning, stacklevel=2)
+    return view(model, depth, keep=keep)
 
 
 @torch.no_grad()
@@ -203,7 +158,7 @@ def generate(
     says so in ``prompt_truncated``.
 
     ``speculative=K`` decodes greedily with self-speculative decoding: a draft of
-    ``K`` of the layers (:func:`draft_model`, the same weights) proposes
+    ``K`` of the layers (:func:`layerdrop.prune.view`, the same weights) proposes
     ``draft_tokens`` tokens at a time and the model verifies them, so the text is
     the model's own greedy output, produced in fewer full forwards. With ``depth``
     (or ``keep``) too, the model is cut first and the draft is ``K`` layers of the
@@ -223,15 +178,20 @@ def generate(
     if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
         raise ValueError(f"draft_tokens must be a positive integer, got {draft_tokens!r}")
     if depth is not None or keep is not None:
-        model = prune(model, depth, keep=keep)
-    model.eval()
+        layers = find_layers(model).layers
+        if keep is not None and 0 not in check_keep(keep, len(layers)):
+            model = prune(model, keep=keep)  # a view's KV cache needs layer 0: a copy, renumbered, instead
+        else:
+            model = view(model, depth, keep=keep)
+    if any(module.training for module in model.modules()):
+        model.eval()  # dropout off; a model already in eval mode is not written to
     draft = None
     if speculative is not None:
         num_layers = len(find_layers(model).layers)
         if isinstance(speculative, bool) or not isinstance(speculative, int) or not 1 <= speculative < num_layers:
             raise ValueError(f"the speculative draft depth must be smaller than the {num_layers} layers that verify "
                              f"it: an integer from 1 to {num_layers - 1}, got {speculative!r}")
-        draft = draft_model(model, speculative)
+        draft = view(model, speculative)
     ids = tokenizer(prompt, return_tensors="pt").input_ids  # (1, T)
     context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     truncated = False

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import transformers
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
@@ -30,11 +31,14 @@ __all__ = [
     "POOLINGS",
     "BundledModel",
     "Classifier",
+    "ModelFileError",
+    "from_pretrained",
     "load_classifier",
     "load_saved",
     "local_folder",
     "model_folder",
     "pool",
+    "read_meta",
     "resolve",
     "save_classifier",
 ]
@@ -181,10 +185,62 @@ def save_classifier(model: Classifier, folder: str | Path, *, extra: dict[str, A
     folder = Path(folder)
     model.encoder.save_pretrained(folder)
     save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
-    meta = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
+    meta = read_meta(folder)
     meta.update({"task": "classification", "pooling": model.pooling, "num_labels": model.head.out_features})
     meta.update(extra or {})
     write_json(folder / META_FILE, meta)
+
+
+class ModelFileError(ValueError):
+    """A model file that exists but cannot be read: damaged, or cut short while being copied or saved."""
+
+
+def _damaged(folder: Path) -> Path | None:
+    """The first file of a saved model in ``folder`` that does not parse, if any."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            return path
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), "pt"):
+                pass
+        except (SafetensorError, OSError):
+            return path
+    return None
+
+
+def _blame_file(folder: str | Path, err: Exception) -> None:
+    """Raise a one-line :class:`ModelFileError` naming the damaged file in ``folder`` that
+    caused ``err``, if one is damaged; otherwise return (the caller re-raises ``err``)."""
+    folder = Path(folder)
+    bad = _damaged(folder) if folder.is_dir() else None
+    if bad is not None:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelFileError(f"{bad} is damaged or incomplete ({reason}); copy or save the model again") from err
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The ``layerdrop.json`` record in ``folder``; ``{}`` if there is none."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        _blame_file(folder, err)
+        raise
+
+
+def from_pretrained(cls: Any, name_or_path: str | Path, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(name_or_path, **kwargs)``; a damaged file in the folder is a
+    :class:`ModelFileError` that names it."""
+    try:
+        return cls.from_pretrained(name_or_path, **kwargs)
+    except Exception as err:  # whatever the reader raised: diagnosed from the files themselves
+        _blame_file(name_or_path, err)
+        raise
 
 
 def load_classifier(folder: str | Path) -> Classifier:
@@ -195,9 +251,14 @@ def load_classifier(folder: str | Path) -> Classifier:
         raise FileNotFoundError(
             f"{folder} is not a layerdrop classifier: expected {META_FILE} and {HEAD_FILE} beside the encoder"
         )
-    meta = json.loads(meta_path.read_text())
-    model = Classifier(AutoModel.from_pretrained(folder), meta["num_labels"], meta["pooling"])
-    model.head.load_state_dict(load_file(folder / HEAD_FILE))
+    meta = read_meta(folder)
+    try:
+        head = load_file(folder / HEAD_FILE)
+    except SafetensorError as err:
+        _blame_file(folder, err)
+        raise
+    model = Classifier(from_pretrained(AutoModel, folder), meta["num_labels"], meta["pooling"])
+    model.head.load_state_dict(head)
     return model
 
 
@@ -217,12 +278,12 @@ def load_saved(name_or_path: str) -> nn.Module:
     """Load a saved model of any kind: a layerdrop classifier, or an HF model of its own class.
 
     The class comes from ``config.architectures`` (e.g. ``BertForMaskedLM``), so
-    a task head is kept; without it, ``AutoModel``.
+    a task head is kept; without it, ``AutoModel``. A damaged file is a :class:`ModelFileError`.
     """
     path = model_folder(name_or_path)
     if (Path(path) / HEAD_FILE).is_file():
         return load_classifier(path)
-    config = AutoConfig.from_pretrained(path)
+    config = from_pretrained(AutoConfig, path)
     names = config.architectures or []
     cls = getattr(transformers, names[0], None) if names else None
-    return (cls or AutoModel).from_pretrained(path)
+    return from_pretrained(cls or AutoModel, path)

@@ -11,7 +11,6 @@ so plain ``transformers`` loads the saved result.
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from .depths import every_other
 from .files import atomic_dir, write_json
 from .learned import LEARNED_KEY
 
-__all__ = ["PRUNING_KEY", "every_other", "prune", "prune_saved"]
+__all__ = ["PRUNING_KEY", "every_other", "prune", "prune_saved", "view"]
 
 PRUNING_KEY = "layerdrop_pruning"
 """Name of the ``model.config`` attribute that records a pruning."""
@@ -84,14 +83,7 @@ def prune(
         raise ValueError("pass exactly one of depth=K or keep=[indices]")
     kept = every_other(num_layers, depth) if depth is not None else check_keep(keep, num_layers)
 
-    # Swap in the kept blocks while copying, so dropped ones are never copied.
-    owner_attr = site.path.rpartition(".")[2]
-    site.owner._modules[owner_attr] = nn.ModuleList([site.layers[i] for i in kept])
-    try:
-        pruned = copy.deepcopy(model)
-    finally:
-        site.owner._modules[owner_attr] = site.layers
-
+    pruned = _copy_keeping(model, site.layers, kept)
     uninstall(pruned)
     for new_index, layer in enumerate(find_layers(pruned, site.path).layers):
         _renumber(layer, new_index)
@@ -100,6 +92,63 @@ def prune(
         per_layer = site.arch.per_layer_config if site.arch else ()
         _prune_config(config, kept, num_layers, per_layer)
     return pruned
+
+
+def _copy_keeping(model: nn.Module, blocks: nn.ModuleList, kept: tuple[int, ...]) -> nn.Module:
+    """A deep copy of ``model`` whose block list holds copies of the ``kept`` blocks only.
+
+    One deepcopy memo serves the whole copy: the kept blocks are copied first, the block
+    list is entered as the new, shorter list, and each dropped block as a placeholder, so
+    deepcopy never reaches a dropped block and never sees ``model`` changed.
+    """
+    memo: dict[int, Any] = {}
+    shorter = nn.ModuleList([copy.deepcopy(blocks[i], memo) for i in kept])
+    memo[id(blocks)] = shorter
+    dropped = nn.Identity()
+    for i, block in enumerate(blocks):
+        if i not in kept:
+            memo[id(block)] = dropped
+    return copy.deepcopy(model, memo)
+
+
+def view(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | None = None) -> nn.Module:
+    """A view of ``model`` that runs only ``depth`` of its layers (or ``keep``), sharing everything.
+
+    The modules on the path to the block list are shallow copies (so the view can hold its own,
+    shorter list); every block, embedding, norm and head is the model's own module, so no
+    parameter is copied, and ``model`` is untouched. For generation at a depth and for the
+    self-speculative draft; to save a smaller model, use :func:`prune`.
+
+    The blocks keep their ``layer_idx`` and the config still counts every layer, so a KV cache
+    has a slot per original layer; its length is read at layer 0, which must be kept
+    (:func:`every_other` always keeps it).
+    """
+    site = find_layers(model)
+    num_layers = len(site.layers)
+    if (depth is None) == (keep is None):
+        raise ValueError("pass exactly one of depth=K or keep=[indices]")
+    kept = every_other(num_layers, depth) if depth is not None else check_keep(keep, num_layers)
+    if kept[0] != 0:
+        raise ValueError(f"a view must keep layer 0 (a KV cache's length is read there), got keep={list(kept)}")
+    *parents, leaf = site.path.split(".")
+    shell = _shell(model)
+    node, original = shell, model
+    for name in parents:
+        original = original._modules[name]
+        node._modules[name] = node = _shell(original)
+    node._modules[leaf] = nn.ModuleList([site.layers[i] for i in kept])
+    return shell
+
+
+def _shell(module: nn.Module) -> nn.Module:
+    """A shallow copy of ``module`` with its own child, parameter, buffer and hook tables."""
+    shell = copy.copy(module)
+    for name in ("_modules", "_parameters", "_buffers", "_forward_pre_hooks", "_forward_hooks",
+                 "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called"):
+        table = module.__dict__.get(name)
+        if table is not None:
+            shell.__dict__[name] = type(table)(table)
+    return shell
 
 
 def _n_params(model: nn.Module) -> int:
@@ -112,36 +161,82 @@ def prune_saved(
     *,
     depth: int | None = None,
     keep: Sequence[int] | None = None,
+    strategy: str = "every-other",
+    data: str | None = None,
+    rows: int = 500,
+    search_budget: int = 200,
+    seed: int = 0,
     extra: dict[str, Any] | None = None,
     model: nn.Module | None = None,
 ) -> dict[str, Any]:
-    """Load a saved model, prune it, and write a plain checkpoint plus ``layerdrop.json`` to ``out``.
+    """``layerdrop prune``: load a saved model, choose its layers, and write a plain checkpoint
+    plus ``layerdrop.json`` to ``out`` (atomically).
 
-    ``model`` is ``source`` already loaded, if the caller has it (saves loading it again).
-    ``out`` is written atomically. Returns the record also written to ``layerdrop.json``:
-    the kept layers (original indices), the strategy, and parameters before and after.
+    Args:
+        source: A saved model folder (or bundled name).
+        out: The output folder.
+        depth: Layers to keep, chosen by ``strategy`` (:func:`layerdrop.strategies.choose`).
+        keep: The 0-based layers to keep instead (``depth`` and ``strategy`` are then ignored).
+        strategy: A name of :data:`layerdrop.strategies.STRATEGIES`.
+        data: A dataset (name or file) whose validation rows score the choice and calibrate
+            the importance metrics (:func:`layerdrop.evaluate.validation_scorers`); search and
+            the importance metrics need it.
+        rows: Validation (and test) rows scored.
+        search_budget: Most score evaluations of ``"search"``.
+        seed: Seed of the data splits.
+        extra: More entries for the record.
+        model: ``source`` already loaded, if the caller has it (saves loading it again).
+
+    Returns the record also written to ``layerdrop.json`` under ``"pruning"``: the kept layers
+    (original indices), the strategy and its record, parameters before and after, and with
+    ``data`` the validation quality of the kept layers.
     """
     from transformers import AutoTokenizer
 
-    from .models import META_FILE, Classifier, load_saved, local_folder, save_classifier
+    from .core import only_layers
+    from .evaluate import validation_scorers
+    from .models import META_FILE, Classifier, load_saved, local_folder, read_meta, save_classifier
+    from .strategies import choose, lookup
 
+    if depth is None and keep is None:
+        raise ValueError("pass --depth K (depth=K, layers chosen by the strategy) or --keep 0,2,5 (keep=[...])")
+    if keep is not None:
+        depth = None
+    elif lookup(strategy).needs_data and data is None:
+        raise ValueError(f"strategy {strategy!r} needs data: pass --data (data=, a dataset name or file)")
+    path = local_folder(source)
     if model is None:
         model = load_saved(source)
-    small = prune(model, depth, keep=keep)
+    chosen: dict[str, Any] = {"strategy": "keep"}
+    if depth is not None:
+        scorers, options = None, {}
+        if data is not None:
+            model.eval()
+            scorers = validation_scorers(model, AutoTokenizer.from_pretrained(path), data, rows=rows, seed=seed)
+            if strategy == "search":
+                options = {"budget": search_budget, "higher_is_better": scorers.higher_is_better,
+                           "test_score": scorers.test}
+        choice = choose(strategy, model, depth, score=scorers.valid if scorers else None,
+                        batches=scorers.calibration if scorers else None, **options)
+        chosen = {"strategy": strategy, "strategy_record": choice.record}
+        if scorers is not None:
+            with only_layers(model, choice.kept):
+                chosen[f"validation_{scorers.metric}"] = scorers.valid(model)
+        keep = choice.kept
+    small = prune(model, keep=keep)
     pruning = getattr(small.config, PRUNING_KEY)
     record: dict[str, Any] = {
         "source": str(source),
         "kept_layers": pruning["kept_layers"],
         "original_num_layers": pruning["original_num_layers"],
-        "strategy": "every-other" if depth is not None else "keep",
+        "strategy": chosen.pop("strategy"),
         "parameters_before": _n_params(model),
         "parameters_after": _n_params(small),
+        **chosen,
         **(extra or {}),
     }
-    path = local_folder(source)
     with atomic_dir(out) as tmp:
-        source_meta = Path(path) / META_FILE
-        meta = json.loads(source_meta.read_text()) if source_meta.is_file() else {}
+        meta = read_meta(path)
         meta["pruning"] = record
         if isinstance(small, Classifier):
             save_classifier(small, tmp, extra=meta)

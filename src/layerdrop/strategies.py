@@ -1,40 +1,33 @@
-"""Choosing which layers to keep at a given depth.
+"""Choosing which layers to keep at a given depth: one table, one lookup.
 
 Every strategy returns a :class:`Choice`: the kept layers, the strategy's name and a
-JSON-ready record of how it chose.
+JSON-ready record of how it chose. :data:`STRATEGIES` names them; :func:`choose` looks one
+up and calls it. Search and the rules live here; the importance metrics it scores layers
+with are in :mod:`layerdrop.importance` (``docs/strategies.md`` describes each strategy).
 
-- ``"every-other"``: the paper's rule for models trained with LayerDrop (:func:`every_other_choice`).
-- ``"search"``: greedy backward elimination (or a beam search) on a validation score
-  (:func:`search`, :func:`search_all_depths`). The paper warns that this overfits the
-  validation set: pass ``test_score`` to score the final choice on held-out data.
-- ``"block-influence"``: ShortGPT (Men et al. 2024), keep the layers that change their
-  hidden states most (:func:`block_influence_choice`).
-- ``"angular"``: Gromov et al. 2024, drop the contiguous block whose input and output
-  hidden states are closest in angle (:func:`angular_distance_choice`).
-- ``"top"``: Sajjad et al. 2020, drop the top layers (:func:`top_layers_choice`).
-- ``"data-driven"``: the paper's data-driven pruning, keep the layers with the lowest
-  rates learned during training (:func:`data_driven_choice`, :mod:`layerdrop.learned`).
-
-The last three are for models trained *without* LayerDrop; the two importance metrics
-read calibration batches (dicts of model inputs).
+>>> from torch import nn
+>>> model = nn.Module()
+>>> model.blocks = nn.ModuleList(nn.Linear(2, 2) for _ in range(6))
+>>> choose("every-other", model, 3, layers="blocks").kept, choose("top", model, 3, layers="blocks").kept
+((0, 3, 5), (0, 1, 2))
+>>> [name for name, row in STRATEGIES.items() if row.needs_data]
+['search', 'block-influence', 'angular']
 """
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from .arch import find_layers
 from .core import only_layers
 from .depths import check_depth, every_other
+from .importance import MIN_CALIBRATION_TOKENS, angular_distances, block_influence, check_calibration
 from .learned import learned_rates
 
 __all__ = [
@@ -49,19 +42,19 @@ __all__ = [
     "choose",
     "data_driven_choice",
     "every_other_choice",
+    "lookup",
     "search",
     "search_all_depths",
     "top_layers_choice",
 ]
 
-MIN_CALIBRATION_TOKENS = 16
-"""Fewest real (non-padding) tokens the importance metrics accept over all calibration batches."""
-
 METHODS = ("greedy", "beam")
 """Search methods of :func:`search`."""
 
 Score = Callable[[nn.Module], float]
+"""``score(model) -> float``: a validation metric of the model as it runs now."""
 Batch = dict[str, Any]
+"""Model inputs, e.g. ``{"input_ids": ..., "attention_mask": ...}``."""
 
 
 @dataclass(frozen=True)
@@ -322,114 +315,7 @@ def search_all_depths(
     return dict(sorted(choices.items()))
 
 
-# --- importance metrics from calibration data -----------------------------------------
-
-
-def _real_tokens(batch: Batch) -> int:
-    mask = batch.get("attention_mask")
-    if isinstance(mask, torch.Tensor):
-        return int(mask.sum())
-    for name in ("input_ids", "inputs_embeds"):
-        value = batch.get(name)
-        if isinstance(value, torch.Tensor):
-            return int(math.prod(value.shape[:2]))
-    raise ValueError(f"a calibration batch needs input_ids, inputs_embeds or attention_mask; "
-                     f"got keys {sorted(batch)}")
-
-
-def _calibration(batches: Iterable[Batch] | None) -> list[Batch]:
-    """Validate the calibration batches (read once) and return them as a list."""
-    hint = (f"pass batches=[dict(input_ids=..., attention_mask=...), ...] with at least "
-            f"{MIN_CALIBRATION_TOKENS} real (non-padding) tokens in all")
-    if batches is None:
-        raise ValueError(f"this strategy needs calibration batches: {hint}")
-    batches = list(batches)
-    if not batches:
-        raise ValueError(f"the calibration set is empty: {hint}")
-    total = sum(_real_tokens(b) for b in batches)
-    if total < MIN_CALIBRATION_TOKENS:
-        raise ValueError(f"the calibration set has {total} real tokens, fewer than the minimum of "
-                         f"{MIN_CALIBRATION_TOKENS}: {hint}")
-    return batches
-
-
-def _first(value: Any) -> torch.Tensor:
-    return value[0] if isinstance(value, (tuple, list)) else value
-
-
-def _input_name(layer: nn.Module) -> str:
-    for param in inspect.signature(type(layer).forward).parameters.values():
-        if param.name != "self" and param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-            return param.name
-    return "hidden_states"
-
-
-def _hidden_states(model: nn.Module, batches: list[Batch], layers: str | None
-                   ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
-    """Per batch: the hidden states ``h_0..h_L`` (input of each layer, then the last
-    layer's output), and per-token weights, 0 at padding.
-
-    Runs eval forwards without gradients; hooks and the training mode are restored after.
-    """
-    site = find_layers(model, layers)
-    num_layers = len(site.layers)
-    inputs: dict[int, torch.Tensor] = {}
-    outputs: dict[int, torch.Tensor] = {}
-
-    def hook(index: int, name: str) -> Callable[..., None]:
-        def record(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
-            inputs[index] = (args[0] if args else kwargs[name]).detach()
-            outputs[index] = _first(output).detach()
-        return record
-
-    handles = [layer.register_forward_hook(hook(i, _input_name(layer)), with_kwargs=True)
-               for i, layer in enumerate(site.layers)]
-    modes = {module: module.training for module in model.modules()}
-    device = next(model.parameters()).device
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                inputs.clear()
-                outputs.clear()
-                moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                model(**moved)
-                if len(inputs) < num_layers:
-                    missing = sorted(set(range(num_layers)) - set(inputs))
-                    raise ValueError(f"layers {missing} did not run in the calibration forward")
-                states = [inputs[i] for i in range(num_layers)] + [outputs[num_layers - 1]]
-                weights = torch.ones(states[0].shape[:-1], device=states[0].device)  # (B, T)
-                mask = moved.get("attention_mask")
-                if isinstance(mask, torch.Tensor) and mask.shape == weights.shape:
-                    weights = mask.to(weights)
-                yield states, weights
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, mode in modes.items():
-            module.train(mode)
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return F.cosine_similarity(a.float(), b.float(), dim=-1).clamp(-1.0, 1.0)  # (B, T)
-
-
-def block_influence(model: nn.Module, batches: Iterable[Batch], *, layers: str | None = None
-                    ) -> tuple[float, ...]:
-    """ShortGPT's Block Influence of each layer (Men et al. 2024), in [0, 2].
-
-    ``BI_i = 1 - mean over real tokens of cos(h_in_i, h_out_i)``: a layer that barely
-    changes its hidden states scores near 0. Padding (``attention_mask == 0``) is ignored.
-    """
-    batches = _calibration(batches)
-    num_layers = _num_layers(model, layers)
-    totals = torch.zeros(num_layers, dtype=torch.float64)
-    count = 0.0
-    for states, weights in _hidden_states(model, batches, layers):
-        for i in range(num_layers):
-            totals[i] += float(((1.0 - _cosine(states[i], states[i + 1])) * weights).sum())
-        count += float(weights.sum())
-    return tuple((totals / count).tolist())
+# --- choices from the importance metrics ----------------------------------------------
 
 
 def block_influence_choice(model: nn.Module, batches: Iterable[Batch], depth: int, *,
@@ -443,24 +329,6 @@ def block_influence_choice(model: nn.Module, batches: Iterable[Batch], depth: in
                                             "block_influence": list(bi)}, bi)
 
 
-def angular_distances(model: nn.Module, batches: Iterable[Batch], n: int, *,
-                      layers: str | None = None) -> tuple[float, ...]:
-    """Mean angular distance ``arccos(cos(h_l, h_{l+n})) / pi`` over real tokens, for each
-    start ``l = 0..L-n``: between the input of layer ``l`` and the output of layer ``l+n-1``."""
-    batches = _calibration(batches)
-    num_layers = _num_layers(model, layers)
-    if not 1 <= n <= num_layers:
-        raise ValueError(f"block length n must be from 1 to {num_layers}, got {n!r}")
-    totals = torch.zeros(num_layers - n + 1, dtype=torch.float64)
-    count = 0.0
-    for states, weights in _hidden_states(model, batches, layers):
-        for start in range(num_layers - n + 1):
-            angle = torch.arccos(_cosine(states[start], states[start + n])) / math.pi  # (B, T)
-            totals[start] += float((angle * weights).sum())
-        count += float(weights.sum())
-    return tuple((totals / count).tolist())
-
-
 def angular_distance_choice(model: nn.Module, batches: Iterable[Batch], depth: int, *,
                             layers: str | None = None) -> Choice:
     """Gromov et al. 2024: drop the contiguous block of ``n = L - depth`` layers whose input
@@ -469,7 +337,7 @@ def angular_distance_choice(model: nn.Module, batches: Iterable[Batch], depth: i
     check_depth(depth, num_layers)
     n = num_layers - depth
     if n == 0:
-        _calibration(batches)
+        check_calibration(batches)
         return Choice(tuple(range(num_layers)), "angular", {"rule": "nothing to drop", "n": 0, "distances": []})
     distances = angular_distances(model, batches, n, layers=layers)
     start = min(range(len(distances)), key=lambda s: (distances[s], s))
@@ -479,15 +347,55 @@ def angular_distance_choice(model: nn.Module, batches: Iterable[Batch], depth: i
                                     "distances": list(distances)})
 
 
-# --- the table and the dispatcher -----------------------------------------------------
+# --- the table and the lookup ---------------------------------------------------------
+
+
+class Chooser(Protocol):
+    """The signature of every row of :data:`STRATEGIES`: the data a strategy needs comes as
+    ``score`` (validation) or ``batches`` (calibration); ``options`` go to its function."""
+
+    def __call__(self, model: nn.Module, depth: int, *, score: Score | None = None,
+                 batches: Iterable[Batch] | None = None, layers: str | None = None, **options: Any) -> Choice: ...
+
+
+def _every_other(model: nn.Module, depth: int, *, score: Score | None = None, batches: Iterable[Batch] | None = None,
+                 layers: str | None = None, **options: Any) -> Choice:
+    return every_other_choice(_num_layers(model, layers), depth, **options)
+
+
+def _top(model: nn.Module, depth: int, *, score: Score | None = None, batches: Iterable[Batch] | None = None,
+         layers: str | None = None, **options: Any) -> Choice:
+    return top_layers_choice(_num_layers(model, layers), depth, **options)
+
+
+def _data_driven(model: nn.Module, depth: int, *, score: Score | None = None, batches: Iterable[Batch] | None = None,
+                 layers: str | None = None, **options: Any) -> Choice:
+    return data_driven_choice(learned_rates(model), depth, **options)
+
+
+def _search(model: nn.Module, depth: int, *, score: Score | None = None, batches: Iterable[Batch] | None = None,
+            layers: str | None = None, **options: Any) -> Choice:
+    if score is None:
+        raise ValueError("search needs validation data: pass score=lambda model: <validation metric>")
+    return search(model, score, depth, layers=layers, **options)
+
+
+def _calibrated(function: Callable[..., Choice], name: str) -> Chooser:
+    def chooser(model: nn.Module, depth: int, *, score: Score | None = None, batches: Iterable[Batch] | None = None,
+                layers: str | None = None, **options: Any) -> Choice:
+        if batches is None:
+            raise ValueError(f"{name} needs calibration data: pass batches=[dict(input_ids=..., "
+                             f"attention_mask=...), ...] with at least {MIN_CALIBRATION_TOKENS} real tokens")
+        return function(model, batches, depth, layers=layers, **options)
+    return chooser
 
 
 @dataclass(frozen=True)
 class Strategy:
     """One row of :data:`STRATEGIES`."""
 
-    function: Callable[..., Choice]
-    """The function that chooses."""
+    function: Chooser
+    """Chooses: ``function(model, depth, *, score=None, batches=None, layers=None, **options)``."""
 
     needs_data: bool
     """Whether it needs data: a validation ``score`` for search, calibration ``batches`` for
@@ -498,19 +406,26 @@ class Strategy:
 
 
 STRATEGIES: dict[str, Strategy] = {
-    "every-other": Strategy(every_other_choice, False,
+    "every-other": Strategy(_every_other, False,
                             "evenly spread layers, first and last kept (the paper's rule, for LayerDrop-trained "
                             "models)"),
-    "search": Strategy(search, True, "greedy backward elimination (or beam) on a validation score"),
-    "block-influence": Strategy(block_influence_choice, True,
+    "search": Strategy(_search, True, "greedy backward elimination (or beam) on a validation score"),
+    "block-influence": Strategy(_calibrated(block_influence_choice, "block-influence"), True,
                                 "keep the layers that change their hidden states most (ShortGPT)"),
-    "angular": Strategy(angular_distance_choice, True,
+    "angular": Strategy(_calibrated(angular_distance_choice, "angular"), True,
                         "drop the contiguous block of least angular distance (Gromov et al. 2024)"),
-    "top": Strategy(top_layers_choice, False, "drop the top layers (Sajjad et al. 2020)"),
-    "data-driven": Strategy(data_driven_choice, False,
+    "top": Strategy(_top, False, "drop the top layers (Sajjad et al. 2020)"),
+    "data-driven": Strategy(_data_driven, False,
                             "keep the layers with the lowest learned rates (train with --data-driven)"),
 }
-"""Strategy name -> function, whether it needs data, and a description."""
+"""Strategy name -> the function that chooses, whether it needs data, and a description."""
+
+
+def lookup(name: str) -> Strategy:
+    """The row of :data:`STRATEGIES` named ``name``; an unknown name lists the valid ones."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name]
 
 
 def choose(
@@ -521,28 +436,14 @@ def choose(
     score: Score | None = None,
     batches: Iterable[Batch] | None = None,
     layers: str | None = None,
-    **kw: Any,
+    **options: Any,
 ) -> Choice:
     """Choose ``depth`` layers of ``model`` with the strategy named ``strategy``.
 
     ``score`` (validation) is for ``"search"``, ``batches`` (calibration inputs) for
-    ``"block-influence"`` and ``"angular"``; other keywords go to the strategy's function.
+    ``"block-influence"`` and ``"angular"``; a strategy ignores the data it does not use.
+    ``options`` go to the strategy's function (e.g. ``budget`` for search).
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    num_layers = _num_layers(model, layers)
-    check_depth(depth, num_layers)
-    if strategy == "every-other":
-        return every_other_choice(num_layers, depth, **kw)
-    if strategy == "top":
-        return top_layers_choice(num_layers, depth, **kw)
-    if strategy == "data-driven":
-        return data_driven_choice(learned_rates(model), depth)
-    if strategy == "search":
-        if score is None:
-            raise ValueError("search needs validation data: pass score=lambda model: <validation metric>")
-        return search(model, score, depth, layers=layers, **kw)
-    if batches is None:
-        raise ValueError(f"{strategy} needs calibration data: pass batches=[dict(input_ids=..., "
-                         f"attention_mask=...), ...] with at least {MIN_CALIBRATION_TOKENS} real tokens")
-    return STRATEGIES[strategy].function(model, batches, depth, layers=layers, **kw)
+    row = lookup(strategy)
+    check_depth(depth, _num_layers(model, layers))
+    return row.function(model, depth, score=score, batches=batches, layers=layers, **options)

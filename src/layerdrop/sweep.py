@@ -14,21 +14,18 @@ import csv
 import dataclasses
 import io
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, DataCollatorWithPadding
+from transformers import AutoTokenizer
 
-from . import data as datasets
 from .arch import find_layers
 from .core import only_layers
-from .evaluate import DepthResult, accuracy, latency_ms, parameters_at, perplexity
+from .evaluate import DepthResult, latency_ms, parameters_at, validation_scorers
 from .files import write_json, write_text
-from .models import Classifier, load_saved, local_folder
+from .models import load_saved, local_folder
 from .report import (
     markdown_table,
     pareto_front,
@@ -36,18 +33,9 @@ from .report import (
     plot_quality_vs_depth,
     plot_quality_vs_latency,
 )
-from .learned import learned_rates
-from .strategies import (
-    STRATEGIES,
-    Choice,
-    choose,
-    data_driven_choice,
-    every_other_choice,
-    search_all_depths,
-    top_layers_choice,
-)
+from .strategies import STRATEGIES, Choice, choose, lookup, search_all_depths
 
-__all__ = ["SweepConfig", "SweepResult", "prune_with_strategy", "run_sweep"]
+__all__ = ["SweepConfig", "SweepResult", "run_sweep"]
 
 
 @dataclass(frozen=True)
@@ -94,48 +82,18 @@ class SweepResult:
     """The Markdown table."""
 
 
-def _prepare(cfg: SweepConfig, model: torch.nn.Module, tokenizer: Any) -> tuple[str, Callable, Callable, list]:
-    """The metric name, a validation scorer, a test scorer and calibration batches."""
-    from .train import TrainConfig, encode_classification, lm_eval_blocks
-
-    splits = datasets.load(cfg.data, seed=cfg.seed, label_column="label" if isinstance(model, Classifier) else None)
-    valid = splits.valid.subset(range(min(cfg.rows, len(splits.valid))))
-    test = splits.test.subset(range(min(cfg.rows, len(splits.test))))
-    if isinstance(model, Classifier):
-        tc = TrainConfig(task="classification", model="", data="", out="", max_length=cfg.max_length,
-                         progress=False)
-        rows = {name: encode_classification(tokenizer, split, tc, name)[0] for name, split in
-                (("valid", valid), ("test", test))}
-        collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-
-        def make(name: str) -> Callable:
-            return lambda m: accuracy(m, rows[name], collate, batch_size=cfg.batch_size)
-        metric = "accuracy"
-    else:
-        rows = {}
-        for name, split in (("valid", valid), ("test", test)):
-            rows[name], collate = lm_eval_blocks(tokenizer, split.texts, cfg.max_length, name)
-
-        def make(name: str) -> Callable:
-            return lambda m: perplexity(m, rows[name], collate, batch_size=cfg.batch_size)
-        metric = "perplexity"
-    calib_rows = rows["valid"][: cfg.calibration_rows]
-    calibration = [
-        {k: v for k, v in collate(calib_rows[i:i + cfg.batch_size]).items() if k != "labels"}
-        for i in range(0, len(calib_rows), cfg.batch_size)
-    ]
-    return metric, make("valid"), make("test"), calibration
-
-
 def run_sweep(cfg: SweepConfig) -> SweepResult:
     """Measure every strategy at every depth; write the tables and plots."""
     names = [s.strip() for s in cfg.strategies.split(",") if s.strip()]
-    unknown = [n for n in names if n not in STRATEGIES]
-    if unknown or not names:
-        raise ValueError(f"unknown strategy {unknown or cfg.strategies!r}; choose from {sorted(STRATEGIES)}")
+    if not names:
+        raise ValueError(f"no strategy in {cfg.strategies!r}; choose from {', '.join(STRATEGIES)}")
+    for name in names:
+        lookup(name)
     model = load_saved(cfg.model).eval()
     tokenizer = AutoTokenizer.from_pretrained(local_folder(cfg.model))
-    metric, score_valid, score_test, calibration = _prepare(cfg, model, tokenizer)
+    scorers = validation_scorers(model, tokenizer, cfg.data, rows=cfg.rows, batch_size=cfg.batch_size,
+                                 max_length=cfg.max_length, calibration_rows=cfg.calibration_rows, seed=cfg.seed)
+    metric, score_valid, score_test, calibration = scorers.metric, scorers.valid, scorers.test, scorers.calibration
     num_layers = len(find_layers(model).layers)
     higher = metric == "accuracy"
     latency_batch = calibration[0]
@@ -184,44 +142,3 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     if importance:
         plot_layer_importance(importance, out / "layer_importance.png", title=Path(cfg.model).name)
     return SweepResult(out=out, metric=metric, points=points, table=table)
-
-
-def prune_with_strategy(model_path: str, out: str, depth: int, strategy: str, *, data: str | None = None,
-                        rows: int = 500, search_budget: int = 200, seed: int = 0) -> dict[str, Any]:
-    """Choose ``depth`` layers with ``strategy`` (on ``data`` if given), then write the pruned model.
-
-    The record in ``layerdrop.json`` gets the strategy's own record and, with data,
-    the validation (and, for search, test) quality of the kept layers.
-    """
-    from .prune import prune_saved
-
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if STRATEGIES[strategy].needs_data and data is None:
-        raise ValueError(f"strategy {strategy!r} needs data: pass --data (a dataset name or file)")
-    extra: dict[str, Any] = {"strategy": strategy}
-    model = None
-    if data is not None:
-        model = load_saved(model_path).eval()
-        tokenizer = AutoTokenizer.from_pretrained(local_folder(model_path))
-        cfg = SweepConfig(model=model_path, data=data, out=out, rows=rows, search_budget=search_budget, seed=seed)
-        metric, score_valid, score_test, calibration = _prepare(cfg, model, tokenizer)
-        higher = metric == "accuracy"
-        kw: dict[str, Any] = {"budget": search_budget, "higher_is_better": higher, "test_score": score_test} \
-            if strategy == "search" else {}
-        choice = choose(strategy, model, depth, score=score_valid, batches=calibration, **kw)
-        with only_layers(model, choice.kept):
-            extra.update({"strategy_record": choice.record, f"validation_{metric}": score_valid(model)})
-        keep = list(choice.kept)
-    else:  # every-other, top or data-driven: the config is enough
-        from transformers import AutoConfig
-
-        config = AutoConfig.from_pretrained(local_folder(model_path))
-        if strategy == "data-driven":
-            picked = data_driven_choice(learned_rates(config), depth)
-        else:
-            picked = (every_other_choice if strategy == "every-other" else top_layers_choice)(
-                config.num_hidden_layers, depth)
-        extra["strategy_record"] = picked.record
-        keep = list(picked.kept)
-    return prune_saved(model_path, out, keep=keep, extra=extra, model=model)
