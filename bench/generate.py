@@ -39,7 +39,8 @@ import torch
 from transformers import AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
 
 import layerdrop
-from layerdrop.generate import Generation, draft_model, generate
+from layerdrop.generate import Generation, generate
+from layerdrop.prune import view
 from layerdrop.models import load_saved, local_folder, resolve
 
 PROMPT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
@@ -147,7 +148,7 @@ def main() -> None:
               f"per round); output identical: {'yes' if same else 'NO'}")
 
     rss, peak = _rss_mib(), _peak_mib()
-    draft = draft_model(full, drafts[0])
+    draft = view(full, drafts[0])
     rss_draft, peak_draft = _rss_mib(), _peak_mib()
     shared = {t.data_ptr() for t in full.parameters()}
     own = sum(t.numel() for t in draft.parameters() if t.data_ptr() not in shared)

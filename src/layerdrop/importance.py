@@ -9,7 +9,6 @@ The strategies that use them are in :mod:`layerdrop.strategies`.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .arch import find_layers
+from .arch import find_layers, first_input_name
 
 __all__ = ["MIN_CALIBRATION_TOKENS", "angular_distances", "block_influence", "check_calibration"]
 
@@ -60,13 +59,6 @@ def _first(value: Any) -> torch.Tensor:
     return value[0] if isinstance(value, (tuple, list)) else value
 
 
-def _input_name(layer: nn.Module) -> str:
-    for param in inspect.signature(type(layer).forward).parameters.values():
-        if param.name != "self" and param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-            return param.name
-    return "hidden_states"
-
-
 def _hidden_states(model: nn.Module, batches: list[Batch], layers: str | None
                    ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
     """Per batch: the hidden states ``h_0..h_L`` (input of each layer, then the last
@@ -85,7 +77,7 @@ def _hidden_states(model: nn.Module, batches: list[Batch], layers: str | None
             outputs[index] = _first(output).detach()
         return record
 
-    handles = [layer.register_forward_hook(hook(i, _input_name(layer)), with_kwargs=True)
+    handles = [layer.register_forward_hook(hook(i, first_input_name(type(layer).forward)), with_kwargs=True)
                for i, layer in enumerate(site.layers)]
     modes = {module: module.training for module in model.modules()}
     device = next(model.parameters()).device

@@ -28,7 +28,7 @@ from .arch import find_layers
 from .core import only_layers
 from .depths import check_depth, every_other
 from .importance import MIN_CALIBRATION_TOKENS, angular_distances, block_influence, check_calibration
-from .learned import learned_rates
+from .learned import recorded_learned_rates
 
 __all__ = [
     "MIN_CALIBRATION_TOKENS",
@@ -97,7 +97,7 @@ def every_other_choice(num_layers: int, depth: int) -> Choice:
 def data_driven_choice(rates: Sequence[float], depth: int) -> Choice:
     """The paper's data-driven pruning: keep the ``depth`` layers with the lowest learned rates.
 
-    ``rates`` come from training with learned rates (:func:`layerdrop.learned_rates`);
+    ``rates`` come from training with learned rates (:func:`layerdrop.recorded_learned_rates`);
     ties keep the lower layer. The set is fixed: it does not depend on the input.
     """
     check_depth(depth, len(rates))
@@ -370,7 +370,7 @@ def _top(model: nn.Module, depth: int, *, score: Score | None = None, batches: I
 
 def _data_driven(model: nn.Module, depth: int, *, score: Score | None = None, batches: Iterable[Batch] | None = None,
                  layers: str | None = None, **options: Any) -> Choice:
-    return data_driven_choice(learned_rates(model), depth, **options)
+    return data_driven_choice(recorded_learned_rates(model), depth, **options)
 
 
 def _search(model: nn.Module, depth: int, *, score: Score | None = None, batches: Iterable[Batch] | None = None,
