@@ -20,12 +20,13 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .files import atomic_dir, write_json
 
 __all__ = [
+    "AUTO_CLASSES",
     "BUNDLED_MODELS",
     "POOLINGS",
     "BundledModel",
@@ -71,6 +72,12 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
     ),
 }
 """Short name -> where the weights are."""
+
+
+AUTO_CLASSES: dict[str, type] = {"classification": AutoModel, "mlm": AutoModelForMaskedLM,
+                                  "clm": AutoModelForCausalLM}
+"""Task -> the HF auto class of its model (for classification the bare encoder, under a
+:class:`Classifier`); the tasks ``layerdrop train`` and the presets know."""
 
 
 CACHE_ENV = "LAYERDROP_CACHE"
