@@ -56,9 +56,9 @@ def test_bundled_table_lists_the_five_datasets_with_pins_and_licences() -> None:
 
 
 def test_bundled_lookup_of_an_unknown_name_lists_the_names() -> None:
-    assert data.bundled("kjv") is BUNDLED["kjv"]
+    assert data.bundled_dataset("kjv") is BUNDLED["kjv"]
     with pytest.raises(KeyError, match="rotten-tomatoes"):
-        data.bundled("imdb")
+        data.bundled_dataset("imdb")
 
 
 @pytest.mark.real
@@ -481,3 +481,11 @@ def test_data_error_is_a_value_error_with_path_and_line(tmp_path: Path) -> None:
         load(path)
     assert isinstance(info.value, DataError)
     assert info.value.path == str(path) and info.value.line == 2
+
+
+def test_the_bundled_table_examples_hold() -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module("layerdrop.data.bundled"))
+    assert result.attempted > 0 and result.failed == 0

