@@ -2,8 +2,9 @@
 
 Trains MiniLM-L6 exactly as ``layerdrop demo --full`` trains its LayerDrop run (all training
 rows, 2 epochs, batch 32, learning rate 5e-5, head 1e-3, 64 tokens, mean pooling, rate 0.5,
-self-distilled), with any ``TrainConfig`` field changed by ``name=value``, then prunes the
-result every-other to each depth and scores it on the whole test split, as the demo does.
+self-distilled), with any ``TrainConfig`` setting changed by ``name=value`` (flat names such as
+``lr`` or ``train_rows``; ``none`` for an optional one), then prunes the result every-other to
+each depth and scores it on the whole test split, as the demo does.
 Prints one line of accuracies and writes ``OUT/sweep.json``. A finished run in ``OUT/rt`` is
 reused and an unfinished one resumed, so re-running the same command continues it.
 
@@ -20,9 +21,9 @@ Results: docs/results.md, "The quality bar".
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
+import types
 import typing
 from pathlib import Path
 
@@ -32,26 +33,39 @@ from layerdrop.demo import DemoConfig, _rt_config, _rt_scorer, _sizes
 from layerdrop.evaluate import depth_sweep
 from layerdrop.files import write_json
 from layerdrop.models import load_classifier
-from layerdrop.train import TrainConfig, run_or_reuse
+from layerdrop.args import TrainConfig
+from layerdrop.train import run_or_reuse
+
+
+def _field_types() -> dict[str, typing.Any]:
+    """Every flat ``TrainConfig`` setting name -> its type (groups expanded into their leaves)."""
+    hints = typing.get_type_hints(TrainConfig)
+    kinds: dict[str, typing.Any] = {}
+    for name, group in TrainConfig.leaf_names().items():
+        kinds[name] = typing.get_type_hints(hints[group])[name] if group else hints[name]
+    return kinds
+
+
+def _convert(kind: typing.Any, value: str) -> typing.Any:
+    """``value`` as ``kind``: bool, int, float or str, each possibly ``| None`` (written ``none``)."""
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+    if type(None) in options and value.lower() == "none":
+        return None
+    kind = next(k for k in options if k is not type(None))
+    if kind is bool:
+        return value.lower() in ("1", "true", "yes")
+    return kind(value)
 
 
 def _parse(pairs: list[str]) -> dict[str, typing.Any]:
-    """``name=value`` pairs, each value converted to its ``TrainConfig`` field's type."""
-    hints = typing.get_type_hints(TrainConfig)
+    """``name=value`` pairs, each value converted to its ``TrainConfig`` setting's type."""
+    kinds = _field_types()
     changes: dict[str, typing.Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
-        if not sep or name not in hints:
-            raise SystemExit(f"{pair!r}: expected name=value with a TrainConfig field name, e.g. pattern=every-other")
-        kind = hints[name]
-        if kind is bool:
-            changes[name] = value.lower() in ("1", "true", "yes")
-        elif kind in (int, float):
-            changes[name] = kind(value)
-        elif kind == float | None:
-            changes[name] = None if value.lower() == "none" else float(value)
-        else:
-            changes[name] = value
+        if not sep or name not in kinds:
+            raise SystemExit(f"{pair!r}: expected name=value with a TrainConfig setting, e.g. pattern=every-other")
+        changes[name] = _convert(kinds[name], value)
     return changes
 
 
@@ -66,12 +80,12 @@ def main() -> None:
     demo = DemoConfig(full=True)
     sizes = _sizes(demo)
     model, rate = changes.pop("model", "minilm-l6"), changes.pop("rate", demo.rt_rate)
-    cfg = dataclasses.replace(_rt_config(demo, sizes, args.out / "rt", model, rate), **changes)
+    cfg = _rt_config(demo, sizes, args.out / "rt", model, rate).replace(**changes)
     start = time.time()
     model_dir = run_or_reuse(cfg)
     results = depth_sweep(load_classifier(model_dir), _rt_scorer(demo, sizes, cfg, model_dir), progress=False)
     rows = [{"depth": r.depth, "kept": list(r.kept), "score": r.score} for r in results]
-    write_json(args.out / "sweep.json", {"config": dataclasses.asdict(cfg), "minutes": (time.time() - start) / 60,
+    write_json(args.out / "sweep.json", {"config": cfg.flat(), "minutes": (time.time() - start) / 60,
                                          "rows": rows})
     print(" ".join(f"{r['depth']}:{100 * r['score']:.1f}" for r in rows))
 

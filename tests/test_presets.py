@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from transformers import AutoTokenizer, BertForMaskedLM, BertModel, GPT2LMHeadModel, LlamaForCausalLM
@@ -284,9 +282,7 @@ def test_borrow_tokenizer_minilm_gives_its_bert_wordpiece_and_builds_a_bert(tmp_
 
 @pytest.mark.real
 def test_borrow_tokenizer_smollm2_reads_the_gguf_tokenizer_offline_and_builds_a_llama():
-    start = time.perf_counter()
-    tok = borrow_tokenizer("smollm2-135m")
-    assert time.perf_counter() - start < 15
+    tok = borrow_tokenizer("smollm2-135m")  # its load time: bench/load_times.py
     assert len(tok) == 49152 and tok.pad_token is not None
     batch = tok(["Hello world", "Depth on demand, without retraining"], padding=True, return_tensors="pt")
     model = build("llama-tiny", tok, task="clm", num_hidden_layers=2)

@@ -1,7 +1,6 @@
 """Training: the Trainer callback, resumable masks, and the `layerdrop train` pipeline."""
 
 import csv
-import dataclasses
 import json
 
 import pytest
@@ -23,7 +22,9 @@ import layerdrop
 from layerdrop.models import Classifier, load_classifier, pool, resolve
 from layerdrop.rates import schedule_factor
 from layerdrop.evaluate import pooled_accuracy
-from layerdrop.train import LayerDropCallback, TrainConfig, attach, last_complete_checkpoint, run, run_or_reuse
+from layerdrop.args import TrainConfig
+from layerdrop.train import run, run_or_reuse
+from layerdrop.trainer import LayerDropCallback, LayerDropTrainer, attach, kd_loss, last_complete_checkpoint
 from conftest import make, tokens
 
 
@@ -74,7 +75,7 @@ def reviews(tmp_path_factory):
 def _quick(**kw):
     base = dict(batch_size=8, max_steps=4, save_steps=2, logging_steps=1, max_length=32, progress=False,
                 warmup=0.0, lr=1e-3)
-    return TrainConfig(**{**base, **kw})
+    return TrainConfig.from_flat(**{**base, **kw})
 
 
 # --------------------------------------------------------------------------- callback
@@ -222,6 +223,15 @@ def test_classification_run_exports_a_plain_encoder_and_head(tmp_path, bert_dir,
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == result.metrics
 
 
+def test_retraining_a_saved_model_uses_the_given_granularity_not_the_recorded_one(tmp_path, reviews):
+    first = run(_quick(task="classification", model="bert-tiny", data=reviews, out=str(tmp_path / "head"),
+                       rate=0.5, granularity="head", max_steps=2, evaluate=False))
+    assert AutoModel.from_pretrained(first.model_dir).config.layerdrop_settings["granularity"] == "head"
+    again = run(_quick(task="classification", model=str(first.model_dir), data=reviews,
+                       out=str(tmp_path / "layer"), rate=0.5, max_steps=2, evaluate=False))
+    assert AutoModel.from_pretrained(again.model_dir).config.layerdrop_settings["granularity"] == "layer"
+
+
 def test_run_trains_with_the_every_other_pattern_and_records_it(tmp_path, bert_dir, reviews):
     result = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "run"), rate=0.5,
                         pattern="every-other", self_distill=True, evaluate=False))
@@ -230,13 +240,11 @@ def test_run_trains_with_the_every_other_pattern_and_records_it(tmp_path, bert_d
 
 def test_long_doc_makes_overlapping_windows(tmp_path, bert_dir, reviews):
     from layerdrop import data
-    from layerdrop.train import encode_classification
+    from layerdrop.data import encode_classification
 
     tok = AutoTokenizer.from_pretrained(bert_dir)
     split = data.load(reviews).train
-    cfg = _quick(task="classification", model=bert_dir, data=reviews, out="x", max_length=8, stride=2,
-                 long_doc="mean")
-    rows, doc_of = encode_classification(tok, split, cfg, "t")
+    rows, doc_of = encode_classification(tok, split, max_length=8, stride=2)
     assert len(rows) > len(split) and sorted(set(doc_of)) == list(range(len(split)))
     assert all(len(r["input_ids"]) <= 8 for r in rows)
     assert all(r["labels"] == split.labels[d] for r, d in zip(rows, doc_of))
@@ -246,12 +254,12 @@ def test_long_doc_makes_overlapping_windows(tmp_path, bert_dir, reviews):
 def test_resumed_run_matches_an_uninterrupted_run(tmp_path, bert_dir, reviews, data_driven):
     cfg = _quick(task="classification", model=bert_dir, data=reviews, rate=0.5, dropout=0.1, out="",
                  data_driven=data_driven)
-    full = run(dataclasses.replace(cfg, out=str(tmp_path / "full")))
+    full = run(cfg.replace(out=str(tmp_path / "full")))
     out = tmp_path / "crashed"
-    run(dataclasses.replace(cfg, out=str(out)))
+    run(cfg.replace(out=str(out)))
     (out / "checkpoints" / "checkpoint-4" / "layerdrop-complete.json").unlink()  # as if it died while saving
     assert last_complete_checkpoint(out / "checkpoints").name == "checkpoint-2"
-    resumed = run(dataclasses.replace(cfg, out=str(out), resume=True))
+    resumed = run(cfg.replace(out=str(out), resume=True))
     assert resumed.resumed_from.name == "checkpoint-2"
     a = load_classifier(full.model_dir).state_dict()
     b = load_classifier(resumed.model_dir).state_dict()
@@ -301,9 +309,16 @@ def test_clm_run_exports_a_generating_model(tmp_path_factory, tokenizer, reviews
         ({"data_driven": True, "granularity": "head"}, "--data-driven"),
         ({"data_driven": True, "rate": 0.5, "pattern": "every-other"}, "one or the other"),
         ({"pattern": "alternate"}, "unknown pattern"),
+        ({"self_distill": True, "rate": 0.0}, "--rate > 0"),
+        ({"granularity": "block"}, "granularity='block'"),
+        ({"granularity": "head", "pattern": "every-other"}, "needs granularity='layer'"),
+        ({"per_layer": "cubic"}, "per_layer profile"),
+        ({"rate": 1.5}, "1.5"),
+        ({"pooling": "max"}, "unknown pooling"),
     ],
 )
 def test_bad_training_options_are_explained(tmp_path, change, message):
+    # model and data "x" do not exist: each option is rejected before anything is loaded
     with pytest.raises(ValueError, match=message):
         run(_quick(**{"task": "classification", "model": "x", "data": "x", "out": str(tmp_path), **change}))
 
@@ -311,21 +326,26 @@ def test_bad_training_options_are_explained(tmp_path, change, message):
 # --------------------------------------------------------------------------- self-distillation, head lr
 
 
-def test_self_distill_loss_is_zero_for_identical_predictions_and_positive_otherwise():
-    from layerdrop.train import self_distill_loss
-
+def test_kd_loss_is_zero_for_identical_predictions_and_positive_otherwise():
     teacher = torch.randn(4, 7, 5)
-    assert self_distill_loss(teacher.clone(), teacher).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(teacher.clone(), teacher).item() == pytest.approx(0.0, abs=1e-6)
     student = torch.randn(4, 7, 5, requires_grad=True)
     teacher.requires_grad_(True)
-    loss = self_distill_loss(student, teacher, temperature=2.0)
+    loss = kd_loss(student, teacher, temperature=2.0)
     loss.backward()
     assert loss.item() > 0 and student.grad is not None and teacher.grad is None
 
 
-def test_self_distill_runs_the_full_network_and_one_sampled_subnetwork(tmp_path):
-    from layerdrop.train import LayerDropTrainer
+def test_self_distill_loss_is_a_deprecated_alias_of_kd_loss():
+    from layerdrop.train import self_distill_loss
 
+    student, teacher = torch.randn(3, 5), torch.randn(3, 5)
+    with pytest.warns(DeprecationWarning, match="kd_loss"):
+        old = self_distill_loss(student, teacher, temperature=2.0)
+    assert old.item() == kd_loss(student, teacher, temperature=2.0).item()
+
+
+def test_self_distill_runs_the_full_network_and_one_sampled_subnetwork(tmp_path):
     model = layerdrop.apply(make("bert"), rate=0.5, seed=2)
     calls = [0] * 4
     for i, layer in enumerate(layerdrop.find_layers(model).layers):
@@ -339,8 +359,6 @@ def test_self_distill_runs_the_full_network_and_one_sampled_subnetwork(tmp_path)
 
 
 def test_head_lr_gives_the_head_its_own_learning_rate(tmp_path):
-    from layerdrop.train import LayerDropTrainer
-
     clf = Classifier(make("bert").bert, num_labels=3)
     trainer = LayerDropTrainer(model=clf, args=_args(tmp_path, learning_rate=1e-4), train_dataset=_data(),
                                head_lr=1e-2)
@@ -379,10 +397,10 @@ def test_run_or_reuse_reuses_a_finished_run_even_if_it_was_resumed(tmp_path, ber
     assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp  # not trained again
     moved = tmp_path / "moved"
     (tmp_path / "r").rename(moved)
-    assert run_or_reuse(dataclasses.replace(cfg, out=str(moved))) == moved / "model"  # a moved run is reused
-    cfg = dataclasses.replace(cfg, out=str(moved))
+    assert run_or_reuse(cfg.replace(out=str(moved))) == moved / "model"  # a moved run is reused
+    cfg = cfg.replace(out=str(moved))
     with pytest.raises(FileExistsError, match="other settings"):
-        run_or_reuse(dataclasses.replace(cfg, lr=1e-4))
+        run_or_reuse(cfg.replace(lr=1e-4))
 
 
 def test_run_or_reuse_takes_a_setting_missing_from_an_older_record_as_its_default(tmp_path, bert_dir, reviews):
@@ -394,10 +412,65 @@ def test_run_or_reuse_takes_a_setting_missing_from_an_older_record_as_its_defaul
     meta_file.write_text(json.dumps(meta))
     assert run_or_reuse(cfg) == model_dir
     with pytest.raises(FileExistsError, match="other settings"):
-        run_or_reuse(dataclasses.replace(cfg, pattern="every-other"))
+        run_or_reuse(cfg.replace(pattern="every-other"))
 
 
 def test_callback_state_recreates_the_callback_with_its_check_interval():
     callback = LayerDropCallback(schedule="warmup", warmup_steps=7, check_every=13)
     again = LayerDropCallback(**callback.state()["args"])
     assert (again.schedule, again.warmup_steps, again.check_every) == ("warmup", 7, 13)
+
+
+# --------------------------------------------------------------------------- settings (layerdrop.args)
+
+# The `trained_with` record of a default run, as every version before the grouped settings wrote it.
+_RECORD_BEFORE_GROUPS = {
+    "task": "a", "model": "b", "data": "c", "out": "d", "rate": 0.2, "per_layer": "uniform", "granularity": "layer",
+    "pattern": "random", "schedule": "constant", "rate_warmup_steps": 0, "pld_gamma": 0.001, "seed": 0,
+    "epochs": 3.0, "max_steps": -1, "batch_size": 32, "grad_accum": 1, "lr": 5e-05, "weight_decay": 0.01,
+    "lr_schedule": "linear", "warmup": 0.06, "max_grad_norm": 1.0, "dropout": None, "label_smoothing": 0.0,
+    "head_lr": None, "self_distill": False, "distill_weight": 1.0, "distill_temperature": 1.0,
+    "data_driven": False, "rate_lr": 0.005, "bf16": False, "max_length": 128, "pooling": "mean", "long_doc": None,
+    "stride": 32, "train_rows": None, "eval_rows": None, "tokenizer": None, "vocab_size": 8000, "save_steps": 200,
+    "logging_steps": 20, "resume": False, "evaluate": True, "progress": True,
+}
+
+
+def test_grouped_config_keeps_the_flat_record_of_earlier_runs():
+    assert TrainConfig(task="a", model="b", data="c", out="d").flat() == _RECORD_BEFORE_GROUPS
+
+
+def test_from_flat_puts_each_setting_in_its_group_and_round_trips():
+    cfg = TrainConfig.from_flat(task="clm", model="m", data="d", out="o", rate=0.5, lr=1e-4, max_length=64, seed=3)
+    assert (cfg.layerdrop.rate, cfg.optim.lr, cfg.inputs.max_length, cfg.seed) == (0.5, 1e-4, 64, 3)
+    assert TrainConfig.from_flat(**cfg.flat()) == cfg
+    assert cfg.replace(lr=1e-3, resume=True).flat() == {**cfg.flat(), "lr": 1e-3, "resume": True}
+
+
+def test_from_flat_names_an_unknown_setting():
+    with pytest.raises(TypeError, match="'learning_rate'"):
+        TrainConfig.from_flat(task="clm", model="m", data="d", out="o", learning_rate=1e-4)
+
+
+def test_settings_module_imports_neither_torch_nor_transformers():
+    import subprocess
+    import sys
+
+    import layerdrop.args
+
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('layerdrop_args', {layerdrop.args.__file__!r})\n"
+            "module = sys.modules['layerdrop_args'] = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(module)\n"
+            "module.TrainConfig.from_flat(task='clm', model='m', data='d', out='o', rate=0.5)\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_settings_examples_hold():
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module("layerdrop.args"))
+    assert result.attempted > 0 and result.failed == 0

@@ -27,56 +27,18 @@ from typing import Any
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPadding
 
-from . import data as datasets
+from . import data
+from .args import DemoConfig, TrainConfig
 from .core import check_pattern
+from .data import encode_classification, lm_eval_blocks
 from .evaluate import DepthResult, accuracy, depth_sweep, perplexity
 from .files import write_json, write_text
 from .models import load_classifier, local_folder
 from .prune import every_other, prune_saved
 from .report import depth_table, plot_quality_vs_depth
-from .train import TrainConfig, encode_classification, lm_eval_blocks, run_or_reuse
+from .train import run_or_reuse
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    """Sizes of the demo. The defaults fit in about 15 minutes on 2 CPU cores; ``full`` is the quality-bar run."""
-
-    out: str = "out/demo"
-    """Output folder (with ``full``, the default becomes ``out/demo-full``)."""
-    full: bool = False
-    """The quality-bar run: all training rows, the whole test and validation splits, 2x the LM
-    steps, and the per-depth references (about two hours on 2 CPU cores)."""
-    rt_rows: int = 1500
-    """Rotten Tomatoes training rows (ignored with ``full``)."""
-    rt_epochs: float = 2.0
-    """Fine-tuning epochs on Rotten Tomatoes."""
-    rt_eval_rows: int = 1000
-    """Test rows scored at each depth (ignored with ``full``: the whole test split)."""
-    rt_rate: float = 0.5
-    """LayerDrop rate of the classification run."""
-    lm_steps: int = 500
-    """Training steps of each KJV language model."""
-    lm_rate: float = 0.5
-    """LayerDrop rate of the language model."""
-    lm_eval_rows: int = 400
-    """KJV validation paragraphs scored at each depth (ignored with ``full``: all of them)."""
-    self_distill: bool = True
-    """Train the LayerDrop runs with self-distillation (sub-networks learn from the full network)."""
-    pattern: str = "random"
-    """Which layers a LayerDrop step keeps: ``random`` (the paper) or ``every-other`` (the
-    sub-networks that pruning every-other keeps; see ``docs/training.md``)."""
-    references: bool = False
-    """Also fine-tune MiniLM-L6 pruned every-other to 4 and 3 layers before training: the
-    quality bar's per-depth references (always on with ``full``)."""
-    seed: int = 0
-    """Seed of everything."""
-    progress: bool = True
-    """Show tqdm bars."""
-
-    def __post_init__(self) -> None:
-        check_pattern(self.pattern)  # before any training, not after the first one
 
 
 @dataclass(frozen=True)
@@ -104,7 +66,7 @@ def _sizes(cfg: DemoConfig) -> dict[str, Any]:
 
 
 def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, rate: float) -> TrainConfig:
-    return TrainConfig(
+    return TrainConfig.from_flat(
         task="classification", model=model, data="rotten-tomatoes", out=str(out),
         rate=rate, self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, epochs=sizes["rt_epochs"],
         pattern=cfg.pattern if rate > 0 else "random",
@@ -116,10 +78,10 @@ def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, ra
 
 def _rt_scorer(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_dir: Path) -> Callable[[Any], float]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    test = datasets.load("rotten-tomatoes", seed=cfg.seed).test
+    test = data.load("rotten-tomatoes", seed=cfg.seed).test
     if sizes["rt_eval"]:
         test = test.subset(range(min(sizes["rt_eval"], len(test))))
-    rows, _ = encode_classification(tokenizer, test, dataclasses.replace(tc, progress=False), "test")
+    rows, _ = encode_classification(tokenizer, test, tc.inputs.max_length, desc="test")
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     return lambda m: accuracy(m, rows, collate)
 
@@ -169,7 +131,7 @@ def _label(cfg: DemoConfig, rate: float) -> str:
 def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[str, list[DepthResult]]:
     series: dict[str, list[DepthResult]] = {}
     for label, rate in (("no LayerDrop", 0.0), (_label(cfg, cfg.lm_rate), cfg.lm_rate)):
-        tc = TrainConfig(
+        tc = TrainConfig.from_flat(
             task="clm", model="gpt2-tiny", data="kjv", out=str(out / _slug("kjv", rate, cfg.pattern)), rate=rate,
             pattern=cfg.pattern if rate > 0 else "random",
             self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, max_steps=sizes["lm_steps"],
@@ -180,10 +142,10 @@ def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[s
         model_dir = run_or_reuse(tc)
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        valid = datasets.load("kjv", seed=cfg.seed).valid
+        valid = data.load("kjv", seed=cfg.seed).valid
         if not cfg.full:
             valid = valid.subset(range(min(cfg.lm_eval_rows, len(valid))))
-        blocks, collate = lm_eval_blocks(tokenizer, valid.texts, tc.max_length)
+        blocks, collate = lm_eval_blocks(tokenizer, valid.texts, tc.inputs.max_length)
         series[label] = depth_sweep(model, lambda m: perplexity(m, blocks, collate), progress=cfg.progress,
                                     desc=f"depths ({label})")
         if rate > 0:
@@ -269,6 +231,7 @@ class _Clock:
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> DemoResult:
     """Run the demo; ``log`` receives one line per stage (the CLI prints them)."""
+    check_pattern(cfg.pattern)  # before any training, not after the first one
     out = Path("out/demo-full" if cfg.full and cfg.out == DemoConfig.out else cfg.out)
     clock = _Clock(out)
     sizes = _sizes(cfg)

@@ -18,47 +18,16 @@ from pathlib import Path
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from . import data as datasets
+from . import data
+from .args import ElasticConfig, TrainConfig
+from .data import lm_eval_blocks
 from .evaluate import DepthResult, depth_sweep, perplexity
 from .files import write_json, write_text
 from .models import model_folder
 from .report import depth_table
-from .train import TrainConfig, lm_eval_blocks, run_or_reuse
+from .train import run_or_reuse
 
 __all__ = ["ElasticConfig", "ElasticResult", "run_elastic"]
-
-
-@dataclass(frozen=True)
-class ElasticConfig:
-    """The recipe's settings. Change with ``dataclasses.replace``."""
-
-    model: str = "smollm2-135m"
-    """A causal LM: a bundled name, a local folder or, online, a hub name."""
-    data: str = "kjv"
-    """Text to continue training on (a bundled dataset or a file)."""
-    out: str = "runs/elastic"
-    """Output folder: the training run, ``report.md`` and ``results.json``."""
-    depths: str = "30,20,15"
-    """Comma-separated depths to score before and after (every-other layers); depths above
-    the model's layer count are left out."""
-    rate: float = 0.5
-    """LayerDrop rate of the continued training."""
-    self_distill: bool = True
-    """Train a sampled sub-network toward the full network's predictions too."""
-    steps: int = 100
-    """Optimizer steps of continued training."""
-    batch_size: int = 4
-    """Blocks per step."""
-    max_length: int = 128
-    """Tokens per block."""
-    lr: float = 1e-4
-    """Peak learning rate (AdamW, linear decay after a 10 % warm-up)."""
-    eval_rows: int = 40
-    """Validation paragraphs scored at each depth."""
-    seed: int = 0
-    """Seed of data order and masks."""
-    progress: bool = True
-    """Show tqdm bars."""
 
 
 @dataclass(frozen=True)
@@ -98,7 +67,7 @@ def run_elastic(cfg: ElasticConfig, log: Callable[[str], None] = lambda _: None)
     folder = model_folder(cfg.model)
     depths = _depths(cfg.depths, AutoConfig.from_pretrained(folder).num_hidden_layers)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    valid = datasets.load(cfg.data, seed=cfg.seed, label_column=None).valid
+    valid = data.load(cfg.data, seed=cfg.seed, label_column=None).valid
     valid = valid.subset(range(min(cfg.eval_rows, len(valid))))
     blocks, collate = lm_eval_blocks(tokenizer, valid.texts, cfg.max_length)
 
@@ -110,10 +79,11 @@ def run_elastic(cfg: ElasticConfig, log: Callable[[str], None] = lambda _: None)
     log(f"scoring {cfg.model} before training")
     before = score(folder)
     log(f"continued training with LayerDrop {cfg.rate} for {cfg.steps} steps")
-    tc = TrainConfig(task="clm", model=cfg.model, data=cfg.data, out=str(out / "train"), rate=cfg.rate,
-                     self_distill=cfg.self_distill, seed=cfg.seed, max_steps=cfg.steps, batch_size=cfg.batch_size,
-                     lr=cfg.lr, warmup=0.1, max_length=cfg.max_length, eval_rows=cfg.eval_rows,
-                     save_steps=max(cfg.steps // 5, 10), logging_steps=10, progress=cfg.progress, evaluate=False)
+    tc = TrainConfig.from_flat(task="clm", model=cfg.model, data=cfg.data, out=str(out / "train"), rate=cfg.rate,
+                               self_distill=cfg.self_distill, seed=cfg.seed, max_steps=cfg.steps,
+                               batch_size=cfg.batch_size, lr=cfg.lr, warmup=0.1, max_length=cfg.max_length,
+                               eval_rows=cfg.eval_rows, save_steps=max(cfg.steps // 5, 10), logging_steps=10,
+                               progress=cfg.progress, evaluate=False)
     start = time.time()
     model_dir = run_or_reuse(tc)
     seconds = time.time() - start

@@ -21,12 +21,13 @@ import transformers
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .files import atomic_dir, write_json
 
 __all__ = [
+    "AUTO_CLASSES",
     "BUNDLED_MODELS",
     "POOLINGS",
     "BundledModel",
@@ -75,6 +76,12 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
     ),
 }
 """Short name -> where the weights are."""
+
+
+AUTO_CLASSES: dict[str, type] = {"classification": AutoModel, "mlm": AutoModelForMaskedLM,
+                                  "clm": AutoModelForCausalLM}
+"""Task -> the HF auto class of its model (for classification the bare encoder, under a
+:class:`Classifier`); the tasks ``layerdrop train`` and the presets know."""
 
 
 CACHE_ENV = "LAYERDROP_CACHE"

@@ -24,9 +24,6 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     CONFIG_MAPPING,
-    AutoModel,
-    AutoModelForCausalLM,
-    AutoModelForMaskedLM,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
@@ -34,7 +31,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .models import resolve
+from .models import AUTO_CLASSES, resolve
 
 __all__ = [
     "PRESETS",
@@ -53,8 +50,6 @@ TASKS: Mapping[str, str] = MappingProxyType({
     "clm": "causal language modelling (AutoModelForCausalLM, e.g. GPT2LMHeadModel)",
 })
 """Task name -> what :func:`build` returns for it."""
-
-_AUTO_CLASS = {"classification": AutoModel, "mlm": AutoModelForMaskedLM, "clm": AutoModelForCausalLM}
 
 _TASKS_OF_TYPE: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "bert": ("classification", "mlm"),
@@ -360,4 +355,4 @@ def build(
     config = config_class(**settings)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return _AUTO_CLASS[task].from_config(config)
+        return AUTO_CLASSES[task].from_config(config)

@@ -1,0 +1,250 @@
+"""The recipes' settings: frozen dataclasses, importable without torch.
+
+``layerdrop --help`` builds its options from these classes, so this module imports only
+the standard library. :class:`TrainConfig` groups its settings like litgpt's ``TrainArgs``
+and ``EvalArgs``; every leaf name is unique, so the command line stays flat (``--rate``,
+``--lr``) and :meth:`TrainConfig.flat` is the flat record written into ``layerdrop.json``.
+
+>>> cfg = TrainConfig.from_flat(task="clm", model="gpt2-tiny", data="kjv", out="runs/kjv", rate=0.5, lr=1e-3)
+>>> cfg.layerdrop.rate, cfg.optim.lr, cfg.flat()["lr"]
+(0.5, 0.001, 0.001)
+>>> cfg.replace(lr=1e-4).optim.lr
+0.0001
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DataArgs", "DemoConfig", "ElasticConfig", "LayerDropArgs", "OptimArgs", "TrainConfig"]
+
+
+@dataclass(frozen=True)
+class LayerDropArgs:
+    """How ``layerdrop train`` drops layers, and the training options that exist for LayerDrop."""
+
+    rate: float = 0.2
+    """LayerDrop rate (0 trains without LayerDrop)."""
+    per_layer: str = "uniform"
+    """Rate profile over depth: uniform, linear or exponential."""
+    granularity: str = "layer"
+    """What is dropped: ``layer``, ``sublayer`` or ``head``."""
+    pattern: str = "random"
+    """Which layers a training step keeps: ``random`` (each independently, the paper) or
+    ``every-other`` (as many, placed where pruning to that depth places them)."""
+    schedule: str = "constant"
+    """Rate schedule: constant, warmup or progressive."""
+    rate_warmup_steps: int = 0
+    """Steps of the linear rate warm-up (schedule ``warmup``)."""
+    pld_gamma: float = 0.001
+    """Decay of progressive layer dropping (schedule ``progressive``)."""
+    self_distill: bool = False
+    """Each step, train the full network on the task and a sampled sub-network toward
+    the full network's predictions (KL on soft targets), as DynaBERT does for depth."""
+    distill_weight: float = 1.0
+    """Weight of the sub-network's KL term with ``self_distill``."""
+    distill_temperature: float = 1.0
+    """Softmax temperature of the soft targets with ``self_distill``."""
+    data_driven: bool = False
+    """Learn each layer's drop rate from its activations, averaging --rate (the paper's
+    data-driven pruning); then prune with ``--strategy data-driven``."""
+    rate_lr: float = 5e-3
+    """Learning rate of the data-driven rates' scorer."""
+
+
+@dataclass(frozen=True)
+class OptimArgs:
+    """Optimisation: steps, batches, AdamW and its schedule, regularisation, precision."""
+
+    epochs: float = 3.0
+    """Training epochs (ignored when ``max_steps`` > 0)."""
+    max_steps: int = -1
+    """Stop after this many optimizer steps, if positive."""
+    batch_size: int = 32
+    """Examples per device per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps accumulated per optimizer step."""
+    lr: float = 5e-5
+    """Peak learning rate of AdamW."""
+    head_lr: float | None = None
+    """A separate learning rate for the classification head (``None``: same as ``lr``)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    lr_schedule: str = "linear"
+    """Learning-rate schedule after warm-up: ``linear`` or ``cosine``."""
+    warmup: float = 0.06
+    """Learning-rate warm-up: a fraction of training (< 1) or a number of steps."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+    dropout: float | None = None
+    """Override every dropout probability in the model config (``None`` keeps them)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the classification loss."""
+    bf16: bool = False
+    """bfloat16 mixed precision, where the hardware supports it."""
+
+
+@dataclass(frozen=True)
+class DataArgs:
+    """Which rows are used and how texts become examples."""
+
+    max_length: int = 128
+    """Tokens per example (classification) or per block (language modelling)."""
+    long_doc: str | None = None
+    """Split long texts into overlapping windows and pool their logits: ``mean`` or ``max``."""
+    stride: int = 32
+    """Tokens shared by consecutive windows with ``long_doc``."""
+    train_rows: int | None = None
+    """Use only the first N training rows (the splits are shuffled)."""
+    eval_rows: int | None = None
+    """Use only the first N validation and test rows."""
+
+
+_GROUPS = {"layerdrop": LayerDropArgs, "optim": OptimArgs, "inputs": DataArgs}
+"""Group field of :class:`TrainConfig` -> its dataclass."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything ``layerdrop train`` needs: the run's identity at top level, the rest in groups.
+
+    Build from flat names with :meth:`from_flat`, change with :meth:`replace`.
+    """
+
+    task: str
+    """``classification``, ``mlm`` (masked-LM continued pre-training) or ``clm`` (causal LM)."""
+    model: str
+    """A local model folder, a bundled name (``minilm-l6``, ``smollm2-135m``), a preset
+    (``bert-tiny``, ``gpt2-tiny``, ...) or, online, a hub name."""
+    data: str
+    """A bundled dataset name or a CSV/TSV/JSONL file or ``datasets`` folder."""
+    out: str
+    """Output folder: ``checkpoints/``, ``model/`` and ``metrics.json`` go here."""
+    seed: int = 0
+    """Seed of data splits, initialisation, data order and LayerDrop masks."""
+    pooling: str = "mean"
+    """Classification pooling: mean, cls or last."""
+    tokenizer: str | None = None
+    """For presets: ``train`` (train one on the training text, the default) or a model to borrow from."""
+    vocab_size: int = 8000
+    """Vocabulary of a trained tokenizer."""
+    save_steps: int = 200
+    """Save a checkpoint every N optimizer steps."""
+    logging_steps: int = 20
+    """Log loss, rate and layers run every N steps."""
+    resume: bool = False
+    """Continue from the newest complete checkpoint in ``out/checkpoints``."""
+    evaluate: bool = True
+    """Score the validation and test splits at full depth after training."""
+    progress: bool = True
+    """Show tqdm bars."""
+    layerdrop: LayerDropArgs = field(default_factory=LayerDropArgs)
+    """LayerDrop settings."""
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    """Optimisation settings."""
+    inputs: DataArgs = field(default_factory=DataArgs)
+    """Rows and encoding."""
+
+    @classmethod
+    def leaf_names(cls) -> dict[str, str | None]:
+        """Every leaf setting -> its group field (``None`` for a top-level one)."""
+        names: dict[str, str | None] = {}
+        for f in dataclasses.fields(cls):
+            group = _GROUPS.get(f.name)
+            names.update({g.name: f.name for g in dataclasses.fields(group)} if group else {f.name: None})
+        return names
+
+    @classmethod
+    def from_flat(cls, **settings: Any) -> TrainConfig:
+        """Build from flat leaf names (``rate=0.5, lr=1e-4``), as the command line and the record name them."""
+        names = cls.leaf_names()
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise TypeError(f"unknown TrainConfig setting(s) {unknown}; known: {sorted(names)}")
+        top = {k: v for k, v in settings.items() if names[k] is None}
+        groups = {g: kind(**{k: v for k, v in settings.items() if names[k] == g}) for g, kind in _GROUPS.items()}
+        return cls(**top, **groups)
+
+    def flat(self) -> dict[str, Any]:
+        """Every leaf setting by name: the ``trained_with`` record of ``layerdrop.json``."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out.update(dataclasses.asdict(value) if f.name in _GROUPS else {f.name: value})
+        return out
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with the named leaf settings changed (``cfg.replace(lr=1e-4, resume=True)``)."""
+        return self.from_flat(**{**self.flat(), **changes})
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo. The defaults fit in about 15 minutes on 2 CPU cores; ``full`` is the quality-bar run."""
+
+    out: str = "out/demo"
+    """Output folder (with ``full``, the default becomes ``out/demo-full``)."""
+    full: bool = False
+    """The quality-bar run: all training rows, the whole test and validation splits, 2x the LM
+    steps, and the per-depth references (about two hours on 2 CPU cores)."""
+    rt_rows: int = 1500
+    """Rotten Tomatoes training rows (ignored with ``full``)."""
+    rt_epochs: float = 2.0
+    """Fine-tuning epochs on Rotten Tomatoes."""
+    rt_eval_rows: int = 1000
+    """Test rows scored at each depth (ignored with ``full``: the whole test split)."""
+    rt_rate: float = 0.5
+    """LayerDrop rate of the classification run."""
+    lm_steps: int = 500
+    """Training steps of each KJV language model."""
+    lm_rate: float = 0.5
+    """LayerDrop rate of the language model."""
+    lm_eval_rows: int = 400
+    """KJV validation paragraphs scored at each depth (ignored with ``full``: all of them)."""
+    self_distill: bool = True
+    """Train the LayerDrop runs with self-distillation (sub-networks learn from the full network)."""
+    pattern: str = "random"
+    """Which layers a LayerDrop step keeps: ``random`` (the paper) or ``every-other`` (the
+    sub-networks that pruning every-other keeps; see ``docs/training.md``)."""
+    references: bool = False
+    """Also fine-tune MiniLM-L6 pruned every-other to 4 and 3 layers before training: the
+    quality bar's per-depth references (always on with ``full``)."""
+    seed: int = 0
+    """Seed of everything."""
+    progress: bool = True
+    """Show tqdm bars."""
+
+
+@dataclass(frozen=True)
+class ElasticConfig:
+    """The ``layerdrop elastic`` recipe's settings. Change with ``dataclasses.replace``."""
+
+    model: str = "smollm2-135m"
+    """A causal LM: a bundled name, a local folder or, online, a hub name."""
+    data: str = "kjv"
+    """Text to continue training on (a bundled dataset or a file)."""
+    out: str = "runs/elastic"
+    """Output folder: the training run, ``report.md`` and ``results.json``."""
+    depths: str = "30,20,15"
+    """Comma-separated depths to score before and after (every-other layers); depths above
+    the model's layer count are left out."""
+    rate: float = 0.5
+    """LayerDrop rate of the continued training."""
+    self_distill: bool = True
+    """Train a sampled sub-network toward the full network's predictions too."""
+    steps: int = 100
+    """Optimizer steps of continued training."""
+    batch_size: int = 4
+    """Blocks per step."""
+    max_length: int = 128
+    """Tokens per block."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW, linear decay after a 10 % warm-up)."""
+    eval_rows: int = 40
+    """Validation paragraphs scored at each depth."""
+    seed: int = 0
+    """Seed of data order and masks."""
+    progress: bool = True
+    """Show tqdm bars."""
