@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -41,9 +42,29 @@ def test_every_subcommand_has_help_from_its_docstring(command, capsys):
     assert "usage: layerdrop " + command in text and len(text.splitlines()) > 8
 
 
-def test_console_script_runs():
-    out = subprocess.run([sys.executable, "-m", "layerdrop.cli", "--help"], capture_output=True, text=True)
-    assert out.returncode == 0 and "train" in out.stdout and "prune" in out.stdout
+def test_installed_console_script_runs_and_reports_bad_input(tmp_path):
+    script = Path(sys.executable).with_name("layerdrop")  # installed by `pip install -e .` beside this python
+    assert script.is_file(), f"no console script at {script}: install the package (make setup)"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and all(c in out.stdout for c in ("train", "prune", "sweep", "generate", "demo"))
+    bad = subprocess.run([str(script), "prune", str(tmp_path), "--depth", "1", "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("layerdrop prune: error:")
+
+
+def test_grouped_settings_are_flat_flags_and_build_the_groups():
+    from layerdrop.args import TrainConfig
+    from layerdrop.cli import COMMANDS, _build, _leaves
+
+    flags = [leaf.name for leaf in _leaves(TrainConfig)]
+    assert len(flags) == len(set(flags)) == len(TrainConfig.leaf_names())
+    ns = build_parser().parse_args(["train", "clm", "gpt2-tiny", "--data", "kjv", "--out", "o", "--rate", "0.5",
+                                    "--lr", "0.001", "--max-length", "64", "--no-evaluate"])
+    values = {k: v for k, v in vars(ns).items() if not k.startswith("_") and k != "command"}
+    cfg = _build(TrainConfig, values)
+    assert cfg == TrainConfig.from_flat(task="clm", model="gpt2-tiny", data="kjv", out="o", rate=0.5, lr=0.001,
+                                        max_length=64, evaluate=False)
+    assert ns._function is COMMANDS["train"].function
 
 
 def test_train_then_prune_from_the_command_line(tmp_path, bert_dir, reviews, capsys):

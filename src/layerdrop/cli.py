@@ -1,9 +1,11 @@
-"""The ``layerdrop`` command line: one typed function per subcommand.
+"""The ``layerdrop`` command line: one table of subcommands, each a typed function.
 
-Each subcommand is a plain function. Its parameters become options (a
-parameter that is a frozen dataclass expands into one option per field), and
-``--help`` text comes from its docstring and the fields' docstrings. Only this
-module talks to the user.
+A subcommand's parameters become options, and its ``--help`` comes from its docstring.
+A parameter typed as a config dataclass (:mod:`layerdrop.args`) becomes one flat option per
+leaf field, with that field's docstring as help; a field that is itself a dataclass is a
+group whose fields are flattened the same way (``--rate``, not ``--layerdrop.rate``).
+Only this module talks to the user, and it imports torch and transformers only inside the
+command that runs, so ``layerdrop --help`` starts fast.
 """
 
 from __future__ import annotations
@@ -17,15 +19,11 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .demo import DemoConfig
-    from .elastic import ElasticConfig
-    from .sweep import SweepConfig
-    from .train import TrainConfig
+from .args import DemoConfig, ElasticConfig, SweepConfig, TrainConfig
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "build_parser", "main"]
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -42,9 +40,9 @@ def train(config: TrainConfig) -> int:
       layerdrop train classification minilm-l6 --data 20newsgroups --long-doc mean --out runs/ng
       layerdrop train clm gpt2-tiny --data kjv --out runs/kjv --rate 0.5 --schedule progressive
     """
-    from .train import run
+    from . import train as recipe
 
-    result = run(config)
+    result = recipe.run(config)
     if not result.main_process:  # launched on several ranks: rank 0 reports
         return 0
     where = f"resumed from {result.resumed_from.name}, " if result.resumed_from else ""
@@ -55,21 +53,35 @@ def train(config: TrainConfig) -> int:
     return 0
 
 
-def demo(config: DemoConfig) -> int:
-    """Show LayerDrop against plain training at every depth, offline, on a real model and real data.
+def prune(model: str, out: str, depth: int | None = None, keep: str | None = None,
+          strategy: str = "every-other", data: str | None = None, rows: int = 500) -> int:
+    """Cut a saved model to fewer layers and write a plain Hugging Face checkpoint.
 
-    (a) fine-tunes MiniLM-L6 on Rotten Tomatoes without and with LayerDrop and
-    prunes both to every depth; (b) trains a small GPT-2-style LM on the King
-    James Bible without and with LayerDrop; (c) writes plots, a Markdown report
-    and pruned checkpoints to --out. About 15 minutes on 2 CPU cores; --full runs
-    the full-size quality-bar experiment instead.
+    Also writes layerdrop.json: the kept layers, the strategy and how it chose,
+    the parameters before and after, and the validation quality when --data is
+    given. A classifier saved by `layerdrop train` keeps its head.
+
+    Args:
+        model: Model folder (or bundled model name) to prune.
+        out: Output folder; written atomically.
+        depth: Number of layers to keep, chosen by --strategy.
+        keep: Comma-separated 0-based layer indices to keep instead, e.g. 0,2,5.
+        strategy: every-other, search, block-influence, angular, top or data-driven (search and the importance metrics need --data; data-driven needs a model trained with --data-driven).
+        data: Dataset name or file: the validation split scores the choice (and calibrates the importance metrics).
+        rows: Validation rows used with --data.
     """
-    from .demo import run_demo
+    from .prune import prune_saved
 
-    result = run_demo(config, log=print)
-    for name, table in result.tables.items():
-        print(f"\n{name}:\n{table}")
-    print(f"report: {result.report}  ({result.seconds / 60:.1f} min)")
+    try:
+        indices = None if keep is None else [int(x) for x in keep.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--keep takes comma-separated integers like 0,2,5, got {keep!r}") from None
+    record = prune_saved(model, out, depth=depth, keep=indices, strategy=strategy, data=data, rows=rows)
+    quality = {k: v for k, v in record.items() if k.startswith("validation_")}
+    shown = "".join(f", {k.removeprefix('validation_')} {v:.4g}" for k, v in quality.items())
+    print(f"kept layers {record['kept_layers']} of {record['original_num_layers']} ({record['strategy']}): "
+          f"{record['parameters_before'] / 1e6:.2f}M -> {record['parameters_after'] / 1e6:.2f}M parameters{shown}")
+    print(f"model: {out}")
     return 0
 
 
@@ -138,41 +150,6 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
     return 0
 
 
-def prune(model: str, out: str, depth: int | None = None, keep: str | None = None,
-          strategy: str = "every-other", data: str | None = None, rows: int = 500) -> int:
-    """Cut a saved model to fewer layers and write a plain Hugging Face checkpoint.
-
-    Also writes layerdrop.json: the kept layers, the strategy and how it chose,
-    the parameters before and after, and the validation quality when --data is
-    given. A classifier saved by `layerdrop train` keeps its head.
-
-    Args:
-        model: Model folder (or bundled model name) to prune.
-        out: Output folder; written atomically.
-        depth: Number of layers to keep, chosen by --strategy.
-        keep: Comma-separated 0-based layer indices to keep instead, e.g. 0,2,5.
-        strategy: every-other, search, block-influence, angular, top or data-driven (search and the importance metrics need --data; data-driven needs a model trained with --data-driven).
-        data: Dataset name or file: the validation split scores the choice (and calibrates the importance metrics).
-        rows: Validation rows used with --data.
-    """
-    from .prune import prune_saved
-
-    try:
-        indices = None if keep is None else [int(x) for x in keep.split(",") if x.strip()]
-    except ValueError:
-        raise ValueError(f"--keep takes comma-separated integers like 0,2,5, got {keep!r}") from None
-    record = prune_saved(model, out, depth=depth, keep=indices, strategy=strategy, data=data, rows=rows)
-    quality = {k: v for k, v in record.items() if k.startswith("validation_")}
-    shown = "".join(f", {k.removeprefix('validation_')} {v:.4g}" for k, v in quality.items())
-    print(f"kept layers {record['kept_layers']} of {record['original_num_layers']} ({record['strategy']}): "
-          f"{record['parameters_before'] / 1e6:.2f}M -> {record['parameters_after'] / 1e6:.2f}M parameters{shown}")
-    print(f"model: {out}")
-    return 0
-
-
-# --------------------------------------------------------------------------- argparse from signatures
-
-
 def elastic(config: ElasticConfig) -> int:
     """Make a pretrained decoder depth-elastic: continue its training with LayerDrop.
 
@@ -194,48 +171,51 @@ def elastic(config: ElasticConfig) -> int:
     return 0
 
 
-def _train_config() -> type:
-    from .train import TrainConfig
+def demo(config: DemoConfig) -> int:
+    """Show LayerDrop against plain training at every depth, offline, on a real model and real data.
 
-    return TrainConfig
+    (a) fine-tunes MiniLM-L6 on Rotten Tomatoes without and with LayerDrop and
+    prunes both to every depth; (b) trains a small GPT-2-style LM on the King
+    James Bible without and with LayerDrop; (c) writes plots, a Markdown report
+    and pruned checkpoints to --out. About 15 minutes on 2 CPU cores; --full runs
+    the full-size quality-bar experiment instead.
+    """
+    from .demo import run_demo
 
-
-def _sweep_config() -> type:
-    from .sweep import SweepConfig
-
-    return SweepConfig
-
-
-def _elastic_config() -> type:
-    from .elastic import ElasticConfig
-
-    return ElasticConfig
-
-
-def _demo_config() -> type:
-    from .demo import DemoConfig
-
-    return DemoConfig
+    result = run_demo(config, log=print)
+    for name, table in result.tables.items():
+        print(f"\n{name}:\n{table}")
+    print(f"report: {result.report}  ({result.seconds / 60:.1f} min)")
+    return 0
 
 
-COMMANDS: dict[str, Callable[..., int]] = {
-    "train": train, "prune": prune, "sweep": sweep, "generate": generate, "elastic": elastic, "demo": demo,
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """One row of :data:`COMMANDS`."""
+
+    function: Callable[..., int]
+    """The typed function that runs it; its docstring is the help."""
+    positional: tuple[str, ...] = ()
+    """Parameters (or config fields) given by position rather than as ``--flags``."""
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(train, ("task", "model")),
+    "prune": Command(prune, ("model",)),
+    "sweep": Command(sweep, ("model",)),
+    "generate": Command(generate, ("model",)),
+    "elastic": Command(elastic, ("model",)),
+    "demo": Command(demo),
 }
-POSITIONAL: dict[str, tuple[str, ...]] = {
-    "train": ("task", "model"), "prune": ("model",), "sweep": ("model",), "generate": ("model",),
-    "elastic": ("model",),
-}
-DATACLASSES: dict[str, Callable[[], type]] = {
-    "TrainConfig": _train_config, "SweepConfig": _sweep_config, "DemoConfig": _demo_config,
-    "ElasticConfig": _elastic_config,
-}
-"""Dataclass parameters, by annotation; imported lazily so ``--help`` stays fast."""
+"""Subcommand name -> function and positional parameters, in the order ``--help`` lists them."""
+
+
+# --------------------------------------------------------------------------- argparse from signatures
 
 
 def _arg_docs(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
     """Split a Google-style docstring into the text and per-argument help."""
-    doc = inspect.getdoc(func) or ""
-    text, _, args = doc.partition("\nArgs:\n")
+    text, _, args = (inspect.getdoc(func) or "").partition("\nArgs:\n")
     helps: dict[str, str] = {}
     name = None
     for line in args.splitlines():
@@ -249,65 +229,88 @@ def _arg_docs(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
 
 
 def _field_docs(cls: type) -> dict[str, str]:
-    """Docstrings written under dataclass fields."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-            docs[node.target.id] = " ".join(str(nxt.value.value).replace("``", "").split())  # type: ignore[attr-defined]
-    return docs
+    """The docstrings written under a dataclass's fields."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    return {node.target.id: " ".join(str(nxt.value.value).replace("``", "").split())  # type: ignore[attr-defined]
+            for node, nxt in zip(body, body[1:])
+            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)}
 
 
-def _option(parser: argparse.ArgumentParser, name: str, hint: Any, default: Any, help_: str,
-            positional: bool) -> None:
-    optional = False
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    """One option: a parameter, or a leaf field of a config dataclass."""
+
+    name: str
+    hint: Any
+    default: Any
+    help: str
+    group: str | None = None
+    """The title of the group dataclass it belongs to, shown as a section of ``--help``."""
+
+
+def _leaves(cls: type, group: str | None = None) -> list[_Leaf]:
+    """A config dataclass's options, with the fields of nested (group) dataclasses flattened."""
+    hints, docs = typing.get_type_hints(cls), _field_docs(cls)
+    out: list[_Leaf] = []
+    for field in dataclasses.fields(cls):
+        kind = hints[field.name]
+        if dataclasses.is_dataclass(kind):
+            title = (inspect.getdoc(kind) or field.name).splitlines()[0].replace("``", "").rstrip(".")
+            out.extend(_leaves(kind, title))
+        else:
+            out.append(_Leaf(field.name, kind, field.default, docs.get(field.name, ""), group))
+    return out
+
+
+def _build(cls: type, values: dict[str, Any]) -> Any:
+    """``cls`` from flat option values, building each group dataclass from its own fields."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[field.name]):
+            kwargs[field.name] = _build(hints[field.name], values)
+        elif field.name in values:
+            kwargs[field.name] = values[field.name]
+    return cls(**kwargs)
+
+
+def _add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, leaf: _Leaf, positional: bool) -> None:
+    hint, optional = leaf.hint, False
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        optional, hint = True, args[0]
-    required = default is inspect.Parameter.empty or default is dataclasses.MISSING
-    flag = name if positional else "--" + name.replace("_", "-")
-    help_ = help_.replace("%", "%%")  # argparse %-formats help text
-    kwargs: dict[str, Any] = {"help": help_}
+        hint, optional = next(a for a in typing.get_args(hint) if a is not type(None)), True
+    required = leaf.default in (inspect.Parameter.empty, dataclasses.MISSING)
+    help_ = leaf.help.replace("%", "%%")  # argparse %-formats help text
+    shown = "" if required or (leaf.default is None and optional) else f" (default: {leaf.default})"
     if hint is bool:
-        kwargs.update(action=argparse.BooleanOptionalAction, default=default)
+        parser.add_argument("--" + leaf.name.replace("_", "-"), dest=leaf.name, help=help_,
+                            action=argparse.BooleanOptionalAction, default=leaf.default)
+    elif positional:  # an optional positional: `layerdrop elastic` uses the default model
+        extra = {} if required else {"nargs": "?", "default": leaf.default}
+        parser.add_argument(leaf.name, type=hint, help=help_ + shown, **extra)
     else:
-        kwargs.update(type=hint, metavar=name.upper() if not positional else None)
-        if positional:
-            kwargs.pop("metavar")
-            if not required:  # an optional positional: `layerdrop elastic` uses the default model
-                kwargs.update(nargs="?", default=default)
-                kwargs["help"] = f"{help_} (default: {default})"
-        elif required:
-            kwargs["required"] = True
-        else:
-            kwargs["default"] = default
-            if default is not None and not optional:
-                kwargs["help"] = f"{help_} (default: {default})"
-    if not positional:
-        kwargs["dest"] = name
-    parser.add_argument(flag, **kwargs)
+        extra = {"required": True} if required else {"default": leaf.default}
+        parser.add_argument("--" + leaf.name.replace("_", "-"), dest=leaf.name, type=hint,
+                            metavar=leaf.name.upper(), help=help_ + shown, **extra)
 
 
-def _add_command(sub: Any, name: str, func: Callable[..., int]) -> None:
-    text, helps = _arg_docs(func)
-    summary = text.splitlines()[0] if text else name
-    parser = sub.add_parser(name, help=summary, description=text,
+def _add_command(sub: Any, name: str, command: Command) -> None:
+    text, helps = _arg_docs(command.function)
+    parser = sub.add_parser(name, help=text.splitlines()[0], description=text,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    for param in inspect.signature(func).parameters.values():
-        if param.annotation in DATACLASSES:
-            cls = DATACLASSES[param.annotation]()
-            hints = typing.get_type_hints(cls)
-            fdocs = _field_docs(cls)
-            for field in dataclasses.fields(cls):
-                _option(parser, field.name, hints[field.name], field.default, fdocs.get(field.name, ""),
-                        field.name in POSITIONAL.get(name, ()))
-            parser.set_defaults(_build={param.name: cls})
+    hints = typing.get_type_hints(command.function)
+    for param in inspect.signature(command.function).parameters.values():
+        hint = hints[param.name]
+        if dataclasses.is_dataclass(hint):
+            leaves = _leaves(hint)
+            parser.set_defaults(_config=(param.name, hint))
         else:
-            hints = typing.get_type_hints(func)
-            _option(parser, param.name, hints[param.name], param.default, helps.get(param.name, ""),
-                    param.name in POSITIONAL.get(name, ()))
-    parser.set_defaults(_func=func)
+            leaves = [_Leaf(param.name, hint, param.default, helps.get(param.name, ""))]
+        sections: dict[str | None, Any] = {None: parser}
+        for leaf in leaves:
+            if leaf.group not in sections:
+                sections[leaf.group] = parser.add_argument_group(leaf.group)
+            _add_option(sections[leaf.group], leaf, leaf.name in command.positional)
+    parser.set_defaults(_function=command.function)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,31 +320,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="LayerDrop: train a transformer once, prune it to any depth without retraining.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, func in COMMANDS.items():
-        _add_command(sub, name, func)
+    for name, command in COMMANDS.items():
+        _add_command(sub, name, command)
     return parser
 
 
-def _call(ns: argparse.Namespace) -> int:
-    values = {k: v for k, v in vars(ns).items() if not k.startswith("_") and k != "command"}
-    func = ns._func
-    build = getattr(ns, "_build", None)
-    if build:
-        (param, cls), = build.items()
-        names = {f.name for f in dataclasses.fields(cls)}
-        return func(**{param: cls(**{k: v for k, v in values.items() if k in names})})
-    return func(**values)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``layerdrop`` command."""
+    """Entry point of the ``layerdrop`` command: exit 0 on success, 2 with a one-line error on bad input."""
     ns = build_parser().parse_args(argv)
+    values = {k: v for k, v in vars(ns).items() if not k.startswith("_") and k != "command"}
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # weight-loading bars; ours stay
     hf_logging.set_verbosity_error()
     try:
-        return _call(ns)
+        config = getattr(ns, "_config", None)
+        if config is not None:
+            param, cls = config
+            return ns._function(**{param: _build(cls, values)})
+        return ns._function(**values)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"layerdrop {ns.command}: error: {message}", file=sys.stderr)
@@ -350,4 +347,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-

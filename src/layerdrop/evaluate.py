@@ -181,17 +181,16 @@ def _encoded(classifier: bool, tokenizer: Any, split: Any, max_length: int, name
              ) -> tuple[list[dict[str, Any]], Callable[[list[dict[str, Any]]], dict[str, Any]]]:
     """Rows of ``split`` and their collator: labelled examples, or language-model blocks.
 
-    The one place that calls the training encoders.
+    The one place that calls the encoders of :mod:`layerdrop.data`.
     """
     from transformers import DataCollatorWithPadding
 
-    from .train import TrainConfig, encode_classification, lm_eval_blocks
+    from .data import encode_classification, lm_eval_blocks
 
     if not classifier:
         return lm_eval_blocks(tokenizer, split.texts, max_length, name)
-    config = TrainConfig(task="classification", model="", data="", out="", max_length=max_length, progress=False)
-    return encode_classification(tokenizer, split, config, name)[0], DataCollatorWithPadding(tokenizer,
-                                                                                             return_tensors="pt")
+    rows, _ = encode_classification(tokenizer, split, max_length, desc=name)
+    return rows, DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
 
 def validation_scorers(
@@ -208,11 +207,11 @@ def validation_scorers(
     """Scorers of ``model`` on ``data`` (a bundled dataset name or a file): accuracy for a
     :class:`layerdrop.models.Classifier`, perplexity otherwise, on the first ``rows`` rows of
     the validation and test splits; calibration batches from the first validation rows."""
-    from . import data as datasets
+    from .data import load
     from .models import Classifier
 
     classifier = isinstance(model, Classifier)
-    splits = datasets.load(data, seed=seed, label_column="label" if classifier else None)
+    splits = load(data, seed=seed, label_column="label" if classifier else None)
     encoded = {name: _encoded(classifier, tokenizer, split.subset(range(min(rows, len(split)))), max_length, name)
                for name, split in (("valid", splits.valid), ("test", splits.test))}
     metric = "accuracy" if classifier else "perplexity"

@@ -21,6 +21,7 @@ from typing import Any
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from .args import SweepConfig
 from .arch import find_layers
 from .core import only_layers
 from .evaluate import DepthResult, latency_ms, parameters_at, validation_scorers
@@ -36,36 +37,6 @@ from .report import (
 from .strategies import STRATEGIES, Choice, choose, lookup, search_all_depths
 
 __all__ = ["SweepConfig", "SweepResult", "run_sweep"]
-
-
-@dataclass(frozen=True)
-class SweepConfig:
-    """What ``layerdrop sweep`` measures."""
-
-    model: str
-    """A saved model folder: a layerdrop classifier, or a causal LM."""
-    data: str
-    """A bundled dataset name or a CSV/TSV/JSONL file; its validation split is scored."""
-    out: str
-    """Output folder for sweep.csv, sweep.json, sweep.md and the plots."""
-    strategies: str = "every-other"
-    """Comma-separated strategies: every-other, search, block-influence, angular, top, data-driven."""
-    rows: int = 500
-    """Validation rows scored per point (and test rows for search's final check)."""
-    batch_size: int = 32
-    """Batch size of scoring and of the latency measurement."""
-    max_length: int = 128
-    """Tokens per example (classification) or per block (language model)."""
-    latency_reps: int = 5
-    """Timed forwards per point; the median is reported."""
-    calibration_rows: int = 64
-    """Rows of calibration data for the importance metrics."""
-    search_budget: int = 200
-    """Most score evaluations a search may spend."""
-    seed: int = 0
-    """Seed of the data splits."""
-    progress: bool = True
-    """Show a tqdm bar."""
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from .core import LayerDropSettings, apply
 from .data import encode_classification, encode_lm, lm_eval_blocks
 from .evaluate import pooled_accuracy
 from .files import atomic_dir, write_json
-from .learned import learn_rates, record_learned_rates
-from .models import AUTO_CLASSES, META_FILE, POOLINGS, Classifier, model_folder, save_classifier
+from .learned import attach_rate_learner, record_learned_rates
+from .models import AUTO_CLASSES, META_FILE, POOLINGS, Classifier, from_pretrained, model_folder, save_classifier
 from .rates import SCHEDULES, layer_rates
 from .trainer import (
     LayerDropCallback,
@@ -177,10 +177,10 @@ def load_model(cfg: TrainConfig, num_labels: int | None, texts: Sequence[str]) -
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    overrides = _dropout_overrides(AutoConfig.from_pretrained(path), dropout) if dropout is not None else {}
+    overrides = _dropout_overrides(from_pretrained(AutoConfig, path), dropout) if dropout is not None else {}
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)  # new weights (a head) are seeded without touching the caller's RNG
-        model = AUTO_CLASSES[cfg.task].from_pretrained(path, **overrides)
+        model = from_pretrained(AUTO_CLASSES[cfg.task], path, **overrides)
         if classify:
             model = Classifier(model, num_labels or 2, cfg.pooling)
     return model, tokenizer
@@ -265,7 +265,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     if layerdrop_on:
         apply(model, ld.rate, per_layer=ld.per_layer, seed=cfg.seed, granularity=ld.granularity, pattern=ld.pattern)
         if ld.data_driven:
-            learner = learn_rates(model, seed=cfg.seed)
+            learner = attach_rate_learner(model, seed=cfg.seed)
 
     # 5. encode
     evaluated = {"valid": valid_split, "test": test_split} if cfg.evaluate else {}

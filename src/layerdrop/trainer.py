@@ -26,10 +26,10 @@ from torch.utils.hooks import RemovableHandle
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .core import LayerDropState, find_state, get_rng_state, only_layers, scale_rates, set_rng_state
+from .core import LayerDropState, applied, get_rng_state, only_layers, scale_rates, set_rng_state
 from .distributed import DEFAULT_CHECK_EVERY, check_trainer_setup, configure_trainer, watch, world_size
 from .files import write_bytes, write_json
-from .learned import LearnedRates
+from .learned import RateLearner
 from .rates import schedule_factor
 
 __all__ = [
@@ -49,16 +49,6 @@ LEARNED_FILE = "learned_rates.safetensors"
 
 CHECKPOINT_DONE = "layerdrop-complete.json"
 """Written last into a checkpoint folder: only checkpoints that have it are resumed from."""
-
-
-def _applied(model: nn.Module) -> tuple[nn.Module, LayerDropState]:
-    found = find_state(model)
-    if found is not None:
-        return found
-    raise ValueError(
-        "LayerDropCallback needs a model with LayerDrop applied: call layerdrop.apply(model, rate=...) "
-        "before training"
-    )
 
 
 def _encode_rng(rng: dict[str, Any]) -> dict[str, Any]:
@@ -117,15 +107,15 @@ class LayerDropCallback(TrainerCallback, ExportableState):
     def _state(self) -> LayerDropState:
         if self._model is None:
             raise RuntimeError("LayerDropCallback is used before training began")
-        return _applied(self._model)[1]
+        return applied(self._model)[1]
 
     def _set_scale(self, step: int) -> None:
-        module, _ = _applied(self._model)  # type: ignore[arg-type]
+        module, _ = applied(self._model)  # type: ignore[arg-type]
         scale_rates(module, schedule_factor(self.schedule, step, warmup_steps=self.warmup_steps, gamma=self.gamma))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
         self._model = model
-        module, ld = _applied(model)
+        module, ld = applied(model)
         if self.rng is not None:
             set_rng_state(module, _decode_rng(self.rng))
             self.rng = None
@@ -176,7 +166,7 @@ class LayerDropCallback(TrainerCallback, ExportableState):
 
     def state(self) -> dict[str, Any]:
         """For ``Trainer``'s checkpoints: settings and the mask generator."""
-        module, _ = _applied(self._model) if self._model is not None else (None, None)
+        module, _ = applied(self._model) if self._model is not None else (None, None)
         rng = _encode_rng(get_rng_state(module)) if module is not None else self.rng
         return {
             "args": {"schedule": self.schedule, "warmup_steps": self.warmup_steps, "gamma": self.gamma,
@@ -225,14 +215,14 @@ class LayerDropTrainer(Trainer):
         distill_weight: Weight of the KL term.
         distill_temperature: Softmax temperature of the soft targets.
         head_lr: Learning rate of parameters under ``head.`` (a :class:`Classifier`'s head).
-        rate_learner: The scorer of data-driven rates (:func:`layerdrop.learn_rates`); it is
+        rate_learner: The scorer of data-driven rates (:func:`layerdrop.attach_rate_learner`); it is
             not part of the model, so it gets its own optimizer parameter group.
         rate_lr: Learning rate of ``rate_learner``.
     """
 
     def __init__(self, *args: Any, self_distill: bool = False, distill_weight: float = 1.0,
                  distill_temperature: float = 1.0, head_lr: float | None = None,
-                 rate_learner: LearnedRates | None = None, rate_lr: float = 5e-3, **kwargs: Any) -> None:
+                 rate_learner: RateLearner | None = None, rate_lr: float = 5e-3, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.self_distill = self_distill
         self.distill_weight = distill_weight
@@ -249,7 +239,7 @@ class LayerDropTrainer(Trainer):
             loss = result[0] if return_outputs else result
             loss = loss + self.rate_learner.policy_loss(loss)
             return (loss, result[1]) if return_outputs else loss
-        module, state = _applied(model)
+        module, state = applied(model)
         inputs = dict(inputs)
         labels = inputs.pop("labels") if self.label_smoother is not None else None
         with only_layers(module, range(len(state.settings.rates))):
