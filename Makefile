@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/core.py
+	$(PY) bench/cli_startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
