@@ -34,7 +34,8 @@ from .data import encode_classification, lm_eval_blocks
 from .evaluate import DepthResult, accuracy, depth_sweep, perplexity
 from .files import write_json, write_text
 from .models import load_classifier, local_folder
-from .prune import every_other, prune_saved
+from .depths import every_other
+from .prune import prune_saved
 from .report import depth_table, plot_quality_vs_depth
 from .train import run_or_reuse
 

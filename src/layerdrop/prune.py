@@ -23,7 +23,7 @@ from .depths import every_other
 from .files import atomic_dir, write_json
 from .learned import LEARNED_KEY
 
-__all__ = ["PRUNING_KEY", "every_other", "prune", "prune_saved", "view"]
+__all__ = ["PRUNING_KEY", "prune", "prune_saved", "view"]
 
 PRUNING_KEY = "layerdrop_pruning"
 """Name of the ``model.config`` attribute that records a pruning."""
