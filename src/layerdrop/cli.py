@@ -185,6 +185,7 @@ def demo(config: DemoConfig) -> int:
     result = run_demo(config, log=print)
     for name, table in result.tables.items():
         print(f"\n{name}:\n{table}")
+    print("\n".join(result.verdict))
     print(f"report: {result.report}  ({result.seconds / 60:.1f} min)")
     return 0
 

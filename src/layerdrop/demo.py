@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,12 +32,12 @@ from . import data
 from .args import DemoConfig, TrainConfig
 from .core import check_pattern
 from .data import encode_classification, lm_eval_blocks
+from .depths import every_other
 from .evaluate import DepthResult, accuracy, depth_sweep, perplexity
 from .files import write_json, write_text
 from .models import load_classifier, local_folder
-from .depths import every_other
 from .prune import prune_saved
-from .report import depth_table, plot_quality_vs_depth
+from .report import cost_table, depth_table, plot_quality_vs_depth, plot_quality_vs_latency
 from .train import run_or_reuse
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
@@ -52,9 +53,14 @@ class DemoResult:
     """The Markdown report."""
     tables: dict[str, str]
     """Markdown tables by part ("classification", "language model")."""
+    verdict: list[str]
+    """What the demo must show, one line per condition with its numbers, then a summary sentence."""
     seconds: float
     """Wall time."""
 
+
+LATENCY_BATCH = 32
+"""Test rows (or LM blocks) in the batch whose forward is timed at each depth."""
 
 REFERENCE_DEPTHS = (4, 3)
 """Depths at which ``references`` trains a separately pruned-then-fine-tuned MiniLM-L6."""
@@ -77,23 +83,39 @@ def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, ra
     )
 
 
-def _rt_scorer(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_dir: Path) -> Callable[[Any], float]:
+def _rt_test(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_dir: Path
+             ) -> tuple[Callable[[Any], float], dict[str, Any]]:
+    """The accuracy scorer on the demo's test rows, and a batch of them (no labels) to time."""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     test = data.load("rotten-tomatoes", seed=cfg.seed).test
     if sizes["rt_eval"]:
         test = test.subset(range(min(sizes["rt_eval"], len(test))))
     rows, _ = encode_classification(tokenizer, test, tc.inputs.max_length, desc="test")
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    return lambda m: accuracy(m, rows, collate)
+    batch = {k: v for k, v in collate(rows[:LATENCY_BATCH]).items() if k != "labels"}
+    return (lambda m: accuracy(m, rows, collate)), batch
 
 
-def _classification(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[str, list[DepthResult]]:
+def _rt_scorer(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_dir: Path) -> Callable[[Any], float]:
+    return _rt_test(cfg, sizes, tc, model_dir)[0]
+
+
+def _train_minutes(model_dir: Path) -> float | None:
+    """Training minutes recorded by ``layerdrop train`` (``None`` for a run saved before they were)."""
+    seconds = json.loads((model_dir / "layerdrop.json").read_text()).get("train_seconds")
+    return None if seconds is None else seconds / 60
+
+
+def _classification(cfg: DemoConfig, out: Path, sizes: dict[str, Any], minutes: dict[str, float | None]
+                    ) -> dict[str, list[DepthResult]]:
     series: dict[str, list[DepthResult]] = {}
     for label, rate in (("no LayerDrop", 0.0), (_label(cfg, cfg.rt_rate), cfg.rt_rate)):
         tc = _rt_config(cfg, sizes, out / _slug("rt", rate, cfg.pattern), "minilm-l6", rate)
         model_dir = run_or_reuse(tc)
+        minutes[f"classification, {label}"] = _train_minutes(model_dir)
         model = load_classifier(model_dir)
-        series[label] = depth_sweep(model, _rt_scorer(cfg, sizes, tc, model_dir), progress=cfg.progress,
+        score, batch = _rt_test(cfg, sizes, tc, model_dir)
+        series[label] = depth_sweep(model, score, latency_batch=batch, progress=cfg.progress,
                                     desc=f"depths ({label})")
         if rate > 0:
             prune_saved(str(model_dir), out / "checkpoints" / "minilm-rt-layerdrop-depth3", depth=3,
@@ -129,7 +151,8 @@ def _label(cfg: DemoConfig, rate: float) -> str:
     return f"LayerDrop {rate}" + (f", {cfg.pattern}" if cfg.pattern != "random" else "")
 
 
-def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[str, list[DepthResult]]:
+def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any], minutes: dict[str, float | None]
+                    ) -> dict[str, list[DepthResult]]:
     series: dict[str, list[DepthResult]] = {}
     for label, rate in (("no LayerDrop", 0.0), (_label(cfg, cfg.lm_rate), cfg.lm_rate)):
         tc = TrainConfig.from_flat(
@@ -141,14 +164,16 @@ def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[s
             progress=cfg.progress, evaluate=False,  # the depth sweep below scores the validation split
         )
         model_dir = run_or_reuse(tc)
+        minutes[f"language model, {label}"] = _train_minutes(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         valid = data.load("kjv", seed=cfg.seed).valid
         if not cfg.full:
             valid = valid.subset(range(min(cfg.lm_eval_rows, len(valid))))
         blocks, collate = lm_eval_blocks(tokenizer, valid.texts, tc.inputs.max_length)
-        series[label] = depth_sweep(model, lambda m: perplexity(m, blocks, collate), progress=cfg.progress,
-                                    desc=f"depths ({label})")
+        batch = {k: v for k, v in collate(blocks[:LATENCY_BATCH]).items() if k != "labels"}
+        series[label] = depth_sweep(model, lambda m: perplexity(m, blocks, collate), latency_batch=batch,
+                                    progress=cfg.progress, desc=f"depths ({label})")
         if rate > 0:
             half = model.config.num_hidden_layers // 2
             prune_saved(str(model_dir), out / "checkpoints" / "gpt2-kjv-layerdrop-half", depth=half,
@@ -165,6 +190,44 @@ def _verdict(series: dict[str, list[DepthResult]], higher_is_better: bool) -> st
     if losses:
         parts.append(f"worse at depths {losses}")
     return "; ".join(parts) + "."
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "not met"
+
+
+def _demo_bar(cls: dict[str, list[DepthResult]], lm: dict[str, list[DepthResult]]) -> list[str]:
+    """What the demo must show, checked on this run's numbers: one line per condition, then one
+    sentence saying how many were met."""
+    (_, plain), (name, ld) = list(cls.items())[:2]
+    p, d = {r.depth: 100 * r.score for r in plain}, {r.depth: 100 * r.score for r in ld}
+    full = max(p)
+    checks = [(d[full] - p[full] >= -1, f"classification, full depth: {name} {d[full]:.1f} % against "
+               f"{p[full]:.1f} % without LayerDrop ({d[full] - p[full]:+.1f} points; bar: at most 1 below)")]
+    checks += [(d[k] - p[k] >= 3, f"classification, {k} layers: {d[k]:.1f} % against {p[k]:.1f} % for the plain "
+                f"model cut the same way ({d[k] - p[k]:+.1f} points; bar: at least 3 above)") for k in (3, 2)]
+    (_, lm_plain), (_, lm_ld) = list(lm.items())[:2]
+    q, e = {r.depth: r.score for r in lm_plain}, {r.depth: r.score for r in lm_ld}
+    top, half = max(e), max(e) // 2
+    rise = 100 * (e[half] / e[top] - 1)
+    checks.append((rise <= 5, f"language model, half depth ({half} of {top} layers): perplexity {e[half]:.1f} "
+                   f"against {e[top]:.1f} at full depth ({rise:+.1f} %; bar: within 5 %)"))
+    shallow = [k for k in sorted(e) if k <= 3]
+    worse = [k for k in shallow if e[k] >= q[k]]
+    checks.append((not worse, "language model, depths " + ", ".join(map(str, shallow)) + ": perplexity "
+                   + ", ".join(f"{e[k]:.1f} against {q[k]:.1f}" for k in shallow)
+                   + " for the plain LM cut the same way (bar: better at each)"))
+    gap = 100 * (e[top] / q[top] - 1)
+    checks.append((gap <= 10, f"language model, full depth: perplexity {e[top]:.1f} against {q[top]:.1f} without "
+                   f"LayerDrop ({gap:+.1f} %; bar: within 10 %)"))
+    lines = [f"- {text}: {_met(ok)}." for ok, text in checks]
+    missed = len([ok for ok, _ in checks if not ok])
+    summary = (f"In short: {len(checks) - missed} of {len(checks)} conditions met. "
+               + ("One LayerDrop model keeps near full quality at full depth and stays clearly better than the "
+                  "plain model when both are cut." if not missed else
+                  "The conditions not met are marked above with their numbers; docs/results.md says what was "
+                  "tried and what a full-size run measures."))
+    return [*lines, "", summary]
 
 
 def _quality_bar(cls: dict[str, list[DepthResult]], lm: dict[str, list[DepthResult]]) -> list[str]:
@@ -237,15 +300,25 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
     clock = _Clock(out)
     sizes = _sizes(cfg)
     log("(a) MiniLM-L6 on Rotten Tomatoes, without and with LayerDrop")
-    cls = _classification(cfg, out, sizes)
+    minutes: dict[str, float | None] = {}
+    cls = _classification(cfg, out, sizes, minutes)
     clock.tick()
     log("(b) GPT-2-style LM on the King James Bible, without and with LayerDrop")
-    lm = _language_model(cfg, out, sizes)
+    lm = _language_model(cfg, out, sizes, minutes)
     clock.tick()
 
     plot_quality_vs_depth(cls, "accuracy", out / "classification.png", title="MiniLM-L6, Rotten Tomatoes (test)")
     plot_quality_vs_depth(lm, "perplexity", out / "language_model.png", title="GPT-2-style LM, KJV (valid)")
+    plot_quality_vs_latency(cls, "accuracy", out / "classification_latency.png",
+                            title="MiniLM-L6: accuracy against latency")
+    plot_quality_vs_latency(lm, "perplexity", out / "language_model_latency.png",
+                            title="GPT-2-style LM: perplexity against latency")
     tables = {"classification": depth_table(cls, "accuracy"), "language model": depth_table(lm, "perplexity")}
+    ld_cls, ld_lm = list(cls)[1], list(lm)[1]
+    verdict = _demo_bar(cls, lm)
+    trained = ", ".join(f"{name} {m:.1f} min" if m is not None else f"{name} (not recorded)"
+                        for name, m in minutes.items())
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
     report = [
         "# layerdrop demo report", "",
         f"Measured by `layerdrop demo{' --full' if cfg.full else ''}` {clock.describe()}. "
@@ -264,6 +337,15 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
         f"LayerDrop run: rate {cfg.lm_rate}{_recipe(cfg)}. "
         "Validation perplexity (lower is better).", "",
         tables["language model"], _verdict(lm, False), "", "![perplexity by depth](language_model.png)", "",
+        "## Depth on demand: what each depth costs", "",
+        f"Parameters of the model cut to each depth, and the median time of one eval forward of a batch of "
+        f"{LATENCY_BATCH} test rows (KJV: {LATENCY_BATCH} blocks of 128 tokens), measured in this run on the "
+        f"{ld_cls} model (the plain model has the same shape). Training time: {trained}. "
+        f"Peak memory of the run: {peak_gb:.1f} GB.", "",
+        cost_table(cls, "accuracy", ld_cls), cost_table(lm, "perplexity", ld_lm),
+        "![accuracy against latency](classification_latency.png) "
+        "![perplexity against latency](language_model_latency.png)", "",
+        "## What the demo must show", "", *verdict, "",
         *(["## The quality bar", "", *_quality_bar(cls, lm), ""] if len(cls) > 2 else []),
         "## Files", "",
         "- `checkpoints/`: pruned LayerDrop models, loadable with plain `transformers` "
@@ -277,7 +359,9 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
         "classification": {k: [dataclasses.asdict(r) for r in v] for k, v in cls.items()},
         "language_model": {k: [dataclasses.asdict(r) for r in v] for k, v in lm.items()},
         "minutes": clock.total,
+        "train_minutes": minutes,
+        "peak_memory_gb": peak_gb,
     })
     clock.tick()
-    return DemoResult(out=out, report=path, tables=tables, seconds=60 * clock.now)
+    return DemoResult(out=out, report=path, tables=tables, verdict=verdict, seconds=60 * clock.now)
 

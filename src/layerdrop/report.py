@@ -15,6 +15,7 @@ from .files import write_bytes
 
 __all__ = [
     "depth_table",
+    "cost_table",
     "markdown_table",
     "pareto_front",
     "plot_layer_importance",
@@ -45,6 +46,23 @@ def depth_table(series: Mapping[str, Sequence[DepthResult]], metric: str) -> str
         row += [_fmt(by[n][d].score, metric) if d in by[n] else "–" for n in series]
         rows.append(row)
     return markdown_table(["depth", "layers kept", *[f"{n} ({metric})" for n in series]], rows)
+
+
+def cost_table(series: Mapping[str, Sequence[DepthResult]], metric: str, timed: str) -> str:
+    """Quality at each depth beside what the depth costs: parameters, and the latency measured on
+    series ``timed`` (ms per batch and relative to its full depth). One quality column per series."""
+    depths = sorted({r.depth for results in series.values() for r in results}, reverse=True)
+    by = {name: {r.depth: r for r in results} for name, results in series.items()}
+    clock = by[timed]
+    full_ms = clock[max(clock)].latency_ms
+    rows = []
+    for d in depths:
+        r = clock[d]
+        rows.append([d, ", ".join(map(str, r.kept)), f"{r.parameters / 1e6:.1f}M", f"{r.latency_ms:.1f}",
+                     f"{r.latency_ms / full_ms:.2f}×",
+                     *[_fmt(by[n][d].score, metric) if d in by[n] else "–" for n in series]])
+    return markdown_table(["depth", "layers kept", "parameters", "ms per batch", "× full depth",
+                           *[f"{n} ({metric})" for n in series]], rows)
 
 
 def pareto_front(points: Sequence[tuple[float, float]], *, higher_is_better: bool = True) -> list[int]:

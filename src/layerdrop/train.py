@@ -296,7 +296,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         callback = attach(trainer, schedule=ld.schedule, warmup_steps=ld.rate_warmup_steps, gamma=ld.pld_gamma)
         if resume_from:
             callback.restore(resume_from)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     # 7. evaluate at full depth
     metrics: dict[str, float] = {}
@@ -313,17 +313,23 @@ def run(cfg: TrainConfig) -> TrainResult:
     # 8. export, atomically (under several ranks, rank 0 writes the files)
     main_process = trainer.is_world_process_zero()
     if main_process:
-        _export(cfg, model, tokenizer, metrics, learner, train_split.label_names)
+        _export(cfg, model, tokenizer, metrics, learner, train_split.label_names,
+                train_seconds=trained.metrics["train_runtime"])
     return TrainResult(out=out, model_dir=out / "model", metrics=metrics, steps=trainer.state.global_step,
                        seconds=time.time() - start, resumed_from=resume_from, main_process=main_process)
 
 
 def _export(cfg: TrainConfig, model: nn.Module, tokenizer: Any, metrics: dict[str, float], learner: Any,
-            label_names: Sequence[str] | None) -> None:
-    """Write ``out/model`` (a plain HF folder with ``layerdrop.json``) and ``out/metrics.json``."""
+            label_names: Sequence[str] | None, *, train_seconds: float) -> None:
+    """Write ``out/model`` (a plain HF folder with ``layerdrop.json``) and ``out/metrics.json``.
+
+    ``train_seconds`` is the training time of the invocation that finished the run (a resumed
+    run's earlier invocations are not in it).
+    """
     out = Path(cfg.out)
     with atomic_dir(out / "model") as tmp:
-        meta: dict[str, Any] = {"trained_with": _recorded(cfg), "metrics": metrics}
+        meta: dict[str, Any] = {"trained_with": _recorded(cfg), "metrics": metrics,
+                                "train_seconds": round(train_seconds, 1)}
         if learner is not None:  # into the config too, so the data-driven strategy finds them
             meta["learned_rates"] = list(record_learned_rates(model))
         if label_names:
