@@ -29,11 +29,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPa
 
 from . import data
 from .args import DemoConfig, TrainConfig
-from .core import check_pattern
 from .data import encode_classification, lm_eval_blocks
 from .evaluate import DepthResult, accuracy, depth_sweep, perplexity
 from .files import write_json, write_text
-from .models import load_classifier, local_folder
+from .models import from_pretrained, load_classifier, local_folder
 from .depths import every_other
 from .prune import prune_saved
 from .report import depth_table, plot_quality_vs_depth
@@ -78,7 +77,7 @@ def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, ra
 
 
 def _rt_scorer(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_dir: Path) -> Callable[[Any], float]:
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = from_pretrained(AutoTokenizer, model_dir)
     test = data.load("rotten-tomatoes", seed=cfg.seed).test
     if sizes["rt_eval"]:
         test = test.subset(range(min(sizes["rt_eval"], len(test))))
@@ -141,8 +140,8 @@ def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> dict[s
             progress=cfg.progress, evaluate=False,  # the depth sweep below scores the validation split
         )
         model_dir = run_or_reuse(tc)
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = from_pretrained(AutoModelForCausalLM, model_dir)
+        tokenizer = from_pretrained(AutoTokenizer, model_dir)
         valid = data.load("kjv", seed=cfg.seed).valid
         if not cfg.full:
             valid = valid.subset(range(min(cfg.lm_eval_rows, len(valid))))
@@ -232,7 +231,6 @@ class _Clock:
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> DemoResult:
     """Run the demo; ``log`` receives one line per stage (the CLI prints them)."""
-    check_pattern(cfg.pattern)  # before any training, not after the first one
     out = Path("out/demo-full" if cfg.full and cfg.out == DemoConfig.out else cfg.out)
     clock = _Clock(out)
     sizes = _sizes(cfg)
