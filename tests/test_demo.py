@@ -66,7 +66,6 @@ def test_demo_references_are_pruned_before_training_and_a_rerun_reuses_finished_
         run_demo(dataclasses.replace(cfg, rt_rows=20))
 
 
-def test_demo_refuses_an_unknown_pattern_before_training(tmp_path):
+def test_demo_refuses_an_unknown_pattern_before_training():
     with pytest.raises(ValueError, match="pattern='alternate'"):
-        run_demo(DemoConfig(out=str(tmp_path / "demo"), pattern="alternate"))
-    assert not (tmp_path / "demo").exists()  # nothing trained, nothing written
+        DemoConfig(pattern="alternate")

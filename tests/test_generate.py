@@ -345,3 +345,36 @@ def test_generation_at_a_depth_of_a_model_with_layerdrop_applied_equals_the_prun
                                pad_token_id=tok.pad_token_id)
     assert result.text == tok.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
     assert layerdrop.state_of(model) is not None and len(layerdrop.find_layers(model).layers) == 4
+
+
+def test_generation_leaves_a_model_in_training_mode_as_it_was(tok):
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=tok.vocab_size, n_embd=32, n_layer=4, n_head=2, n_positions=32,
+                                       eos_token_id=tok.sep_token_id))
+    model.train()
+    at_depth = generate(model, tok, "in the beginning", depth=2, max_new_tokens=5)
+    full = generate(model, tok, "in the beginning", max_new_tokens=5)
+    assert all(module.training for module in model.modules())  # not switched to eval, not even in part
+    model.eval()
+    assert at_depth.text == generate(model, tok, "in the beginning", depth=2, max_new_tokens=5).text
+    assert full.text == generate(model, tok, "in the beginning", max_new_tokens=5).text
+
+
+def test_generation_at_a_depth_respects_per_layer_attention_types(tok):
+    """Qwen2 picks each layer's attention mask by its position in config.layer_types: a cut model
+    must run each kept layer with its own type, exactly as the pruned model does."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         use_sliding_window=True, sliding_window=2, max_window_layers=2,
+                         eos_token_id=tok.sep_token_id)
+    model = Qwen2ForCausalLM(config).eval()
+    assert len(set(model.config.layer_types)) == 2, model.config.layer_types  # mixed full and sliding layers
+    prompt = "in the beginning god created the heaven and the earth"
+    pruned = layerdrop.prune(model, keep=[0, 2]).eval()
+    ids = tok(prompt, return_tensors="pt").input_ids
+    expected = pruned.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
+    result = generate(model, tok, prompt, keep=[0, 2], max_new_tokens=6)
+    assert result.text == tok.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)

@@ -74,6 +74,20 @@ def test_a_damaged_model_file_is_named_by_the_loader(tmp_path, case):
                                      ["generate", "{m}", "--prompt", "hello"],
                                      ["sweep", "{m}", "--data", "rotten-tomatoes", "--out", "{tmp}/s"]])
 def test_every_command_reports_a_damaged_model_file_in_one_line(tmp_path, capsys, case, command):
+    _check_command(tmp_path, capsys, case, command)
+
+
+@pytest.mark.parametrize("case", sorted(c for c, (_, classifier, _) in DAMAGE.items() if not classifier))
+@pytest.mark.parametrize("command", [["train", "classification", "{m}", "--data", "rotten-tomatoes", "--out",
+                                      "{tmp}/t", "--max-steps", "1"],
+                                     ["elastic", "{m}", "--depths", "1", "--steps", "1", "--out", "{tmp}/e"]])
+def test_commands_that_start_from_a_pretrained_model_report_a_damaged_file_in_one_line(tmp_path, capsys, case,
+                                                                                     command):
+    """They read the encoder's weights and config (a classifier's head and record are not theirs to read)."""
+    _check_command(tmp_path, capsys, case, command)
+
+
+def _check_command(tmp_path, capsys, case, command):
     from layerdrop.cli import main
 
     name, classifier, damage = DAMAGE[case]

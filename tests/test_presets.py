@@ -289,3 +289,10 @@ def test_borrow_tokenizer_smollm2_reads_the_gguf_tokenizer_offline_and_builds_a_
     assert model.config.vocab_size == 49152
     out = model(**batch, labels=batch.input_ids.masked_fill(batch.attention_mask == 0, -100))
     assert torch.isfinite(out.loss)
+
+
+def test_preset_tasks_are_the_tasks_of_the_one_auto_class_table():
+    from layerdrop.models import AUTO_CLASSES
+    from layerdrop.train import TASKS
+
+    assert set(presets.TASKS) == set(AUTO_CLASSES) == set(TASKS)

@@ -18,6 +18,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from .settings import check_pattern
+
 __all__ = ["DataArgs", "DemoConfig", "ElasticConfig", "LayerDropArgs", "OptimArgs", "SweepConfig", "TrainConfig"]
 
 
@@ -215,6 +217,9 @@ class DemoConfig:
     """Seed of everything."""
     progress: bool = True
     """Show tqdm bars."""
+
+    def __post_init__(self) -> None:
+        check_pattern(self.pattern)  # a bad value fails here, before any training
 
 
 @dataclass(frozen=True)

@@ -131,10 +131,10 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
     from transformers import AutoTokenizer
 
     from .generate import generate as run
-    from .models import load_saved, local_folder
+    from .models import from_pretrained, load_saved, local_folder
 
     lm = load_saved(model)
-    tokenizer = AutoTokenizer.from_pretrained(local_folder(model))
+    tokenizer = from_pretrained(AutoTokenizer, local_folder(model))
     print(prompt, end="", flush=True)
     result = run(lm, tokenizer, prompt, depth=depth, max_new_tokens=max_new_tokens, temperature=temperature,
                  top_k=top_k, top_p=top_p, stop=[s for s in (stop or "").split(",") if s], seed=seed,

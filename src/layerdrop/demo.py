@@ -30,12 +30,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPa
 
 from . import data
 from .args import DemoConfig, TrainConfig
-from .core import check_pattern
 from .data import encode_classification, lm_eval_blocks
 from .depths import every_other
 from .evaluate import DepthResult, accuracy, depth_sweep, perplexity
 from .files import write_json, write_text
-from .models import load_classifier, local_folder
+from .models import from_pretrained, load_classifier, local_folder
 from .prune import prune_saved
 from .report import cost_table, depth_table, plot_quality_vs_depth, plot_quality_vs_latency
 from .train import run_or_reuse
@@ -86,7 +85,7 @@ def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, ra
 def _rt_test(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_dir: Path
              ) -> tuple[Callable[[Any], float], dict[str, Any]]:
     """The accuracy scorer on the demo's test rows, and a batch of them (no labels) to time."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = from_pretrained(AutoTokenizer, model_dir)
     test = data.load("rotten-tomatoes", seed=cfg.seed).test
     if sizes["rt_eval"]:
         test = test.subset(range(min(sizes["rt_eval"], len(test))))
@@ -165,8 +164,8 @@ def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any], minutes: 
         )
         model_dir = run_or_reuse(tc)
         minutes[f"language model, {label}"] = _train_minutes(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = from_pretrained(AutoModelForCausalLM, model_dir)
+        tokenizer = from_pretrained(AutoTokenizer, model_dir)
         valid = data.load("kjv", seed=cfg.seed).valid
         if not cfg.full:
             valid = valid.subset(range(min(cfg.lm_eval_rows, len(valid))))
@@ -295,7 +294,6 @@ class _Clock:
 
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> DemoResult:
     """Run the demo; ``log`` receives one line per stage (the CLI prints them)."""
-    check_pattern(cfg.pattern)  # before any training, not after the first one
     out = Path("out/demo-full" if cfg.full and cfg.out == DemoConfig.out else cfg.out)
     clock = _Clock(out)
     sizes = _sizes(cfg)

@@ -23,7 +23,7 @@ from .args import ElasticConfig, TrainConfig
 from .data import lm_eval_blocks
 from .evaluate import DepthResult, depth_sweep, perplexity
 from .files import write_json, write_text
-from .models import model_folder
+from .models import from_pretrained, model_folder
 from .report import depth_table
 from .train import run_or_reuse
 
@@ -65,14 +65,14 @@ def run_elastic(cfg: ElasticConfig, log: Callable[[str], None] = lambda _: None)
     """Score, continue training with LayerDrop, score again; write ``report.md`` and ``results.json``."""
     out = Path(cfg.out)
     folder = model_folder(cfg.model)
-    depths = _depths(cfg.depths, AutoConfig.from_pretrained(folder).num_hidden_layers)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    depths = _depths(cfg.depths, from_pretrained(AutoConfig, folder).num_hidden_layers)
+    tokenizer = from_pretrained(AutoTokenizer, folder)
     valid = data.load(cfg.data, seed=cfg.seed, label_column=None).valid
     valid = valid.subset(range(min(cfg.eval_rows, len(valid))))
     blocks, collate = lm_eval_blocks(tokenizer, valid.texts, cfg.max_length)
 
     def score(path: str) -> list[DepthResult]:
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        model = from_pretrained(AutoModelForCausalLM, path).eval()
         return depth_sweep(model, lambda m: perplexity(m, blocks, collate, batch_size=cfg.batch_size),
                            depths=depths, progress=cfg.progress, desc="perplexity by depth")
 

@@ -8,6 +8,7 @@ greedy text. Why our loop rather than HF's ``assistant_model``: docs/generation.
 
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, T
 
 from .arch import find_layers
 from .core import check_keep
+from .depths import every_other
 from .prune import prune, view
 
 __all__ = ["Generation", "generate"]
@@ -131,6 +133,30 @@ def _speculative(
                 return drafted, accepted
 
 
+def _at_depth(model: nn.Module, depth: int | None, keep: Sequence[int] | None) -> nn.Module:
+    """``model`` (or the given layers of it) in eval mode, never changing ``model`` itself.
+
+    A weight-sharing view where one serves: the model is in eval mode already (a view shares its
+    modules, so switching it to eval would switch the caller's model), the view keeps layer 0 (a
+    KV cache's length is read there) and the kept layers' per-layer config entries (Qwen2's
+    ``layer_types``) match the positions they run at. Otherwise a copy (:func:`prune`), which is
+    ours to switch to eval.
+    """
+    site = find_layers(model)
+    training = any(module.training for module in model.modules())
+    if depth is None and keep is None:
+        return copy.deepcopy(model).eval() if training else model
+    num_layers = len(site.layers)
+    kept = every_other(num_layers, depth) if keep is None else check_keep(keep, num_layers)
+    config = getattr(model, "config", None)
+    per_layer = [getattr(config, name, None) for name in (site.arch.per_layer_config if site.arch else ())]
+    shifted = any(isinstance(v, (list, tuple)) and len(v) == num_layers and [v[i] for i in kept] != list(v[:len(kept)])
+                  for v in per_layer)
+    if training or kept[0] != 0 or shifted:
+        return prune(model, keep=kept).eval()
+    return view(model, keep=kept)
+
+
 def generate(
     model: nn.Module,
     tokenizer: Any,
@@ -164,6 +190,10 @@ def generate(
     (or ``keep``) too, the model is cut first and the draft is ``K`` layers of the
     cut model, whose greedy output the result then equals. Speculative decoding
     needs ``temperature=0``; the result reports ``drafted`` and ``accepted``.
+
+    ``model`` is never changed: at a depth it runs as a weight-sharing view; a model in training
+    mode is copied first (switching it to eval would switch the caller's model), so pass
+    ``model.eval()`` to avoid the copy.
     """
     arch = find_layers(model).arch
     if arch is None or not arch.decoder or not hasattr(model, "generate"):
@@ -177,14 +207,7 @@ def generate(
         raise ValueError("speculative decoding here is greedy: use temperature 0 (the default) with speculative")
     if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
         raise ValueError(f"draft_tokens must be a positive integer, got {draft_tokens!r}")
-    if depth is not None or keep is not None:
-        layers = find_layers(model).layers
-        if keep is not None and 0 not in check_keep(keep, len(layers)):
-            model = prune(model, keep=keep)  # a view's KV cache needs layer 0: a copy, renumbered, instead
-        else:
-            model = view(model, depth, keep=keep)
-    if any(module.training for module in model.modules()):
-        model.eval()  # dropout off; a model already in eval mode is not written to
+    model = _at_depth(model, depth, keep)
     draft = None
     if speculative is not None:
         num_layers = len(find_layers(model).layers)

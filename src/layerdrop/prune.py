@@ -195,7 +195,8 @@ def prune_saved(
 
     from .core import only_layers
     from .evaluate import validation_scorers
-    from .models import META_FILE, Classifier, load_saved, local_folder, read_meta, save_classifier
+    from .models import (META_FILE, Classifier, ModelFileError, from_pretrained, load_saved, local_folder,
+                         read_meta, save_classifier)
     from .strategies import choose, lookup
 
     if depth is None and keep is None:
@@ -206,13 +207,15 @@ def prune_saved(
         raise ValueError(f"strategy {strategy!r} needs data: pass --data (data=, a dataset name or file)")
     path = local_folder(source)
     if model is None:
-        model = load_saved(source)
+        model = load_saved(source).eval()  # ours: scored in eval mode
+    elif data is not None and any(m.training for m in model.modules()):
+        raise ValueError("prune_saved scores the model it is given on data: pass it in eval mode (model.eval()); "
+                         "it does not switch a caller's model")
     chosen: dict[str, Any] = {"strategy": "keep"}
     if depth is not None:
         scorers, options = None, {}
         if data is not None:
-            model.eval()
-            scorers = validation_scorers(model, AutoTokenizer.from_pretrained(path), data, rows=rows, seed=seed)
+            scorers = validation_scorers(model, from_pretrained(AutoTokenizer, path), data, rows=rows, seed=seed)
             if strategy == "search":
                 options = {"budget": search_budget, "higher_is_better": scorers.higher_is_better,
                            "test_score": scorers.test}
@@ -244,7 +247,9 @@ def prune_saved(
             small.save_pretrained(tmp)
             write_json(tmp / META_FILE, meta)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            tokenizer = from_pretrained(AutoTokenizer, path)
+        except ModelFileError:
+            raise
         except (OSError, ValueError):
             tokenizer = None  # a model saved without its tokenizer stays without one
         if tokenizer is not None:

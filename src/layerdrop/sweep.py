@@ -26,7 +26,7 @@ from .arch import find_layers
 from .core import only_layers
 from .evaluate import DepthResult, latency_ms, parameters_at, validation_scorers
 from .files import write_json, write_text
-from .models import load_saved, local_folder
+from .models import from_pretrained, load_saved, local_folder
 from .report import (
     markdown_table,
     pareto_front,
@@ -61,7 +61,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     for name in names:
         lookup(name)
     model = load_saved(cfg.model).eval()
-    tokenizer = AutoTokenizer.from_pretrained(local_folder(cfg.model))
+    tokenizer = from_pretrained(AutoTokenizer, local_folder(cfg.model))
     scorers = validation_scorers(model, tokenizer, cfg.data, rows=cfg.rows, batch_size=cfg.batch_size,
                                  max_length=cfg.max_length, calibration_rows=cfg.calibration_rows, seed=cfg.seed)
     metric, score_valid, score_test, calibration = scorers.metric, scorers.valid, scorers.test, scorers.calibration

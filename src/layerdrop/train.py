@@ -29,7 +29,7 @@ from transformers import (
 from . import data
 from .args import TrainConfig
 from .core import LayerDropSettings, apply
-from .data import encode_classification, encode_lm, lm_eval_blocks
+from .data import encode_classification, encode_lm
 from .evaluate import pooled_accuracy
 from .files import atomic_dir, write_json
 from .learned import attach_rate_learner, record_learned_rates
@@ -61,8 +61,8 @@ __all__ = [
     "self_distill_loss",
 ]
 # LayerDropCallback, LayerDropTrainer, attach, kd_loss, self_distill_loss, last_complete_checkpoint
-# (layerdrop.trainer), TrainConfig (layerdrop.args) and encode_classification, lm_eval_blocks
-# (layerdrop.data) are re-exported: the README and older code import them from here.
+# (layerdrop.trainer) and TrainConfig (layerdrop.args) are re-exported: the README and older code
+# import them from here. The encoders live in layerdrop.data, with explicit arguments.
 
 TASKS = tuple(AUTO_CLASSES)
 """What ``layerdrop train`` trains."""
@@ -174,7 +174,7 @@ def load_model(cfg: TrainConfig, num_labels: int | None, texts: Sequence[str]) -
         return (Classifier(model, num_labels or 2, cfg.pooling) if classify else model), tokenizer
 
     path = model_folder(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = from_pretrained(AutoTokenizer, path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     overrides = _dropout_overrides(from_pretrained(AutoConfig, path), dropout) if dropout is not None else {}
@@ -263,7 +263,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     # 4. LayerDrop: every setting this recipe owns is passed, so none is inherited from a saved record
     learner = None
     if layerdrop_on:
-        apply(model, ld.rate, per_layer=ld.per_layer, seed=cfg.seed, granularity=ld.granularity, pattern=ld.pattern)
+        apply(model, ld.rate, per_layer=ld.per_layer, seed=cfg.seed, granularity=ld.granularity, pattern=ld.pattern,
+              min_layers=1, rescale=False)  # the two this recipe does not expose: their defaults, not a record's
         if ld.data_driven:
             learner = attach_rate_learner(model, seed=cfg.seed)
 

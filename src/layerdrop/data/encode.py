@@ -6,10 +6,11 @@ The rows are plain dicts of token-id lists, ready for a Hugging Face collator.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
-from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+if TYPE_CHECKING:  # transformers is imported where a collator is built, so `import layerdrop.data` stays light
+    from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
 
 from .splits import TextDataset
 
@@ -71,4 +72,6 @@ def lm_eval_blocks(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], blo
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     blocks = encode_lm(tokenizer, texts, block, desc=split)
+    from transformers import DataCollatorForLanguageModeling
+
     return blocks, DataCollatorForLanguageModeling(tokenizer, mlm=False, return_tensors="pt")
