@@ -1,14 +1,16 @@
-"""Quality-bar levers: one full-size Rotten Tomatoes run of the demo's recipe, with changes.
+"""Quality-bar levers: one Rotten Tomatoes run of the demo's recipe, with changes.
 
 Trains MiniLM-L6 exactly as ``layerdrop demo --full`` trains its LayerDrop run (all training
 rows, 2 epochs, batch 32, learning rate 5e-5, head 1e-3, 64 tokens, mean pooling, rate 0.5,
-self-distilled), with any ``TrainConfig`` setting changed by ``name=value`` (flat names such as
+self-distilled), or with ``--size demo`` as plain ``layerdrop demo`` does (1,500 rows, 1,000
+scored rows), with any ``TrainConfig`` setting changed by ``name=value`` (flat names such as
 ``lr`` or ``train_rows``; ``none`` for an optional one), then prunes the result every-other to
-each depth and scores it on the whole test split, as the demo does.
+each depth and scores it as the demo does: on the test split, or with ``--split valid`` on the
+validation split, the one to choose settings on.
 Prints one line of accuracies and writes ``OUT/sweep.json``. A finished run in ``OUT/rt`` is
 reused and an unfinished one resumed, so re-running the same command continues it.
 
-    python bench/levers.py OUT [name=value ...] [--threads N]
+    python bench/levers.py OUT [name=value ...] [--size full|demo] [--split test|valid] [--threads N]
 
     python bench/levers.py runs/levers/every-other pattern=every-other
     python bench/levers.py runs/levers/every-other-3ep pattern=every-other epochs=3
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from layerdrop.demo import DemoConfig, _rt_config, _rt_scorer, _sizes
+from layerdrop.demo import DemoConfig, _rt_config, _rt_test, _sizes
 from layerdrop.evaluate import depth_sweep
 from layerdrop.files import write_json
 from layerdrop.models import load_classifier
@@ -73,21 +75,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("changes", nargs="*", help="TrainConfig fields to change, as name=value")
+    parser.add_argument("--size", choices=("full", "demo"), default="full", help="the --full run's sizes or the demo's")
+    parser.add_argument("--split", choices=("test", "valid"), default="test", help="the split scored")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     changes = _parse(args.changes)
-    demo = DemoConfig(full=True)
+    demo = DemoConfig(full=args.size == "full")
     sizes = _sizes(demo)
     model, rate = changes.pop("model", "minilm-l6"), changes.pop("rate", demo.rt_rate)
     cfg = _rt_config(demo, sizes, args.out / "rt", model, rate).replace(**changes)
     start = time.time()
     model_dir = run_or_reuse(cfg)
-    results = depth_sweep(load_classifier(model_dir), _rt_scorer(demo, sizes, cfg, model_dir), progress=False)
+    score, _ = _rt_test(demo, sizes, cfg, model_dir, split=args.split)
+    results = depth_sweep(load_classifier(model_dir), score, progress=False)
     rows = [{"depth": r.depth, "kept": list(r.kept), "score": r.score} for r in results]
-    write_json(args.out / "sweep.json", {"config": cfg.flat(), "minutes": (time.time() - start) / 60,
-                                         "rows": rows})
-    print(" ".join(f"{r['depth']}:{100 * r['score']:.1f}" for r in rows))
+    meta = json.loads((model_dir / "layerdrop.json").read_text())
+    write_json(args.out / "sweep.json", {"config": cfg.flat(), "size": args.size, "split": args.split,
+                                         "minutes": (time.time() - start) / 60,
+                                         "train_seconds": meta.get("train_seconds"), "rows": rows})
+    print(" ".join(f"{r['depth']}:{100 * r['score']:.1f}" for r in rows)
+          + (f"  (training {meta['train_seconds']:.0f} s)" if meta.get("train_seconds") else ""))
 
 
 if __name__ == "__main__":

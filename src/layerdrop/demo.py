@@ -82,21 +82,18 @@ def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, ra
     )
 
 
-def _rt_test(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_dir: Path
+def _rt_test(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_dir: Path, split: str = "test"
              ) -> tuple[Callable[[Any], float], dict[str, Any]]:
-    """The accuracy scorer on the demo's test rows, and a batch of them (no labels) to time."""
+    """The accuracy scorer on the demo's test rows (or validation rows, to choose settings on),
+    and a batch of them (no labels) to time."""
     tokenizer = from_pretrained(AutoTokenizer, model_dir)
-    test = data.load("rotten-tomatoes", seed=cfg.seed).test
+    test = getattr(data.load("rotten-tomatoes", seed=cfg.seed), split)
     if sizes["rt_eval"]:
         test = test.subset(range(min(sizes["rt_eval"], len(test))))
-    rows, _ = encode_classification(tokenizer, test, tc.inputs.max_length, desc="test")
+    rows, _ = encode_classification(tokenizer, test, tc.inputs.max_length, desc=split)
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
     batch = {k: v for k, v in collate(rows[:LATENCY_BATCH]).items() if k != "labels"}
     return (lambda m: accuracy(m, rows, collate)), batch
-
-
-def _rt_scorer(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_dir: Path) -> Callable[[Any], float]:
-    return _rt_test(cfg, sizes, tc, model_dir)[0]
 
 
 def _train_minutes(model_dir: Path) -> float | None:
@@ -134,7 +131,7 @@ def _references(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> list[Depth
         tc = _rt_config(cfg, sizes, out / f"rt-reference-depth{depth}", str(base), 0.0)
         model_dir = run_or_reuse(tc)
         model = load_classifier(model_dir)
-        score = _rt_scorer(cfg, sizes, tc, model_dir)(model.eval())
+        score = _rt_test(cfg, sizes, tc, model_dir)[0](model.eval())
         n_params = sum(p.numel() for p in model.parameters())
         results.append(DepthResult(depth, every_other(6, depth), score, n_params))
     return results
