@@ -23,7 +23,6 @@ Results: docs/results.md, "The quality bar".
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import types
 import typing
@@ -34,18 +33,10 @@ import torch
 from layerdrop.demo import DemoConfig, _rt_config, _rt_test, _sizes
 from layerdrop.evaluate import depth_sweep
 from layerdrop.files import write_json
-from layerdrop.models import load_classifier
+from layerdrop.models import load_classifier, read_meta
 from layerdrop.args import TrainConfig
+from layerdrop.cli import _leaves
 from layerdrop.train import run_or_reuse
-
-
-def _field_types() -> dict[str, typing.Any]:
-    """Every flat ``TrainConfig`` setting name -> its type (groups expanded into their leaves)."""
-    hints = typing.get_type_hints(TrainConfig)
-    kinds: dict[str, typing.Any] = {}
-    for name, group in TrainConfig.leaf_names().items():
-        kinds[name] = typing.get_type_hints(hints[group])[name] if group else hints[name]
-    return kinds
 
 
 def _convert(kind: typing.Any, value: str) -> typing.Any:
@@ -61,7 +52,7 @@ def _convert(kind: typing.Any, value: str) -> typing.Any:
 
 def _parse(pairs: list[str]) -> dict[str, typing.Any]:
     """``name=value`` pairs, each value converted to its ``TrainConfig`` setting's type."""
-    kinds = _field_types()
+    kinds = {leaf.name: leaf.hint for leaf in _leaves(TrainConfig)}  # the CLI's flat settings, typed
     changes: dict[str, typing.Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -90,7 +81,7 @@ def main() -> None:
     score, _ = _rt_test(demo, sizes, cfg, model_dir, split=args.split)
     results = depth_sweep(load_classifier(model_dir), score, progress=False)
     rows = [{"depth": r.depth, "kept": list(r.kept), "score": r.score} for r in results]
-    meta = json.loads((model_dir / "layerdrop.json").read_text())
+    meta = read_meta(model_dir)
     write_json(args.out / "sweep.json", {"config": cfg.flat(), "size": args.size, "split": args.split,
                                          "minutes": (time.time() - start) / 60,
                                          "train_seconds": meta.get("train_seconds"), "rows": rows})

@@ -34,7 +34,7 @@ from .data import encode_classification, lm_eval_blocks
 from .depths import every_other
 from .evaluate import DepthResult, accuracy, depth_sweep, perplexity
 from .files import write_json, write_text
-from .models import from_pretrained, load_classifier, local_folder
+from .models import from_pretrained, load_classifier, local_folder, read_meta
 from .prune import prune_saved
 from .report import cost_table, depth_table, plot_quality_vs_depth, plot_quality_vs_latency
 from .train import run_or_reuse
@@ -98,7 +98,7 @@ def _rt_test(cfg: DemoConfig, sizes: dict[str, Any], tc: TrainConfig, model_dir:
 
 def _train_minutes(model_dir: Path) -> float | None:
     """Training minutes recorded by ``layerdrop train`` (``None`` for a run saved before they were)."""
-    seconds = json.loads((model_dir / "layerdrop.json").read_text()).get("train_seconds")
+    seconds = read_meta(model_dir).get("train_seconds")
     return None if seconds is None else seconds / 60
 
 

@@ -33,7 +33,8 @@ from .data import encode_classification, encode_lm
 from .evaluate import pooled_accuracy
 from .files import atomic_dir, write_json
 from .learned import attach_rate_learner, record_learned_rates
-from .models import AUTO_CLASSES, META_FILE, POOLINGS, Classifier, from_pretrained, model_folder, save_classifier
+from .models import (AUTO_CLASSES, META_FILE, POOLINGS, Classifier, from_pretrained, model_folder, read_meta,
+                     save_classifier)
 from .rates import SCHEDULES, layer_rates
 from .trainer import (
     LayerDropCallback,
@@ -132,10 +133,9 @@ def run_or_reuse(cfg: TrainConfig) -> Path:
     count, and a setting the run's record lacks (added in a later version) counts as its default.
     """
     out = Path(cfg.out)
-    meta_file = out / "model" / META_FILE
-    if meta_file.is_file():
+    if (out / "model" / META_FILE).is_file():
         defaults = _recorded(TrainConfig(task=cfg.task, model=cfg.model, data=cfg.data, out=cfg.out))
-        trained = {**defaults, **(json.loads(meta_file.read_text()).get("trained_with") or {})}
+        trained = {**defaults, **(read_meta(out / "model").get("trained_with") or {})}
         trained, wanted = json.loads(json.dumps([trained, _recorded(cfg)]))  # as JSON stores it: tuples become lists
         ignored = ("resume", "out")  # a continued run, or a run folder moved elsewhere, is the same run
         if {k: v for k, v in trained.items() if k not in ignored} != {k: v for k, v in wanted.items()
