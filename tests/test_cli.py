@@ -54,14 +54,15 @@ def test_installed_console_script_runs_and_reports_bad_input(tmp_path):
 
 def test_grouped_settings_are_flat_flags_and_build_the_groups():
     from layerdrop.args import TrainConfig
-    from layerdrop.cli import COMMANDS, _build, _leaves
+    from layerdrop.args import build
+    from layerdrop.cli import COMMANDS, _leaves
 
     flags = [leaf.name for leaf in _leaves(TrainConfig)]
     assert len(flags) == len(set(flags)) == len(TrainConfig.leaf_names())
     ns = build_parser().parse_args(["train", "clm", "gpt2-tiny", "--data", "kjv", "--out", "o", "--rate", "0.5",
                                     "--lr", "0.001", "--max-length", "64", "--no-evaluate"])
     values = {k: v for k, v in vars(ns).items() if not k.startswith("_") and k != "command"}
-    cfg = _build(TrainConfig, values)
+    cfg = build(TrainConfig, values)
     assert cfg == TrainConfig.from_flat(task="clm", model="gpt2-tiny", data="kjv", out="o", rate=0.5, lr=0.001,
                                         max_length=64, evaluate=False)
     assert ns._function is COMMANDS["train"].function

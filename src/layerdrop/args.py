@@ -15,12 +15,14 @@ and ``EvalArgs``; every leaf name is unique, so the command line stays flat (``-
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from .settings import check_pattern
 
-__all__ = ["DataArgs", "DemoConfig", "ElasticConfig", "LayerDropArgs", "OptimArgs", "SweepConfig", "TrainConfig"]
+__all__ = ["DataArgs", "DemoConfig", "ElasticConfig", "LayerDropArgs", "OptimArgs", "SweepConfig", "TrainConfig",
+           "build"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,16 @@ class DataArgs:
     """Use only the first N validation and test rows."""
 
 
+def build(cls: type, values: dict[str, Any]) -> Any:
+    """``cls`` from flat leaf values: a field typed as a dataclass (a group) is built from its
+    own fields' values, recursively; a leaf missing from ``values`` keeps its default."""
+    hints = typing.get_type_hints(cls)
+    kwargs = {f.name: build(hints[f.name], values) if dataclasses.is_dataclass(hints[f.name]) else values[f.name]
+              for f in dataclasses.fields(cls)
+              if dataclasses.is_dataclass(hints[f.name]) or f.name in values}
+    return cls(**kwargs)
+
+
 _GROUPS = {"layerdrop": LayerDropArgs, "optim": OptimArgs, "inputs": DataArgs}
 """Group field of :class:`TrainConfig` -> its dataclass."""
 
@@ -165,9 +177,7 @@ class TrainConfig:
         unknown = sorted(set(settings) - set(names))
         if unknown:
             raise TypeError(f"unknown TrainConfig setting(s) {unknown}; known: {sorted(names)}")
-        top = {k: v for k, v in settings.items() if names[k] is None}
-        groups = {g: kind(**{k: v for k, v in settings.items() if names[k] == g}) for g, kind in _GROUPS.items()}
-        return cls(**top, **groups)
+        return build(cls, settings)
 
     def flat(self) -> dict[str, Any]:
         """Every leaf setting by name: the ``trained_with`` record of ``layerdrop.json``."""

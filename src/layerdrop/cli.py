@@ -21,7 +21,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .args import DemoConfig, ElasticConfig, SweepConfig, TrainConfig
+from .args import DemoConfig, ElasticConfig, SweepConfig, TrainConfig, build
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -263,18 +263,6 @@ def _leaves(cls: type, group: str | None = None) -> list[_Leaf]:
     return out
 
 
-def _build(cls: type, values: dict[str, Any]) -> Any:
-    """``cls`` from flat option values, building each group dataclass from its own fields."""
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for field in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[field.name]):
-            kwargs[field.name] = _build(hints[field.name], values)
-        elif field.name in values:
-            kwargs[field.name] = values[field.name]
-    return cls(**kwargs)
-
-
 def _add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, leaf: _Leaf, positional: bool) -> None:
     hint, optional = leaf.hint, False
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
@@ -338,7 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = getattr(ns, "_config", None)
         if config is not None:
             param, cls = config
-            return ns._function(**{param: _build(cls, values)})
+            return ns._function(**{param: build(cls, values)})
         return ns._function(**values)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
