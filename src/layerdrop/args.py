@@ -99,7 +99,7 @@ class DataArgs:
     long_doc: str | None = None
     """Split long texts into overlapping windows and pool their logits: ``mean`` or ``max``."""
     stride: int = 32
-    """Tokens shared by consecutive windows with ``long_doc``."""
+    """Tokens shared by consecutive windows with ``long_doc``, and by question answering's context windows."""
     train_rows: int | None = None
     """Use only the first N training rows (the splits are shuffled)."""
     eval_rows: int | None = None
@@ -128,12 +128,13 @@ class TrainConfig:
     """
 
     task: str
-    """``classification``, ``mlm`` (masked-LM continued pre-training) or ``clm`` (causal LM)."""
+    """``classification``, ``mlm`` (masked-LM continued pre-training), ``clm`` (causal LM) or
+    ``qa`` (extractive question answering)."""
     model: str
     """A local model folder, a bundled name (``minilm-l6``, ``smollm2-135m``), a preset
     (``bert-tiny``, ``gpt2-tiny``, ...) or, online, a hub name."""
     data: str
-    """A bundled dataset name or a CSV/TSV/JSONL file or ``datasets`` folder."""
+    """A bundled dataset name or a CSV/TSV/JSONL file or ``datasets`` folder; for ``qa`` a SQuAD-format JSON file."""
     out: str
     """Output folder: ``checkpoints/``, ``model/`` and ``metrics.json`` go here."""
     seed: int = 0

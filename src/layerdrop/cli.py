@@ -32,13 +32,14 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 def train(config: TrainConfig) -> int:
     """Fine-tune or pre-train a model with LayerDrop, then evaluate and export it.
 
-    TASK is classification, mlm or clm. MODEL is a local folder, a bundled model
+    TASK is classification, mlm, clm or qa (SQuAD-format JSON). MODEL is a local folder, a bundled model
     (minilm-l6, smollm2-135m) or a from-scratch preset (bert-tiny, gpt2-tiny, ...).
 
     Examples:
       layerdrop train classification minilm-l6 --data rotten-tomatoes --out runs/rt --rate 0.2
       layerdrop train classification minilm-l6 --data 20newsgroups --long-doc mean --out runs/ng
       layerdrop train clm gpt2-tiny --data kjv --out runs/kjv --rate 0.5 --schedule progressive
+      layerdrop train qa minilm-l6 --data my-squad.json --out runs/qa --rate 0.2 --max-length 256 --stride 64
     """
     from . import train as recipe
 

@@ -163,7 +163,7 @@ class Scorers:
     """How a model scores on a dataset: validation and test scorers, and calibration batches."""
 
     metric: str
-    """``"accuracy"`` (a classifier) or ``"perplexity"`` (a language model)."""
+    """``"accuracy"`` (a classifier), ``"f1"`` (question answering) or ``"perplexity"`` (a language model)."""
     valid: Callable[[nn.Module], float]
     """``valid(model)``: the metric on the validation rows."""
     test: Callable[[nn.Module], float]
@@ -173,8 +173,8 @@ class Scorers:
 
     @property
     def higher_is_better(self) -> bool:
-        """Whether a larger metric is better (accuracy) or worse (perplexity)."""
-        return self.metric == "accuracy"
+        """Whether a larger metric is better (accuracy, F1) or worse (perplexity)."""
+        return self.metric != "perplexity"
 
 
 def _encoded(classifier: bool, tokenizer: Any, split: Any, max_length: int, name: str
@@ -205,11 +205,15 @@ def validation_scorers(
     seed: int = 0,
 ) -> Scorers:
     """Scorers of ``model`` on ``data`` (a bundled dataset name or a file): accuracy for a
-    :class:`layerdrop.models.Classifier`, perplexity otherwise, on the first ``rows`` rows of
-    the validation and test splits; calibration batches from the first validation rows."""
+    :class:`layerdrop.models.Classifier`, F1 for a question-answering model (on a SQuAD-format
+    file, windows of ``max_length`` tokens sharing 32), perplexity otherwise, on the first ``rows``
+    rows of the validation and test splits; calibration batches from the first validation rows."""
     from .data import load
     from .models import Classifier
+    from .qa import is_qa_model
 
+    if is_qa_model(model):
+        return _qa_scorers(model, tokenizer, data, rows, batch_size, max_length, calibration_rows, seed)
     classifier = isinstance(model, Classifier)
     splits = load(data, seed=seed, label_column="label" if classifier else None)
     encoded = {name: _encoded(classifier, tokenizer, split.subset(range(min(rows, len(split)))), max_length, name)
@@ -226,3 +230,27 @@ def validation_scorers(
     calibration = [{k: v for k, v in collate(calib[i:i + batch_size]).items() if k != "labels"}
                    for i in range(0, len(calib), batch_size)]
     return Scorers(metric, scorer("valid"), scorer("test"), calibration)
+
+
+def _qa_scorers(model: nn.Module, tokenizer: Any, data: str, rows: int, batch_size: int, max_length: int,
+                calibration_rows: int, seed: int) -> Scorers:
+    """:func:`validation_scorers` of a question-answering model: F1 on questions (windows pooled)."""
+    from transformers import DataCollatorWithPadding
+
+    from .data import encode_qa, load_qa
+    from .qa import qa_scores
+
+    splits = load_qa(data, seed=seed)
+    collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+    parts = {name: split.subset(range(min(rows, len(split)))) for name, split in (("valid", splits.valid),
+                                                                                   ("test", splits.test))}
+    encoded = {name: encode_qa(tokenizer, part, max_length, min(32, max_length // 4), desc=name)
+               for name, part in parts.items()}
+
+    def scorer(name: str) -> Callable[[nn.Module], float]:
+        return lambda m: qa_scores(m, encoded[name], parts[name], collate, batch_size=batch_size)["f1"]
+
+    calib = [{k: v for k, v in r.items() if not k.endswith("_positions")} for r in encoded["valid"].rows]
+    calib = calib[:calibration_rows]
+    calibration = [collate(calib[i:i + batch_size]) for i in range(0, len(calib), batch_size)]
+    return Scorers("f1", scorer("valid"), scorer("test"), calibration)

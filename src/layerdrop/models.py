@@ -21,7 +21,8 @@ import transformers
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM, PreTrainedModel
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM,
+                          AutoModelForQuestionAnswering, PreTrainedModel)
 from transformers.modeling_outputs import SequenceClassifierOutput
 
 from .files import atomic_dir, write_json
@@ -79,7 +80,7 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
 
 
 AUTO_CLASSES: dict[str, type] = {"classification": AutoModel, "mlm": AutoModelForMaskedLM,
-                                  "clm": AutoModelForCausalLM}
+                                  "clm": AutoModelForCausalLM, "qa": AutoModelForQuestionAnswering}
 """Task -> the HF auto class of its model (for classification the bare encoder, under a
 :class:`Classifier`); the tasks ``layerdrop train`` and the presets know."""
 

@@ -48,11 +48,12 @@ TASKS: Mapping[str, str] = MappingProxyType({
     "classification": "the bare encoder (AutoModel, e.g. BertModel); the caller adds its pooled head",
     "mlm": "masked language modelling (AutoModelForMaskedLM, e.g. BertForMaskedLM)",
     "clm": "causal language modelling (AutoModelForCausalLM, e.g. GPT2LMHeadModel)",
+    "qa": "extractive question answering (AutoModelForQuestionAnswering, e.g. BertForQuestionAnswering)",
 })
 """Task name -> what :func:`build` returns for it."""
 
 _TASKS_OF_TYPE: Mapping[str, tuple[str, ...]] = MappingProxyType({
-    "bert": ("classification", "mlm"),
+    "bert": ("classification", "mlm", "qa"),
     "gpt2": ("clm",),
     "llama": ("clm",),
 })

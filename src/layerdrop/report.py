@@ -31,8 +31,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
+_PERCENT = ("accuracy", "f1", "exact_match")
+"""Metrics that are fractions, shown as percentages (and where higher is better)."""
+
+
 def _fmt(value: float, metric: str) -> str:
-    return f"{100 * value:.1f} %" if metric == "accuracy" else f"{value:.2f}"
+    return f"{100 * value:.1f} %" if metric in _PERCENT else f"{value:.2f}"
 
 
 def depth_table(series: Mapping[str, Sequence[DepthResult]], metric: str) -> str:
@@ -106,10 +110,10 @@ def plot_quality_vs_depth(series: Mapping[str, Sequence[DepthResult]], metric: s
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for name, results in series.items():
-        pts = sorted((r.depth, r.score * (100 if metric == "accuracy" else 1)) for r in results)
+        pts = sorted((r.depth, r.score * (100 if metric in _PERCENT else 1)) for r in results)
         ax.plot([d for d, _ in pts], [s for _, s in pts], marker="o", label=name)
     ax.set_xlabel("layers kept")
-    ax.set_ylabel("accuracy (%)" if metric == "accuracy" else metric)
+    ax.set_ylabel(f"{metric} (%)" if metric in _PERCENT else metric)
     if metric == "perplexity":
         ax.set_yscale("log")
     return _finish(plt, fig, ax, path, title)
@@ -120,14 +124,14 @@ def plot_quality_vs_latency(series: Mapping[str, Sequence[DepthResult]], metric:
     """Scatter of quality against latency, with each series' Pareto front drawn as a line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    higher = metric == "accuracy"
+    higher = metric in _PERCENT
     for name, results in series.items():
         pts = [(r.latency_ms or 0.0, r.score * (100 if higher else 1)) for r in results]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=name, alpha=0.6)
         front = sorted(pts[i] for i in pareto_front(pts, higher_is_better=higher))
         ax.plot([p[0] for p in front], [p[1] for p in front], linewidth=1)
     ax.set_xlabel("latency (ms per batch)")
-    ax.set_ylabel("accuracy (%)" if higher else metric)
+    ax.set_ylabel(f"{metric} (%)" if higher else metric)
     return _finish(plt, fig, ax, path, title)
 
 

@@ -1,9 +1,9 @@
 """``layerdrop sweep``: quality, latency and size at every depth, for each layer-choice strategy.
 
-For a saved classifier the quality is accuracy; for a causal LM it is
-perplexity. Each (strategy, depth) point runs the full model restricted to the
-chosen layers, so nothing is copied and what is measured is exactly the pruned
-model. Writes ``sweep.csv``, ``sweep.json``, ``sweep.md``, PNG plots of quality against
+For a saved classifier the quality is accuracy; for a question-answering model
+F1 (on a SQuAD-format file); for a causal LM perplexity. Each (strategy, depth) point
+runs the full model restricted to the chosen layers, so nothing is copied and what is
+measured is exactly the pruned model. Writes ``sweep.csv``, ``sweep.json``, ``sweep.md``, PNG plots of quality against
 depth and against latency (Pareto front drawn), and a per-layer importance chart
 from the strategies that score layers (search, block influence).
 """
@@ -46,7 +46,7 @@ class SweepResult:
     out: Path
     """The output folder."""
     metric: str
-    """``accuracy`` or ``perplexity``."""
+    """``accuracy``, ``f1`` or ``perplexity``."""
     points: dict[str, list[DepthResult]]
     """Results by strategy, one per depth."""
     table: str
@@ -66,7 +66,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
                                  max_length=cfg.max_length, calibration_rows=cfg.calibration_rows, seed=cfg.seed)
     metric, score_valid, score_test, calibration = scorers.metric, scorers.valid, scorers.test, scorers.calibration
     num_layers = len(find_layers(model).layers)
-    higher = metric == "accuracy"
+    higher = scorers.higher_is_better
     latency_batch = calibration[0]
 
     points: dict[str, list[DepthResult]] = {}

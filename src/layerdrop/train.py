@@ -29,10 +29,11 @@ from transformers import (
 from . import data
 from .args import TrainConfig
 from .core import LayerDropSettings, apply
-from .data import encode_classification, encode_lm
+from .data import encode_classification, encode_lm, encode_qa
 from .evaluate import pooled_accuracy
 from .files import atomic_dir, write_json
 from .learned import attach_rate_learner, record_learned_rates
+from .qa import qa_scores
 from .models import (AUTO_CLASSES, META_FILE, POOLINGS, Classifier, from_pretrained, model_folder, read_meta,
                      save_classifier)
 from .rates import SCHEDULES, layer_rates
@@ -115,7 +116,9 @@ def check(cfg: TrainConfig) -> None:
                          "layers go. Use one or the other.")
     if ld.self_distill and ld.rate <= 0:
         raise ValueError("--self-distill trains LayerDrop sub-networks: it needs --rate > 0")
-    if inputs.long_doc and not 0 <= inputs.stride < inputs.max_length // 2:
+    if cfg.task == "qa" and opt.label_smoothing > 0:
+        raise ValueError("--label-smoothing applies to classification, not to qa's start/end positions")
+    if (inputs.long_doc or cfg.task == "qa") and not 0 <= inputs.stride < inputs.max_length // 2:
         raise ValueError(f"stride must be between 0 and max_length / 2 ({inputs.max_length // 2}), "
                          f"got {inputs.stride}")
 
@@ -236,7 +239,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     check(cfg)
     ld, inputs = cfg.layerdrop, cfg.inputs
     layerdrop_on = ld.rate > 0
-    classify = cfg.task == "classification"
+    classify, qa = cfg.task == "classification", cfg.task == "qa"
     start = time.time()
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
@@ -246,7 +249,10 @@ def run(cfg: TrainConfig) -> TrainResult:
                               "or choose another --out")
 
     # 2. data
-    splits = data.load(cfg.data, seed=cfg.seed, label_column="label" if classify else None)
+    if qa:  # a SQuAD-format file: questions, contexts, answer spans
+        splits = data.load_qa(cfg.data, seed=cfg.seed)
+    else:
+        splits = data.load(cfg.data, seed=cfg.seed, label_column="label" if classify else None)
     train_split, valid_split, test_split = splits.train, splits.valid, splits.test
     if inputs.train_rows:
         train_split = train_split.subset(range(min(inputs.train_rows, len(train_split))))
@@ -255,10 +261,11 @@ def run(cfg: TrainConfig) -> TrainResult:
         test_split = test_split.subset(range(min(inputs.eval_rows, len(test_split))))
     if classify and train_split.labels is None:
         raise ValueError(f"{cfg.data} has no labels; classification needs a label column")
-    num_labels = len(train_split.label_names) if train_split.label_names else None
+    num_labels = len(train_split.label_names) if classify and train_split.label_names else None
 
     # 3. model
-    model, tokenizer = load_model(cfg, num_labels, train_split.texts)
+    vocabulary_text = (*train_split.texts, *train_split.questions) if qa else train_split.texts
+    model, tokenizer = load_model(cfg, num_labels, vocabulary_text)
 
     # 4. LayerDrop: every setting this recipe owns is passed, so none is inherited from a saved record
     learner = None
@@ -277,6 +284,12 @@ def run(cfg: TrainConfig) -> TrainResult:
             return encode_classification(tokenizer, split, inputs.max_length, stride, progress=cfg.progress,
                                          desc=f"tokenizing {name}")
         collator: Any = DataCollatorWithPadding(tokenizer)
+    elif qa:  # windows over each context; a question whose answer fits no window is not trained on
+        def encode(split: Any, name: str) -> tuple[list[dict[str, Any]], Any]:
+            windows = encode_qa(tokenizer, split, inputs.max_length, inputs.stride, progress=cfg.progress,
+                                desc=f"tokenizing {name}")
+            return (windows.trainable() if name == "train" else windows.rows), windows
+        collator = DataCollatorWithPadding(tokenizer)
     else:
         def encode(split: data.TextDataset, name: str) -> tuple[list[dict[str, Any]], list[int]]:
             return encode_lm(tokenizer, split.texts, inputs.max_length, progress=cfg.progress,
@@ -302,7 +315,11 @@ def run(cfg: TrainConfig) -> TrainResult:
     # 7. evaluate at full depth
     metrics: dict[str, float] = {}
     for name, (rows, doc_of) in evals.items():
-        if classify:
+        if qa:  # exact match and F1 over questions, from every window of each
+            scores = qa_scores(model.eval(), doc_of, evaluated[name], collator,
+                               batch_size=max(cfg.optim.batch_size, 64))
+            metrics.update({f"{name}_{k}": v for k, v in scores.items()})
+        elif classify:
             pred = trainer.predict(_Rows(rows), metric_key_prefix=name)
             metrics[f"{name}_accuracy"] = pooled_accuracy(torch.as_tensor(pred.predictions),
                                                           evaluated[name].labels, doc_of, inputs.long_doc)
@@ -314,7 +331,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     # 8. export, atomically (under several ranks, rank 0 writes the files)
     main_process = trainer.is_world_process_zero()
     if main_process:
-        _export(cfg, model, tokenizer, metrics, learner, train_split.label_names,
+        _export(cfg, model, tokenizer, metrics, learner, train_split.label_names if classify else None,
                 train_seconds=trained.metrics["train_runtime"])
     return TrainResult(out=out, model_dir=out / "model", metrics=metrics, steps=trainer.state.global_step,
                        seconds=time.time() - start, resumed_from=resume_from, main_process=main_process)

@@ -41,6 +41,7 @@ __all__ = [
     "attach",
     "kd_loss",
     "last_complete_checkpoint",
+    "output_kd_loss",
     "self_distill_loss",
 ]
 
@@ -198,6 +199,15 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return nn.functional.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
 
+def output_kd_loss(student: Any, teacher: Any, temperature: float = 1.0) -> torch.Tensor:
+    """:func:`kd_loss` between two model outputs: on ``logits``, or for question answering the
+    mean of the start and end logits' losses (as its task loss averages the two)."""
+    if getattr(student, "logits", None) is not None:
+        return kd_loss(student.logits, teacher.logits, temperature)
+    return (kd_loss(student.start_logits, teacher.start_logits, temperature)
+            + kd_loss(student.end_logits, teacher.end_logits, temperature)) / 2
+
+
 def self_distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Deprecated alias of :func:`kd_loss`."""
     warnings.warn("self_distill_loss is deprecated; use layerdrop.trainer.kd_loss",
@@ -246,7 +256,7 @@ class LayerDropTrainer(Trainer):
             full = model(**inputs)  # the whole network, on the task
         task = self.label_smoother(full, labels) if labels is not None else full.loss
         sub = model(**{k: v for k, v in inputs.items() if k != "labels"})  # a sampled sub-network
-        distill = kd_loss(sub.logits, full.logits, self.distill_temperature)
+        distill = output_kd_loss(sub, full, self.distill_temperature)
         loss = task + self.distill_weight * distill
         if self.rate_learner is not None:  # the sub-network's gap to the full one, free of data noise
             loss = loss + self.rate_learner.policy_loss(distill)

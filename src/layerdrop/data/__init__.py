@@ -8,7 +8,7 @@
 
 Modules: :mod:`.splits` (datasets and the split rules), :mod:`.bundled` (the corpora
 table), :mod:`.readers` (user files), :mod:`.encode` (texts to model inputs; imports
-transformers). The rules and sources are in ``docs/datasets.md``.
+transformers), :mod:`.squad` (SQuAD-format question answering files and their windows). The rules and sources are in ``docs/datasets.md``.
 """
 
 from __future__ import annotations
@@ -21,19 +21,25 @@ from .bundled import BUNDLED, BundledDataset, bundled_dataset, load_bundled
 from .encode import encode_classification, encode_lm, lm_eval_blocks
 from .readers import SUPPORTED_EXTENSIONS, load_file
 from .splits import DataError, Splits, TextDataset, check_fractions
+from .squad import QADataset, QAEncoding, encode_qa, load_qa, read_squad
 
 __all__ = [
     "BUNDLED",
     "SUPPORTED_EXTENSIONS",
     "BundledDataset",
     "DataError",
+    "QADataset",
+    "QAEncoding",
     "Splits",
     "TextDataset",
     "bundled_dataset",
     "encode_classification",
     "encode_lm",
+    "encode_qa",
     "lm_eval_blocks",
     "load",
+    "load_qa",
+    "read_squad",
 ]
 
 
