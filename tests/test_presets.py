@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertForMaskedLM, BertModel, GPT2LMHeadModel, LlamaForCausalLM
+from transformers import AutoTokenizer, BertForMaskedLM, BertForQuestionAnswering, BertModel, GPT2LMHeadModel, LlamaForCausalLM
 
 import layerdrop
 from layerdrop import presets
@@ -148,6 +148,7 @@ def test_borrow_tokenizer_gives_a_folder_tokenizer_a_pad_token(tokenizers, tmp_p
 EXPECTED_CLASS = {
     ("bert", "classification"): BertModel,
     ("bert", "mlm"): BertForMaskedLM,
+    ("bert", "qa"): BertForQuestionAnswering,
     ("gpt2", "clm"): GPT2LMHeadModel,
     ("llama", "clm"): LlamaForCausalLM,
 }
@@ -180,6 +181,9 @@ def test_every_preset_builds_applies_layerdrop_and_trains_a_step(name, task, tok
         hidden = model(**batch).last_hidden_state
         assert hidden.shape == (3, batch.input_ids.shape[1], model.config.hidden_size)
         loss = hidden[:, 0].pow(2).mean()
+    elif task == "qa":
+        loss = model(**batch, start_positions=torch.ones(3, dtype=torch.long),
+                     end_positions=torch.full((3,), 2)).loss
     else:
         labels = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
         loss = model(**batch, labels=labels).loss

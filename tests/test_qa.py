@@ -295,3 +295,18 @@ def test_the_export_answers_the_same_in_plain_transformers(trained):
     from transformers import DataCollatorWithPadding
 
     assert set(qa_scores(model, enc, rows, DataCollatorWithPadding(tok, return_tensors="pt"))) == {"exact_match", "f1"}
+
+
+def test_self_distillation_of_a_qa_model_matches_start_and_end_logits():
+    from transformers.modeling_outputs import QuestionAnsweringModelOutput
+
+    from layerdrop.trainer import kd_loss, output_kd_loss
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = (QuestionAnsweringModelOutput(start_logits=torch.randn(2, 7, generator=g),
+                                                     end_logits=torch.randn(2, 7, generator=g)) for _ in range(2))
+    expected = (kd_loss(student.start_logits, teacher.start_logits, 2.0)
+                + kd_loss(student.end_logits, teacher.end_logits, 2.0)) / 2
+    assert torch.allclose(output_kd_loss(student, teacher, 2.0), expected)
+    same_end = QuestionAnsweringModelOutput(start_logits=teacher.start_logits, end_logits=student.end_logits)
+    assert float(output_kd_loss(same_end, teacher)) > 0  # the end logits count too

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from .encode import _batched
 from .splits import DataError, Splits, check_fractions, split
 
 if TYPE_CHECKING:
@@ -184,8 +185,7 @@ def encode_qa(tokenizer: PreTrainedTokenizerBase, dataset: QADataset, max_length
     example_of: list[int] = []
     all_offsets: list[list[tuple[int, int] | None]] = []
     outside: list[int] = []
-    chunks = [range(i, min(len(dataset), i + 256)) for i in range(0, len(dataset), 256)]
-    for chunk in tqdm(chunks, desc=desc, disable=not progress, unit="batch"):
+    for chunk in tqdm(_batched(len(dataset)), desc=desc, disable=not progress, unit="batch"):
         enc = tokenizer([dataset.questions[i].lstrip() for i in chunk], [dataset.texts[i] for i in chunk],
                         truncation="only_second", max_length=max_length, stride=stride,
                         return_overflowing_tokens=True, return_offsets_mapping=True)
