@@ -162,6 +162,14 @@ def test_an_answer_inside_no_window_is_counted_and_not_trained_on(tmp_path, toke
     assert len(enc.trainable()) == sum(1 for x in enc.example_of if x == 1) < len(enc.rows)
 
 
+def test_a_question_too_long_for_a_window_is_named(tokenizer):
+    from layerdrop.data import QADataset
+
+    rows = QADataset("x", ["q9"], ["why " * 60], ["a b c d e f g " * 20], [()])
+    with pytest.raises(DataError, match=r"question 'q9' is 60 tokens long, too long for windows of 64 tokens"):
+        encode_qa(tokenizer, rows, max_length=64, stride=16)
+
+
 # --------------------------------------------------------------------------- decoding
 
 
@@ -310,3 +318,12 @@ def test_self_distillation_of_a_qa_model_matches_start_and_end_logits():
     assert torch.allclose(output_kd_loss(student, teacher, 2.0), expected)
     same_end = QuestionAnsweringModelOutput(start_logits=teacher.start_logits, end_logits=student.end_logits)
     assert float(output_kd_loss(same_end, teacher)) > 0  # the end logits count too
+
+
+def test_the_scoring_doctest_holds():
+    import doctest
+
+    import layerdrop.qa
+
+    result = doctest.testmod(layerdrop.qa)
+    assert result.attempted > 0 and result.failed == 0

@@ -185,8 +185,14 @@ def encode_qa(tokenizer: PreTrainedTokenizerBase, dataset: QADataset, max_length
     example_of: list[int] = []
     all_offsets: list[list[tuple[int, int] | None]] = []
     outside: list[int] = []
+    room = max_length - tokenizer.num_special_tokens_to_add(pair=True) - stride  # question + new context tokens
     for chunk in tqdm(_batched(len(dataset)), desc=desc, disable=not progress, unit="batch"):
-        enc = tokenizer([dataset.questions[i].lstrip() for i in chunk], [dataset.texts[i] for i in chunk],
+        questions = [dataset.questions[i].lstrip() for i in chunk]
+        for i, ids in zip(chunk, tokenizer(questions, add_special_tokens=False)["input_ids"], strict=True):
+            if len(ids) >= room:  # the tokenizer would panic: no context token would fit a window
+                raise DataError(f"{desc}: question {dataset.ids[i]!r} is {len(ids)} tokens long, too long for "
+                                f"windows of {max_length} tokens sharing {stride}: raise max_length or lower stride")
+        enc = tokenizer(questions, [dataset.texts[i] for i in chunk],
                         truncation="only_second", max_length=max_length, stride=stride,
                         return_overflowing_tokens=True, return_offsets_mapping=True)
         origin = enc.pop("overflow_to_sample_mapping")
