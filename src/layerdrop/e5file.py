@@ -18,7 +18,7 @@ row-major ``(out, in)`` like ``nn.Linear.weight``. The model is a ``BertModel``
 (multilingual-e5-small's own class: 512 positions counted from 0, 2 token types);
 the file has no pooler, so the converted one is zeros. The engine in e5.c also
 rounds activations to int8 per 32 values; this converter does not (float32 forward).
-See docs/datasets.md for the tokenizer's two known differences from e5.c.
+See docs/datasets.md for the tokenizer's three known (rare) differences from e5.c.
 """
 
 from __future__ import annotations
