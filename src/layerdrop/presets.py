@@ -31,7 +31,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from .models import AUTO_CLASSES, resolve
+from .models import AUTO_CLASSES, BUNDLED_MODELS, local_folder, resolve
 
 __all__ = [
     "PRESETS",
@@ -252,14 +252,16 @@ def borrow_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
     ``"minilm-l6"`` gives its uncased BERT WordPiece tokenizer (30522 tokens);
     ``"smollm2-135m"`` reads the tokenizer from its GGUF file (49152 tokens, a few seconds;
-    needs ``gguf``). A tokenizer without a pad token gets its eos token (else its unk token)
-    as pad token, so batches can be padded.
+    needs ``gguf``); ``"e5-small"`` gives XLM-R's unigram tokenizer (250002 tokens) from the
+    folder :func:`layerdrop.models.local_folder` converts once. A tokenizer without a pad
+    token gets its eos token (else its unk token) as pad token, so batches can be padded.
     """
-    folder, gguf_file = resolve(name_or_path)
-    if gguf_file is not None:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    folder, file = resolve(name_or_path)
+    bundled = BUNDLED_MODELS.get(name_or_path)
+    if bundled is not None and bundled.gguf_file:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     else:
-        tok = AutoTokenizer.from_pretrained(folder)
+        tok = AutoTokenizer.from_pretrained(local_folder(name_or_path))
     if tok.pad_token is None:
         fallback = tok.eos_token or tok.unk_token
         if fallback is None:
