@@ -1,4 +1,4 @@
-"""Quality-bar levers: one Rotten Tomatoes run of the demo's recipe, with changes.
+"""Quality-bar levers: one Rotten Tomatoes run (or, with ``--task lm``, one KJV LM run) of the demo's recipe, with changes.
 
 Trains MiniLM-L6 exactly as ``layerdrop demo --full`` trains its LayerDrop run (all training
 rows, 2 epochs, batch 32, learning rate 5e-5, head 1e-3, 64 tokens, mean pooling, rate 0.5,
@@ -7,15 +7,18 @@ scored rows), with any ``TrainConfig`` setting changed by ``name=value`` (flat n
 ``lr`` or ``train_rows``; ``none`` for an optional one), then prunes the result every-other to
 each depth and scores it as the demo does: on the test split, or with ``--split valid`` on the
 validation split, the one to choose settings on.
-Prints one line of accuracies and writes ``OUT/sweep.json``. A finished run in ``OUT/rt`` is
+With ``--task lm`` it trains the demo's LayerDrop language model (gpt2-tiny from scratch on the
+KJV, ``--size`` choosing its steps) and scores perplexity on the KJV test or validation paragraphs.
+Prints one line of scores and writes ``OUT/sweep.json``. A finished run in ``OUT/rt`` is
 reused and an unfinished one resumed, so re-running the same command continues it.
 
-    python bench/levers.py OUT [name=value ...] [--size full|demo] [--split test|valid] [--threads N]
+    python bench/levers.py OUT [name=value ...] [--task classification|lm] [--size full|demo] [--split test|valid] [--threads N]
 
     python bench/levers.py runs/levers/every-other pattern=every-other
     python bench/levers.py runs/levers/every-other-3ep pattern=every-other epochs=3
     # a reference: MiniLM-L6 cut to 3 layers first (layerdrop prune minilm-l6 --depth 3), no LayerDrop
     python bench/levers.py runs/levers/ref3-3ep model=runs/minilm-l6-depth3 rate=0 epochs=3
+    python bench/levers.py runs/levers/lm-rate0.2 rate=0.2 --task lm --size demo --split valid
 
 Results: docs/results.md, "The quality bar".
 """
@@ -30,10 +33,12 @@ from pathlib import Path
 
 import torch
 
-from layerdrop.demo import DemoConfig, _rt_config, _rt_test, _sizes
+from transformers import AutoModelForCausalLM
+
+from layerdrop.demo import DemoConfig, _lm_config, _lm_test, _rt_config, _rt_test, _sizes
 from layerdrop.evaluate import depth_sweep
 from layerdrop.files import write_json
-from layerdrop.models import load_classifier, read_meta
+from layerdrop.models import from_pretrained, load_classifier, read_meta
 from layerdrop.args import TrainConfig
 from layerdrop.cli import _leaves
 from layerdrop.train import run_or_reuse
@@ -66,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="output folder")
     parser.add_argument("changes", nargs="*", help="TrainConfig fields to change, as name=value")
+    parser.add_argument("--task", choices=("classification", "lm"), default="classification",
+                        help="the demo's MiniLM-L6 on Rotten Tomatoes, or its KJV language model")
     parser.add_argument("--size", choices=("full", "demo"), default="full", help="the --full run's sizes or the demo's")
     parser.add_argument("--split", choices=("test", "valid"), default="test", help="the split scored")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
@@ -74,18 +81,27 @@ def main() -> None:
     changes = _parse(args.changes)
     demo = DemoConfig(full=args.size == "full")
     sizes = _sizes(demo)
-    model, rate = changes.pop("model", "minilm-l6"), changes.pop("rate", demo.rt_rate)
-    cfg = _rt_config(demo, sizes, args.out / "rt", model, rate).replace(**changes)
     start = time.time()
-    model_dir = run_or_reuse(cfg)
-    score, _ = _rt_test(demo, sizes, cfg, model_dir, split=args.split)
-    results = depth_sweep(load_classifier(model_dir), score, progress=False)
+    if args.task == "lm":
+        rate = changes.pop("rate", demo.lm_rate)
+        cfg = _lm_config(demo, sizes, args.out / "lm", rate).replace(**changes)
+        model_dir = run_or_reuse(cfg)
+        score, _ = _lm_test(demo, cfg, model_dir, split=args.split)
+        model = from_pretrained(AutoModelForCausalLM, model_dir)
+    else:
+        model, rate = changes.pop("model", "minilm-l6"), changes.pop("rate", demo.rt_rate)
+        cfg = _rt_config(demo, sizes, args.out / "rt", model, rate).replace(**changes)
+        model_dir = run_or_reuse(cfg)
+        score, _ = _rt_test(demo, sizes, cfg, model_dir, split=args.split)
+        model = load_classifier(model_dir)
+    results = depth_sweep(model, score, progress=False)
     rows = [{"depth": r.depth, "kept": list(r.kept), "score": r.score} for r in results]
     meta = read_meta(model_dir)
-    write_json(args.out / "sweep.json", {"config": cfg.flat(), "size": args.size, "split": args.split,
+    write_json(args.out / "sweep.json", {"config": cfg.flat(), "task": args.task, "size": args.size, "split": args.split,
                                          "minutes": (time.time() - start) / 60,
                                          "train_seconds": meta.get("train_seconds"), "rows": rows})
-    print(" ".join(f"{r['depth']}:{100 * r['score']:.1f}" for r in rows)
+    scale = 1 if args.task == "lm" else 100  # perplexity as is, accuracy in %
+    print(" ".join(f"{r['depth']}:{scale * r['score']:.1f}" for r in rows)
           + (f"  (training {meta['train_seconds']:.0f} s)" if meta.get("train_seconds") else ""))
 
 

@@ -26,17 +26,18 @@ def test_demo_writes_report_plots_and_loadable_checkpoints(tmp_path):
     verdict = "\n".join(result.verdict)
     assert verdict in report and verdict.count(": met.") + verdict.count(": not met.") == 6
     assert "In short: " in result.verdict[-1]
+    assert "Training under bfloat16 autocast" in report or "Training in float32" in report
     costs = report.split("## Depth on demand")[1].split("## What the demo must show")[0]
     assert costs.count("\n| 6 | 0, 1, 2, 3, 4, 5 |") == 2 and "1.00×" in costs  # both parts, full depth = 1×
     results = json.loads((result.out / "results.json").read_text())
-    timed = [results["classification"][n] for n in ("no LayerDrop", "LayerDrop 0.5")]
+    timed = list(results["classification"].values())[:2]  # no LayerDrop, then LayerDrop
     assert all(r["latency_ms"] > 0 for series in timed for r in series) and all(len(s) == 6 for s in timed)
     assert all(m > 0 for m in results["train_minutes"].values()) and results["peak_memory_gb"] > 0
     for png in ("classification.png", "language_model.png", "classification_latency.png",
                 "language_model_latency.png"):
         assert (result.out / png).read_bytes()[:4] == b"\x89PNG"
     results = json.loads((result.out / "results.json").read_text())
-    depth3 = next(r for r in results["classification"]["LayerDrop 0.5"] if r["depth"] == 3)
+    depth3 = next(r for r in list(results["classification"].values())[1] if r["depth"] == 3)
     assert f"{100 * depth3['score']:.1f} %" in result.tables["classification"].splitlines()[5]
     encoder = AutoModel.from_pretrained(result.out / "checkpoints" / "minilm-rt-layerdrop-depth3")
     assert encoder.config.num_hidden_layers == 3
@@ -70,3 +71,19 @@ def test_demo_references_are_pruned_before_training_and_a_rerun_reuses_finished_
 def test_demo_refuses_an_unknown_pattern_before_training():
     with pytest.raises(ValueError, match="pattern='alternate'"):
         DemoConfig(pattern="alternate")
+
+
+@pytest.mark.parametrize("asked", [True, False, None])
+def test_demo_trains_in_bf16_where_asked_and_by_default_where_native(asked, tmp_path, monkeypatch):
+    from layerdrop import demo
+
+    monkeypatch.setattr(demo, "_native_bf16", lambda: True)
+    cfg = DemoConfig(bf16=asked)
+    sizes = demo._sizes(cfg)
+    expected = True if asked is None else asked
+    assert demo._rt_config(cfg, sizes, tmp_path, "minilm-l6", 0.5).optim.bf16 is expected
+    assert demo._lm_config(cfg, sizes, tmp_path, 0.0).optim.bf16 is expected
+    assert demo._precision(cfg).startswith("Training under bfloat16" if expected else "Training in float32")
+    monkeypatch.setattr(demo, "_native_bf16", lambda: False)
+    assert demo._lm_config(cfg, sizes, tmp_path, 0.5).optim.bf16 is (asked is True)
+    assert "does not compute bfloat16 natively" in demo._precision(cfg) or asked is not None

@@ -3,7 +3,7 @@
 (a) MiniLM-L6 fine-tuned on Rotten Tomatoes without and with LayerDrop, then
     cut every-other to each depth 1..6 with no further training: accuracy table.
 (b) A small GPT-2-style LM trained from scratch on the King James Bible without
-    and with LayerDrop: validation perplexity at each depth.
+    and with LayerDrop: test perplexity at each depth.
 (c) PNG plots, a Markdown report and the pruned checkpoints, in one folder.
 
 With ``references`` (on with ``full``, the quality-bar run) MiniLM-L6 is also
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPadding
 
 from . import data
@@ -71,13 +72,26 @@ def _sizes(cfg: DemoConfig) -> dict[str, Any]:
     return {"rt_rows": cfg.rt_rows, "rt_eval": cfg.rt_eval_rows, "rt_epochs": cfg.rt_epochs, "lm_steps": cfg.lm_steps}
 
 
+def _native_bf16() -> bool:
+    """Whether this machine computes bfloat16 natively: a CUDA GPU that does, or a CPU with
+    AVX512-BF16 or AMX (elsewhere bf16 autocast is emulated, and slower than float32)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    cpu = getattr(torch, "cpu", None)  # private probes, present in torch 2.x; absent means "don't know"
+    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
+def _bf16(cfg: DemoConfig) -> bool:
+    return _native_bf16() if cfg.bf16 is None else cfg.bf16
+
+
 def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, rate: float) -> TrainConfig:
     return TrainConfig.from_flat(
         task="classification", model=model, data="rotten-tomatoes", out=str(out),
         rate=rate, self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, epochs=sizes["rt_epochs"],
         pattern=cfg.pattern if rate > 0 else "random",
         train_rows=sizes["rt_rows"], eval_rows=sizes["rt_eval"], batch_size=32, lr=5e-5, head_lr=1e-3,
-        max_length=64, pooling="mean", save_steps=200, logging_steps=25, progress=cfg.progress,
+        max_length=64, pooling="mean", bf16=_bf16(cfg), save_steps=200, logging_steps=25, progress=cfg.progress,
         evaluate=False,  # the depth sweeps below score the test split
     )
 
@@ -147,29 +161,44 @@ def _label(cfg: DemoConfig, rate: float) -> str:
     return f"LayerDrop {rate}" + (f", {cfg.pattern}" if cfg.pattern != "random" else "")
 
 
+def _lm_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, rate: float) -> TrainConfig:
+    return TrainConfig.from_flat(
+        task="clm", model="gpt2-tiny", data="kjv", out=str(out), rate=rate,
+        pattern=cfg.pattern if rate > 0 else "random",
+        self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, max_steps=sizes["lm_steps"],
+        batch_size=16, lr=1e-3, warmup=0.05, lr_schedule="cosine", max_length=128, vocab_size=4000,
+        bf16=_bf16(cfg), save_steps=200, logging_steps=50, progress=cfg.progress,
+        evaluate=False,  # the depth sweep below scores the test split
+    )
+
+
+def _kjv_texts(cfg: DemoConfig, split: str) -> list[str]:
+    """The KJV paragraphs the demo scores: the first ``lm_eval_rows`` of ``split`` (all with ``full``)."""
+    texts = getattr(data.load("kjv", seed=cfg.seed), split).texts
+    return list(texts) if cfg.full else list(texts[:cfg.lm_eval_rows])
+
+
+def _lm_test(cfg: DemoConfig, tc: TrainConfig, model_dir: Path, split: str = "test"
+             ) -> tuple[Callable[[Any], float], dict[str, Any]]:
+    """The perplexity scorer on the demo's KJV test paragraphs (or validation ones, to choose
+    settings on), and a batch of blocks (no labels) to time."""
+    tokenizer = from_pretrained(AutoTokenizer, model_dir)
+    blocks, collate = lm_eval_blocks(tokenizer, _kjv_texts(cfg, split), tc.inputs.max_length)
+    batch = {k: v for k, v in collate(blocks[:LATENCY_BATCH]).items() if k != "labels"}
+    return (lambda m: perplexity(m, blocks, collate)), batch
+
+
 def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any], minutes: dict[str, float | None]
                     ) -> dict[str, list[DepthResult]]:
     series: dict[str, list[DepthResult]] = {}
     for label, rate in (("no LayerDrop", 0.0), (_label(cfg, cfg.lm_rate), cfg.lm_rate)):
-        tc = TrainConfig.from_flat(
-            task="clm", model="gpt2-tiny", data="kjv", out=str(out / _slug("kjv", rate, cfg.pattern)), rate=rate,
-            pattern=cfg.pattern if rate > 0 else "random",
-            self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, max_steps=sizes["lm_steps"],
-            batch_size=16, lr=1e-3, warmup=0.05, lr_schedule="cosine", max_length=128, vocab_size=4000,
-            eval_rows=cfg.lm_eval_rows if not cfg.full else None, save_steps=200, logging_steps=50,
-            progress=cfg.progress, evaluate=False,  # the depth sweep below scores the validation split
-        )
+        tc = _lm_config(cfg, sizes, out / _slug("kjv", rate, cfg.pattern), rate)
         model_dir = run_or_reuse(tc)
         minutes[f"language model, {label}"] = _train_minutes(model_dir)
         model = from_pretrained(AutoModelForCausalLM, model_dir)
-        tokenizer = from_pretrained(AutoTokenizer, model_dir)
-        valid = data.load("kjv", seed=cfg.seed).valid
-        if not cfg.full:
-            valid = valid.subset(range(min(cfg.lm_eval_rows, len(valid))))
-        blocks, collate = lm_eval_blocks(tokenizer, valid.texts, tc.inputs.max_length)
-        batch = {k: v for k, v in collate(blocks[:LATENCY_BATCH]).items() if k != "labels"}
-        series[label] = depth_sweep(model, lambda m: perplexity(m, blocks, collate), latency_batch=batch,
-                                    progress=cfg.progress, desc=f"depths ({label})")
+        score, batch = _lm_test(cfg, tc, model_dir)
+        series[label] = depth_sweep(model, score, latency_batch=batch, progress=cfg.progress,
+                                    desc=f"depths ({label})")
         if rate > 0:
             half = model.config.num_hidden_layers // 2
             prune_saved(str(model_dir), out / "checkpoints" / "gpt2-kjv-layerdrop-half", depth=half,
@@ -251,6 +280,14 @@ def _quality_bar(cls: dict[str, list[DepthResult]], lm: dict[str, list[DepthResu
     return lines
 
 
+def _precision(cfg: DemoConfig) -> str:
+    if not _bf16(cfg):
+        return "Training in float32" + (" (this machine does not compute bfloat16 natively)." if cfg.bf16 is None else ".")
+    return ("Training under bfloat16 autocast with float32 master weights"
+            + (" (on by default where the CPU or GPU computes bfloat16 natively: same accuracy within noise, "
+               "about two thirds of the float32 training time; docs/results.md)." if cfg.bf16 is None else "."))
+
+
 def _recipe(cfg: DemoConfig) -> str:
     return (", self-distilled" if cfg.self_distill else "") + (
         ", every-other sub-networks" if cfg.pattern == "every-other" else "")
@@ -303,7 +340,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
     clock.tick()
 
     plot_quality_vs_depth(cls, "accuracy", out / "classification.png", title="MiniLM-L6, Rotten Tomatoes (test)")
-    plot_quality_vs_depth(lm, "perplexity", out / "language_model.png", title="GPT-2-style LM, KJV (valid)")
+    plot_quality_vs_depth(lm, "perplexity", out / "language_model.png", title="GPT-2-style LM, KJV (test)")
     plot_quality_vs_latency(cls, "accuracy", out / "classification_latency.png",
                             title="MiniLM-L6: accuracy against latency")
     plot_quality_vs_latency(lm, "perplexity", out / "language_model_latency.png",
@@ -317,7 +354,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
     report = [
         "# layerdrop demo report", "",
         f"Measured by `layerdrop demo{' --full' if cfg.full else ''}` {clock.describe()}. "
-        "Every model is pruned every-other after training, with no further training.", "",
+        "Every model is pruned every-other after training, with no further training. "
+        f"{_precision(cfg)}", "",
         "## (a) MiniLM-L6 fine-tuned on Rotten Tomatoes", "",
         f"Training rows: {sizes['rt_rows'] or 'all'}, epochs: {sizes['rt_epochs']:g}, mean pooling; "
         f"accuracy on {sizes['rt_eval'] or 'all'} test rows. "
@@ -330,7 +368,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
         "## (b) GPT-2-style language model on the King James Bible", "",
         f"Trained from scratch for {sizes['lm_steps']} steps (preset gpt2-tiny, tokenizer trained on the text). "
         f"LayerDrop run: rate {cfg.lm_rate}{_recipe(cfg)}. "
-        "Validation perplexity (lower is better).", "",
+        f"Perplexity on {len(_kjv_texts(cfg, 'test'))} KJV test paragraphs (lower is better).", "",
         tables["language model"], _verdict(lm, False), "", "![perplexity by depth](language_model.png)", "",
         "## Depth on demand: what each depth costs", "",
         f"Parameters of the model cut to each depth, and the median time of one eval forward of a batch of "
