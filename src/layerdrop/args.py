@@ -195,7 +195,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo. The defaults fit in about 15 minutes on 2 CPU cores; ``full`` is the quality-bar run."""
+    """Sizes of the demo. The defaults take about 20 minutes on 2 CPU cores (docs/results.md); ``full`` is the quality-bar run."""
 
     out: str = "out/demo"
     """Output folder (with ``full``, the default becomes ``out/demo-full``)."""
