@@ -29,6 +29,7 @@ __all__ = [
     "Scorers",
     "accuracy",
     "depth_sweep",
+    "higher_is_better",
     "latency_ms",
     "parameters_at",
     "perplexity",
@@ -158,6 +159,11 @@ def depth_sweep(
     return results
 
 
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger ``metric`` is better (accuracy, F1, exact match) or worse (perplexity)."""
+    return metric != "perplexity"
+
+
 @dataclass(frozen=True)
 class Scorers:
     """How a model scores on a dataset: validation and test scorers, and calibration batches."""
@@ -174,7 +180,7 @@ class Scorers:
     @property
     def higher_is_better(self) -> bool:
         """Whether a larger metric is better (accuracy, F1) or worse (perplexity)."""
-        return self.metric != "perplexity"
+        return higher_is_better(self.metric)
 
 
 def _encoded(classifier: bool, tokenizer: Any, split: Any, max_length: int, name: str

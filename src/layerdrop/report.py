@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .evaluate import DepthResult
+from .evaluate import DepthResult, higher_is_better
 from .files import write_bytes
 
 __all__ = [
@@ -32,7 +32,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 
 
 _PERCENT = ("accuracy", "f1", "exact_match")
-"""Metrics that are fractions, shown as percentages (and where higher is better)."""
+"""Metrics that are fractions, shown as percentages."""
 
 
 def _fmt(value: float, metric: str) -> str:
@@ -124,14 +124,14 @@ def plot_quality_vs_latency(series: Mapping[str, Sequence[DepthResult]], metric:
     """Scatter of quality against latency, with each series' Pareto front drawn as a line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    higher = metric in _PERCENT
+    higher, scale = higher_is_better(metric), 100 if metric in _PERCENT else 1
     for name, results in series.items():
-        pts = [(r.latency_ms or 0.0, r.score * (100 if higher else 1)) for r in results]
+        pts = [(r.latency_ms or 0.0, r.score * scale) for r in results]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=name, alpha=0.6)
         front = sorted(pts[i] for i in pareto_front(pts, higher_is_better=higher))
         ax.plot([p[0] for p in front], [p[1] for p in front], linewidth=1)
     ax.set_xlabel("latency (ms per batch)")
-    ax.set_ylabel(f"{metric} (%)" if higher else metric)
+    ax.set_ylabel(f"{metric} (%)" if metric in _PERCENT else metric)
     return _finish(plt, fig, ax, path, title)
 
 
