@@ -66,6 +66,23 @@ def test_classifier_sweep_writes_every_strategy_at_every_depth(tmp_path, classif
     assert all(r.parameters > 0 and r.latency_ms > 0 for v in result.points.values() for r in v)
 
 
+def test_sweep_scores_the_split_it_is_asked_for(tmp_path, classifier_dir, reviews):
+    from layerdrop.evaluate import validation_scorers
+    from layerdrop.models import load_classifier
+
+    model = load_classifier(classifier_dir).eval()
+    scorers = validation_scorers(model, AutoTokenizer.from_pretrained(classifier_dir), reviews, rows=12, batch_size=6,
+                                 max_length=16)
+    expected = {"validation": scorers.valid(model), "test": scorers.test(model)}
+    assert expected["validation"] != expected["test"]  # else the check below could not fail
+    for split, value in expected.items():
+        result = run_sweep(_cfg(classifier_dir, reviews, tmp_path / split, split=split))
+        assert result.points["every-other"][0].score == pytest.approx(value)
+        assert f"({split} split)" in (tmp_path / split / "sweep.md").read_text()
+    with pytest.raises(ValueError, match="choose validation or test"):
+        run_sweep(_cfg(classifier_dir, reviews, tmp_path / "x", split="dev"))
+
+
 def test_lm_sweep_reports_perplexity(tmp_path, tiny_lm_dir, reviews):
     result = run_sweep(_cfg(tiny_lm_dir, reviews, tmp_path, strategies="every-other"))
     assert result.metric == "perplexity" and all(r.score > 1 for r in result.points["every-other"])

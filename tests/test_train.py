@@ -393,6 +393,17 @@ def test_self_distill_run_trains_and_needs_a_rate(tmp_path, bert_dir, reviews):
                    self_distill=True))
 
 
+def test_freeze_embeddings_keeps_the_word_embeddings_and_trains_the_rest(tmp_path, bert_dir, reviews):
+    from safetensors.torch import load_file
+
+    run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "f"), freeze_embeddings=True,
+               max_steps=2))
+    before, after = load_file(f"{bert_dir}/model.safetensors"), load_file(tmp_path / "f" / "model" / "model.safetensors")
+    word, query = "embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(after[word], before[word])
+    assert not torch.equal(after[query], before[query])
+
+
 def test_bf16_mixed_precision_trains_on_the_cpu_too(tmp_path, bert_dir, reviews):
     result = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "bf16"), bf16=True,
                         max_steps=2))
@@ -448,10 +459,11 @@ _RECORD_BEFORE_GROUPS = {
     "stride": 32, "train_rows": None, "eval_rows": None, "tokenizer": None, "vocab_size": 8000, "save_steps": 200,
     "logging_steps": 20, "resume": False, "evaluate": True, "progress": True,
 }
+_ADDED_SINCE = {"freeze_embeddings": False}
 
 
 def test_grouped_config_keeps_the_flat_record_of_earlier_runs():
-    assert TrainConfig(task="a", model="b", data="c", out="d").flat() == _RECORD_BEFORE_GROUPS
+    assert TrainConfig(task="a", model="b", data="c", out="d").flat() == {**_RECORD_BEFORE_GROUPS, **_ADDED_SINCE}
 
 
 def test_from_flat_puts_each_setting_in_its_group_and_round_trips():

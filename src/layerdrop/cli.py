@@ -33,10 +33,11 @@ def train(config: TrainConfig) -> int:
     """Fine-tune or pre-train a model with LayerDrop, then evaluate and export it.
 
     TASK is classification, mlm, clm or qa (SQuAD-format JSON). MODEL is a local folder, a bundled model
-    (minilm-l6, smollm2-135m) or a from-scratch preset (bert-tiny, gpt2-tiny, ...).
+    (minilm-l6, e5-small, smollm2-135m) or a from-scratch preset (bert-tiny, gpt2-tiny, ...).
 
     Examples:
       layerdrop train classification minilm-l6 --data rotten-tomatoes --out runs/rt --rate 0.2
+      layerdrop train classification e5-small --data chinese-sentiment --out runs/zh --freeze-embeddings
       layerdrop train classification minilm-l6 --data 20newsgroups --long-doc mean --out runs/ng
       layerdrop train clm gpt2-tiny --data kjv --out runs/kjv --rate 0.5 --schedule progressive
       layerdrop train qa minilm-l6 --data my-squad.json --out runs/qa --rate 0.2 --max-length 256 --stride 64
@@ -89,8 +90,8 @@ def prune(model: str, out: str, depth: int | None = None, keep: str | None = Non
 def sweep(config: SweepConfig) -> int:
     """Measure quality, latency and parameters at every depth for each layer-choice strategy.
 
-    MODEL is a saved classifier (accuracy) or causal LM (perplexity); --data is
-    scored on its validation split. Writes sweep.csv, sweep.json, sweep.md and
+    MODEL is a saved classifier (accuracy), QA model (F1) or causal LM (perplexity);
+    --data is scored on its validation split (--split test for a final table). Writes sweep.csv, sweep.json, sweep.md and
     PNG plots (quality against depth, against latency with the Pareto front,
     and per-layer importance) to --out.
 

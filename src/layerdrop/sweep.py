@@ -60,11 +60,14 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         raise ValueError(f"no strategy in {cfg.strategies!r}; choose from {', '.join(STRATEGIES)}")
     for name in names:
         lookup(name)
+    if cfg.split not in ("validation", "test"):
+        raise ValueError(f"unknown split {cfg.split!r}; choose validation or test")
     model = load_saved(cfg.model).eval()
     tokenizer = from_pretrained(AutoTokenizer, local_folder(cfg.model))
     scorers = validation_scorers(model, tokenizer, cfg.data, rows=cfg.rows, batch_size=cfg.batch_size,
                                  max_length=cfg.max_length, calibration_rows=cfg.calibration_rows, seed=cfg.seed)
     metric, score_valid, score_test, calibration = scorers.metric, scorers.valid, scorers.test, scorers.calibration
+    score_point = score_test if cfg.split == "test" else score_valid  # choices are made on validation rows
     num_layers = len(find_layers(model).layers)
     higher = scorers.higher_is_better
     latency_batch = calibration[0]
@@ -82,7 +85,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
             if choice.scores and name not in importance:
                 importance[name] = choice.scores
             with only_layers(model, choice.kept):
-                value = score_valid(model)
+                value = score_point(model)
                 ms = latency_ms(model, latency_batch, reps=cfg.latency_reps)
             points[name].append(DepthResult(depth, choice.kept, value, parameters_at(model, choice.kept), ms))
             records[name].append({"depth": depth, "record": choice.record,
@@ -102,7 +105,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     md_rows = [[*r[:3], f"{100 * r[3]:.1f} %" if higher else f"{r[3]:.2f}", f"{r[4] / 1e6:.2f}M",
                 f"{r[5]:.1f}", "★" if i in front else ""] for i, r in enumerate(rows)]
     table = markdown_table(["strategy", "depth", "kept", metric, "parameters", "ms / batch", "Pareto"], md_rows)
-    write_text(out / "sweep.md", f"# layerdrop sweep of `{cfg.model}` on `{cfg.data}`\n\n"
+    write_text(out / "sweep.md", f"# layerdrop sweep of `{cfg.model}` on `{cfg.data}` ({cfg.split} split)\n\n"
                f"Latency: median of {cfg.latency_reps} eval forwards on a batch of {batch_shape[0]} x "
                f"{batch_shape[1]} tokens; ★ marks the Pareto front (quality against latency).\n\n{table}")
     write_json(out / "sweep.json", {"config": dataclasses.asdict(cfg), "metric": metric, "batch_shape": batch_shape,

@@ -266,6 +266,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     # 3. model
     vocabulary_text = (*train_split.texts, *train_split.questions) if qa else train_split.texts
     model, tokenizer = load_model(cfg, num_labels, vocabulary_text)
+    if cfg.optim.freeze_embeddings:
+        (model.encoder if isinstance(model, Classifier) else model).get_input_embeddings().requires_grad_(False)
 
     # 4. LayerDrop: every setting this recipe owns is passed, so none is inherited from a saved record
     learner = None
