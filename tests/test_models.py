@@ -50,7 +50,7 @@ def _cut(path, keep=0.5):
 DAMAGE = {
     "truncated weights": ("model.safetensors", False, lambda p: _cut(p)),
     "weights cut inside the header": ("model.safetensors", False, lambda p: _cut(p, 0.001)),
-    "truncated classifier head": ("classifier.safetensors", True, lambda p: _cut(p)),
+    "truncated classifier head": ("2_Dense/model.safetensors", True, lambda p: _cut(p)),
     "config that is not JSON": ("config.json", False, lambda p: p.write_text("{not json")),
     "classifier record that is not JSON": ("layerdrop.json", True, lambda p: p.write_text('{"task": ')),
 }
@@ -109,3 +109,39 @@ def test_the_loader_for_training_names_a_damaged_file(tmp_path):
     _cut(folder / "model.safetensors")
     with pytest.raises(ModelFileError, match="model.safetensors is damaged"):
         from_pretrained(AutoModel, str(folder))
+
+
+def test_a_classifier_saved_before_the_sentence_transformers_layout_still_loads(tmp_path):
+    from safetensors.torch import save_file
+
+    from layerdrop.models import Classifier, load_saved
+
+    folder = _saved(tmp_path / "old")  # the encoder, then the head and record as layerdrop once wrote them
+    torch.manual_seed(1)
+    head = torch.nn.Linear(32, 3)
+    save_file({k: v.detach().contiguous() for k, v in head.state_dict().items()}, folder / "classifier.safetensors")
+    (folder / "layerdrop.json").write_text('{"task": "classification", "pooling": "cls", "num_labels": 3}')
+    model = load_saved(str(folder))
+    assert isinstance(model, Classifier) and model.pooling == "cls"
+    assert torch.equal(model.head.weight, head.weight) and torch.equal(model.head.bias, head.bias)
+
+
+def test_a_saved_classifier_is_a_sentence_transformers_folder_with_named_labels(tmp_path):
+    import json
+
+    from transformers import BertConfig, BertModel
+
+    from layerdrop.models import Classifier, load_saved, save_classifier
+
+    encoder = BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64))
+    clf = Classifier(encoder, num_labels=2, pooling="last")
+    save_classifier(clf, tmp_path, extra={"label_names": ["neg", "pos"], "trained_with": {"max_length": 48}})
+    assert json.loads((tmp_path / "config.json").read_text())["id2label"] == {"0": "neg", "1": "pos"}
+    assert json.loads((tmp_path / "sentence_bert_config.json").read_text())["max_seq_length"] == 48
+    pooling = json.loads((tmp_path / "1_Pooling" / "config.json").read_text())
+    assert [k for k, v in pooling.items() if v is True] == ["pooling_mode_lasttoken"]
+    dense = json.loads((tmp_path / "2_Dense" / "config.json").read_text())
+    assert (dense["in_features"], dense["out_features"]) == (32, 2)
+    assert not (tmp_path / "classifier.safetensors").exists()  # the head is kept once
+    assert torch.equal(load_saved(str(tmp_path)).head.weight, clf.head.weight)

@@ -144,7 +144,9 @@ class TrainConfig:
     seed: int = 0
     """Seed of data splits, initialisation, data order and LayerDrop masks."""
     pooling: str = "mean"
-    """Classification pooling: mean, cls or last."""
+    """Classification pooling: mean, cls or last (a head on the pooled states, saved in the
+    sentence-transformers layout), or native: the architecture's own ``*ForSequenceClassification``
+    (BERT's pooler over [CLS]; GPT-2's and Llama's last token), which ``pipeline("text-classification")`` runs."""
     tokenizer: str | None = None
     """For presets: ``train`` (train one on the training text, the default) or a model to borrow from."""
     vocab_size: int = 8000

@@ -382,8 +382,10 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
         "## What the demo must show", "", *verdict, "",
         *(["## The quality bar", "", *_quality_bar(cls, lm), ""] if len(cls) > 2 else []),
         "## Files", "",
-        "- `checkpoints/`: pruned LayerDrop models, loadable with plain `transformers` "
-        "(`AutoModel.from_pretrained`), each with `layerdrop.json`.",
+        "- `checkpoints/`: pruned LayerDrop models, each with `layerdrop.json`. The classifier is a "
+        "sentence-transformers model (`SentenceTransformer(folder).encode(texts)` gives its logits; "
+        "`AutoModel.from_pretrained(folder)` the encoder alone), the language model a plain "
+        "`AutoModelForCausalLM`.",
         "- `results.json`: every number above.",
         "- `timing.json`: the minutes of each invocation that worked on this folder.", "",
     ]

@@ -211,16 +211,16 @@ def validation_scorers(
     seed: int = 0,
 ) -> Scorers:
     """Scorers of ``model`` on ``data`` (a bundled dataset name or a file): accuracy for a
-    :class:`layerdrop.models.Classifier`, F1 for a question-answering model (on a SQuAD-format
+    classifier (:func:`layerdrop.models.is_classifier`), F1 for a question-answering model (on a SQuAD-format
     file, windows of ``max_length`` tokens sharing 32), perplexity otherwise, on the first ``rows``
     rows of the validation and test splits; calibration batches from the first validation rows."""
     from .data import load
-    from .models import Classifier
+    from .models import is_classifier
     from .qa import is_qa_model
 
     if is_qa_model(model):
         return _qa_scorers(model, tokenizer, data, rows, batch_size, max_length, calibration_rows, seed)
-    classifier = isinstance(model, Classifier)
+    classifier = is_classifier(model)
     splits = load(data, seed=seed, label_column="label" if classifier else None)
     encoded = {name: _encoded(classifier, tokenizer, split.subset(range(min(rows, len(split)))), max_length, name)
                for name, split in (("valid", splits.valid), ("test", splits.test))}

@@ -35,7 +35,9 @@ __all__ = [
     "CONVERTERS",
     "Classifier",
     "ModelFileError",
+    "NATIVE",
     "from_pretrained",
+    "is_classifier",
     "load_classifier",
     "load_saved",
     "local_folder",
@@ -180,7 +182,16 @@ def resolve(name_or_path: str) -> tuple[str, str | None]:
 
 
 POOLINGS = ("mean", "cls", "last")
-"""How a classifier turns token states into one vector."""
+"""How a :class:`Classifier` turns token states into one vector."""
+
+NATIVE = "native"
+"""The ``--pooling`` that trains the architecture's own ``*ForSequenceClassification`` instead of a
+:class:`Classifier` (BERT: the [CLS] state through its pooler; GPT-2, Llama: the last token)."""
+
+
+def is_classifier(model: nn.Module) -> bool:
+    """Whether ``model`` classifies sequences: a :class:`Classifier` or a ``*ForSequenceClassification``."""
+    return isinstance(model, Classifier) or type(model).__name__.endswith("ForSequenceClassification")
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -228,19 +239,63 @@ class Classifier(nn.Module):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-HEAD_FILE = "classifier.safetensors"
 META_FILE = "layerdrop.json"
+HEAD_FILE = "classifier.safetensors"
+"""Where layerdrop before the sentence-transformers layout kept the head; still read."""
+DENSE_DIR = "2_Dense"
+"""The head, as sentence-transformers' ``Dense`` module 2 (``linear.weight``, ``linear.bias``)."""
+
+ST_POOLING = {"mean": "pooling_mode_mean_tokens", "cls": "pooling_mode_cls_token", "last": "pooling_mode_lasttoken"}
+"""Classifier pooling -> the sentence-transformers ``Pooling`` flag that computes the same vector.
+
+>>> sorted(ST_POOLING) == sorted(POOLINGS)
+True
+"""
 
 
 def save_classifier(model: Classifier, folder: str | Path, *, extra: dict[str, Any] | None = None) -> None:
-    """Write the encoder (plain HF folder), ``classifier.safetensors`` and ``layerdrop.json`` into ``folder``."""
+    """Write ``model`` into ``folder`` as a sentence-transformers model, plus ``layerdrop.json``.
+
+    The encoder is a plain HF folder (``AutoModel`` loads it); ``modules.json`` chains it with
+    its pooling (``1_Pooling``) and the head as an identity ``Dense`` (``2_Dense``), so
+    ``SentenceTransformer(folder).encode(texts)`` returns the logits, with no remote code.
+    ``config.json`` names the labels (``id2label``) when ``label_names`` is in the record, and
+    ``sentence_bert_config.json`` truncates where training did (``trained_with.max_length``).
+    """
     folder = Path(folder)
     model.encoder.save_pretrained(folder)
-    save_file({k: v.detach().contiguous() for k, v in model.head.state_dict().items()}, folder / HEAD_FILE)
     meta = read_meta(folder)
     meta.update({"task": "classification", "pooling": model.pooling, "num_labels": model.head.out_features})
     meta.update(extra or {})
+    hidden, labels = model.head.in_features, model.head.out_features
+    if meta.get("label_names"):
+        config = json.loads((folder / "config.json").read_text())
+        config["id2label"] = dict(enumerate(meta["label_names"]))
+        config["label2id"] = {name: i for i, name in enumerate(meta["label_names"])}
+        write_json(folder / "config.json", config)
+    write_json(folder / "modules.json", [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": DENSE_DIR, "type": "sentence_transformers.models.Dense"}])
+    max_length = meta.get("trained_with", {}).get("max_length")
+    write_json(folder / "sentence_bert_config.json",
+               {"do_lower_case": False, **({"max_seq_length": max_length} if max_length else {})})
+    write_json(folder / "1_Pooling" / "config.json",
+               {"word_embedding_dimension": hidden, **{flag: how == model.pooling for how, flag in ST_POOLING.items()},
+                "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
+    write_json(folder / DENSE_DIR / "config.json", {"in_features": hidden, "out_features": labels, "bias": True,
+                                                    "activation_function": "torch.nn.modules.linear.Identity"})
+    save_file({f"linear.{k}": v.detach().contiguous() for k, v in model.head.state_dict().items()},
+              folder / DENSE_DIR / "model.safetensors")
     write_json(folder / META_FILE, meta)
+
+
+def _head_file(folder: Path) -> Path | None:
+    """The saved head of a layerdrop classifier in ``folder``, if it is one."""
+    for path in (folder / DENSE_DIR / "model.safetensors", folder / HEAD_FILE):
+        if path.is_file() and (folder / META_FILE).is_file():
+            return path
+    return None
 
 
 class ModelFileError(ValueError):
@@ -296,18 +351,17 @@ def from_pretrained(cls: Any, name_or_path: str | Path, **kwargs: Any) -> Any:
 
 
 def load_classifier(folder: str | Path) -> Classifier:
-    """Load what :func:`save_classifier` wrote."""
+    """Load what :func:`save_classifier` wrote (or an older layerdrop's ``classifier.safetensors``)."""
     folder = Path(folder)
-    meta_path = folder / META_FILE
-    if not meta_path.is_file() or not (folder / HEAD_FILE).is_file():
-        raise FileNotFoundError(
-            f"{folder} is not a layerdrop classifier: expected {META_FILE} and {HEAD_FILE} beside the encoder"
-        )
+    head_file = _head_file(folder)
+    if head_file is None:
+        raise FileNotFoundError(f"{folder} is not a layerdrop classifier: expected {META_FILE} and "
+                                f"{DENSE_DIR}/model.safetensors beside the encoder")
     meta = read_meta(folder)
     try:
-        head = load_file(folder / HEAD_FILE)
+        head = {k.removeprefix("linear."): v for k, v in load_file(head_file).items()}
     except SafetensorError as err:
-        _blame_file(folder, err)
+        _blame_file(head_file.parent, err)
         raise
     model = Classifier(from_pretrained(AutoModel, folder), meta["num_labels"], meta["pooling"])
     model.head.load_state_dict(head)
@@ -333,7 +387,7 @@ def load_saved(name_or_path: str) -> nn.Module:
     a task head is kept; without it, ``AutoModel``. A damaged file is a :class:`ModelFileError`.
     """
     path = model_folder(name_or_path)
-    if (Path(path) / HEAD_FILE).is_file():
+    if _head_file(Path(path)) is not None:
         return load_classifier(path)
     config = from_pretrained(AutoConfig, path)
     names = config.architectures or []

@@ -319,13 +319,15 @@ def build(
     task: str,
     num_labels: int | None = None,
     seed: int = 0,
+    auto_class: Any = None,
     **overrides: Any,
 ) -> PreTrainedModel:
     """A randomly initialised model of ``preset`` for ``task``, sized for ``tokenizer``.
 
     ``task`` is one of :data:`TASKS`: ``"classification"`` returns the bare encoder
     (``BertModel``, with its pooler; the caller adds its own head, ``num_labels`` is only
-    recorded in the config), ``"mlm"`` a masked LM, ``"clm"`` a causal LM. The vocabulary
+    recorded in the config), ``"mlm"`` a masked LM, ``"clm"`` a causal LM; ``auto_class`` builds
+    another class instead (``AutoModelForSequenceClassification``: the architecture's own head). The vocabulary
     size is ``len(tokenizer)`` and the pad/bos/eos ids are the tokenizer's. ``overrides``
     replace config settings, e.g. ``num_hidden_layers=4`` or ``hidden_dropout_prob=0.2``
     (GPT-2 accepts the generic names too: ``num_hidden_layers`` sets ``n_layer``).
@@ -358,4 +360,4 @@ def build(
     config = config_class(**settings)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return AUTO_CLASSES[task].from_config(config)
+        return (auto_class or AUTO_CLASSES[task]).from_config(config)

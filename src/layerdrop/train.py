@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorForLanguageModeling,
     DataCollatorWithPadding,
@@ -34,7 +35,7 @@ from .evaluate import pooled_accuracy
 from .files import atomic_dir, write_json
 from .learned import attach_rate_learner, record_learned_rates
 from .qa import qa_scores
-from .models import (AUTO_CLASSES, META_FILE, POOLINGS, Classifier, from_pretrained, model_folder, read_meta,
+from .models import (AUTO_CLASSES, META_FILE, NATIVE, POOLINGS, Classifier, from_pretrained, model_folder, read_meta,
                      save_classifier)
 from .rates import SCHEDULES, layer_rates
 from .trainer import (
@@ -109,8 +110,8 @@ def check(cfg: TrainConfig) -> None:
     if ld.rate > 0:
         layer_rates(1, ld.rate, per_layer=ld.per_layer)  # the rate and its profile
     LayerDropSettings((0.0,), granularity=ld.granularity, pattern=ld.pattern)  # and how they combine
-    if cfg.task == "classification" and cfg.pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {cfg.pooling!r}; choose one of {list(POOLINGS)}")
+    if cfg.task == "classification" and cfg.pooling not in (*POOLINGS, NATIVE):
+        raise ValueError(f"unknown pooling {cfg.pooling!r}; choose one of {[*POOLINGS, NATIVE]}")
     if ld.data_driven and ld.pattern != "random":
         raise ValueError("--data-driven learns which layers to drop; --pattern every-other fixes where the kept "
                          "layers go. Use one or the other.")
@@ -156,12 +157,19 @@ def _dropout_overrides(config: Any, p: float) -> dict[str, float]:
     return {k: p for k in names}
 
 
-def load_model(cfg: TrainConfig, num_labels: int | None, texts: Sequence[str]) -> tuple[nn.Module, Any]:
-    """The model and tokenizer ``cfg`` trains: a preset built on ``texts``, or a saved model."""
+def load_model(cfg: TrainConfig, label_names: Sequence[str] | None, texts: Sequence[str]) -> tuple[nn.Module, Any]:
+    """The model and tokenizer ``cfg`` trains: a preset built on ``texts``, or a saved model.
+
+    A classifier is a :class:`Classifier` on the bare encoder, or with ``--pooling native`` the
+    architecture's own ``*ForSequenceClassification``, its labels named in the config.
+    """
     from . import presets
 
     dropout = cfg.optim.dropout
-    classify = cfg.task == "classification"
+    classify, native = cfg.task == "classification", cfg.task == "classification" and cfg.pooling == NATIVE
+    labels = list(label_names or ("0", "1")) if classify else []
+    names = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
+    auto_class = AutoModelForSequenceClassification if native else AUTO_CLASSES[cfg.task]
     if cfg.model in presets.PRESETS:
         preset = presets.PRESETS[cfg.model]
         if cfg.tokenizer in (None, "train"):
@@ -172,20 +180,24 @@ def load_model(cfg: TrainConfig, num_labels: int | None, texts: Sequence[str]) -
         overrides = {}
         if dropout is not None:
             overrides = _dropout_overrides(AutoConfig.for_model(preset.model_type, **preset.config), dropout)
-        model = presets.build(cfg.model, tokenizer, task=cfg.task, num_labels=num_labels, seed=cfg.seed,
-                              **overrides)
-        return (Classifier(model, num_labels or 2, cfg.pooling) if classify else model), tokenizer
+        model = presets.build(cfg.model, tokenizer, task=cfg.task, num_labels=len(labels) or None, seed=cfg.seed,
+                              auto_class=auto_class, **overrides)
+        if native:  # our own new model: its labels are named here
+            model.config.id2label, model.config.label2id = names["id2label"], names["label2id"]
+        return (Classifier(model, len(labels), cfg.pooling) if classify and not native else model), tokenizer
 
     path = model_folder(cfg.model)
     tokenizer = from_pretrained(AutoTokenizer, path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     overrides = _dropout_overrides(from_pretrained(AutoConfig, path), dropout) if dropout is not None else {}
+    if native:  # a decoder's head finds each row's last token by the pad id
+        overrides.update(names, num_labels=len(labels), pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)  # new weights (a head) are seeded without touching the caller's RNG
-        model = from_pretrained(AUTO_CLASSES[cfg.task], path, **overrides)
-        if classify:
-            model = Classifier(model, num_labels or 2, cfg.pooling)
+        model = from_pretrained(auto_class, path, **overrides)
+        if classify and not native:
+            model = Classifier(model, len(labels), cfg.pooling)
     return model, tokenizer
 
 
@@ -261,11 +273,10 @@ def run(cfg: TrainConfig) -> TrainResult:
         test_split = test_split.subset(range(min(inputs.eval_rows, len(test_split))))
     if classify and train_split.labels is None:
         raise ValueError(f"{cfg.data} has no labels; classification needs a label column")
-    num_labels = len(train_split.label_names) if classify and train_split.label_names else None
 
     # 3. model
     vocabulary_text = (*train_split.texts, *train_split.questions) if qa else train_split.texts
-    model, tokenizer = load_model(cfg, num_labels, vocabulary_text)
+    model, tokenizer = load_model(cfg, train_split.label_names if classify else None, vocabulary_text)
     if cfg.optim.freeze_embeddings:
         (model.encoder if isinstance(model, Classifier) else model).get_input_embeddings().requires_grad_(False)
 
@@ -359,5 +370,7 @@ def _export(cfg: TrainConfig, model: nn.Module, tokenizer: Any, metrics: dict[st
         else:
             model.save_pretrained(tmp)
             write_json(tmp / META_FILE, {"task": cfg.task, **meta})
+        if cfg.task == "classification":  # clients that truncate (pipeline's truncation=True) cut where training did
+            tokenizer.model_max_length = cfg.inputs.max_length
         tokenizer.save_pretrained(tmp)
     write_json(out / "metrics.json", metrics)
