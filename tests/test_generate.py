@@ -148,6 +148,45 @@ def test_generate_cli_streams_the_continuation(saved_lm, capsys):
     assert captured.out.startswith("in the beginning") and "4 tokens at depth 2" in captured.err
 
 
+def test_generation_at_a_depth_runs_the_layers_its_strategy_chooses(lm, tok):
+    from layerdrop.strategies import choose
+
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(5, 900, (4, 16), generator=g), "attention_mask": torch.ones(4, 16)}]
+    chosen = choose("angular", lm, 2, batches=batches).kept
+    assert chosen != layerdrop.every_other(4, 2)  # else the check below could not tell them apart
+    result = generate(lm, tok, "in the beginning", depth=2, strategy="angular", batches=batches, max_new_tokens=6)
+    assert result.text == generate(lm, tok, "in the beginning", keep=chosen, max_new_tokens=6).text
+    with pytest.raises(ValueError, match="calibration data"):
+        generate(lm, tok, "in the beginning", depth=2, strategy="angular")
+
+
+def test_cutting_a_model_without_layerdrop_training_says_so_and_what_to_try(saved_lm, tmp_path, capsys):
+    assert main(["generate", str(saved_lm), "--prompt", "hi", "--depth", "2", "--max-new-tokens", "2"]) == 0
+    note = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(note) == 1 and "no LayerDrop training" in note[0] and "--strategy block-influence" in note[0]
+    assert main(["prune", str(saved_lm), "--depth", "2", "--out", str(tmp_path / "cut")]) == 0
+    assert "no LayerDrop training" in capsys.readouterr().err
+    trained = layerdrop.apply(GPT2LMHeadModel.from_pretrained(saved_lm), rate=0.2)
+    trained.save_pretrained(tmp_path / "ld")
+    AutoTokenizer.from_pretrained(saved_lm).save_pretrained(tmp_path / "ld")
+    for argv in (["generate", str(tmp_path / "ld"), "--prompt", "hi", "--depth", "2", "--max-new-tokens", "2"],
+                 ["prune", str(tmp_path / "ld"), "--depth", "2", "--out", str(tmp_path / "ld-cut")]):
+        assert main(argv) == 0
+        assert "note:" not in capsys.readouterr().err
+
+
+def test_generate_cli_cuts_by_an_importance_strategy_on_calibration_data(saved_lm, tmp_path, capsys):
+    text = tmp_path / "calib.jsonl"
+    text.write_text("".join(f'{{"text": "in the beginning was the word number {i} and more words"}}\n'
+                            for i in range(400)))
+    assert main(["generate", str(saved_lm), "--prompt", "hi", "--depth", "2", "--max-new-tokens", "2",
+                 "--strategy", "block-influence", "--data", str(text)]) == 0
+    assert "2 tokens at depth 2" in capsys.readouterr().err
+    assert main(["generate", str(saved_lm), "--prompt", "hi", "--depth", "2", "--strategy", "angular"]) == 2
+    assert "calibration data" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- self-speculative decoding (part 2)
 
 

@@ -79,6 +79,8 @@ def prune(model: str, out: str, depth: int | None = None, keep: str | None = Non
     except ValueError:
         raise ValueError(f"--keep takes comma-separated integers like 0,2,5, got {keep!r}") from None
     record = prune_saved(model, out, depth=depth, keep=indices, strategy=strategy, data=data, rows=rows)
+    _cut_note(model, record["trained_with_layerdrop"], len(record["kept_layers"]), record["original_num_layers"],
+              record["strategy"])
     quality = {k: v for k, v in record.items() if k.startswith("validation_")}
     shown = "".join(f", {k.removeprefix('validation_')} {v:.4g}" for k, v in quality.items())
     print(f"kept layers {record['kept_layers']} of {record['original_num_layers']} ({record['strategy']}): "
@@ -106,10 +108,25 @@ def sweep(config: SweepConfig) -> int:
     return 0
 
 
+def _cut_note(name: str, trained: bool, depth: int, num_layers: int, strategy: str) -> None:
+    """One line on stderr when a model that records no LayerDrop training is cut: such a model
+    was never trained to run without its other layers; and what to do instead."""
+    if trained or depth >= num_layers:
+        return
+    retrain = "continue its training with LayerDrop (`layerdrop elastic` for a decoder, `layerdrop train --rate` otherwise)"
+    if strategy == "every-other":
+        advice = ("such a model often loses most of its quality (a language model writes garbage); try an importance "
+                  f"strategy (--strategy block-influence or angular, with --data for calibration), or {retrain}")
+    else:
+        advice = f"it loses quality even with {strategy}; to recover it, {retrain}"
+    print(f"note: {name} records no LayerDrop training; cut to {depth} of {num_layers} layers, {advice}",
+          file=sys.stderr)
+
+
 def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: int = 64,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              stop: str | None = None, seed: int = 0, speculative: int | None = None,
-             draft_tokens: int = 4) -> int:
+             draft_tokens: int = 4, strategy: str = "every-other", data: str | None = None) -> int:
     """Generate text with a causal LM cut to --depth layers, streaming tokens as they come.
 
     With --speculative K, a K-layer sub-network of the model (the same weights)
@@ -129,16 +146,27 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
         speculative: Self-speculative decoding with a draft of this many (every-other) layers; greedy only.
             With --depth D too, the draft is K layers of the D-layer model, and the text is that model's.
         draft_tokens: Tokens the draft proposes per verification (with --speculative).
+        strategy: How --depth chooses its layers: every-other, angular, block-influence, top or data-driven (angular and block-influence need --data).
+        data: Dataset name or text file whose validation rows calibrate --strategy.
     """
     from transformers import AutoTokenizer
 
+    from .arch import find_layers
+    from .evaluate import validation_scorers
     from .generate import generate as run
     from .models import from_pretrained, load_saved, local_folder
+    from .core import trained_with_layerdrop
 
-    lm = load_saved(model)
+    lm = load_saved(model).eval()
     tokenizer = from_pretrained(AutoTokenizer, local_folder(model))
+    block = min(128, getattr(lm.config, "max_position_embeddings", None) or 128)  # calibration tokens per row
+    batches = (validation_scorers(lm, tokenizer, data, rows=64, batch_size=8, max_length=block).calibration
+               if data is not None else None)
+    if depth is not None:
+        _cut_note(model, trained_with_layerdrop(lm), depth, len(find_layers(lm).layers), strategy)
     print(prompt, end="", flush=True)
-    result = run(lm, tokenizer, prompt, depth=depth, max_new_tokens=max_new_tokens, temperature=temperature,
+    result = run(lm, tokenizer, prompt, depth=depth, strategy=strategy, batches=batches,
+                 max_new_tokens=max_new_tokens, temperature=temperature,
                  top_k=top_k, top_p=top_p, stop=[s for s in (stop or "").split(",") if s], seed=seed,
                  on_text=lambda text: print(text, end="", flush=True), speculative=speculative,
                  draft_tokens=draft_tokens)

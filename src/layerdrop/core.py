@@ -44,6 +44,7 @@ __all__ = [
     "scale_rates",
     "set_rng_state",
     "state_of",
+    "trained_with_layerdrop",
     "uninstall",
 ]
 
@@ -69,6 +70,14 @@ def applied(model: nn.Module) -> tuple[nn.Module, LayerDropState]:
 
 def _recorded(model: nn.Module) -> dict[str, Any] | None:
     return getattr(getattr(model, "config", None), CONFIG_KEY, None)
+
+
+def trained_with_layerdrop(model: nn.Module) -> bool:
+    """Whether ``model``'s config records LayerDrop with some rate above 0: :func:`apply` writes the
+    record, ``save_pretrained`` and pruning keep it. A model without one was never trained to run
+    with layers missing, and cut without retraining it usually loses much of its quality."""
+    recorded = _recorded(model)
+    return bool(recorded) and any(rate > 0 for rate in recorded.get("rates", ()))
 
 
 def apply(

@@ -164,6 +164,8 @@ def generate(
     *,
     depth: int | None = None,
     keep: Sequence[int] | None = None,
+    strategy: str = "every-other",
+    batches: Sequence[dict[str, torch.Tensor]] | None = None,
     max_new_tokens: int = 64,
     temperature: float = 0.0,
     top_k: int | None = None,
@@ -175,6 +177,10 @@ def generate(
     draft_tokens: int = 4,
 ) -> Generation:
     """Continue ``prompt`` with ``model`` cut to ``depth`` layers (or to ``keep``).
+
+    ``strategy`` chooses the ``depth`` layers (a row of :data:`layerdrop.strategies.STRATEGIES`;
+    ``angular`` and ``block-influence`` need calibration ``batches``, and cut a model trained
+    without LayerDrop far better than every-other does).
 
     ``temperature=0`` is greedy decoding; otherwise sampling with ``top_k`` /
     ``top_p``, seeded by ``seed`` without touching the caller's global RNG.
@@ -207,6 +213,12 @@ def generate(
         raise ValueError("speculative decoding here is greedy: use temperature 0 (the default) with speculative")
     if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
         raise ValueError(f"draft_tokens must be a positive integer, got {draft_tokens!r}")
+    if depth is not None and keep is None and strategy != "every-other":
+        from .strategies import choose
+
+        if any(module.training for module in model.modules()):  # scoring switches to eval: ours, not the caller's
+            model = copy.deepcopy(model).eval()
+        keep = choose(strategy, model, depth, batches=batches).kept
     model = _at_depth(model, depth, keep)
     draft = None
     if speculative is not None:

@@ -193,7 +193,7 @@ def prune_saved(
     """
     from transformers import AutoTokenizer
 
-    from .core import only_layers
+    from .core import only_layers, trained_with_layerdrop
     from .evaluate import validation_scorers
     from .models import (META_FILE, Classifier, ModelFileError, from_pretrained, load_saved, local_folder,
                          read_meta, save_classifier)
@@ -235,6 +235,7 @@ def prune_saved(
         "strategy": chosen.pop("strategy"),
         "parameters_before": _n_params(model),
         "parameters_after": _n_params(small),
+        "trained_with_layerdrop": trained_with_layerdrop(model),
         **chosen,
         **(extra or {}),
     }
