@@ -31,7 +31,8 @@ def test_generation_at_a_depth_equals_the_pruned_model(lm, tok):
     pruned = layerdrop.prune(lm, depth=2).eval()
     ids = tok("in the beginning", return_tensors="pt").input_ids
     expected = pruned.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert result.depth == 2 and result.new_tokens == 6
+    assert result.depth == 2 and result.new_tokens == 6 and result.kept == (0, 3)
+    assert generate(lm, tok, "in the beginning", max_new_tokens=1).kept is None  # all layers
     assert result.text == tok.decode(expected[0, ids.shape[1]:], skip_special_tokens=True)
     assert len(layerdrop.find_layers(lm).layers) == 4  # the caller's model is untouched
 
@@ -157,6 +158,7 @@ def test_generation_at_a_depth_runs_the_layers_its_strategy_chooses(lm, tok):
     assert chosen != layerdrop.every_other(4, 2)  # else the check below could not tell them apart
     result = generate(lm, tok, "in the beginning", depth=2, strategy="angular", batches=batches, max_new_tokens=6)
     assert result.text == generate(lm, tok, "in the beginning", keep=chosen, max_new_tokens=6).text
+    assert result.kept == chosen
     with pytest.raises(ValueError, match="calibration data"):
         generate(lm, tok, "in the beginning", depth=2, strategy="angular")
 
@@ -182,7 +184,7 @@ def test_generate_cli_cuts_by_an_importance_strategy_on_calibration_data(saved_l
                             for i in range(400)))
     assert main(["generate", str(saved_lm), "--prompt", "hi", "--depth", "2", "--max-new-tokens", "2",
                  "--strategy", "block-influence", "--data", str(text)]) == 0
-    assert "2 tokens at depth 2" in capsys.readouterr().err
+    assert "2 tokens at depth 2 (layers " in capsys.readouterr().err
     assert main(["generate", str(saved_lm), "--prompt", "hi", "--depth", "2", "--strategy", "angular"]) == 2
     assert "calibration data" in capsys.readouterr().err
 

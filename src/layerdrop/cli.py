@@ -175,7 +175,8 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
     if result.draft_depth is not None:
         note += (f"; speculative: draft of {result.draft_depth} layers, {result.accepted} of {result.drafted} "
                  f"drafted tokens accepted ({100 * result.acceptance_rate:.0f} %)")
-    print(f"[{result.new_tokens} tokens at depth {result.depth}, {result.tokens_per_second:.1f} tokens/s{note}]",
+    layers = f" (layers {', '.join(map(str, result.kept))})" if result.kept is not None else ""
+    print(f"[{result.new_tokens} tokens at depth {result.depth}{layers}, {result.tokens_per_second:.1f} tokens/s{note}]",
           file=sys.stderr)
     return 0
 

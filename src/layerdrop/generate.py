@@ -9,6 +9,7 @@ greedy text. Why our loop rather than HF's ``assistant_model``: docs/generation.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -47,6 +48,8 @@ class Generation:
     """Tokens the draft proposed (speculative decoding)."""
     accepted: int = 0
     """Of the drafted tokens, those the full model agreed with; ``0 <= accepted <= drafted``."""
+    kept: tuple[int, ...] | None = None
+    """The model's layers that ran, by their original index (``None``: all of them)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -219,7 +222,10 @@ def generate(
         if any(module.training for module in model.modules()):  # scoring switches to eval: ours, not the caller's
             model = copy.deepcopy(model).eval()
         keep = choose(strategy, model, depth, batches=batches).kept
-    model = _at_depth(model, depth, keep)
+    num_layers = len(find_layers(model).layers)
+    kept = None if depth is None and keep is None else (
+        every_other(num_layers, depth) if keep is None else check_keep(keep, num_layers))
+    model = _at_depth(model, depth, kept)
     draft = None
     if speculative is not None:
         num_layers = len(find_layers(model).layers)
@@ -239,8 +245,9 @@ def generate(
             ids, truncated = ids[:, -room:], True
     begin = time.perf_counter()
     if draft is not None:
-        return _generate_speculative(model, draft, tokenizer, ids, truncated, begin, max_new_tokens=max_new_tokens,
-                                     draft_tokens=draft_tokens, stop=stop, on_text=on_text)
+        result = _generate_speculative(model, draft, tokenizer, ids, truncated, begin, max_new_tokens=max_new_tokens,
+                                       draft_tokens=draft_tokens, stop=stop, on_text=on_text)
+        return dataclasses.replace(result, kept=kept)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "use_cache": True,
                               "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                               else tokenizer.eos_token_id}
@@ -258,7 +265,7 @@ def generate(
     new = out[0, ids.shape[1]:]
     text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
     return Generation(text=text, new_tokens=int(new.shape[0]), depth=len(find_layers(model).layers),
-                      prompt_truncated=truncated, seconds=time.perf_counter() - begin)
+                      prompt_truncated=truncated, seconds=time.perf_counter() - begin, kept=kept)
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
