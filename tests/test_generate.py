@@ -186,7 +186,9 @@ def test_generate_cli_cuts_by_an_importance_strategy_on_calibration_data(saved_l
                  "--strategy", "block-influence", "--data", str(text)]) == 0
     assert "2 tokens at depth 2 (layers " in capsys.readouterr().err
     assert main(["generate", str(saved_lm), "--prompt", "hi", "--depth", "2", "--strategy", "angular"]) == 2
-    assert "calibration data" in capsys.readouterr().err
+    assert "pass --data" in capsys.readouterr().err
+    assert main(["generate", str(saved_lm), "--prompt", "hi", "--strategy", "angular", "--data", str(text)]) == 2
+    assert "pass --depth" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- self-speculative decoding (part 2)

@@ -384,6 +384,17 @@ def test_head_lr_gives_the_head_its_own_learning_rate(tmp_path):
         assert group["lr"] == (1e-2 if in_head.pop() else 1e-4)
 
 
+def test_head_lr_reaches_the_head_of_a_native_classifier_and_not_its_body(tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2,
+                                                     num_attention_heads=2, intermediate_size=64))
+    trainer = LayerDropTrainer(model=model, args=_args(tmp_path, learning_rate=1e-4), train_dataset=_data(),
+                               head_lr=1e-2)
+    fast = {id(p) for g in trainer.create_optimizer().param_groups if g["lr"] == 1e-2 for p in g["params"]}
+    assert fast == {id(p) for p in model.classifier.parameters()}  # the pooler is BERT's own: base rate
+
+
 def test_self_distill_run_trains_and_needs_a_rate(tmp_path, bert_dir, reviews):
     result = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "sd"),
                         rate=0.5, self_distill=True, max_steps=2, head_lr=1e-2))
@@ -402,6 +413,12 @@ def test_freeze_embeddings_keeps_the_word_embeddings_and_trains_the_rest(tmp_pat
     word, query = "embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight"
     assert torch.equal(after[word], before[word])
     assert not torch.equal(after[query], before[query])
+
+
+def test_freeze_embeddings_is_refused_for_a_model_built_from_scratch(tmp_path, reviews):
+    with pytest.raises(ValueError, match="without the flag"):
+        run(_quick(task="classification", model="bert-tiny", data=reviews, out=str(tmp_path / "x"),
+                   freeze_embeddings=True))
 
 
 def test_bf16_mixed_precision_trains_on_the_cpu_too(tmp_path, bert_dir, reviews):

@@ -73,7 +73,7 @@ class OptimArgs:
     lr: float = 5e-5
     """Peak learning rate of AdamW."""
     head_lr: float | None = None
-    """A separate learning rate for the classification head (``None``: same as ``lr``)."""
+    """A separate learning rate for the task head: the classifier's, or QA's span head (``None``: same as ``lr``)."""
     weight_decay: float = 0.01
     """AdamW weight decay."""
     lr_schedule: str = "linear"
@@ -281,7 +281,7 @@ class SweepConfig:
     """What ``layerdrop sweep`` measures."""
 
     model: str
-    """A saved model folder: a layerdrop classifier, or a causal LM."""
+    """A saved model folder: a classifier, a question-answering model or a causal LM."""
     data: str
     """A bundled dataset name or a CSV/TSV/JSONL file; its --split is scored."""
     out: str

@@ -117,6 +117,8 @@ def _cut_note(name: str, trained: bool, depth: int, num_layers: int, strategy: s
     if strategy == "every-other":
         advice = ("such a model often loses most of its quality (a language model writes garbage); try an importance "
                   f"strategy (--strategy block-influence or angular, with --data for calibration), or {retrain}")
+    elif strategy == "keep":
+        advice = f"such a model often loses much of its quality; to recover it, {retrain}"
     else:
         advice = f"it loses quality even with {strategy}; to recover it, {retrain}"
     print(f"note: {name} records no LayerDrop training; cut to {depth} of {num_layers} layers, {advice}",
@@ -152,16 +154,21 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
     from transformers import AutoTokenizer
 
     from .arch import find_layers
+    from .core import trained_with_layerdrop
     from .evaluate import validation_scorers
     from .generate import generate as run
     from .models import from_pretrained, load_saved, local_folder
-    from .core import trained_with_layerdrop
+    from .strategies import lookup
 
+    if strategy != "every-other" and depth is None:
+        raise ValueError(f"--strategy {strategy} chooses the layers of --depth: pass --depth too")
+    if lookup(strategy).needs_data and data is None:
+        raise ValueError(f"--strategy {strategy} needs calibration data: pass --data (a dataset name or text file)")
     lm = load_saved(model).eval()
     tokenizer = from_pretrained(AutoTokenizer, local_folder(model))
     block = min(128, getattr(lm.config, "max_position_embeddings", None) or 128)  # calibration tokens per row
     batches = (validation_scorers(lm, tokenizer, data, rows=64, batch_size=8, max_length=block).calibration
-               if data is not None else None)
+               if data is not None and depth is not None and strategy != "every-other" else None)
     if depth is not None:
         _cut_note(model, trained_with_layerdrop(lm), depth, len(find_layers(lm).layers), strategy)
     print(prompt, end="", flush=True)

@@ -73,11 +73,13 @@ def _recorded(model: nn.Module) -> dict[str, Any] | None:
 
 
 def trained_with_layerdrop(model: nn.Module) -> bool:
-    """Whether ``model``'s config records LayerDrop with some rate above 0: :func:`apply` writes the
-    record, ``save_pretrained`` and pruning keep it. A model without one was never trained to run
-    with layers missing, and cut without retraining it usually loses much of its quality."""
+    """Whether ``model``'s config records LayerDrop of whole layers with some rate above 0:
+    :func:`apply` writes the record, ``save_pretrained`` and pruning keep it. A model without one
+    was never trained to run with layers missing, and cut without retraining it usually loses
+    much of its quality."""
     recorded = _recorded(model)
-    return bool(recorded) and any(rate > 0 for rate in recorded.get("rates", ()))
+    return (bool(recorded) and recorded.get("granularity", "layer") == "layer"
+            and any(rate > 0 for rate in recorded.get("rates", ())))
 
 
 def apply(

@@ -136,8 +136,8 @@ def _speculative(
                 return drafted, accepted
 
 
-def _at_depth(model: nn.Module, depth: int | None, keep: Sequence[int] | None) -> nn.Module:
-    """``model`` (or the given layers of it) in eval mode, never changing ``model`` itself.
+def _at_depth(model: nn.Module, kept: tuple[int, ...] | None) -> nn.Module:
+    """``model`` (or its ``kept`` layers, checked) in eval mode, never changing ``model`` itself.
 
     A weight-sharing view where one serves: the model is in eval mode already (a view shares its
     modules, so switching it to eval would switch the caller's model), the view keeps layer 0 (a
@@ -147,10 +147,9 @@ def _at_depth(model: nn.Module, depth: int | None, keep: Sequence[int] | None) -
     """
     site = find_layers(model)
     training = any(module.training for module in model.modules())
-    if depth is None and keep is None:
+    if kept is None:
         return copy.deepcopy(model).eval() if training else model
     num_layers = len(site.layers)
-    kept = every_other(num_layers, depth) if keep is None else check_keep(keep, num_layers)
     config = getattr(model, "config", None)
     per_layer = [getattr(config, name, None) for name in (site.arch.per_layer_config if site.arch else ())]
     shifted = any(isinstance(v, (list, tuple)) and len(v) == num_layers and [v[i] for i in kept] != list(v[:len(kept)])
@@ -225,7 +224,7 @@ def generate(
     num_layers = len(find_layers(model).layers)
     kept = None if depth is None and keep is None else (
         every_other(num_layers, depth) if keep is None else check_keep(keep, num_layers))
-    model = _at_depth(model, depth, kept)
+    model = _at_depth(model, kept)
     draft = None
     if speculative is not None:
         num_layers = len(find_layers(model).layers)

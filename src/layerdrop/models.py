@@ -259,7 +259,7 @@ def save_classifier(model: Classifier, folder: str | Path, *, extra: dict[str, A
     The encoder is a plain HF folder (``AutoModel`` loads it); ``modules.json`` chains it with
     its pooling (``1_Pooling``) and the head as an identity ``Dense`` (``2_Dense``), so
     ``SentenceTransformer(folder).encode(texts)`` returns the logits, with no remote code.
-    ``config.json`` names the labels (``id2label``) when ``label_names`` is in the record, and
+    ``config.json`` names the labels (``id2label``; ``LABEL_i`` without ``label_names`` in the record), and
     ``sentence_bert_config.json`` truncates where training did (``trained_with.max_length``).
     """
     folder = Path(folder)
@@ -268,16 +268,15 @@ def save_classifier(model: Classifier, folder: str | Path, *, extra: dict[str, A
     meta.update({"task": "classification", "pooling": model.pooling, "num_labels": model.head.out_features})
     meta.update(extra or {})
     hidden, labels = model.head.in_features, model.head.out_features
-    if meta.get("label_names"):
-        config = json.loads((folder / "config.json").read_text())
-        config["id2label"] = dict(enumerate(meta["label_names"]))
-        config["label2id"] = {name: i for i, name in enumerate(meta["label_names"])}
-        write_json(folder / "config.json", config)
+    names = meta.get("label_names") or [f"LABEL_{i}" for i in range(labels)]
+    config = json.loads((folder / "config.json").read_text())
+    config["id2label"], config["label2id"] = dict(enumerate(names)), {name: i for i, name in enumerate(names)}
+    write_json(folder / "config.json", config)
     write_json(folder / "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": DENSE_DIR, "type": "sentence_transformers.models.Dense"}])
-    max_length = meta.get("trained_with", {}).get("max_length")
+    max_length = (meta.get("trained_with") or {}).get("max_length")
     write_json(folder / "sentence_bert_config.json",
                {"do_lower_case": False, **({"max_seq_length": max_length} if max_length else {})})
     write_json(folder / "1_Pooling" / "config.json",
@@ -355,8 +354,9 @@ def load_classifier(folder: str | Path) -> Classifier:
     folder = Path(folder)
     head_file = _head_file(folder)
     if head_file is None:
-        raise FileNotFoundError(f"{folder} is not a layerdrop classifier: expected {META_FILE} and "
-                                f"{DENSE_DIR}/model.safetensors beside the encoder")
+        raise FileNotFoundError(f"{folder} is not a layerdrop classifier (expected {META_FILE} and "
+                                f"{DENSE_DIR}/model.safetensors beside the encoder); load_saved() loads any saved "
+                                "model, a --pooling native classifier included")
     meta = read_meta(folder)
     try:
         head = {k.removeprefix("linear."): v for k, v in load_file(head_file).items()}

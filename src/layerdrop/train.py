@@ -115,6 +115,11 @@ def check(cfg: TrainConfig) -> None:
     if ld.data_driven and ld.pattern != "random":
         raise ValueError("--data-driven learns which layers to drop; --pattern every-other fixes where the kept "
                          "layers go. Use one or the other.")
+    from .presets import PRESETS
+
+    if opt.freeze_embeddings and cfg.model in PRESETS:
+        raise ValueError(f"--freeze-embeddings keeps pretrained word embeddings; {cfg.model!r} is built from scratch "
+                         "with random ones: train it without the flag")
     if ld.self_distill and ld.rate <= 0:
         raise ValueError("--self-distill trains LayerDrop sub-networks: it needs --rate > 0")
     if cfg.task == "qa" and opt.label_smoothing > 0:

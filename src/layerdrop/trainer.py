@@ -224,7 +224,8 @@ class LayerDropTrainer(Trainer):
             Costs one extra forward and backward of the sub-network per step.
         distill_weight: Weight of the KL term.
         distill_temperature: Softmax temperature of the soft targets.
-        head_lr: Learning rate of parameters under ``head.`` (a :class:`Classifier`'s head).
+        head_lr: Learning rate of the task head: a :class:`Classifier`'s ``head``, or what a
+            ``*For...`` model holds outside its base model (``classifier``, ``score``, ``qa_outputs``).
         rate_learner: The scorer of data-driven rates (:func:`layerdrop.attach_rate_learner`); it is
             not part of the model, so it gets its own optimizer parameter group.
         rate_lr: Learning rate of ``rate_learner``.
@@ -275,11 +276,17 @@ class LayerDropTrainer(Trainer):
     def _create_head_lr_optimizer(self, model=None) -> None:  # type: ignore[no-untyped-def]
         model = model if model is not None else self.model
         decay = set(self.get_decay_parameter_names(model))
+        base = getattr(model, "base_model_prefix", "")
+        base = f"{base}." if base and hasattr(model, base) else None  # a *For... model's body
+
+        def in_head_of(name: str) -> bool:
+            return not name.startswith(base) if base else name.startswith("head.")
+
         groups = []
         for in_head in (False, True):
             for decayed in (True, False):
                 params = [p for n, p in model.named_parameters()
-                          if p.requires_grad and n.startswith("head.") == in_head and (n in decay) == decayed]
+                          if p.requires_grad and in_head_of(n) == in_head and (n in decay) == decayed]
                 if params:
                     groups.append({"params": params, "weight_decay": self.args.weight_decay if decayed else 0.0,
                                    "lr": self.head_lr if in_head else self.args.learning_rate})
