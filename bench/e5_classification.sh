@@ -15,7 +15,7 @@ DATASETS=${*:-chinese-sentiment rotten-tomatoes}
 LD=${LAYERDROP:-layerdrop}
 
 # The demo's classification recipe (6,000 training rows, 2 epochs), with the word embeddings
-# frozen: they are 96M of e5-small's 118M parameters, and a step is about a third faster.
+# frozen: they are 96M of e5-small's 118M parameters, and a step takes 40 % less time (docs/benchmarks.md).
 COMMON=(--train-rows 6000 --epochs 2 --batch-size 32 --lr 5e-5 --head-lr 1e-3 --max-length 64
         --freeze-embeddings --save-steps 100 --resume --no-progress)
 
