@@ -415,6 +415,20 @@ def test_freeze_embeddings_keeps_the_word_embeddings_and_trains_the_rest(tmp_pat
     assert not torch.equal(after[query], before[query])
 
 
+def test_native_pooling_gives_a_checkpoint_without_a_pooler_new_weights(tmp_path, tokenizer):
+    from layerdrop.train import load_model
+
+    model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=2, intermediate_size=64))
+    torch.nn.init.zeros_(model.pooler.dense.weight)  # as e5-small's converted folder has it
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    cfg = _quick(task="classification", model=str(tmp_path), data="x", out="y", pooling="native")
+    native, _ = load_model(cfg, ["neg", "pos"], [])
+    assert native.bert.pooler.dense.weight.abs().sum() > 0
+    assert torch.equal(native.bert.pooler.dense.weight, load_model(cfg, ["neg", "pos"], [])[0].bert.pooler.dense.weight)
+
+
 def test_freeze_embeddings_is_refused_for_a_model_built_from_scratch(tmp_path, reviews):
     with pytest.raises(ValueError, match="without the flag"):
         run(_quick(task="classification", model="bert-tiny", data=reviews, out=str(tmp_path / "x"),

@@ -201,6 +201,11 @@ def load_model(cfg: TrainConfig, label_names: Sequence[str] | None, texts: Seque
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)  # new weights (a head) are seeded without touching the caller's RNG
         model = from_pretrained(auto_class, path, **overrides)
+        dense = getattr(getattr(model.base_model, "pooler", None), "dense", None)
+        if native and isinstance(dense, nn.Linear) and not dense.weight.any():
+            # a checkpoint without a pooler (e5-small's is zeros): new weights, seeded, as BERT initialises them
+            nn.init.normal_(dense.weight, std=getattr(model.config, "initializer_range", 0.02))
+            nn.init.zeros_(dense.bias)
         if classify and not native:
             model = Classifier(model, len(labels), cfg.pooling)
     return model, tokenizer
