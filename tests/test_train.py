@@ -395,6 +395,59 @@ def test_head_lr_reaches_the_head_of_a_native_classifier_and_not_its_body(tmp_pa
     assert fast == {id(p) for p in model.classifier.parameters()}  # the pooler is BERT's own: base rate
 
 
+# --------------------------------------------------------------------------- distillation from a teacher (issue 15)
+
+
+def test_the_teacher_loss_is_task_plus_soft_targets_and_the_teacher_gets_no_gradient(tmp_path):
+    teacher = make("bert").eval()
+    student = layerdrop.prune(teacher, depth=2).train()
+    trainer = LayerDropTrainer(model=student, args=_args(tmp_path), train_dataset=_data(), teacher=teacher,
+                               distill_weight=0.7, task_weight=0.3, distill_temperature=2.0)
+    batch = {"input_ids": torch.stack([r["input_ids"] for r in _data(4)]),
+             "labels": torch.stack([r["labels"] for r in _data(4)])}
+    loss = trainer.compute_loss(student, batch)
+    out = student(**batch)
+    with torch.no_grad():
+        soft = teacher(input_ids=batch["input_ids"]).logits
+    assert loss.item() == pytest.approx(0.3 * out.loss.item() + 0.7 * kd_loss(out.logits, soft, 2.0).item(), rel=1e-5)
+    loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_a_student_moves_toward_its_teacher_and_the_teacher_is_unchanged(tmp_path):
+    teacher = make("bert").eval()
+    with torch.no_grad():
+        teacher.classifier.weight.mul_(20)  # predictions a student visibly misses
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = layerdrop.prune(make("bert", seed=5), depth=2)  # another model, cut
+    ids = torch.stack([r["input_ids"] for r in _data()])
+
+    def gap():
+        with torch.no_grad():
+            return kd_loss(student.eval()(input_ids=ids).logits, teacher(input_ids=ids).logits).item()
+
+    start = gap()
+    LayerDropTrainer(model=student.train(), args=_args(tmp_path, max_steps=24), train_dataset=_data(), teacher=teacher,
+                     task_weight=0.0).train()
+    assert gap() < 0.5 * start
+    assert not teacher.training and all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"self_distill": True}, "choose one"),
+    ({"distill_temperature": 0.0}, "above 0"),
+    ({"distill_weight": 0.0, "task_weight": 0.0}, "learn nothing"),
+    ({"teacher_mode": "train"}, "teacher.eval()"),
+])
+def test_bad_distillation_settings_are_explained(tmp_path, kwargs, message):
+    teacher = make("bert")
+    if kwargs.pop("teacher_mode", "eval") == "eval":
+        teacher.eval()
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        LayerDropTrainer(model=layerdrop.prune(teacher, depth=2), args=_args(tmp_path), train_dataset=_data(),
+                         teacher=teacher, **kwargs)
+
+
 def test_self_distill_run_trains_and_needs_a_rate(tmp_path, bert_dir, reviews):
     result = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "sd"),
                         rate=0.5, self_distill=True, max_steps=2, head_lr=1e-2))

@@ -216,14 +216,21 @@ def self_distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 class LayerDropTrainer(Trainer):
-    """``Trainer`` with two LayerDrop options: self-distillation and a separate head learning rate.
+    """``Trainer`` with LayerDrop's options: self-distillation, distillation from a teacher, and a
+    separate head learning rate.
 
     Args:
         self_distill: Per step, the full network (every layer) learns the task and the
             sub-network LayerDrop samples learns to match the full network's predictions.
             Costs one extra forward and backward of the sub-network per step.
-        distill_weight: Weight of the KL term.
+        distill_weight: Weight of the KL term (of the teacher's, with ``teacher``).
         distill_temperature: Softmax temperature of the soft targets.
+        teacher: A frozen model in eval mode, on the trainer's device, with the model's inputs and
+            outputs (e.g. the uncut model of a cut student): each training step the model learns
+            ``task_weight`` x its task loss + ``distill_weight`` x :func:`output_kd_loss` to the
+            teacher's predictions (DistilBERT's soft targets). The teacher runs without gradients
+            and is never changed.
+        task_weight: Weight of the task loss with ``teacher``.
         head_lr: Learning rate of the task head: a :class:`Classifier`'s ``head``, or what a
             ``*For...`` model holds outside its base model (``classifier``, ``score``, ``qa_outputs``).
         rate_learner: The scorer of data-driven rates (:func:`layerdrop.attach_rate_learner`); it is
@@ -233,8 +240,17 @@ class LayerDropTrainer(Trainer):
 
     def __init__(self, *args: Any, self_distill: bool = False, distill_weight: float = 1.0,
                  distill_temperature: float = 1.0, head_lr: float | None = None,
-                 rate_learner: RateLearner | None = None, rate_lr: float = 5e-3, **kwargs: Any) -> None:
+                 rate_learner: RateLearner | None = None, rate_lr: float = 5e-3, teacher: nn.Module | None = None,
+                 task_weight: float = 1.0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if teacher is not None:
+            _check_teacher(teacher, self.args.device, self_distill)
+            if distill_temperature <= 0:
+                raise ValueError(f"the distillation temperature must be above 0, got {distill_temperature}")
+            if distill_weight <= 0 and task_weight <= 0:
+                raise ValueError("distill_weight and task_weight are both 0: the student would learn nothing")
+        self.teacher = teacher
+        self.task_weight = task_weight
         self.self_distill = self_distill
         self.distill_weight = distill_weight
         self.distill_temperature = distill_temperature
@@ -243,6 +259,8 @@ class LayerDropTrainer(Trainer):
         self.rate_lr = rate_lr
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+        if self.teacher is not None and model.training:
+            return self._teacher_loss(model, inputs, return_outputs)
         if not (self.self_distill and model.training):
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if self.rate_learner is None or not model.training:
@@ -262,6 +280,18 @@ class LayerDropTrainer(Trainer):
         if self.rate_learner is not None:  # the sub-network's gap to the full one, free of data noise
             loss = loss + self.rate_learner.policy_loss(distill)
         return (loss, full) if return_outputs else loss
+
+    def _teacher_loss(self, model, inputs, return_outputs):  # type: ignore[no-untyped-def]
+        inputs = dict(inputs)
+        labels = inputs.pop("labels") if self.label_smoother is not None else None
+        with torch.no_grad():
+            teacher = self.teacher(**{k: v for k, v in inputs.items() if k not in ("labels", "start_positions",
+                                                                                   "end_positions")})
+        student = model(**inputs)
+        task = self.label_smoother(student, labels) if labels is not None else student.loss
+        distill = output_kd_loss(student, teacher, self.distill_temperature)
+        loss = self.task_weight * task + self.distill_weight * distill
+        return (loss, student) if return_outputs else loss
 
     def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]
         if self.head_lr is None:
@@ -292,6 +322,20 @@ class LayerDropTrainer(Trainer):
                                    "lr": self.head_lr if in_head else self.args.learning_rate})
         self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=(self.args.adam_beta1,
                                            self.args.adam_beta2), eps=self.args.adam_epsilon)
+
+
+def _check_teacher(teacher: nn.Module, device: torch.device, self_distill: bool) -> None:
+    """Refuse a teacher that would be changed or could not run beside the student."""
+    if self_distill:
+        raise ValueError("self_distill learns from the model's own full network, teacher from another model: "
+                         "choose one")
+    if any(module.training for module in teacher.modules()):
+        raise ValueError("the teacher must be in eval mode (teacher.eval()); the trainer does not switch a "
+                         "caller's model")
+    on = {p.device for p in teacher.parameters()}
+    if on and on != {torch.device(device)}:
+        raise ValueError(f"the teacher is on {sorted(map(str, on))}, the trainer on {device}: "
+                         f"move it first (teacher.to({str(device)!r}))")
 
 
 class MarkCheckpointComplete(TrainerCallback):
