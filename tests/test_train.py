@@ -19,7 +19,7 @@ from transformers import (
 )
 
 import layerdrop
-from layerdrop.models import Classifier, load_classifier, pool, resolve
+from layerdrop.models import Classifier, load_classifier, load_saved, pool, resolve
 from layerdrop.rates import schedule_factor
 from layerdrop.evaluate import pooled_accuracy
 from layerdrop.args import TrainConfig
@@ -480,6 +480,17 @@ def test_native_pooling_gives_a_checkpoint_without_a_pooler_new_weights(tmp_path
     native, _ = load_model(cfg, ["neg", "pos"], [])
     assert native.bert.pooler.dense.weight.abs().sum() > 0
     assert torch.equal(native.bert.pooler.dense.weight, load_model(cfg, ["neg", "pos"], [])[0].bert.pooler.dense.weight)
+
+
+def test_a_run_without_layerdrop_drops_a_record_inherited_from_its_start(tmp_path, bert_dir, reviews):
+    from layerdrop.core import trained_with_layerdrop
+
+    elastic = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "ld"), rate=0.5,
+                         max_steps=1))
+    assert trained_with_layerdrop(load_saved(str(elastic.model_dir)))
+    plain = run(_quick(task="classification", model=str(elastic.model_dir), data=reviews, out=str(tmp_path / "p"),
+                       rate=0.0, max_steps=1))
+    assert not trained_with_layerdrop(load_saved(str(plain.model_dir)))
 
 
 def test_freeze_embeddings_is_refused_for_a_model_built_from_scratch(tmp_path, reviews):

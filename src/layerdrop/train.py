@@ -29,7 +29,7 @@ from transformers import (
 
 from . import data
 from .args import TrainConfig
-from .core import LayerDropSettings, apply
+from .core import LayerDropSettings, apply, remove
 from .data import encode_classification, encode_lm, encode_qa
 from .evaluate import pooled_accuracy
 from .files import atomic_dir, write_json
@@ -297,6 +297,8 @@ def run(cfg: TrainConfig) -> TrainResult:
               min_layers=1, rescale=False)  # the two this recipe does not expose: their defaults, not a record's
         if ld.data_driven:
             learner = attach_rate_learner(model, seed=cfg.seed)
+    else:  # a record inherited from the loaded folder would claim that this run used LayerDrop
+        remove(model)
 
     # 5. encode
     evaluated = {"valid": valid_split, "test": test_split} if cfg.evaluate else {}
