@@ -244,7 +244,7 @@ def _qa_scorers(model: nn.Module, tokenizer: Any, data: str, rows: int, batch_si
     from transformers import DataCollatorWithPadding
 
     from .data import encode_qa, load_qa
-    from .qa import qa_scores
+    from .qa import qa_scores, without_targets
 
     splits = load_qa(data, seed=seed)
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
@@ -256,7 +256,7 @@ def _qa_scorers(model: nn.Module, tokenizer: Any, data: str, rows: int, batch_si
     def scorer(name: str) -> Callable[[nn.Module], float]:
         return lambda m: qa_scores(m, encoded[name], parts[name], collate, batch_size=batch_size)["f1"]
 
-    calib = [{k: v for k, v in r.items() if not k.endswith("_positions")} for r in encoded["valid"].rows]
+    calib = [without_targets(r) for r in encoded["valid"].rows]
     calib = calib[:calibration_rows]
     calibration = [collate(calib[i:i + batch_size]) for i in range(0, len(calib), batch_size)]
     return Scorers("f1", scorer("valid"), scorer("test"), calibration)

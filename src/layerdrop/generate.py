@@ -22,7 +22,6 @@ from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, T
 
 from .arch import find_layers
 from .core import check_keep
-from .depths import every_other
 from .prune import prune, view
 
 __all__ = ["Generation", "generate"]
@@ -215,15 +214,13 @@ def generate(
         raise ValueError("speculative decoding here is greedy: use temperature 0 (the default) with speculative")
     if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
         raise ValueError(f"draft_tokens must be a positive integer, got {draft_tokens!r}")
-    if depth is not None and keep is None and strategy != "every-other":
+    if depth is not None and keep is None:  # the strategy's layers (every-other by default)
         from .strategies import choose
 
-        if any(module.training for module in model.modules()):  # scoring switches to eval: ours, not the caller's
-            model = copy.deepcopy(model).eval()
+        if strategy != "every-other" and any(module.training for module in model.modules()):
+            model = copy.deepcopy(model).eval()  # scoring switches to eval: ours, not the caller's
         keep = choose(strategy, model, depth, batches=batches).kept
-    num_layers = len(find_layers(model).layers)
-    kept = None if depth is None and keep is None else (
-        every_other(num_layers, depth) if keep is None else check_keep(keep, num_layers))
+    kept = None if keep is None else check_keep(keep, len(find_layers(model).layers))
     model = _at_depth(model, kept)
     draft = None
     if speculative is not None:

@@ -25,7 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["best_answer", "exact_match", "f1", "is_qa_model", "normalize_answer", "qa_scores", "tokens"]
+__all__ = ["best_answer", "exact_match", "f1", "is_qa_model", "normalize_answer", "qa_scores", "tokens",
+           "without_targets"]
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
 _PUNCT = set(string.punctuation)
@@ -151,6 +152,12 @@ def best_answer(
     return context[best_span[0]:best_span[1]]
 
 
+def without_targets(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` (an encoded example or a batch) without what a model is trained toward: ``labels``
+    and question answering's ``start_positions`` / ``end_positions``; the model's inputs only."""
+    return {k: v for k, v in row.items() if k != "labels" and not k.endswith("_positions")}
+
+
 def is_qa_model(model: nn.Module) -> bool:
     """Whether ``model`` is an extractive question-answering model (``*ForQuestionAnswering``)."""
     return type(model).__name__.endswith("ForQuestionAnswering")
@@ -176,7 +183,7 @@ def qa_scores(
     per_example: dict[int, list[tuple[Any, Any, Any]]] = {i: [] for i in range(len(dataset))}
     rows = encoding.rows
     for i in range(0, len(rows), batch_size):
-        batch = collate([{k: v for k, v in r.items() if not k.endswith("_positions")} for r in rows[i:i + batch_size]])
+        batch = collate([without_targets(r) for r in rows[i:i + batch_size]])
         out = model(**{k: v.to(device) for k, v in batch.items()})
         for j in range(out.start_logits.shape[0]):
             n = len(rows[i + j]["input_ids"])

@@ -30,6 +30,7 @@ from .core import LayerDropState, applied, get_rng_state, only_layers, scale_rat
 from .distributed import DEFAULT_CHECK_EVERY, check_trainer_setup, configure_trainer, watch, world_size
 from .files import write_bytes, write_json
 from .learned import RateLearner
+from .qa import without_targets
 from .rates import schedule_factor
 
 __all__ = [
@@ -285,8 +286,7 @@ class LayerDropTrainer(Trainer):
         inputs = dict(inputs)
         labels = inputs.pop("labels") if self.label_smoother is not None else None
         with torch.no_grad():
-            teacher = self.teacher(**{k: v for k, v in inputs.items() if k not in ("labels", "start_positions",
-                                                                                   "end_positions")})
+            teacher = self.teacher(**without_targets(inputs))
         student = model(**inputs)
         task = self.label_smoother(student, labels) if labels is not None else student.loss
         distill = output_kd_loss(student, teacher, self.distill_temperature)
