@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -133,3 +135,15 @@ def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer) -> s
                                eos_token_id=minilm_tokenizer.sep_token_id)).save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+def write_reviews(path: Path, good_label: str = "pos", bad_label: str = "neg") -> str:
+    """A small labelled CSV (80 short film reviews, two classes) at ``path``; returns the path."""
+    good = ["a good film", "great acting and a great story", "I loved it", "wonderful and moving", "superb"]
+    bad = ["a bad film", "awful acting and a dull story", "I hated it", "boring and slow", "terrible"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for i in range(8):
+            w.writerows([[f"{t} {i}", good_label] for t in good] + [[f"{t} {i}", bad_label] for t in bad])
+    return str(path)

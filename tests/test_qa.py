@@ -305,6 +305,16 @@ def test_the_export_answers_the_same_in_plain_transformers(trained):
     assert set(qa_scores(model, enc, rows, DataCollatorWithPadding(tok, return_tensors="pt"))) == {"exact_match", "f1"}
 
 
+def test_a_qa_model_is_distilled_on_start_and_end_logits(trained, squad_file, tmp_path):
+    assert cli.main(["distill", str(trained / "model"), "--data", str(squad_file), "--depth", "1", "--max-steps", "2",
+                     "--batch-size", "8", "--max-length", "64", "--stride", "16", "--no-progress",
+                     "--out", str(tmp_path / "d")]) == 0
+    meta = json.loads((tmp_path / "d" / "model" / "layerdrop.json").read_text())
+    assert meta["task"] == "qa" and len(meta["kept_layers"]) == 1
+    assert set(meta["metrics"]) == set(meta["teacher_metrics"]) == {"valid_exact_match", "valid_f1",
+                                                                     "test_exact_match", "test_f1"}
+
+
 def test_self_distillation_of_a_qa_model_matches_start_and_end_logits():
     from transformers.modeling_outputs import QuestionAnsweringModelOutput
 

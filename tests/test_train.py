@@ -1,6 +1,5 @@
 """Training: the Trainer callback, resumable masks, and the `layerdrop train` pipeline."""
 
-import csv
 import json
 
 import pytest
@@ -25,7 +24,7 @@ from layerdrop.evaluate import pooled_accuracy
 from layerdrop.args import TrainConfig
 from layerdrop.train import run, run_or_reuse
 from layerdrop.trainer import LayerDropCallback, LayerDropTrainer, attach, kd_loss, last_complete_checkpoint
-from conftest import make, tokens
+from conftest import make, tokens, write_reviews
 
 
 @pytest.fixture(scope="module")
@@ -58,18 +57,7 @@ def bert_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="module")
 def reviews(tmp_path_factory):
-    path = tmp_path_factory.mktemp("data") / "reviews.csv"
-    good = ["a good film", "great acting and a great story", "I loved it", "wonderful and moving", "superb"]
-    bad = ["a bad film", "awful acting and a dull story", "I hated it", "boring and slow", "terrible"]
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "label"])
-        for i in range(8):
-            for t in good:
-                w.writerow([f"{t} {i}", "pos"])
-            for t in bad:
-                w.writerow([f"{t} {i}", "neg"])
-    return str(path)
+    return write_reviews(tmp_path_factory.mktemp("data") / "reviews.csv")
 
 
 def _quick(**kw):

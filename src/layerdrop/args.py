@@ -21,8 +21,8 @@ from typing import Any
 
 from .settings import check_pattern
 
-__all__ = ["DataArgs", "DemoConfig", "ElasticConfig", "LayerDropArgs", "OptimArgs", "SweepConfig", "TrainConfig",
-           "build"]
+__all__ = ["DataArgs", "DemoConfig", "DistillArgs", "DistillConfig", "ElasticConfig", "LayerDropArgs", "OptimArgs",
+           "SweepConfig", "TrainConfig", "build", "flatten"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,16 @@ def build(cls: type, values: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def flatten(config: Any) -> dict[str, Any]:
+    """Every leaf setting of a config dataclass by name, the fields of its groups included: the
+    inverse of :func:`build`, and the record a recipe writes into ``layerdrop.json``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out.update(flatten(value) if dataclasses.is_dataclass(value) else {f.name: value})
+    return out
+
+
 _GROUPS = {"layerdrop": LayerDropArgs, "optim": OptimArgs, "inputs": DataArgs}
 """Group field of :class:`TrainConfig` -> its dataclass."""
 
@@ -188,15 +198,90 @@ class TrainConfig:
 
     def flat(self) -> dict[str, Any]:
         """Every leaf setting by name: the ``trained_with`` record of ``layerdrop.json``."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            out.update(dataclasses.asdict(value) if f.name in _GROUPS else {f.name: value})
-        return out
+        return flatten(self)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with the named leaf settings changed (``cfg.replace(lr=1e-4, resume=True)``)."""
         return self.from_flat(**{**self.flat(), **changes})
+
+
+@dataclass(frozen=True)
+class DistillArgs:
+    """The distillation loss: each term's weight (DistilBERT's task-specific values by default), and the teacher's cache."""
+
+    alpha_kd: float = 0.5
+    """Weight of the soft-target loss: KL to the teacher's predictions at --temperature, times T^2
+    (for question answering, on start and end logits). DistilBERT's SQuAD distillation: 0.5."""
+    alpha_task: float = 0.5
+    """Weight of the task's own loss on the labels (next token for a language model). DistilBERT's SQuAD distillation: 0.5."""
+    temperature: float = 2.0
+    """Softmax temperature of the soft targets (DistilBERT: 2)."""
+    alpha_cos: float = 0.0
+    """Weight of the cosine loss between the student's and the teacher's last hidden states
+    (DistilBERT's pre-training used 1.0; its ablation lost 1.46 GLUE points without it)."""
+    alpha_hidden: float = 0.0
+    """Weight of intermediate-layer matching: each student layer's output against the teacher
+    layer it was cut from (BERT-PKD), as normalised hidden states."""
+    cache_teacher: bool = True
+    """Compute the teacher's logits on the training rows once, save them in --out, and reuse them
+    every epoch instead of running the teacher each step. Used for classification without
+    --alpha-cos or --alpha-hidden (which need the teacher's hidden states each step)."""
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Everything ``layerdrop distill`` needs. Build with :func:`build` from flat names; change with
+    :meth:`replace`."""
+
+    teacher: str
+    """A trained model folder (a classifier, QA model or language model saved by layerdrop or
+    transformers) or a bundled model: what the student learns from. It is never changed."""
+    data: str
+    """A bundled dataset name or a CSV/TSV/JSONL file (a SQuAD-format JSON file for a QA teacher):
+    its training split is distilled on, its validation and test splits scored."""
+    out: str
+    """Output folder: ``initial-student/``, ``checkpoints/``, ``model/`` and ``metrics.json`` go here."""
+    depth: int | None = None
+    """The student is the teacher cut to this many layers, chosen by --strategy (every-other keeps
+    0, 2, 4, 7, 9, 11 of 12: DistilBERT's initialisation). The same teacher at full depth then
+    heals its own cut: prune-and-heal."""
+    strategy: str = "every-other"
+    """How --depth chooses the student's layers: every-other, search, block-influence, angular, top
+    or data-driven (search and the importance metrics use --data's validation rows)."""
+    student: str | None = None
+    """A model folder to distil into instead of a cut teacher: same tokenizer, same labels, no more layers."""
+    calibration_rows: int = 64
+    """Validation rows that score or calibrate a --strategy that needs data."""
+    seed: int = 0
+    """Seed of data splits, head initialisation and data order."""
+    save_steps: int = 200
+    """Save a checkpoint every N optimizer steps."""
+    logging_steps: int = 20
+    """Log the loss every N steps."""
+    resume: bool = False
+    """For ``layerdrop.distill.run``: continue from the newest complete checkpoint in ``out/checkpoints``
+    (the settings must match). The command always continues an unfinished run, and reuses a finished one."""
+    evaluate: bool = True
+    """Score the student (and the teacher, once) on the validation and test splits."""
+    progress: bool = True
+    """Show tqdm bars."""
+    distill: DistillArgs = field(default_factory=DistillArgs)
+    """The loss."""
+    optim: OptimArgs = field(default_factory=OptimArgs)
+    """Optimisation settings."""
+    inputs: DataArgs = field(default_factory=DataArgs)
+    """Rows and encoding."""
+
+    def flat(self) -> dict[str, Any]:
+        """Every leaf setting by name: the ``distilled_with`` record of ``layerdrop.json``."""
+        return flatten(self)
+
+    def replace(self, **changes: Any) -> DistillConfig:
+        """A copy with the named leaf settings changed (``cfg.replace(alpha_kd=1.0)``)."""
+        unknown = sorted(set(changes) - set(self.flat()))
+        if unknown:
+            raise TypeError(f"unknown DistillConfig setting(s) {unknown}")
+        return build(DistillConfig, {**self.flat(), **changes})
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import json
 import sys
 import textwrap
 import types
@@ -21,7 +22,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .args import DemoConfig, ElasticConfig, SweepConfig, TrainConfig, build
+from .args import DemoConfig, DistillConfig, ElasticConfig, SweepConfig, TrainConfig, build
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -89,6 +90,34 @@ def prune(model: str, out: str, depth: int | None = None, keep: str | None = Non
     return 0
 
 
+def distill(config: DistillConfig) -> int:
+    """Distil a trained teacher into a smaller student: DistilBERT-style, or prune-and-heal.
+
+    TEACHER is a model trained for a task (a classifier or QA model from `layerdrop train`, or a
+    language model). The student is the teacher cut to --depth layers (--strategy chooses which;
+    every-other is DistilBERT's initialisation), or --student PATH. It learns --alpha-task x the
+    task loss + --alpha-kd x KL to the teacher's predictions at --temperature, optionally plus the
+    hidden-state losses. Run the same command again to continue an interrupted run.
+
+    Examples:
+      layerdrop distill runs/rt/model --data rotten-tomatoes --depth 3 --out runs/rt-distilled-3
+      layerdrop distill runs/zh/model --data chinese-sentiment --depth 6 --alpha-cos 1 --out runs/zh-6
+      layerdrop distill smollm2-135m --data kjv --depth 20 --strategy angular --alpha-task 0 --out runs/heal-20
+    """
+    from .distill import run_or_reuse
+
+    result_dir = run_or_reuse(config)
+    meta = json.loads((result_dir / "layerdrop.json").read_text())
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in meta["metrics"].items())
+    theirs = ", ".join(f"{k} {v:.4g}" for k, v in meta.get("teacher_metrics", {}).items())
+    print(f"done: {len(meta['kept_layers'])}-layer student (teacher layers {meta['kept_layers']}), "
+          f"{meta['train_seconds']:.0f} s of training; {shown or 'not scored'}")
+    if theirs:
+        print(f"teacher: {theirs}")
+    print(f"model: {result_dir}")
+    return 0
+
+
 def sweep(config: SweepConfig) -> int:
     """Measure quality, latency and parameters at every depth for each layer-choice strategy.
 
@@ -113,7 +142,8 @@ def _cut_note(name: str, trained: bool, depth: int, num_layers: int, strategy: s
     was never trained to run without its other layers; and what to do instead."""
     if trained or depth >= num_layers:
         return
-    retrain = "continue its training with LayerDrop (`layerdrop elastic` for a decoder, `layerdrop train --rate` otherwise)"
+    retrain = ("heal the cut with `layerdrop distill` (the full model teaching its cut), or continue its training "
+               "with LayerDrop (`layerdrop elastic` for a decoder, `layerdrop train --rate` otherwise)")
     if strategy == "every-other":
         advice = ("such a model often loses most of its quality (a language model writes garbage); try an importance "
                   f"strategy (--strategy block-influence or angular, with --data for calibration), or {retrain}")
@@ -241,6 +271,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "train": Command(train, ("task", "model")),
     "prune": Command(prune, ("model",)),
+    "distill": Command(distill, ("teacher",)),
     "sweep": Command(sweep, ("model",)),
     "generate": Command(generate, ("model",)),
     "elastic": Command(elastic, ("model",)),

@@ -233,10 +233,11 @@ class Classifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
 
     def forward(self, labels: torch.Tensor | None = None, **inputs: torch.Tensor) -> SequenceClassifierOutput:
-        hidden = self.encoder(**inputs).last_hidden_state  # (B, T, H)
+        out = self.encoder(**inputs)
+        hidden = out.last_hidden_state  # (B, T, H)
         logits = self.head(self.dropout(pool(hidden, inputs.get("attention_mask"), self.pooling)))  # (B, C)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
 META_FILE = "layerdrop.json"
@@ -253,14 +254,16 @@ True
 """
 
 
-def save_classifier(model: Classifier, folder: str | Path, *, extra: dict[str, Any] | None = None) -> None:
+def save_classifier(model: Classifier, folder: str | Path, *, extra: dict[str, Any] | None = None,
+                    max_length: int | None = None) -> None:
     """Write ``model`` into ``folder`` as a sentence-transformers model, plus ``layerdrop.json``.
 
     The encoder is a plain HF folder (``AutoModel`` loads it); ``modules.json`` chains it with
     its pooling (``1_Pooling``) and the head as an identity ``Dense`` (``2_Dense``), so
     ``SentenceTransformer(folder).encode(texts)`` returns the logits, with no remote code.
     ``config.json`` names the labels (``id2label``; ``LABEL_i`` without ``label_names`` in the record), and
-    ``sentence_bert_config.json`` truncates where training did (``trained_with.max_length``).
+    ``sentence_bert_config.json`` truncates where training did (``max_length``, else the record's
+    ``trained_with.max_length``).
     """
     folder = Path(folder)
     model.encoder.save_pretrained(folder)
@@ -276,7 +279,7 @@ def save_classifier(model: Classifier, folder: str | Path, *, extra: dict[str, A
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": DENSE_DIR, "type": "sentence_transformers.models.Dense"}])
-    max_length = (meta.get("trained_with") or {}).get("max_length")
+    max_length = max_length or (meta.get("trained_with") or {}).get("max_length")
     write_json(folder / "sentence_bert_config.json",
                {"do_lower_case": False, **({"max_seq_length": max_length} if max_length else {})})
     write_json(folder / "1_Pooling" / "config.json",

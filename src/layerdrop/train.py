@@ -8,8 +8,6 @@ markers) are in :mod:`layerdrop.trainer`; the settings in :mod:`layerdrop.args`.
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,26 +16,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import (
-    AutoConfig,
-    AutoModelForSequenceClassification,
-    AutoTokenizer,
-    DataCollatorForLanguageModeling,
-    DataCollatorWithPadding,
-    TrainingArguments,
-)
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from . import data
 from .args import TrainConfig
 from .core import LayerDropSettings, apply, remove
-from .data import encode_classification, encode_lm, encode_qa
-from .evaluate import pooled_accuracy
-from .files import atomic_dir, write_json
 from .learned import attach_rate_learner, record_learned_rates
-from .qa import qa_scores
-from .models import (AUTO_CLASSES, META_FILE, NATIVE, POOLINGS, Classifier, from_pretrained, model_folder, read_meta,
-                     save_classifier)
+from .models import AUTO_CLASSES, META_FILE, NATIVE, POOLINGS, Classifier, from_pretrained, model_folder, read_meta
 from .rates import SCHEDULES, layer_rates
+from .steps import Rows, check_fresh, encoder, export, full_depth_metrics, splits, training_arguments
 from .trainer import (
     LayerDropCallback,
     LayerDropTrainer,
@@ -211,50 +197,6 @@ def load_model(cfg: TrainConfig, label_names: Sequence[str] | None, texts: Seque
     return model, tokenizer
 
 
-class _Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return self.rows[i]
-
-
-def _training_arguments(cfg: TrainConfig, ckpt_dir: Path, layerdrop_on: bool) -> TrainingArguments:
-    opt = cfg.optim
-    return TrainingArguments(
-        output_dir=str(ckpt_dir),
-        num_train_epochs=opt.epochs,
-        max_steps=opt.max_steps,
-        per_device_train_batch_size=opt.batch_size,
-        per_device_eval_batch_size=max(opt.batch_size, 64),
-        gradient_accumulation_steps=opt.grad_accum,
-        learning_rate=opt.lr,
-        weight_decay=opt.weight_decay,
-        lr_scheduler_type=opt.lr_schedule,
-        warmup_steps=opt.warmup,
-        max_grad_norm=opt.max_grad_norm if opt.max_grad_norm > 0 else 0.0,
-        label_smoothing_factor=opt.label_smoothing,
-        bf16=opt.bf16,
-        # Trainer wants use_cpu explicit for bf16 on CPUs, and for DDP across CPU processes (torchrun sets WORLD_SIZE).
-        use_cpu=not torch.cuda.is_available() and (opt.bf16 or int(os.environ.get("WORLD_SIZE", "1")) > 1),
-        seed=cfg.seed,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        logging_steps=cfg.logging_steps,
-        report_to="none",
-        disable_tqdm=not cfg.progress,
-        remove_unused_columns=False,
-        restore_callback_states_from_checkpoint=False,  # restored in run, keeping the callback first
-        dataloader_num_workers=0,
-        ddp_find_unused_parameters=True if layerdrop_on else None,  # under DDP, skipped layers get no gradient
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-
-
 def run(cfg: TrainConfig) -> TrainResult:
     """Train ``cfg.model`` with LayerDrop on ``cfg.data``; evaluate; export to ``cfg.out/model``."""
     # 1. validate everything before loading anything
@@ -266,23 +208,10 @@ def run(cfg: TrainConfig) -> TrainResult:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_from = last_complete_checkpoint(ckpt_dir) if cfg.resume else None
-    if not cfg.resume and ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*")):
-        raise FileExistsError(f"{ckpt_dir} already holds checkpoints: pass --resume to continue that run, "
-                              "or choose another --out")
+    check_fresh(ckpt_dir, cfg.resume)
 
     # 2. data
-    if qa:  # a SQuAD-format file: questions, contexts, answer spans
-        splits = data.load_qa(cfg.data, seed=cfg.seed)
-    else:
-        splits = data.load(cfg.data, seed=cfg.seed, label_column="label" if classify else None)
-    train_split, valid_split, test_split = splits.train, splits.valid, splits.test
-    if inputs.train_rows:
-        train_split = train_split.subset(range(min(inputs.train_rows, len(train_split))))
-    if inputs.eval_rows:
-        valid_split = valid_split.subset(range(min(inputs.eval_rows, len(valid_split))))
-        test_split = test_split.subset(range(min(inputs.eval_rows, len(test_split))))
-    if classify and train_split.labels is None:
-        raise ValueError(f"{cfg.data} has no labels; classification needs a label column")
+    train_split, valid_split, test_split = splits(cfg.task, cfg.data, cfg.seed, inputs)
 
     # 3. model
     vocabulary_text = (*train_split.texts, *train_split.questions) if qa else train_split.texts
@@ -302,31 +231,16 @@ def run(cfg: TrainConfig) -> TrainResult:
 
     # 5. encode
     evaluated = {"valid": valid_split, "test": test_split} if cfg.evaluate else {}
-    if classify:
-        stride = inputs.stride if inputs.long_doc is not None else None
-
-        def encode(split: data.TextDataset, name: str) -> tuple[list[dict[str, Any]], list[int]]:
-            return encode_classification(tokenizer, split, inputs.max_length, stride, progress=cfg.progress,
-                                         desc=f"tokenizing {name}")
-        collator: Any = DataCollatorWithPadding(tokenizer)
-    elif qa:  # windows over each context; a question whose answer fits no window is not trained on
-        def encode(split: Any, name: str) -> tuple[list[dict[str, Any]], Any]:
-            windows = encode_qa(tokenizer, split, inputs.max_length, inputs.stride, progress=cfg.progress,
-                                desc=f"tokenizing {name}")
-            return (windows.trainable() if name == "train" else windows.rows), windows
-        collator = DataCollatorWithPadding(tokenizer)
-    else:
-        def encode(split: data.TextDataset, name: str) -> tuple[list[dict[str, Any]], list[int]]:
-            return encode_lm(tokenizer, split.texts, inputs.max_length, progress=cfg.progress,
-                             desc=f"tokenizing {name}"), []
-        # MLM masking draws from the global RNG, which Trainer saves and restores on resume.
-        collator = DataCollatorForLanguageModeling(tokenizer, mlm=cfg.task == "mlm", mlm_probability=0.15)
+    encode, collator = encoder(cfg.task, tokenizer, inputs, cfg.progress)
     train_rows, _ = encode(train_split, "train")
     evals = {name: encode(split, name) for name, split in evaluated.items()}
 
     # 6. Trainer
     trainer = LayerDropTrainer(
-        model=model, args=_training_arguments(cfg, ckpt_dir, layerdrop_on), train_dataset=_Rows(train_rows),
+        model=model, args=training_arguments(cfg.optim, ckpt_dir, seed=cfg.seed, save_steps=cfg.save_steps,
+                                             logging_steps=cfg.logging_steps, progress=cfg.progress,
+                                             layerdrop_on=layerdrop_on),
+        train_dataset=Rows(train_rows),
         data_collator=collator, callbacks=[MarkCheckpointComplete()], self_distill=ld.self_distill,
         distill_weight=ld.distill_weight, distill_temperature=ld.distill_temperature, head_lr=cfg.optim.head_lr,
         rate_learner=learner, rate_lr=ld.rate_lr,
@@ -338,20 +252,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     # 7. evaluate at full depth
-    metrics: dict[str, float] = {}
-    for name, (rows, doc_of) in evals.items():
-        if qa:  # exact match and F1 over questions, from every window of each
-            scores = qa_scores(model.eval(), doc_of, evaluated[name], collator,
-                               batch_size=max(cfg.optim.batch_size, 64))
-            metrics.update({f"{name}_{k}": v for k, v in scores.items()})
-        elif classify:
-            pred = trainer.predict(_Rows(rows), metric_key_prefix=name)
-            metrics[f"{name}_accuracy"] = pooled_accuracy(torch.as_tensor(pred.predictions),
-                                                          evaluated[name].labels, doc_of, inputs.long_doc)
-        else:
-            loss = trainer.evaluate(_Rows(rows), metric_key_prefix=name)[f"{name}_loss"]
-            metrics[f"{name}_loss"] = loss
-            metrics[f"{name}_perplexity"] = math.exp(min(loss, 50.0))
+    metrics = full_depth_metrics(trainer, model.eval(), cfg.task, evals, evaluated, collator, long_doc=inputs.long_doc,
+                                 batch_size=max(cfg.optim.batch_size, 64))
 
     # 8. export, atomically (under several ranks, rank 0 writes the files)
     main_process = trainer.is_world_process_zero()
@@ -364,25 +266,11 @@ def run(cfg: TrainConfig) -> TrainResult:
 
 def _export(cfg: TrainConfig, model: nn.Module, tokenizer: Any, metrics: dict[str, float], learner: Any,
             label_names: Sequence[str] | None, *, train_seconds: float) -> None:
-    """Write ``out/model`` (a plain HF folder with ``layerdrop.json``) and ``out/metrics.json``.
-
-    ``train_seconds`` is the training time of the invocation that finished the run (a resumed
-    run's earlier invocations are not in it).
-    """
-    out = Path(cfg.out)
-    with atomic_dir(out / "model") as tmp:
-        meta: dict[str, Any] = {"trained_with": _recorded(cfg), "metrics": metrics,
-                                "train_seconds": round(train_seconds, 1)}
-        if learner is not None:  # into the config too, so the data-driven strategy finds them
-            meta["learned_rates"] = list(record_learned_rates(model))
-        if label_names:
-            meta["label_names"] = list(label_names)
-        if isinstance(model, Classifier):
-            save_classifier(model, tmp, extra=meta)
-        else:
-            model.save_pretrained(tmp)
-            write_json(tmp / META_FILE, {"task": cfg.task, **meta})
-        if cfg.task == "classification":  # clients that truncate (pipeline's truncation=True) cut where training did
-            tokenizer.model_max_length = cfg.inputs.max_length
-        tokenizer.save_pretrained(tmp)
-    write_json(out / "metrics.json", metrics)
+    """Export the run with its ``layerdrop.json`` record; ``train_seconds`` is the training time of
+    the invocation that finished the run (a resumed run's earlier invocations are not in it)."""
+    meta: dict[str, Any] = {"trained_with": _recorded(cfg), "metrics": metrics, "train_seconds": round(train_seconds, 1)}
+    if learner is not None:  # into the config too, so the data-driven strategy finds them
+        meta["learned_rates"] = list(record_learned_rates(model))
+    if label_names:
+        meta["label_names"] = list(label_names)
+    export(Path(cfg.out), model, tokenizer, cfg.task, meta, metrics, cfg.inputs.max_length)

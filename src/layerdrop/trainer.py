@@ -16,6 +16,7 @@ import base64
 import json
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +37,14 @@ from .rates import schedule_factor
 __all__ = [
     "CHECKPOINT_DONE",
     "LEARNED_FILE",
+    "TEACHER_LOGITS",
     "LayerDropCallback",
     "LayerDropTrainer",
     "MarkCheckpointComplete",
     "attach",
+    "cosine_loss",
+    "hidden_loss",
+    "hidden_pairs",
     "kd_loss",
     "last_complete_checkpoint",
     "output_kd_loss",
@@ -48,6 +53,10 @@ __all__ = [
 
 LEARNED_FILE = "learned_rates.safetensors"
 """The data-driven scorer's state, saved into each checkpoint (it is not part of the model)."""
+
+TEACHER_LOGITS = "teacher_logits"
+"""A training row's key for its teacher's logits computed beforehand: :class:`LayerDropTrainer` then
+uses them instead of running its teacher."""
 
 CHECKPOINT_DONE = "layerdrop-complete.json"
 """Written last into a checkpoint folder: only checkpoints that have it are resumed from."""
@@ -189,24 +198,65 @@ def attach(trainer: Trainer, **kwargs: Any) -> LayerDropCallback:
     return callback
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
     """Knowledge distillation: KL(teacher || student) on softened predictions, times ``T**2``.
 
-    Logits are ``(..., C)``; the KL is averaged over the predictions and the teacher gets no
+    Logits are ``(..., C)``; the KL is averaged over the predictions (those where ``mask``, of the
+    logits' leading shape, is true: a language model's real tokens) and the teacher gets no
     gradient. The teacher may be the full network (self-distillation) or another model.
     """
+    if mask is not None:
+        student_logits, teacher_logits = student_logits[mask.bool()], teacher_logits[mask.bool()]  # (N, C)
     s = (student_logits / temperature).flatten(0, -2).log_softmax(-1)  # (N, C)
     t = (teacher_logits.detach() / temperature).flatten(0, -2).log_softmax(-1)  # (N, C)
     return nn.functional.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
 
 
-def output_kd_loss(student: Any, teacher: Any, temperature: float = 1.0) -> torch.Tensor:
+def output_kd_loss(student: Any, teacher: Any, temperature: float = 1.0,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`kd_loss` between two model outputs: on ``logits``, or for question answering the
-    mean of the start and end logits' losses (as its task loss averages the two)."""
+    mean of the start and end logits' losses (as its task loss averages the two). ``mask`` ``(B, T)``
+    selects the tokens of per-token logits ``(B, T, V)``; it is ignored for one prediction per row."""
     if getattr(student, "logits", None) is not None:
-        return kd_loss(student.logits, teacher.logits, temperature)
+        per_token = mask is not None and student.logits.dim() == 3
+        return kd_loss(student.logits, teacher.logits, temperature, mask if per_token else None)
     return (kd_loss(student.start_logits, teacher.start_logits, temperature)
             + kd_loss(student.end_logits, teacher.end_logits, temperature)) / 2
+
+
+def cosine_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """DistilBERT's cosine loss: ``1 - cos`` between the student's and the teacher's hidden states
+    ``(B, T, H)``, averaged over the tokens where ``mask`` ``(B, T)`` is true."""
+    if mask is not None:
+        student, teacher = student[mask.bool()], teacher[mask.bool()]  # (N, H)
+    return (1 - nn.functional.cosine_similarity(student, teacher.detach(), dim=-1)).mean()
+
+
+def hidden_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], pairs: Sequence[tuple[int, int]],
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Intermediate-layer matching (BERT-PKD): the mean squared distance between L2-normalised
+    hidden states, averaged over ``pairs`` of (student, teacher) indices into the two models'
+    ``hidden_states`` and over the tokens where ``mask`` is true."""
+    losses = []
+    for i, j in pairs:
+        s, t = student[i], teacher[j].detach()  # (B, T, H)
+        if mask is not None:
+            s, t = s[mask.bool()], t[mask.bool()]  # (N, H)
+        diff = nn.functional.normalize(s, dim=-1) - nn.functional.normalize(t, dim=-1)
+        losses.append(diff.pow(2).sum(-1).mean())
+    return torch.stack(losses).mean()
+
+
+def hidden_pairs(kept: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """Which ``hidden_states`` :func:`hidden_loss` pairs for a student made of the teacher's layers
+    ``kept``: the output of the student's layer ``i`` and of the teacher's layer ``kept[i]``, for
+    every student layer but the last (whose output a final norm may follow; the cosine loss covers it).
+
+    >>> hidden_pairs((0, 2, 4, 7, 9, 11))
+    ((1, 1), (2, 3), (3, 5), (4, 8), (5, 10))
+    """
+    return tuple((i + 1, k + 1) for i, k in enumerate(kept[:-1]))
 
 
 def self_distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -229,9 +279,14 @@ class LayerDropTrainer(Trainer):
         teacher: A frozen model in eval mode, on the trainer's device, with the model's inputs and
             outputs (e.g. the uncut model of a cut student): each training step the model learns
             ``task_weight`` x its task loss + ``distill_weight`` x :func:`output_kd_loss` to the
-            teacher's predictions (DistilBERT's soft targets). The teacher runs without gradients
-            and is never changed.
+            teacher's predictions (DistilBERT's soft targets), plus the optional hidden-state terms.
+            The teacher runs without gradients and is never changed. A batch that carries
+            :data:`TEACHER_LOGITS` (computed beforehand) uses them instead of running the teacher.
         task_weight: Weight of the task loss with ``teacher``.
+        cos_weight: Weight of :func:`cosine_loss` between the last hidden states (DistilBERT's).
+        hidden_weight: Weight of :func:`hidden_loss` over ``hidden_layers`` (BERT-PKD's).
+        hidden_layers: The (student, teacher) ``hidden_states`` index pairs of ``hidden_weight``;
+            :func:`hidden_pairs` gives them for a student cut from its teacher.
         head_lr: Learning rate of the task head: a :class:`Classifier`'s ``head``, or what a
             ``*For...`` model holds outside its base model (``classifier``, ``score``, ``qa_outputs``).
         rate_learner: The scorer of data-driven rates (:func:`layerdrop.attach_rate_learner`); it is
@@ -242,16 +297,25 @@ class LayerDropTrainer(Trainer):
     def __init__(self, *args: Any, self_distill: bool = False, distill_weight: float = 1.0,
                  distill_temperature: float = 1.0, head_lr: float | None = None,
                  rate_learner: RateLearner | None = None, rate_lr: float = 5e-3, teacher: nn.Module | None = None,
-                 task_weight: float = 1.0, **kwargs: Any) -> None:
+                 task_weight: float = 1.0, cos_weight: float = 0.0, hidden_weight: float = 0.0,
+                 hidden_layers: Sequence[tuple[int, int]] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if teacher is not None:
             _check_teacher(teacher, self.args.device, self_distill)
             if distill_temperature <= 0:
                 raise ValueError(f"the distillation temperature must be above 0, got {distill_temperature}")
-            if distill_weight <= 0 and task_weight <= 0:
-                raise ValueError("distill_weight and task_weight are both 0: the student would learn nothing")
+            if max(distill_weight, task_weight, cos_weight, hidden_weight) <= 0:
+                raise ValueError("every loss weight is 0 (task, distill, cos, hidden): the student would learn nothing")
+            if hidden_weight > 0 and not hidden_layers:
+                raise ValueError("hidden_weight needs hidden_layers: the (student, teacher) hidden-state pairs "
+                                 "to match (layerdrop.trainer.hidden_pairs(kept) for a cut student)")
+        elif cos_weight or hidden_weight:
+            raise ValueError("cos_weight and hidden_weight match a teacher's hidden states: pass teacher=")
         self.teacher = teacher
         self.task_weight = task_weight
+        self.cos_weight = cos_weight
+        self.hidden_weight = hidden_weight
+        self.hidden_layers = tuple(hidden_layers)
         self.self_distill = self_distill
         self.distill_weight = distill_weight
         self.distill_temperature = distill_temperature
@@ -285,12 +349,27 @@ class LayerDropTrainer(Trainer):
     def _teacher_loss(self, model, inputs, return_outputs):  # type: ignore[no-untyped-def]
         inputs = dict(inputs)
         labels = inputs.pop("labels") if self.label_smoother is not None else None
-        with torch.no_grad():
-            teacher = self.teacher(**without_targets(inputs))
-        student = model(**inputs)
+        cached = inputs.pop(TEACHER_LOGITS, None)
+        states = self.cos_weight > 0 or self.hidden_weight > 0
+        if cached is not None and states:
+            raise ValueError("cached teacher logits hold no hidden states: cos_weight and hidden_weight need "
+                             "the teacher run each step")
+        if cached is not None:
+            teacher: Any = _Cached(cached)
+        else:
+            with torch.no_grad():
+                teacher = self.teacher(**without_targets(inputs), **({"output_hidden_states": True} if states else {}))
+        student = model(**inputs, **({"output_hidden_states": True} if states else {}))
         task = self.label_smoother(student, labels) if labels is not None else student.loss
-        distill = output_kd_loss(student, teacher, self.distill_temperature)
-        loss = self.task_weight * task + self.distill_weight * distill
+        mask = inputs.get("attention_mask")
+        loss = self.task_weight * task if self.task_weight else 0.0
+        if self.distill_weight:
+            loss = loss + self.distill_weight * output_kd_loss(student, teacher, self.distill_temperature, mask)
+        if self.cos_weight:
+            loss = loss + self.cos_weight * cosine_loss(student.hidden_states[-1], teacher.hidden_states[-1], mask)
+        if self.hidden_weight:
+            loss = loss + self.hidden_weight * hidden_loss(student.hidden_states, teacher.hidden_states,
+                                                           self.hidden_layers, mask)
         return (loss, student) if return_outputs else loss
 
     def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]
@@ -322,6 +401,13 @@ class LayerDropTrainer(Trainer):
                                    "lr": self.head_lr if in_head else self.args.learning_rate})
         self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=(self.args.adam_beta1,
                                            self.args.adam_beta2), eps=self.args.adam_epsilon)
+
+
+class _Cached:
+    """Teacher logits computed beforehand, standing in for the teacher's output."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
 
 
 def _check_teacher(teacher: nn.Module, device: torch.device, self_distill: bool) -> None:
