@@ -3,7 +3,7 @@
 # bench/e5_classification.sh (plain fine-tune, LayerDrop fine-tune) teaches its own cut to
 # DEPTH layers (every-other, DistilBERT's initialisation): for the plain teacher this is
 # DistilBERT-style task distillation, for the LayerDrop one prune-and-heal; then the LayerDrop
-# teacher's short heal (half an epoch, the teacher run each step instead of cached). docs/comparison.md.
+# teacher's short heals (half an epoch and one, the teacher run each step instead of cached). docs/comparison.md.
 #
 #   bash bench/e5_distill.sh [E5_RUNS] [OUT] [DATASET] [DEPTH ...]   # default: runs/e5 runs/e5-distill chinese-sentiment 3 6
 #
@@ -30,9 +30,11 @@ for depth in $DEPTHS; do
     $LD distill "$E5/$DATA-$teacher/model" --data "$DATA" --depth "$depth" --out "$dir" "${COMMON[@]}" "${eval_rows[@]}"
   done
 done
-for depth in $DEPTHS; do
-  dir=$OUT/$DATA-layerdrop-heal$depth-short
-  [[ -f $dir/metrics.json ]] && continue
-  $LD distill "$E5/$DATA-layerdrop/model" --data "$DATA" --depth "$depth" --out "$dir" "${COMMON[@]}" "${eval_rows[@]}" \
-    --epochs 0.5 --no-cache-teacher
+for epochs in 0.5 1; do  # short heals: a fraction of the 2-epoch runs above
+  for depth in $DEPTHS; do
+    dir=$OUT/$DATA-layerdrop-heal$depth-${epochs}ep
+    [[ -f $dir/metrics.json ]] && continue
+    $LD distill "$E5/$DATA-layerdrop/model" --data "$DATA" --depth "$depth" --out "$dir" "${COMMON[@]}" "${eval_rows[@]}" \
+      --epochs "$epochs" --no-cache-teacher
+  done
 done

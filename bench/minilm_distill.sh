@@ -3,7 +3,8 @@
 # Tomatoes training rows, 2 epochs, whole test split) with distillation added. A plain fine-tune
 # and a LayerDrop 0.5 self-distilled one (pattern random, as the quality-bar table) each teach
 # their own every-other cut to DEPTH layers: DistilBERT-style distillation from the plain model,
-# prune-and-heal of the LayerDrop one. The cut-first references are the table's. docs/comparison.md.
+# prune-and-heal of the LayerDrop one; and the cut-first reference, retrained with its time recorded.
+# docs/comparison.md.
 #
 #   bash bench/minilm_distill.sh [OUT] [DEPTH ...]     # default: runs/minilm-distill 3 4
 #
@@ -25,4 +26,15 @@ for teacher in plain layerdrop; do  # each teacher, then its students: the plain
     [[ -f $dir/metrics.json ]] ||
       $LD distill "$OUT/$teacher/model" --data rotten-tomatoes --depth "$depth" --out "$dir" "${COMMON[@]}" "${LOSS[@]}"
   done
+done
+for depth in $DEPTHS; do  # the fixed-depth reference: cut first, then fine-tuned the same way
+  [[ -f $OUT/minilm-l6-depth$depth/config.json ]] || $LD prune minilm-l6 --depth "$depth" --out "$OUT/minilm-l6-depth$depth"
+  [[ -f $OUT/fixed$depth/metrics.json ]] ||
+    $LD train classification "$OUT/minilm-l6-depth$depth" --data rotten-tomatoes --out "$OUT/fixed$depth" --rate 0 \
+      --resume "${COMMON[@]}"
+done
+for teacher in plain layerdrop; do  # both full-depth models cut every-other, on the whole test split
+  [[ -f $OUT/$teacher-sweep/sweep.json ]] ||
+    $LD sweep "$OUT/$teacher/model" --data rotten-tomatoes --split test --rows 100000 --max-length 64 \
+      --strategies every-other --no-progress --out "$OUT/$teacher-sweep"
 done

@@ -4,7 +4,7 @@ Distils TEACHER into its every-other cut to --depth for --steps steps twice, wit
 logits computed once (``--cache-teacher``, the default) and with the teacher run each step
 (``--no-cache-teacher``), and prints the seconds of each part. Results: docs/benchmarks.md.
 
-    python bench/teacher_cache.py TEACHER --data DATASET [--depth 3] [--steps 60] [--rows 2000] [--out runs/teacher-cache]
+    python bench/teacher_cache.py TEACHER --data DATASET [--depth 3] [--steps 60] [--rows 2000] [--freeze-embeddings] [--out runs/teacher-cache]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=2000, help="training rows (the cache covers them all)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--length", type=int, default=64)
+    p.add_argument("--freeze-embeddings", action="store_true", help="as the e5-small runs train")
     p.add_argument("--out", default="runs/teacher-cache")
     a = p.parse_args()
     results = {}
@@ -38,7 +39,8 @@ def main() -> None:
         shutil.rmtree(out, ignore_errors=True)  # each measurement from scratch
         cfg = build(DistillConfig, dict(teacher=a.teacher, data=a.data, out=str(out), depth=a.depth, max_steps=a.steps,
                                         batch_size=a.batch, max_length=a.length, train_rows=a.rows, evaluate=False,
-                                        progress=False, cache_teacher=cache, save_steps=10**9, logging_steps=10**9))
+                                        progress=False, cache_teacher=cache, save_steps=10**9, logging_steps=10**9,
+                                        freeze_embeddings=a.freeze_embeddings))
         result = run(cfg)
         train = float(json.loads((result.model_dir / "layerdrop.json").read_text())["train_seconds"])
         results[cache] = (result.cache_seconds, train)

@@ -21,7 +21,7 @@ from typing import Any
 
 from .settings import check_pattern
 
-__all__ = ["DataArgs", "DemoConfig", "DistillArgs", "DistillConfig", "ElasticConfig", "LayerDropArgs", "OptimArgs",
+__all__ = ["CompareConfig", "DataArgs", "DemoConfig", "DistillArgs", "DistillConfig", "ElasticConfig", "LayerDropArgs", "OptimArgs",
            "SweepConfig", "TrainConfig", "build", "flatten"]
 
 
@@ -108,6 +108,8 @@ class DataArgs:
     """Use only the first N training rows (the splits are shuffled)."""
     eval_rows: int | None = None
     """Use only the first N validation and test rows."""
+    split_seed: int | None = None
+    """Seed of the train/validation/test split (``None``: --seed), so runs of several seeds share one test split."""
 
 
 def build(cls: type, values: dict[str, Any]) -> Any:
@@ -282,6 +284,55 @@ class DistillConfig:
         if unknown:
             raise TypeError(f"unknown DistillConfig setting(s) {unknown}")
         return build(DistillConfig, {**self.flat(), **changes})
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What ``layerdrop compare`` trains and scores. Change with ``dataclasses.replace``."""
+
+    model: str = "minilm-l6"
+    """The pretrained encoder every method starts from: a bundled name, a local folder or, online, a hub name."""
+    data: str = "rotten-tomatoes"
+    """A labelled dataset (bundled name or file): trained on its training split, scored on its test split."""
+    out: str = "runs/compare"
+    """Output folder: each method's runs, compare.md, compare.csv, compare.json and the plots."""
+    depths: str = "4,3"
+    """Comma-separated depths to compare (every-other layers); the model's own depth adds the full models' row."""
+    methods: str = "plain-cut,layerdrop-cut,layerdrop-healed,fixed-depth,distilled,top-dropped"
+    """Comma-separated methods: plain-cut, layerdrop-cut, layerdrop-healed, fixed-depth, distilled, top-dropped."""
+    seeds: str = "0"
+    """Comma-separated seeds of every training at the shallowest depth (the noisiest); the first seed trains the rest."""
+    rate: float = 0.5
+    """LayerDrop rate of the LayerDrop run."""
+    pattern: str = "every-other"
+    """Which layers a LayerDrop step keeps: random or every-other."""
+    self_distill: bool = True
+    """Self-distil the LayerDrop run (the project's best recipe)."""
+    heal_epochs: float = 1.0
+    """Epochs of the LayerDrop model's heal at each depth (the fine-tunes run --epochs)."""
+    train_rows: int = 6000
+    """Training rows of every run (0: all)."""
+    eval_rows: int = 0
+    """Test rows scored (0: the whole test split)."""
+    epochs: float = 2.0
+    """Epochs of every fine-tune and distillation."""
+    batch_size: int = 32
+    """Examples per step."""
+    lr: float = 5e-5
+    """Peak learning rate."""
+    head_lr: float | None = 1e-3
+    """Learning rate of the classifier head."""
+    max_length: int = 64
+    """Tokens per example."""
+    freeze_embeddings: bool = False
+    """Keep the word embeddings fixed in every run (worth it for e5-small's large vocabulary)."""
+    latency_reps: int = 5
+    """Timed forwards per depth; the median is reported."""
+    progress: bool = True
+    """Show tqdm bars."""
+
+    def __post_init__(self) -> None:
+        check_pattern(self.pattern)  # a bad value fails here, before any training
 
 
 @dataclass(frozen=True)

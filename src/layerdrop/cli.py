@@ -22,7 +22,7 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .args import DemoConfig, DistillConfig, ElasticConfig, SweepConfig, TrainConfig, build
+from .args import CompareConfig, DemoConfig, DistillConfig, ElasticConfig, SweepConfig, TrainConfig, build
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -239,6 +239,27 @@ def elastic(config: ElasticConfig) -> int:
     return 0
 
 
+def compare(config: CompareConfig) -> int:
+    """Compare LayerDrop, distillation and fixed-depth models at each depth, with what each costs to train.
+
+    From one pretrained encoder (MODEL) and one labelled dataset, trains and scores on the same
+    test split: the plain model cut, one LayerDrop run cut, that cut healed by distillation,
+    models cut first and fine-tuned, DistilBERT-style students, and top layers dropped then
+    fine-tuned. Writes compare.md (quality, size, latency, and the runs and minutes that serve
+    every depth), compare.csv, compare.json and plots to --out. Run it again to resume.
+
+    Examples:
+      layerdrop compare minilm-l6 --data rotten-tomatoes --depths 6,4,3 --out runs/compare-minilm
+      layerdrop compare e5-small --data chinese-sentiment --depths 12,6,3 --freeze-embeddings --out runs/compare-e5
+    """
+    from .compare import run_compare
+
+    result = run_compare(config, log=lambda text: print(text, file=sys.stderr))
+    print(result.table)
+    print(f"report: {result.out / 'compare.md'}")
+    return 0
+
+
 def demo(config: DemoConfig) -> int:
     """Show LayerDrop against plain training at every depth, offline, on a real model and real data.
 
@@ -275,6 +296,7 @@ COMMANDS: dict[str, Command] = {
     "sweep": Command(sweep, ("model",)),
     "generate": Command(generate, ("model",)),
     "elastic": Command(elastic, ("model",)),
+    "compare": Command(compare, ("model",)),
     "demo": Command(demo),
 }
 """Subcommand name -> function and positional parameters, in the order ``--help`` lists them."""

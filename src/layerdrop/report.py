@@ -19,6 +19,7 @@ __all__ = [
     "markdown_table",
     "pareto_front",
     "plot_layer_importance",
+    "plot_quality_vs_cost",
     "plot_quality_vs_depth",
     "plot_quality_vs_latency",
 ]
@@ -132,6 +133,21 @@ def plot_quality_vs_latency(series: Mapping[str, Sequence[DepthResult]], metric:
         ax.plot([p[0] for p in front], [p[1] for p in front], linewidth=1)
     ax.set_xlabel("latency (ms per batch)")
     ax.set_ylabel(f"{metric} (%)" if metric in _PERCENT else metric)
+    return _finish(plt, fig, ax, path, title)
+
+
+def plot_quality_vs_cost(series: Mapping[str, Sequence[tuple[float, float, int]]], path: str | Path,
+                         *, title: str = "") -> Path:
+    """Scatter of accuracy against the training minutes each model needed, one colour per method,
+    each point labelled with its depth: ``series[name] = [(minutes, accuracy, depth), ...]``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, points in series.items():
+        ax.scatter([p[0] for p in points], [100 * p[1] for p in points], label=name, alpha=0.7)
+        for minutes, score, depth in points:
+            ax.annotate(str(depth), (minutes, 100 * score), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    ax.set_xlabel("training minutes (with the full-depth run it needs)")
+    ax.set_ylabel("accuracy (%)")
     return _finish(plt, fig, ax, path, title)
 
 

@@ -51,8 +51,10 @@ def check_fresh(ckpt_dir: Path, resume: bool) -> None:
 
 
 def splits(task: str, name: str, seed: int, inputs: DataArgs) -> tuple[Any, Any, Any]:
-    """The train, validation and test rows of ``name`` for ``task``, cut to ``inputs``' row counts."""
+    """The train, validation and test rows of ``name`` for ``task``, cut to ``inputs``' row counts;
+    split by ``inputs.split_seed`` (else ``seed``)."""
     classify = task == "classification"
+    seed = seed if inputs.split_seed is None else inputs.split_seed
     if task == "qa":  # a SQuAD-format file: questions, contexts, answer spans
         loaded = data.load_qa(name, seed=seed)
     else:

@@ -1,0 +1,304 @@
+"""``layerdrop compare``: every way to get a smaller classifier, at every depth, with its cost.
+
+From one pretrained encoder and one labelled dataset it trains and scores, on the same splits
+and with the same scoring code:
+
+* ``plain-cut``: fine-tune the full model, cut it every-other to each depth;
+* ``layerdrop-cut``: one LayerDrop run (Fan et al. 2020), cut the same way;
+* ``layerdrop-healed``: that run's cut, distilled from its full self (prune-and-heal);
+* ``fixed-depth``: cut the pretrained model first, then fine-tune at the depth;
+* ``distilled``: cut first, then distil from the fine-tuned full model (DistilBERT-style);
+* ``top-dropped``: keep the bottom layers, then fine-tune (Sajjad et al. 2020).
+
+and writes ``compare.md`` (quality, parameters and latency per method and depth, and what serving
+every depth costs each method in training runs and minutes), ``compare.csv``, ``compare.json`` and
+plots of quality against latency and against training time. Every training is a
+``layerdrop train`` or ``layerdrop distill`` run in its own folder, reused when finished and
+continued when not, so the command resumes where it stopped. See docs/comparison.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer
+
+from . import distill, train
+from .args import CompareConfig, DistillConfig, TrainConfig, build
+from .arch import find_layers
+from .core import only_layers
+from .depths import every_other
+from .evaluate import DepthResult, latency_ms, parameters_at, validation_scorers
+from .files import write_json, write_text
+from .models import META_FILE, from_pretrained, load_saved, local_folder, read_meta
+from .prune import prune_saved
+from .report import markdown_table, pareto_front, plot_quality_vs_cost, plot_quality_vs_latency
+
+__all__ = ["METHODS", "CompareResult", "Method", "run_compare"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of :data:`METHODS`."""
+
+    label: str
+    """How tables and plots name it."""
+    per_depth: bool
+    """Whether it trains one model per depth (else it cuts a full-depth model)."""
+    full: str
+    """The full-depth run it cuts or learns from, and serves full depth with: ``plain`` or ``layerdrop``."""
+    needs_full: bool
+    """Whether its shallower models need that full-depth run (a cut or a teacher), or only a full-depth row does."""
+
+
+METHODS: dict[str, Method] = {
+    "plain-cut": Method("plain, cut", per_depth=False, full="plain", needs_full=True),
+    "layerdrop-cut": Method("LayerDrop, cut", per_depth=False, full="layerdrop", needs_full=True),
+    "layerdrop-healed": Method("LayerDrop, cut and healed", per_depth=True, full="layerdrop", needs_full=True),
+    "fixed-depth": Method("fixed depth (cut, then fine-tuned)", per_depth=True, full="plain", needs_full=False),
+    "distilled": Method("DistilBERT-style (cut, then distilled)", per_depth=True, full="plain", needs_full=True),
+    "top-dropped": Method("top layers dropped, fine-tuned", per_depth=True, full="plain", needs_full=False),
+}
+"""Method name -> how it is shown, whether it trains per depth, and which full-depth run it relies on.
+
+>>> [name for name, m in METHODS.items() if m.full == "layerdrop"]
+['layerdrop-cut', 'layerdrop-healed']
+"""
+
+FULL_RUNS = {"plain": "plain fine-tune (full depth)", "layerdrop": "LayerDrop fine-tune (full depth)"}
+"""The full-depth runs, as the table's full-depth rows name them."""
+
+
+def _label(name: str) -> str:
+    return METHODS[name].label if name in METHODS else FULL_RUNS[name]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method at one depth."""
+
+    method: str
+    depth: int
+    kept: tuple[int, ...]
+    scores: tuple[float, ...]
+    """Test accuracy of each seed's model (one for a cut)."""
+    parameters: int
+    latency_ms: float
+    minutes: float
+    """Training minutes of this row's own run (first seed; 0 for a cut of a shared model)."""
+
+    @property
+    def score(self) -> float:
+        return statistics.fmean(self.scores)
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """What ``layerdrop compare`` measured and wrote."""
+
+    out: Path
+    rows: list[Row]
+    full_minutes: dict[str, float]
+    """Training minutes of the full-depth plain and LayerDrop runs."""
+    table: str
+    """compare.md's tables."""
+
+
+def _names(text: str, known: dict[str, Any] | None, what: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise ValueError(f"no {what} in {text!r}")
+    unknown = [n for n in names if known is not None and n not in known]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; choose from {', '.join(known or ())}")
+    return names
+
+
+def check(cfg: CompareConfig) -> tuple[list[str], list[int], list[int]]:
+    """The methods, depths and seeds ``cfg`` names; ``ValueError`` for a bad one, before anything runs."""
+    methods = _names(cfg.methods, METHODS, "method")
+    try:
+        depths = sorted({int(d) for d in _names(cfg.depths, None, "depth")}, reverse=True)
+        seeds = list(dict.fromkeys(int(s) for s in _names(cfg.seeds, None, "seed")))
+    except ValueError as err:
+        if "invalid literal" in str(err):
+            raise ValueError(f"--depths and --seeds take comma-separated integers, like 4,3: {err}") from None
+        raise
+    if min(depths) < 1:
+        raise ValueError(f"depths must be at least 1, got {min(depths)}")
+    if cfg.heal_epochs <= 0 or cfg.epochs <= 0:
+        raise ValueError("--epochs and --heal-epochs must be above 0")
+    return methods, depths, seeds
+
+
+def _minutes(model_dir: Path) -> float:
+    meta = read_meta(model_dir)
+    return (meta.get("train_seconds", 0.0) + meta.get("teacher_cache_seconds", 0.0)) / 60
+
+
+def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None) -> CompareResult:
+    """Train every method at every depth (or reuse finished runs), score them all on the test split, write the report."""
+    # 1. validate; the settings every training shares
+    methods, depths, seeds = check(cfg)
+    out = Path(cfg.out)
+    common = dict(data=cfg.data, train_rows=cfg.train_rows or None, eval_rows=cfg.eval_rows or None, epochs=cfg.epochs,
+                  batch_size=cfg.batch_size, lr=cfg.lr, head_lr=cfg.head_lr, max_length=cfg.max_length,
+                  freeze_embeddings=cfg.freeze_embeddings, progress=cfg.progress, save_steps=100)
+    base = TrainConfig.from_flat(task="classification", model=cfg.model, out="", rate=0.0, **common)
+
+    def fine_tune(model: str, name: str, seed: int = 0, **layerdrop: Any) -> Path:
+        log(f"training {name}")
+        split = {"split_seed": 0} if seed else {}  # every seed trains and scores on seed 0's split
+        return train.run_or_reuse(base.replace(model=model, out=str(out / name), seed=seed, **split, **layerdrop))
+
+    def distil(teacher: Path, name: str, depth: int, seed: int, epochs: float) -> Path:
+        log(f"distilling {name}")
+        return distill.run_or_reuse(build(DistillConfig, {**common, "teacher": str(teacher), "out": str(out / name),
+                                                          "depth": depth, "seed": seed, "epochs": epochs,
+                                                          **({"split_seed": 0} if seed else {})}))
+
+    def cut(name: str, depth: int | None = None, keep: list[int] | None = None) -> Path:
+        if not (out / name / META_FILE).is_file():
+            prune_saved(cfg.model, out / name, depth=depth, keep=keep)
+        return out / name
+
+    # 2. the full-depth models every cut and teacher comes from
+    plain = fine_tune(cfg.model, "plain")
+    needs_ld = any(METHODS[m].full == "layerdrop" for m in methods)
+    ld = fine_tune(cfg.model, "layerdrop", rate=cfg.rate, pattern=cfg.pattern, self_distill=cfg.self_distill) \
+        if needs_ld else None
+    model = load_saved(str(plain)).eval()
+    num_layers = len(find_layers(model).layers)
+    depths = [d for d in depths if d <= num_layers]
+    if not depths:
+        raise ValueError(f"no depth of --depths is at most the model's {num_layers} layers")
+
+    # 3. one model per method, depth and seed that trains per depth
+    trained: dict[tuple[str, int], list[Path]] = {}
+    for depth in (d for d in depths if d < num_layers):
+        for seed in seeds if depth == min(depths) else seeds[:1]:
+            tag = f"{depth}" + (f"-seed{seed}" if seed else "")
+            runs = {
+                "layerdrop-healed": lambda: distil(ld, f"layerdrop-healed{tag}", depth, seed, cfg.heal_epochs),
+                "fixed-depth": lambda: fine_tune(str(cut(f"cut{depth}", depth=depth)), f"fixed{tag}", seed),
+                "distilled": lambda: distil(plain, f"distilled{tag}", depth, seed, cfg.epochs),
+                "top-dropped": lambda: fine_tune(str(cut(f"bottom{depth}", keep=list(range(depth)))),
+                                                 f"top-dropped{tag}", seed),
+            }
+            for name in methods:
+                if METHODS[name].per_depth:
+                    trained.setdefault((name, depth), []).append(runs[name]())
+
+    # 4. score every row on the same test rows; latency and size per depth
+    log("scoring")
+    tokenizer = from_pretrained(AutoTokenizer, local_folder(str(plain)))
+    scorers = validation_scorers(model, tokenizer, cfg.data, rows=cfg.eval_rows or 10**9, batch_size=cfg.batch_size,
+                                 max_length=cfg.max_length)
+    batch = scorers.calibration[0]
+    full_runs = {"plain": plain, **({"layerdrop": ld} if ld else {})}
+    full_minutes = {name: _minutes(folder) for name, folder in full_runs.items()}
+    full_models = {name: load_saved(str(folder)).eval() for name, folder in full_runs.items()}
+    rows: list[Row] = []
+    for depth in depths:
+        kept = every_other(num_layers, depth)
+        with only_layers(model, kept):
+            ms = latency_ms(model, batch, reps=cfg.latency_reps)
+        size = parameters_at(model, kept)
+        cuts = {}  # the full-depth runs cut to this depth, scored once
+        for run_name, full_model in full_models.items():
+            with only_layers(full_model, kept):
+                cuts[run_name] = scorers.test(full_model)
+        if depth == num_layers:  # the full-depth runs themselves, once each
+            rows += [Row(run_name, depth, kept, (cuts[run_name],), size, ms, full_minutes[run_name])
+                     for run_name in full_runs]
+            continue
+        for name in methods:
+            method = METHODS[name]
+            if not method.per_depth:
+                scores: tuple[float, ...] = (cuts[method.full],)
+                shown_kept, minutes = kept, 0.0
+            else:
+                folders = trained[(name, depth)]
+                scores = tuple(scorers.test(load_saved(str(f)).eval()) for f in folders)
+                shown_kept = tuple(range(depth)) if name == "top-dropped" else kept
+                minutes = _minutes(folders[0])
+            rows.append(Row(name, depth, shown_kept, scores, size, ms, minutes))
+
+    # 5. write the report
+    table = _report(cfg, out, rows, full_minutes, num_layers)
+    return CompareResult(out=out, rows=rows, full_minutes=full_minutes, table=table)
+
+
+def _serving(rows: list[Row], methods: list[str], full_minutes: dict[str, float], num_layers: int
+             ) -> list[list[Any]]:
+    """Per method: the training runs and minutes that serve every depth of the table, and its quality
+    at each (at full depth, that of the full run it relies on)."""
+    depths = sorted({r.depth for r in rows}, reverse=True)
+    by = {(r.method, r.depth): r for r in rows}
+    out = []
+    for name in methods:
+        method = METHODS[name]
+        mine = {d: by[(method.full, d) if d == num_layers else (name, d)] for d in depths}
+        uses_full = method.needs_full or num_layers in depths
+        runs = int(uses_full) + sum(1 for d in depths if method.per_depth and d < num_layers)
+        minutes = (full_minutes[method.full] if uses_full else 0.0) + sum(
+            mine[d].minutes for d in depths if d < num_layers)
+        out.append([method.label, runs, f"{minutes:.1f}", *[f"{100 * mine[d].score:.1f} %" for d in depths]])
+    return out
+
+
+def _report(cfg: CompareConfig, out: Path, rows: list[Row], full_minutes: dict[str, float], num_layers: int) -> str:
+    methods = list(dict.fromkeys(r.method for r in rows if r.method in METHODS))
+    full_ms = max(r.latency_ms for r in rows if r.depth == max(x.depth for x in rows))
+    front = set(pareto_front([(r.latency_ms, r.score) for r in rows]))
+    header = ["method", "depth", "layers kept", "test accuracy", "seeds", "parameters", "ms per batch",
+              "× full", "training (min)", "Pareto"]
+    md_rows = [[_label(r.method), r.depth, ", ".join(map(str, r.kept)), f"{100 * r.score:.1f} %",
+                " / ".join(f"{100 * s:.1f}" for s in r.scores) if len(r.scores) > 1 else "",
+                f"{r.parameters / 1e6:.1f}M", f"{r.latency_ms:.1f}", f"{r.latency_ms / full_ms:.2f}",
+                "(cut)" if r.method in METHODS and not METHODS[r.method].per_depth else f"{r.minutes:.1f}",
+                "★" if i in front else ""]
+               for i, r in enumerate(rows)]
+    depths = sorted({r.depth for r in rows}, reverse=True)
+    serving = markdown_table(["method", "training runs", "training minutes", *[f"at {d}" for d in depths]],
+                             _serving(rows, methods, full_minutes, num_layers))
+    minutes = ", ".join(f"{k} {v:.1f} min" for k, v in full_minutes.items())
+    table = (markdown_table(header, md_rows) + "\nWhat serving every depth of the table costs each method "
+             f"(full-depth runs: {minutes}):\n\n" + serving)
+    batch = "the first validation batch"
+    write_text(out / "compare.md", f"# layerdrop compare: `{cfg.model}` on `{cfg.data}`\n\n"
+               f"Accuracy on the test split ({cfg.eval_rows or 'all'} rows); latency: median of {cfg.latency_reps} "
+               f"forwards of {batch} ({cfg.batch_size} examples, up to {cfg.max_length} tokens); ★: Pareto front of "
+               f"accuracy against latency over all rows; training minutes: the Trainer's wall time (for a "
+               f"distillation also its teacher's cached logits).\n\n{table}")
+    buf = io.StringIO()
+    csv.writer(buf).writerows([["method", "depth", "kept", "accuracy", "seed_accuracies", "parameters", "latency_ms",
+                                "training_minutes"],
+                               *[[r.method, r.depth, " ".join(map(str, r.kept)), round(r.score, 6),
+                                  " ".join(f"{s:.6f}" for s in r.scores), r.parameters, round(r.latency_ms, 3),
+                                  round(r.minutes, 2)] for r in rows]])
+    write_text(out / "compare.csv", buf.getvalue())
+    write_json(out / "compare.json", {"config": dataclasses.asdict(cfg), "full_minutes": full_minutes,
+                                      "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
+                                      "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    names = list(dict.fromkeys(r.method for r in rows))
+    series = {_label(m): [DepthResult(r.depth, r.kept, r.score, r.parameters, r.latency_ms)
+                          for r in rows if r.method == m] for m in names}
+    title = f"{Path(cfg.model).name} on {cfg.data}"
+    plot_quality_vs_latency(series, "accuracy", out / "quality_vs_latency.png", title=title)
+
+    def cost(r: Row) -> float:  # with the full-depth run the model needs
+        method = METHODS.get(r.method)
+        needs = method is not None and (method.needs_full or not method.per_depth)
+        return r.minutes + (full_minutes[method.full] if needs else 0.0)  # type: ignore[union-attr]
+    plot_quality_vs_cost({_label(m): [(cost(r), r.score, r.depth) for r in rows if r.method == m] for m in names},
+                         out / "quality_vs_training.png", title=title)
+    return table

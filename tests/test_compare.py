@@ -1,0 +1,79 @@
+"""`layerdrop compare`: every method at every depth on one test split, with its cost; resumable."""
+
+import json
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from layerdrop import cli
+from layerdrop.args import CompareConfig
+from layerdrop.compare import METHODS, check, run_compare
+from conftest import write_reviews
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory, minilm_tokenizer):
+    folder = tmp_path_factory.mktemp("bert")
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
+                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+    minilm_tokenizer.save_pretrained(folder)
+    data = write_reviews(tmp_path_factory.mktemp("data") / "reviews.csv")
+    cfg = CompareConfig(model=str(folder), data=data, out=str(tmp_path_factory.mktemp("compare")), depths="4,2",
+                        seeds="0,1", train_rows=0, epochs=1.0, heal_epochs=0.5, batch_size=16, max_length=16,
+                        lr=1e-3, latency_reps=1, progress=False)
+    return cfg, run_compare(cfg)
+
+
+def test_every_method_is_scored_at_every_depth_and_the_shallowest_with_each_seed(compared):
+    cfg, result = compared
+    by = {(r.method, r.depth): r for r in result.rows}
+    assert set(by) == {(m, 2) for m in METHODS} | {("plain", 4), ("layerdrop", 4)}  # full depth: each full run once
+    assert all(len(by[(m, 2)].scores) == 2 for m in METHODS if METHODS[m].per_depth)  # two seeds
+    assert by[("top-dropped", 2)].kept == (0, 1) and by[("fixed-depth", 2)].kept == (0, 3)
+    assert by[("distilled", 2)].minutes > 0 and by[("plain-cut", 2)].minutes == 0
+    second = json.loads((result.out / "fixed2-seed1" / "model" / "layerdrop.json").read_text())["trained_with"]
+    assert second["seed"] == 1 and second["split_seed"] == 0  # another seed, the same test rows
+
+
+def test_the_report_gives_the_cost_of_serving_every_depth(compared):
+    cfg, result = compared
+    md = (result.out / "compare.md").read_text()
+    assert "What serving every depth of the table costs" in md and "★" in md
+    serving = md.split("costs each method")[1]
+    line = next(l for l in serving.splitlines() if l.startswith("| LayerDrop, cut and healed"))
+    assert line.split("|")[2].strip() == "2"  # the LayerDrop run and one heal
+    line = next(l for l in serving.splitlines() if l.startswith("| fixed depth"))
+    assert line.split("|")[2].strip() == "2"  # full depth is in the table: the plain run, and one per depth
+    data = json.loads((result.out / "compare.json").read_text())
+    assert len(data["rows"]) == len(result.rows) and (result.out / "compare.csv").is_file()
+    assert (result.out / "quality_vs_latency.png").stat().st_size > 0
+    assert (result.out / "quality_vs_training.png").stat().st_size > 0
+
+
+def test_a_second_run_reuses_every_training(compared):
+    cfg, first = compared
+    stamps = {p: p.stat().st_mtime_ns for p in first.out.glob("*/model/layerdrop.json")}
+    again = run_compare(cfg)
+    assert [r.scores for r in again.rows] == [r.scores for r in first.rows]
+    assert {p: p.stat().st_mtime_ns for p in first.out.glob("*/model/layerdrop.json")} == stamps
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("methods", "plain-cut,magic", "unknown method"),
+    ("depths", "4,x", "comma-separated integers"),
+    ("depths", "0", "at least 1"),
+    ("heal_epochs", 0.0, "above 0"),
+])
+def test_bad_settings_are_named_before_anything_trains(field, value, message, tmp_path):
+    import dataclasses
+
+    with pytest.raises(ValueError, match=message):
+        check(dataclasses.replace(CompareConfig(out=str(tmp_path)), **{field: value}))
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_command_line_reports_a_bad_method(capsys, tmp_path):
+    assert cli.main(["compare", "--methods", "magic", "--out", str(tmp_path)]) == 2
+    assert "unknown method" in capsys.readouterr().err
