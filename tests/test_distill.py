@@ -114,13 +114,14 @@ def test_a_cut_student_learns_from_its_teacher_and_exports_a_plain_checkpoint(te
     encoder = AutoModel.from_pretrained(result.model_dir)  # vanilla transformers
     assert encoder.config.num_hidden_layers == 2
     assert _digest(teacher) == before  # the teacher is never changed
+    assert not (tmp_path / "d" / CACHE_FILE).exists()  # 32 rows seen of 64: running the teacher is cheaper
     student, initial = load_saved(str(result.model_dir)), load_saved(str(tmp_path / "d" / "initial-student"))
     assert not torch.equal(student.head.weight, initial.head.weight)  # it trained
 
 
 def test_cached_teacher_logits_train_the_same_student_as_running_the_teacher(teacher, reviews, tmp_path):
-    cached = run(_config(teacher, reviews, tmp_path / "cached", depth=2))
-    live = run(_config(teacher, reviews, tmp_path / "live", depth=2, cache_teacher=False))
+    cached = run(_config(teacher, reviews, tmp_path / "cached", depth=2, max_steps=10))  # 80 rows seen of 64
+    live = run(_config(teacher, reviews, tmp_path / "live", depth=2, max_steps=10, cache_teacher=False))
     assert (tmp_path / "cached" / CACHE_FILE).is_file() and not (tmp_path / "live" / CACHE_FILE).exists()
     a, b = load_saved(str(cached.model_dir)).state_dict(), load_saved(str(live.model_dir)).state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
@@ -146,7 +147,7 @@ def test_a_finished_run_is_reused_an_unfinished_one_resumes_and_other_settings_a
 
 def test_the_teacher_cache_and_the_cut_are_reused_only_for_the_same_teacher_data_and_encoding(teacher, reviews, tmp_path):
     out = tmp_path / "d"
-    first = run(_config(teacher, reviews, out, depth=2))
+    first = run(_config(teacher, reviews, out, depth=2, max_steps=10))
     assert first.cache_seconds > 0
 
     def not_started():  # a run that stopped before its first checkpoint keeps no claim on its folder
@@ -154,9 +155,9 @@ def test_the_teacher_cache_and_the_cut_are_reused_only_for_the_same_teacher_data
         shutil.rmtree(out / "checkpoints")
 
     not_started()
-    assert run(_config(teacher, reviews, out, depth=2)).cache_seconds == 0  # same rows: reused
+    assert run(_config(teacher, reviews, out, depth=2, max_steps=10)).cache_seconds == 0  # same rows: reused
     not_started()
-    shorter = run(_config(teacher, reviews, out, depth=1, max_length=4))
+    shorter = run(_config(teacher, reviews, out, depth=1, max_length=4, max_steps=10))
     assert shorter.cache_seconds > 0 and shorter.kept == (0,)  # other encoding and depth: made again
 
 

@@ -226,8 +226,9 @@ class DistillArgs:
     layer it was cut from (BERT-PKD), as normalised hidden states."""
     cache_teacher: bool = True
     """Compute the teacher's logits on the training rows once, save them in --out, and reuse them
-    every epoch instead of running the teacher each step. Used for classification without
-    --alpha-cos or --alpha-hidden (which need the teacher's hidden states each step)."""
+    every epoch instead of running the teacher each step. Used where it is cheaper: for
+    classification without --alpha-cos or --alpha-hidden (which need the teacher's hidden states
+    each step), when the run sees each row more than once."""
 
 
 @dataclass(frozen=True)

@@ -284,6 +284,17 @@ def _check_shapes(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, ta
                              "need the same output vocabulary")
 
 
+def _cache_pays(cfg: DistillConfig, task: str, rows: int) -> bool:
+    """Whether to compute the teacher's logits once: for classification without the hidden-state
+    losses, when the run shows the student each row more than once on average (below that,
+    running the teacher on the rows a step sees costs less; docs/benchmarks.md)."""
+    loss, opt = cfg.distill, cfg.optim
+    if not (loss.cache_teacher and loss.alpha_kd and task == "classification") or loss.alpha_cos or loss.alpha_hidden:
+        return False
+    seen = opt.max_steps * opt.batch_size * opt.grad_accum if opt.max_steps > 0 else opt.epochs * rows
+    return seen > rows
+
+
 def _fingerprint(folder: str) -> str:
     """A teacher folder's files by name, size and modification time: changes when it is retrained in place."""
     files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
@@ -379,7 +390,7 @@ def run(cfg: DistillConfig) -> DistillResult:
                               logging_steps=cfg.logging_steps, progress=cfg.progress, layerdrop_on=False)
     teacher.to(args.device)
     cache_seconds = 0.0
-    if loss.cache_teacher and loss.alpha_kd and task == "classification" and not (loss.alpha_cos or loss.alpha_hidden):
+    if _cache_pays(cfg, task, len(train_rows)):
         identity = {"teacher": _fingerprint(local_folder(cfg.teacher)), "rows": _digest(train_rows)}
         logits, cache_seconds = _cached_logits(out, teacher, train_rows, collator, max(cfg.optim.batch_size, 64),
                                                identity)
