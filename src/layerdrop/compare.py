@@ -205,7 +205,7 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
     batch = scorers.calibration[0]
     full_runs = {"plain": plain, **({"layerdrop": ld} if ld else {})}
     full_minutes = {name: _minutes(folder) for name, folder in full_runs.items()}
-    full_models = {name: load_saved(str(folder)).eval() for name, folder in full_runs.items()}
+    full_models = {"plain": model, **({"layerdrop": load_saved(str(ld)).eval()} if ld else {})}
     rows: list[Row] = []
     for depth in depths:
         kept = every_other(num_layers, depth)

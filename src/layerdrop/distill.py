@@ -39,7 +39,7 @@ from .files import write_bytes, write_json
 from .models import META_FILE, Classifier, from_pretrained, is_classifier, load_saved, local_folder, model_folder, read_meta
 from .prune import PRUNING_KEY, prune_saved
 from .qa import is_qa_model, without_targets
-from .steps import Rows, check_fresh, encoder, export, full_depth_metrics, splits, training_arguments
+from .steps import Rows, check_fresh, check_inputs, encoder, export, full_depth_metrics, splits, training_arguments
 from .strategies import lookup
 from .trainer import TEACHER_LOGITS, LayerDropTrainer, MarkCheckpointComplete, hidden_pairs, last_complete_checkpoint
 
@@ -94,14 +94,9 @@ def task_of(model: nn.Module, role: str = "teacher") -> str:
 
 def check_for_task(cfg: DistillConfig, task: str) -> None:
     """Raise ``ValueError`` for a setting that ``task`` (known once the teacher is loaded) rejects."""
-    inputs = cfg.inputs
-    if inputs.long_doc and task != "classification":
-        raise ValueError(f"--long-doc applies to classification; the teacher does {task}")
+    check_inputs(task, cfg.optim, cfg.inputs)
     if cfg.optim.label_smoothing > 0 and task != "classification":
         raise ValueError(f"--label-smoothing applies to classification; the teacher does {task}")
-    if (inputs.long_doc or task == "qa") and not 0 <= inputs.stride < inputs.max_length // 2:
-        raise ValueError(f"--stride must be between 0 and --max-length / 2 ({inputs.max_length // 2}), "
-                         f"got {inputs.stride}")
 
 
 def check(cfg: DistillConfig) -> None:
@@ -123,10 +118,7 @@ def check(cfg: DistillConfig) -> None:
     if not any(weights.values()):
         raise ValueError("every loss weight is 0 (--alpha-kd, --alpha-task, --alpha-cos, --alpha-hidden): "
                          "the student would learn nothing")
-    if inputs.long_doc not in (None, "mean", "max"):
-        raise ValueError(f"unknown long-document pooling {inputs.long_doc!r}; choose mean or max")
-    if cfg.optim.lr_schedule not in ("linear", "cosine"):
-        raise ValueError(f"unknown learning-rate schedule {cfg.optim.lr_schedule!r}; choose linear or cosine")
+    check_inputs(None, cfg.optim, cfg.inputs)
     if loss.alpha_hidden and cfg.depth == 1:
         raise ValueError("--alpha-hidden matches the student's intermediate layers to the teacher's; a 1-layer "
                          "student has none (--alpha-cos matches its output)")
@@ -212,7 +204,7 @@ def _check_tokenizers(teacher: Any, student: Any, student_dir: str) -> None:
 
 
 def _student(cfg: DistillConfig, teacher: nn.Module, task: str, data_names: Sequence[str] | None,
-             tokenizer: Any) -> tuple[nn.Module, tuple[int, ...], dict[str, Any] | None]:
+             tokenizer: Any, teacher_files: str) -> tuple[nn.Module, tuple[int, ...], dict[str, Any] | None]:
     """The student, the teacher layer each of its layers matches, and the pruning record of a cut."""
     n_teacher = len(find_layers(teacher).layers)
     if cfg.depth is not None:
@@ -223,7 +215,7 @@ def _student(cfg: DistillConfig, teacher: nn.Module, task: str, data_names: Sequ
         needs_data = lookup(cfg.strategy).needs_data
         wanted = {"source": str(cfg.teacher), "strategy": cfg.strategy, "data": cfg.data if needs_data else None,
                   "calibration_rows": cfg.calibration_rows if needs_data else None, "seed": cfg.seed,
-                  "teacher_files": _fingerprint(local_folder(cfg.teacher))}
+                  "teacher_files": teacher_files}
         record = read_meta(initial).get("pruning") if (initial / META_FILE).is_file() else None
         if not record or {k: record.get(k) for k in wanted} != wanted or len(record["kept_layers"]) != cfg.depth:
             # the cut is chosen once; a resumed run reuses it
@@ -370,7 +362,8 @@ def run(cfg: DistillConfig) -> DistillResult:
         _check_labels(teacher, local_folder(cfg.teacher), data_names)
 
     # 4. the student: the teacher cut to --depth, or --student
-    student, kept, pruning = _student(cfg, teacher, task, data_names, tokenizer)
+    teacher_files = _fingerprint(local_folder(cfg.teacher))  # the cut and the cache are remade when it changes
+    student, kept, pruning = _student(cfg, teacher, task, data_names, tokenizer, teacher_files)
     if loss.alpha_hidden and len(kept) < 2:
         raise ValueError("--alpha-hidden matches the student's intermediate layers to the teacher's; a 1-layer "
                          "student has none (--alpha-cos matches its output)")
@@ -391,7 +384,7 @@ def run(cfg: DistillConfig) -> DistillResult:
     teacher.to(args.device)
     cache_seconds = 0.0
     if _cache_pays(cfg, task, len(train_rows)):
-        identity = {"teacher": _fingerprint(local_folder(cfg.teacher)), "rows": _digest(train_rows)}
+        identity = {"teacher": teacher_files, "rows": _digest(train_rows)}
         logits, cache_seconds = _cached_logits(out, teacher, train_rows, collator, max(cfg.optim.batch_size, 64),
                                                identity)
         train_rows = [{**row, TEACHER_LOGITS: logits[i].tolist()} for i, row in enumerate(train_rows)]

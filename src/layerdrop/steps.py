@@ -23,7 +23,7 @@ from .files import atomic_dir, write_json
 from .models import META_FILE, Classifier, save_classifier
 from .qa import qa_scores
 
-__all__ = ["Encode", "Rows", "check_fresh", "encoder", "export", "full_depth_metrics", "splits",
+__all__ = ["Encode", "Rows", "check_fresh", "check_inputs", "encoder", "export", "full_depth_metrics", "splits",
            "training_arguments"]
 
 Encode = Callable[[Any, str], tuple[list[dict[str, Any]], Any]]
@@ -41,6 +41,22 @@ class Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.rows[i]
+
+
+def check_inputs(task: str | None, opt: OptimArgs, inputs: DataArgs) -> None:
+    """Raise ``ValueError`` for optimisation and encoding settings no training recipe accepts;
+    ``task=None`` checks what does not depend on the task (a teacher not loaded yet)."""
+    if opt.lr_schedule not in ("linear", "cosine"):
+        raise ValueError(f"unknown learning-rate schedule {opt.lr_schedule!r}; choose linear or cosine")
+    if inputs.long_doc not in (None, "mean", "max"):
+        raise ValueError(f"unknown long-document pooling {inputs.long_doc!r}; choose mean or max")
+    if task is None:
+        return
+    if inputs.long_doc and task != "classification":
+        raise ValueError("--long-doc applies to classification only")
+    if (inputs.long_doc or task == "qa") and not 0 <= inputs.stride < inputs.max_length // 2:
+        raise ValueError(f"stride must be between 0 and max_length / 2 ({inputs.max_length // 2}), "
+                         f"got {inputs.stride}")
 
 
 def check_fresh(ckpt_dir: Path, resume: bool) -> None:

@@ -23,7 +23,7 @@ from .core import LayerDropSettings, apply, remove
 from .learned import attach_rate_learner, record_learned_rates
 from .models import AUTO_CLASSES, META_FILE, NATIVE, POOLINGS, Classifier, from_pretrained, model_folder, read_meta
 from .rates import SCHEDULES, layer_rates
-from .steps import Rows, check_fresh, encoder, export, full_depth_metrics, splits, training_arguments
+from .steps import Rows, check_fresh, check_inputs, encoder, export, full_depth_metrics, splits, training_arguments
 from .trainer import (
     LayerDropCallback,
     LayerDropTrainer,
@@ -84,12 +84,7 @@ def check(cfg: TrainConfig) -> None:
         raise ValueError(f"unknown task {cfg.task!r}; choose one of {list(TASKS)}")
     if ld.schedule not in SCHEDULES:
         raise ValueError(f"unknown rate schedule {ld.schedule!r}; choose one of {list(SCHEDULES)}")
-    if opt.lr_schedule not in ("linear", "cosine"):
-        raise ValueError(f"unknown learning-rate schedule {opt.lr_schedule!r}; choose linear or cosine")
-    if inputs.long_doc not in (None, "mean", "max"):
-        raise ValueError(f"unknown long-document pooling {inputs.long_doc!r}; choose mean or max")
-    if inputs.long_doc and cfg.task != "classification":
-        raise ValueError("--long-doc applies to classification only")
+    check_inputs(cfg.task, opt, inputs)
     if ld.data_driven and (ld.rate <= 0 or ld.granularity != "layer"):
         raise ValueError("--data-driven learns per-layer rates that average --rate: it needs --rate > 0 "
                          "and --granularity layer")
@@ -110,9 +105,6 @@ def check(cfg: TrainConfig) -> None:
         raise ValueError("--self-distill trains LayerDrop sub-networks: it needs --rate > 0")
     if cfg.task == "qa" and opt.label_smoothing > 0:
         raise ValueError("--label-smoothing applies to classification, not to qa's start/end positions")
-    if (inputs.long_doc or cfg.task == "qa") and not 0 <= inputs.stride < inputs.max_length // 2:
-        raise ValueError(f"stride must be between 0 and max_length / 2 ({inputs.max_length // 2}), "
-                         f"got {inputs.stride}")
 
 
 def _recorded(cfg: TrainConfig) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import safetensors.torch
@@ -198,6 +199,11 @@ def attach(trainer: Trainer, **kwargs: Any) -> LayerDropCallback:
     return callback
 
 
+def _real(mask: torch.Tensor | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` ``(B, T, ...)`` at the positions where ``mask`` ``(B, T)`` is true, ``(N, ...)``; all of them without a mask."""
+    return tensors if mask is None else tuple(t[mask.bool()] for t in tensors)
+
+
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
             mask: torch.Tensor | None = None) -> torch.Tensor:
     """Knowledge distillation: KL(teacher || student) on softened predictions, times ``T**2``.
@@ -206,8 +212,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     logits' leading shape, is true: a language model's real tokens) and the teacher gets no
     gradient. The teacher may be the full network (self-distillation) or another model.
     """
-    if mask is not None:
-        student_logits, teacher_logits = student_logits[mask.bool()], teacher_logits[mask.bool()]  # (N, C)
+    student_logits, teacher_logits = _real(mask, student_logits, teacher_logits)
     s = (student_logits / temperature).flatten(0, -2).log_softmax(-1)  # (N, C)
     t = (teacher_logits.detach() / temperature).flatten(0, -2).log_softmax(-1)  # (N, C)
     return nn.functional.kl_div(s, t, log_target=True, reduction="batchmean") * temperature**2
@@ -228,8 +233,7 @@ def output_kd_loss(student: Any, teacher: Any, temperature: float = 1.0,
 def cosine_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """DistilBERT's cosine loss: ``1 - cos`` between the student's and the teacher's hidden states
     ``(B, T, H)``, averaged over the tokens where ``mask`` ``(B, T)`` is true."""
-    if mask is not None:
-        student, teacher = student[mask.bool()], teacher[mask.bool()]  # (N, H)
+    student, teacher = _real(mask, student, teacher)  # (N, H)
     return (1 - nn.functional.cosine_similarity(student, teacher.detach(), dim=-1)).mean()
 
 
@@ -240,9 +244,7 @@ def hidden_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor]
     ``hidden_states`` and over the tokens where ``mask`` is true."""
     losses = []
     for i, j in pairs:
-        s, t = student[i], teacher[j].detach()  # (B, T, H)
-        if mask is not None:
-            s, t = s[mask.bool()], t[mask.bool()]  # (N, H)
+        s, t = _real(mask, student[i], teacher[j].detach())  # (N, H)
         diff = nn.functional.normalize(s, dim=-1) - nn.functional.normalize(t, dim=-1)
         losses.append(diff.pow(2).sum(-1).mean())
     return torch.stack(losses).mean()
@@ -354,12 +356,13 @@ class LayerDropTrainer(Trainer):
         if cached is not None and states:
             raise ValueError("cached teacher logits hold no hidden states: cos_weight and hidden_weight need "
                              "the teacher run each step")
+        extra = {"output_hidden_states": True} if states else {}
         if cached is not None:
-            teacher: Any = _Cached(cached)
+            teacher: Any = SimpleNamespace(logits=cached)
         else:
             with torch.no_grad():
-                teacher = self.teacher(**without_targets(inputs), **({"output_hidden_states": True} if states else {}))
-        student = model(**inputs, **({"output_hidden_states": True} if states else {}))
+                teacher = self.teacher(**without_targets(inputs), **extra)
+        student = model(**inputs, **extra)
         task = self.label_smoother(student, labels) if labels is not None else student.loss
         mask = inputs.get("attention_mask")
         loss = self.task_weight * task if self.task_weight else 0.0
@@ -401,13 +404,6 @@ class LayerDropTrainer(Trainer):
                                    "lr": self.head_lr if in_head else self.args.learning_rate})
         self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, betas=(self.args.adam_beta1,
                                            self.args.adam_beta2), eps=self.args.adam_epsilon)
-
-
-class _Cached:
-    """Teacher logits computed beforehand, standing in for the teacher's output."""
-
-    def __init__(self, logits: torch.Tensor) -> None:
-        self.logits = logits
 
 
 def _check_teacher(teacher: nn.Module, device: torch.device, self_distill: bool) -> None:
