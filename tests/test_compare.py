@@ -77,3 +77,44 @@ def test_bad_settings_are_named_before_anything_trains(field, value, message, tm
 def test_the_command_line_reports_a_bad_method(capsys, tmp_path):
     assert cli.main(["compare", "--methods", "magic", "--out", str(tmp_path)]) == 2
     assert "unknown method" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def compared_lm(tmp_path_factory):
+    cfg = CompareConfig(model="gpt2-tiny", data="kjv", out=str(tmp_path_factory.mktemp("compare-lm")), depths="6,3",
+                        train_rows=64, eval_rows=16, max_steps=4, batch_size=8, max_length=32, lr=1e-3,
+                        latency_reps=1, progress=False)
+    return cfg, run_compare(cfg)
+
+
+def test_a_decoder_is_compared_by_perplexity_every_method_from_one_untrained_start(compared_lm):
+    cfg, result = compared_lm
+    assert result.metric == "perplexity" and all(r.score > 1 for r in result.rows)
+    assert {r.method for r in result.rows} == {"plain", "layerdrop", *(m for m in METHODS if m != "top-dropped")}
+    init = str(result.out / "init")
+    for run in ("plain", "layerdrop"):
+        assert json.loads((result.out / run / "model" / "layerdrop.json").read_text())["trained_with"]["model"] == init
+    fixed = json.loads((result.out / "fixed3" / "model" / "layerdrop.json").read_text())["trained_with"]
+    assert fixed["model"] == str(result.out / "cut3") and fixed["max_steps"] == 4
+    healed = json.loads((result.out / "layerdrop-healed3" / "model" / "layerdrop.json").read_text())
+    assert healed["distilled_with"]["max_steps"] == 2  # half of --max-steps
+    md = (result.out / "compare.md").read_text()
+    assert "test perplexity" in md and "lower is better" in md
+    best = min(result.rows, key=lambda r: (r.score, r.latency_ms))
+    line = next(l for l in md.splitlines() if l.startswith("|") and f"| {best.score:.2f} |" in l)
+    assert "★" in line  # the lowest perplexity is on the Pareto front
+
+
+def test_top_dropped_is_refused_for_a_model_trained_from_scratch(tmp_path):
+    with pytest.raises(ValueError, match="trained from scratch"):
+        check(CompareConfig(model="gpt2-tiny", methods="plain-cut,top-dropped", out=str(tmp_path)))
+    assert "top-dropped" not in check(CompareConfig(model="gpt2-tiny", out=str(tmp_path)))[0]
+
+
+@pytest.mark.parametrize("module", ["layerdrop.compare", "layerdrop.report"])
+def test_the_doctests_hold(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.attempted > 0 and result.failed == 0

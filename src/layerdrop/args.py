@@ -292,9 +292,11 @@ class CompareConfig:
     """What ``layerdrop compare`` trains and scores. Change with ``dataclasses.replace``."""
 
     model: str = "minilm-l6"
-    """The pretrained encoder every method starts from: a bundled name, a local folder or, online, a hub name."""
+    """The model every method starts from: a pretrained encoder (classification) or decoder
+    (language modelling), bundled, a local folder or, online, a hub name; or a preset trained from scratch."""
     data: str = "rotten-tomatoes"
-    """A labelled dataset (bundled name or file): trained on its training split, scored on its test split."""
+    """A labelled dataset, or a corpus for a decoder (bundled name or file): trained on its training
+    split, scored on its test split."""
     out: str = "runs/compare"
     """Output folder: each method's runs, compare.md, compare.csv, compare.json and the plots."""
     depths: str = "4,3"
@@ -317,6 +319,10 @@ class CompareConfig:
     """Test rows scored (0: the whole test split)."""
     epochs: float = 2.0
     """Epochs of every fine-tune and distillation."""
+    max_steps: int = 0
+    """Optimizer steps of every fine-tune and distillation instead of --epochs (0: use --epochs)."""
+    heal_steps: int = 0
+    """With --max-steps: steps of each heal (0: half of --max-steps)."""
     batch_size: int = 32
     """Examples per step."""
     lr: float = 5e-5

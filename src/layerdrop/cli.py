@@ -242,15 +242,19 @@ def elastic(config: ElasticConfig) -> int:
 def compare(config: CompareConfig) -> int:
     """Compare LayerDrop, distillation and fixed-depth models at each depth, with what each costs to train.
 
-    From one pretrained encoder (MODEL) and one labelled dataset, trains and scores on the same
-    test split: the plain model cut, one LayerDrop run cut, that cut healed by distillation,
-    models cut first and fine-tuned, DistilBERT-style students, and top layers dropped then
-    fine-tuned. Writes compare.md (quality, size, latency, and the runs and minutes that serve
-    every depth), compare.csv, compare.json and plots to --out. Run it again to resume.
+    From one pretrained encoder (MODEL) and one labelled dataset (accuracy), or one decoder and
+    one corpus (perplexity), trains and scores on the same test split: the plain model cut, one
+    LayerDrop run cut, that cut healed by distillation, models cut first and fine-tuned,
+    DistilBERT-style students, and top layers dropped then fine-tuned. A preset (gpt2-tiny, ...)
+    is built once and every method trains it from scratch. Writes compare.md (quality, size,
+    latency, and the runs and minutes that serve every depth), compare.csv, compare.json and
+    plots to --out. Run it again to resume.
 
     Examples:
       layerdrop compare minilm-l6 --data rotten-tomatoes --depths 6,4,3 --out runs/compare-minilm
       layerdrop compare e5-small --data chinese-sentiment --depths 12,6,3 --freeze-embeddings --out runs/compare-e5
+      layerdrop compare gpt2-tiny --data kjv --depths 6,3 --train-rows 0 --max-steps 1000 --batch-size 16 \\
+        --lr 1e-3 --max-length 128 --out runs/compare-kjv
     """
     from .compare import run_compare
 

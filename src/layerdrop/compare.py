@@ -1,7 +1,7 @@
-"""``layerdrop compare``: every way to get a smaller classifier, at every depth, with its cost.
+"""``layerdrop compare``: every way to get a smaller model, at every depth, with its cost.
 
-From one pretrained encoder and one labelled dataset it trains and scores, on the same splits
-and with the same scoring code:
+From one pretrained encoder and one labelled dataset (accuracy), or one decoder and one corpus
+(perplexity), it trains and scores, on the same splits and with the same scoring code:
 
 * ``plain-cut``: fine-tune the full model, cut it every-other to each depth;
 * ``layerdrop-cut``: one LayerDrop run (Fan et al. 2020), cut the same way;
@@ -15,6 +15,10 @@ every depth costs each method in training runs and minutes), ``compare.csv``, ``
 plots of quality against latency and against training time. Every training is a
 ``layerdrop train`` or ``layerdrop distill`` run in its own folder, reused when finished and
 continued when not, so the command resumes where it stopped. See docs/comparison.md.
+
+A preset (``gpt2-tiny``, ...) is built once, untrained, with its tokenizer trained on the
+training text, and every method starts from that model: "fine-tune" is then training from
+scratch, and ``top-dropped`` would repeat ``fixed-depth`` from other random layers.
 """
 
 from __future__ import annotations
@@ -29,18 +33,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 
-from . import distill, train
+from . import distill, presets, train
 from .args import CompareConfig, DistillConfig, TrainConfig, build
 from .arch import find_layers
 from .core import only_layers
 from .depths import every_other
-from .evaluate import DepthResult, latency_ms, parameters_at, validation_scorers
-from .files import write_json, write_text
+from .evaluate import DepthResult, higher_is_better, latency_ms, parameters_at, validation_scorers
+from .files import atomic_dir, write_json, write_text
 from .models import META_FILE, from_pretrained, load_saved, local_folder, read_meta
 from .prune import prune_saved
-from .report import markdown_table, pareto_front, plot_quality_vs_cost, plot_quality_vs_latency
+from .report import format_score, markdown_table, pareto_front, plot_quality_vs_cost, plot_quality_vs_latency
+from .steps import splits
 
 __all__ = ["METHODS", "CompareResult", "Method", "run_compare"]
 
@@ -89,7 +94,7 @@ class Row:
     depth: int
     kept: tuple[int, ...]
     scores: tuple[float, ...]
-    """Test accuracy of each seed's model (one for a cut)."""
+    """Test score (accuracy, or perplexity for a language model) of each seed's model (one for a cut)."""
     parameters: int
     latency_ms: float
     minutes: float
@@ -105,6 +110,8 @@ class CompareResult:
     """What ``layerdrop compare`` measured and wrote."""
 
     out: Path
+    metric: str
+    """``accuracy`` or ``perplexity``: what every row's scores are."""
     rows: list[Row]
     full_minutes: dict[str, float]
     """Training minutes of the full-depth plain and LayerDrop runs."""
@@ -136,7 +143,47 @@ def check(cfg: CompareConfig) -> tuple[list[str], list[int], list[int]]:
         raise ValueError(f"depths must be at least 1, got {min(depths)}")
     if cfg.heal_epochs <= 0 or cfg.epochs <= 0:
         raise ValueError("--epochs and --heal-epochs must be above 0")
+    if cfg.max_steps < 0 or cfg.heal_steps < 0:
+        raise ValueError("--max-steps and --heal-steps count steps: 0 or more")
+    if cfg.heal_steps and not cfg.max_steps:
+        raise ValueError("--heal-steps goes with --max-steps; without it, give --heal-epochs")
+    if cfg.model in presets.PRESETS and "top-dropped" in methods:
+        if cfg.methods != _DEFAULT_METHODS:
+            raise ValueError(f"{cfg.model} is trained from scratch, so top-dropped would be fixed-depth from other "
+                             "random layers: leave it out of --methods")
+        methods.remove("top-dropped")
     return methods, depths, seeds
+
+
+_DEFAULT_METHODS = CompareConfig.methods
+
+
+def task_for(model: str) -> str:
+    """What compare trains ``model`` for: ``clm`` for a decoder (a GPT-2 or Llama preset, a
+    ``*ForCausalLM`` folder), else ``classification``.
+
+    >>> task_for("gpt2-tiny"), task_for("bert-tiny")
+    ('clm', 'classification')
+    """
+    if model in presets.PRESETS:
+        return "clm" if "clm" in presets.PRESETS[model].tasks else "classification"
+    names = from_pretrained(AutoConfig, local_folder(model)).architectures or ()
+    return "clm" if any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names) else "classification"
+
+
+def _from_scratch(cfg: CompareConfig, task: str, base: TrainConfig, out: Path) -> str:
+    """The untrained preset every method starts from, written once to ``out/init``, its tokenizer
+    trained on the training split as ``layerdrop train`` would."""
+    folder = out / "init"
+    if not (folder / "config.json").is_file():
+        preset = presets.PRESETS[cfg.model]
+        train_split = splits(task, cfg.data, 0, base.inputs)[0]
+        tokenizer = presets.train_tokenizer(train_split.texts, preset.tokenizer_kind)
+        model = presets.build(cfg.model, tokenizer, task=task, seed=0)
+        with atomic_dir(folder) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return str(folder)
 
 
 def _minutes(model_dir: Path) -> float:
@@ -146,34 +193,38 @@ def _minutes(model_dir: Path) -> float:
 
 def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None) -> CompareResult:
     """Train every method at every depth (or reuse finished runs), score them all on the test split, write the report."""
-    # 1. validate; the settings every training shares
+    # 1. validate; the settings every training shares; a preset is built once, untrained
     methods, depths, seeds = check(cfg)
+    task = task_for(cfg.model)
     out = Path(cfg.out)
     common = dict(data=cfg.data, train_rows=cfg.train_rows or None, eval_rows=cfg.eval_rows or None, epochs=cfg.epochs,
-                  batch_size=cfg.batch_size, lr=cfg.lr, head_lr=cfg.head_lr, max_length=cfg.max_length,
-                  freeze_embeddings=cfg.freeze_embeddings, progress=cfg.progress, save_steps=100)
-    base = TrainConfig.from_flat(task="classification", model=cfg.model, out="", rate=0.0, **common)
+                  max_steps=cfg.max_steps or -1, batch_size=cfg.batch_size, lr=cfg.lr, head_lr=cfg.head_lr,
+                  max_length=cfg.max_length, freeze_embeddings=cfg.freeze_embeddings, progress=cfg.progress,
+                  save_steps=100)
+    base = TrainConfig.from_flat(task=task, model=cfg.model, out="", rate=0.0, **common)
+    start = _from_scratch(cfg, task, base, out) if cfg.model in presets.PRESETS else cfg.model
+    heal = {"epochs": cfg.heal_epochs, "max_steps": (cfg.heal_steps or cfg.max_steps // 2) if cfg.max_steps else -1}
 
     def fine_tune(model: str, name: str, seed: int = 0, **layerdrop: Any) -> Path:
         log(f"training {name}")
         split = {"split_seed": 0} if seed else {}  # every seed trains and scores on seed 0's split
         return train.run_or_reuse(base.replace(model=model, out=str(out / name), seed=seed, **split, **layerdrop))
 
-    def distil(teacher: Path, name: str, depth: int, seed: int, epochs: float) -> Path:
+    def distil(teacher: Path, name: str, depth: int, seed: int, **length: Any) -> Path:
         log(f"distilling {name}")
         return distill.run_or_reuse(build(DistillConfig, {**common, "teacher": str(teacher), "out": str(out / name),
-                                                          "depth": depth, "seed": seed, "epochs": epochs,
+                                                          "depth": depth, "seed": seed, **length,
                                                           **({"split_seed": 0} if seed else {})}))
 
     def cut(name: str, depth: int | None = None, keep: list[int] | None = None) -> Path:
         if not (out / name / META_FILE).is_file():
-            prune_saved(cfg.model, out / name, depth=depth, keep=keep)
+            prune_saved(start, out / name, depth=depth, keep=keep)
         return out / name
 
     # 2. the full-depth models every cut and teacher comes from
-    plain = fine_tune(cfg.model, "plain")
+    plain = fine_tune(start, "plain")
     needs_ld = any(METHODS[m].full == "layerdrop" for m in methods)
-    ld = fine_tune(cfg.model, "layerdrop", rate=cfg.rate, pattern=cfg.pattern, self_distill=cfg.self_distill) \
+    ld = fine_tune(start, "layerdrop", rate=cfg.rate, pattern=cfg.pattern, self_distill=cfg.self_distill) \
         if needs_ld else None
     model = load_saved(str(plain)).eval()
     num_layers = len(find_layers(model).layers)
@@ -187,9 +238,9 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
         for seed in seeds if depth == min(depths) else seeds[:1]:
             tag = f"{depth}" + (f"-seed{seed}" if seed else "")
             runs = {
-                "layerdrop-healed": lambda: distil(ld, f"layerdrop-healed{tag}", depth, seed, cfg.heal_epochs),
+                "layerdrop-healed": lambda: distil(ld, f"layerdrop-healed{tag}", depth, seed, **heal),
                 "fixed-depth": lambda: fine_tune(str(cut(f"cut{depth}", depth=depth)), f"fixed{tag}", seed),
-                "distilled": lambda: distil(plain, f"distilled{tag}", depth, seed, cfg.epochs),
+                "distilled": lambda: distil(plain, f"distilled{tag}", depth, seed),
                 "top-dropped": lambda: fine_tune(str(cut(f"bottom{depth}", keep=list(range(depth)))),
                                                  f"top-dropped{tag}", seed),
             }
@@ -233,11 +284,11 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
             rows.append(Row(name, depth, shown_kept, scores, size, ms, minutes))
 
     # 5. write the report
-    table = _report(cfg, out, rows, full_minutes, num_layers)
-    return CompareResult(out=out, rows=rows, full_minutes=full_minutes, table=table)
+    table = _report(cfg, out, scorers.metric, rows, full_minutes, num_layers)
+    return CompareResult(out=out, metric=scorers.metric, rows=rows, full_minutes=full_minutes, table=table)
 
 
-def _serving(rows: list[Row], methods: list[str], full_minutes: dict[str, float], num_layers: int
+def _serving(rows: list[Row], methods: list[str], metric: str, full_minutes: dict[str, float], num_layers: int
              ) -> list[list[Any]]:
     """Per method: the training runs and minutes that serve every depth of the table, and its quality
     at each (at full depth, that of the full run it relies on)."""
@@ -251,54 +302,57 @@ def _serving(rows: list[Row], methods: list[str], full_minutes: dict[str, float]
         runs = int(uses_full) + sum(1 for d in depths if method.per_depth and d < num_layers)
         minutes = (full_minutes[method.full] if uses_full else 0.0) + sum(
             mine[d].minutes for d in depths if d < num_layers)
-        out.append([method.label, runs, f"{minutes:.1f}", *[f"{100 * mine[d].score:.1f} %" for d in depths]])
+        out.append([method.label, runs, f"{minutes:.1f}", *[format_score(mine[d].score, metric) for d in depths]])
     return out
 
 
-def _report(cfg: CompareConfig, out: Path, rows: list[Row], full_minutes: dict[str, float], num_layers: int) -> str:
+def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_minutes: dict[str, float],
+            num_layers: int) -> str:
     methods = list(dict.fromkeys(r.method for r in rows if r.method in METHODS))
     full_ms = max(r.latency_ms for r in rows if r.depth == max(x.depth for x in rows))
-    front = set(pareto_front([(r.latency_ms, r.score) for r in rows]))
-    header = ["method", "depth", "layers kept", "test accuracy", "seeds", "parameters", "ms per batch",
+    higher = higher_is_better(metric)
+    front = set(pareto_front([(r.latency_ms, r.score) for r in rows], higher_is_better=higher))
+    header = ["method", "depth", "layers kept", f"test {metric}", "seeds", "parameters", "ms per batch",
               "× full", "training (min)", "Pareto"]
-    md_rows = [[_label(r.method), r.depth, ", ".join(map(str, r.kept)), f"{100 * r.score:.1f} %",
-                " / ".join(f"{100 * s:.1f}" for s in r.scores) if len(r.scores) > 1 else "",
+    md_rows = [[_label(r.method), r.depth, ", ".join(map(str, r.kept)), format_score(r.score, metric),
+                " / ".join(format_score(s, metric).removesuffix(" %") for s in r.scores) if len(r.scores) > 1 else "",
                 f"{r.parameters / 1e6:.1f}M", f"{r.latency_ms:.1f}", f"{r.latency_ms / full_ms:.2f}",
                 "(cut)" if r.method in METHODS and not METHODS[r.method].per_depth else f"{r.minutes:.1f}",
                 "★" if i in front else ""]
                for i, r in enumerate(rows)]
     depths = sorted({r.depth for r in rows}, reverse=True)
     serving = markdown_table(["method", "training runs", "training minutes", *[f"at {d}" for d in depths]],
-                             _serving(rows, methods, full_minutes, num_layers))
+                             _serving(rows, methods, metric, full_minutes, num_layers))
     minutes = ", ".join(f"{k} {v:.1f} min" for k, v in full_minutes.items())
     table = (markdown_table(header, md_rows) + "\nWhat serving every depth of the table costs each method "
              f"(full-depth runs: {minutes}):\n\n" + serving)
     batch = "the first validation batch"
+    better = "higher" if higher else "lower"
     write_text(out / "compare.md", f"# layerdrop compare: `{cfg.model}` on `{cfg.data}`\n\n"
-               f"Accuracy on the test split ({cfg.eval_rows or 'all'} rows); latency: median of {cfg.latency_reps} "
-               f"forwards of {batch} ({cfg.batch_size} examples, up to {cfg.max_length} tokens); ★: Pareto front of "
-               f"accuracy against latency over all rows; training minutes: the Trainer's wall time (for a "
-               f"distillation also its teacher's cached logits).\n\n{table}")
+               f"{metric.capitalize()} on the test split ({cfg.eval_rows or 'all'} rows; {better} is better); "
+               f"latency: median of {cfg.latency_reps} forwards of {batch} ({cfg.batch_size} examples, up to "
+               f"{cfg.max_length} tokens); ★: Pareto front of {metric} against latency over all rows; training minutes: "
+               f"the Trainer's wall time (for a distillation also its teacher's cached logits).\n\n{table}")
     buf = io.StringIO()
-    csv.writer(buf).writerows([["method", "depth", "kept", "accuracy", "seed_accuracies", "parameters", "latency_ms",
+    csv.writer(buf).writerows([["method", "depth", "kept", metric, f"seed_{metric}", "parameters", "latency_ms",
                                 "training_minutes"],
                                *[[r.method, r.depth, " ".join(map(str, r.kept)), round(r.score, 6),
                                   " ".join(f"{s:.6f}" for s in r.scores), r.parameters, round(r.latency_ms, 3),
                                   round(r.minutes, 2)] for r in rows]])
     write_text(out / "compare.csv", buf.getvalue())
-    write_json(out / "compare.json", {"config": dataclasses.asdict(cfg), "full_minutes": full_minutes,
+    write_json(out / "compare.json", {"config": dataclasses.asdict(cfg), "metric": metric, "full_minutes": full_minutes,
                                       "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
                                       "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
     names = list(dict.fromkeys(r.method for r in rows))
     series = {_label(m): [DepthResult(r.depth, r.kept, r.score, r.parameters, r.latency_ms)
                           for r in rows if r.method == m] for m in names}
     title = f"{Path(cfg.model).name} on {cfg.data}"
-    plot_quality_vs_latency(series, "accuracy", out / "quality_vs_latency.png", title=title)
+    plot_quality_vs_latency(series, metric, out / "quality_vs_latency.png", title=title)
 
     def cost(r: Row) -> float:  # with the full-depth run the model needs
         method = METHODS.get(r.method)
         needs = method is not None and (method.needs_full or not method.per_depth)
         return r.minutes + (full_minutes[method.full] if needs else 0.0)  # type: ignore[union-attr]
     plot_quality_vs_cost({_label(m): [(cost(r), r.score, r.depth) for r in rows if r.method == m] for m in names},
-                         out / "quality_vs_training.png", title=title)
+                         metric, out / "quality_vs_training.png", title=title)
     return table

@@ -83,6 +83,11 @@ class Preset:
         return _TASKS_OF_TYPE[self.model_type]
 
     @property
+    def tokenizer_kind(self) -> str:
+        """The :data:`TOKENIZER_KINDS` entry its trained tokenizer takes: WordPiece for BERT, else BPE."""
+        return "wordpiece" if self.model_type == "bert" else "bpe"
+
+    @property
     def max_positions(self) -> int:
         """Longest sequence the model accepts, in tokens."""
         return int(self.config.get("n_positions", self.config.get("max_position_embeddings", 0)))

@@ -16,6 +16,7 @@ from .files import write_bytes
 __all__ = [
     "depth_table",
     "cost_table",
+    "format_score",
     "markdown_table",
     "pareto_front",
     "plot_layer_importance",
@@ -36,7 +37,12 @@ _PERCENT = ("accuracy", "f1", "exact_match")
 """Metrics that are fractions, shown as percentages."""
 
 
-def _fmt(value: float, metric: str) -> str:
+def format_score(value: float, metric: str) -> str:
+    """``value`` as tables show ``metric``: a fraction as a percentage, anything else to 2 decimals.
+
+    >>> format_score(0.8312, "accuracy"), format_score(41.234, "perplexity")
+    ('83.1 %', '41.23')
+    """
     return f"{100 * value:.1f} %" if metric in _PERCENT else f"{value:.2f}"
 
 
@@ -48,7 +54,7 @@ def depth_table(series: Mapping[str, Sequence[DepthResult]], metric: str) -> str
     for d in depths:
         any_result = next(by[n][d] for n in by if d in by[n])
         row: list[Any] = [d, ", ".join(map(str, any_result.kept))]
-        row += [_fmt(by[n][d].score, metric) if d in by[n] else "–" for n in series]
+        row += [format_score(by[n][d].score, metric) if d in by[n] else "–" for n in series]
         rows.append(row)
     return markdown_table(["depth", "layers kept", *[f"{n} ({metric})" for n in series]], rows)
 
@@ -65,7 +71,7 @@ def cost_table(series: Mapping[str, Sequence[DepthResult]], metric: str, timed: 
         r = clock[d]
         rows.append([d, ", ".join(map(str, r.kept)), f"{r.parameters / 1e6:.1f}M", f"{r.latency_ms:.1f}",
                      f"{r.latency_ms / full_ms:.2f}×",
-                     *[_fmt(by[n][d].score, metric) if d in by[n] else "–" for n in series]])
+                     *[format_score(by[n][d].score, metric) if d in by[n] else "–" for n in series]])
     return markdown_table(["depth", "layers kept", "parameters", "ms per batch", "× full depth",
                            *[f"{n} ({metric})" for n in series]], rows)
 
@@ -136,18 +142,19 @@ def plot_quality_vs_latency(series: Mapping[str, Sequence[DepthResult]], metric:
     return _finish(plt, fig, ax, path, title)
 
 
-def plot_quality_vs_cost(series: Mapping[str, Sequence[tuple[float, float, int]]], path: str | Path,
+def plot_quality_vs_cost(series: Mapping[str, Sequence[tuple[float, float, int]]], metric: str, path: str | Path,
                          *, title: str = "") -> Path:
-    """Scatter of accuracy against the training minutes each model needed, one colour per method,
-    each point labelled with its depth: ``series[name] = [(minutes, accuracy, depth), ...]``."""
+    """Scatter of quality against the training minutes each model needed, one colour per method,
+    each point labelled with its depth: ``series[name] = [(minutes, score, depth), ...]``."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    scale = 100 if metric in _PERCENT else 1
     for name, points in series.items():
-        ax.scatter([p[0] for p in points], [100 * p[1] for p in points], label=name, alpha=0.7)
+        ax.scatter([p[0] for p in points], [scale * p[1] for p in points], label=name, alpha=0.7)
         for minutes, score, depth in points:
-            ax.annotate(str(depth), (minutes, 100 * score), fontsize=7, xytext=(3, 2), textcoords="offset points")
+            ax.annotate(str(depth), (minutes, scale * score), fontsize=7, xytext=(3, 2), textcoords="offset points")
     ax.set_xlabel("training minutes (with the full-depth run it needs)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(f"{metric} (%)" if metric in _PERCENT else metric)
     return _finish(plt, fig, ax, path, title)
 
 

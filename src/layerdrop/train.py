@@ -156,8 +156,7 @@ def load_model(cfg: TrainConfig, label_names: Sequence[str] | None, texts: Seque
     if cfg.model in presets.PRESETS:
         preset = presets.PRESETS[cfg.model]
         if cfg.tokenizer in (None, "train"):
-            kind = "wordpiece" if preset.model_type == "bert" else "bpe"
-            tokenizer = presets.train_tokenizer(texts, kind, vocab_size=cfg.vocab_size)
+            tokenizer = presets.train_tokenizer(texts, preset.tokenizer_kind, vocab_size=cfg.vocab_size)
         else:
             tokenizer = presets.borrow_tokenizer(cfg.tokenizer)
         overrides = {}
