@@ -567,3 +567,26 @@ def test_the_settings_examples_hold():
 
     result = doctest.testmod(importlib.import_module("layerdrop.args"))
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_recorded_masks_of_a_resumed_run_match_an_uninterrupted_run(tmp_path, bert_dir, reviews):
+    from layerdrop.masklog import MASK_FILE, load_mask_log
+
+    cfg = _quick(task="classification", model=bert_dir, data=reviews, rate=0.5, out="", record_masks=True,
+                 self_distill=True, evaluate=False)
+    full = run(cfg.replace(out=str(tmp_path / "full")))
+    out = tmp_path / "crashed"
+    run(cfg.replace(out=str(out)))
+    (out / "checkpoints" / "checkpoint-4" / "layerdrop-complete.json").unlink()  # as if it died while saving
+    run(cfg.replace(out=str(out), resume=True))
+    a, b = load_mask_log(full.out / MASK_FILE), load_mask_log(out / MASK_FILE)
+    assert a.draw.tolist() == list(range(4)) and a.step.tolist() == [0, 1, 2, 3]  # one drawn forward per step
+    assert torch.equal(a.keep, b.keep) and torch.equal(a.draw, b.draw) and torch.equal(a.step, b.step)
+    assert "record_masks" not in json.loads((full.model_dir / "layerdrop.json").read_text())["trained_with"]
+
+
+def test_record_masks_without_layerdrop_is_refused(tmp_path, bert_dir, reviews):
+    with pytest.raises(ValueError, match="--record-masks .* needs --rate > 0"):
+        run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "r"), rate=0.0,
+                   record_masks=True))
+    assert not (tmp_path / "r").exists()

@@ -171,6 +171,9 @@ class TrainConfig:
     """Continue from the newest complete checkpoint in ``out/checkpoints``."""
     evaluate: bool = True
     """Score the validation and test splits at full depth after training."""
+    record_masks: bool = False
+    """Write every training forward's keep-mask to ``out/masks.safetensors`` (a few bytes each), for
+    figures of which layers ran; the masks drawn are the same with or without it."""
     progress: bool = True
     """Show tqdm bars."""
     layerdrop: LayerDropArgs = field(default_factory=LayerDropArgs)

@@ -1,4 +1,4 @@
-"""Tables and plots of quality against depth and latency: Markdown, CSV-ready rows and PNG.
+"""Tables and plots of quality against depth and latency, and of the masks a run drew: Markdown, CSV-ready rows and PNG.
 
 Plots need matplotlib (``pip install layerdrop[plot]``); everything else is plain text.
 """
@@ -8,10 +8,13 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .evaluate import DepthResult, higher_is_better
 from .files import write_bytes
+
+if TYPE_CHECKING:
+    from .masklog import MaskLog
 
 __all__ = [
     "depth_table",
@@ -20,6 +23,7 @@ __all__ = [
     "markdown_table",
     "pareto_front",
     "plot_layer_importance",
+    "plot_masks",
     "plot_quality_vs_cost",
     "plot_quality_vs_depth",
     "plot_quality_vs_latency",
@@ -176,3 +180,30 @@ def plot_layer_importance(scores: Mapping[str, Sequence[float]], path: str | Pat
     ax.set_xlabel("layer")
     ax.set_ylabel("importance (relative to the largest)")
     return _finish(plt, fig, ax, path, title, grid_axis="y")
+
+
+def plot_masks(log: MaskLog, path: str | Path, *, forwards: int = 200, title: str = "") -> Path:
+    """Which layers ran at each of the first ``forwards`` training forwards of a :class:`MaskLog`
+    (a heatmap of layers x forwards; at granularity sublayer or head, the share of parts run), and
+    beside it the histogram of how many layers ran per forward over the whole log."""
+    plt = _pyplot()
+    fig, (heat, hist) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [3, 1]})
+    shown = log.parts.float().mean(2) if log.parts is not None else log.keep.float()  # (N, L)
+    shown = shown[:forwards].T  # (L, n)
+    heat.imshow(shown.numpy(), aspect="auto", interpolation="nearest", cmap="Greys", vmin=0, vmax=1, origin="lower")
+    heat.set_xlabel("training forward")
+    heat.set_ylabel("layer")
+    layers = log.keep.shape[1]
+    heat.set_yticks(range(0, layers, max(1, layers // 12)))
+    unit = {"sublayer": "share of sublayers run", "head": "share of heads kept"}.get(log.granularity, "ran (black)")
+    heat.set_title(f"{title}: {unit}" if title else unit, fontsize=9)
+    counts = log.layers_run.bincount(minlength=layers + 1)
+    hist.bar(range(layers + 1), counts.tolist(), color="0.3")
+    hist.set_xlabel("layers run")
+    hist.set_ylabel("forwards")
+    hist.set_title(f"{len(log.keep)} forwards, mean {log.layers_run.float().mean():.2f}" if len(log.keep) else "",
+                   fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return write_bytes(path, buf.getvalue())

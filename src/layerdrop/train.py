@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from .args import TrainConfig
 from .core import LayerDropSettings, apply, remove
 from .learned import attach_rate_learner, record_learned_rates
+from .masklog import MASK_FILE, MaskLogCallback
 from .models import AUTO_CLASSES, META_FILE, NATIVE, POOLINGS, Classifier, from_pretrained, model_folder, read_meta
 from .rates import SCHEDULES, layer_rates
 from .steps import Rows, check_fresh, check_inputs, encoder, export, full_depth_metrics, splits, training_arguments
@@ -105,11 +106,14 @@ def check(cfg: TrainConfig) -> None:
         raise ValueError("--self-distill trains LayerDrop sub-networks: it needs --rate > 0")
     if cfg.task == "qa" and opt.label_smoothing > 0:
         raise ValueError("--label-smoothing applies to classification, not to qa's start/end positions")
+    if cfg.record_masks and ld.rate <= 0:
+        raise ValueError("--record-masks records the masks LayerDrop draws: it needs --rate > 0")
 
 
 def _recorded(cfg: TrainConfig) -> dict[str, Any]:
-    """The flat ``trained_with`` record of ``layerdrop.json`` (every setting but ``progress``)."""
-    return {k: v for k, v in cfg.flat().items() if k != "progress"}
+    """The flat ``trained_with`` record of ``layerdrop.json``: every setting but those that do not
+    change the model (``progress``, ``record_masks``)."""
+    return {k: v for k, v in cfg.flat().items() if k not in ("progress", "record_masks")}
 
 
 def run_or_reuse(cfg: TrainConfig) -> Path:
@@ -240,6 +244,8 @@ def run(cfg: TrainConfig) -> TrainResult:
         callback = attach(trainer, schedule=ld.schedule, warmup_steps=ld.rate_warmup_steps, gamma=ld.pld_gamma)
         if resume_from:
             callback.restore(resume_from)
+        if cfg.record_masks:
+            trainer.add_callback(MaskLogCallback(out / MASK_FILE, resume=resume_from is not None))
     trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     # 7. evaluate at full depth
