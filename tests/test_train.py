@@ -507,7 +507,7 @@ def test_run_or_reuse_reuses_a_finished_run_even_if_it_was_resumed(tmp_path, ber
     (tmp_path / "r").rename(moved)
     assert run_or_reuse(cfg.replace(out=str(moved))) == moved / "model"  # a moved run is reused
     cfg = cfg.replace(out=str(moved))
-    with pytest.raises(FileExistsError, match="other settings"):
+    with pytest.raises(FileExistsError, match=r"other settings \(lr 0.001 -> 0.0001\)"):
         run_or_reuse(cfg.replace(lr=1e-4))
 
 
@@ -561,11 +561,12 @@ def test_from_flat_names_an_unknown_setting():
         TrainConfig.from_flat(task="clm", model="m", data="d", out="o", learning_rate=1e-4)
 
 
-def test_the_settings_examples_hold():
+@pytest.mark.parametrize("module", ["layerdrop.args", "layerdrop.steps"])
+def test_the_settings_examples_hold(module):
     import doctest
     import importlib
 
-    result = doctest.testmod(importlib.import_module("layerdrop.args"))
+    result = doctest.testmod(importlib.import_module(module))
     assert result.attempted > 0 and result.failed == 0
 
 

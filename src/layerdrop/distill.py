@@ -39,7 +39,8 @@ from .files import write_bytes, write_json
 from .models import META_FILE, Classifier, from_pretrained, is_classifier, load_saved, local_folder, model_folder, read_meta
 from .prune import PRUNING_KEY, prune_saved
 from .qa import is_qa_model, without_targets
-from .steps import Rows, check_fresh, check_inputs, encoder, export, full_depth_metrics, splits, training_arguments
+from .steps import (Rows, changed_settings, check_fresh, check_inputs, encoder, export, full_depth_metrics, splits,
+                    training_arguments)
 from .strategies import lookup
 from .trainer import TEACHER_LOGITS, LayerDropTrainer, MarkCheckpointComplete, hidden_pairs, last_complete_checkpoint
 
@@ -141,10 +142,8 @@ def _check_same_run(out: Path, cfg: DistillConfig) -> None:
     started = (out / "model").is_dir() or last_complete_checkpoint(out / "checkpoints") is not None
     if not (path.is_file() and started):
         return
-    before, now = json.loads(path.read_text()), _settings(cfg)
-    changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
-    if changed:
-        shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+    shown = changed_settings(json.loads(path.read_text()), _settings(cfg))
+    if shown:
         raise ValueError(f"{out} holds a distillation started with other settings ({shown}): "
                          "run it with its own settings, or choose another --out")
 

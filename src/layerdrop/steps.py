@@ -23,8 +23,8 @@ from .files import atomic_dir, write_json
 from .models import META_FILE, Classifier, save_classifier
 from .qa import qa_scores
 
-__all__ = ["Encode", "Rows", "check_fresh", "check_inputs", "encoder", "export", "full_depth_metrics", "splits",
-           "training_arguments"]
+__all__ = ["Encode", "Rows", "changed_settings", "check_fresh", "check_inputs", "encoder", "export",
+           "full_depth_metrics", "splits", "training_arguments"]
 
 Encode = Callable[[Any, str], tuple[list[dict[str, Any]], Any]]
 """``encode(split, name)`` -> the encoded rows and, per row, where it came from (text or question)."""
@@ -57,6 +57,17 @@ def check_inputs(task: str | None, opt: OptimArgs, inputs: DataArgs) -> None:
     if (inputs.long_doc or task == "qa") and not 0 <= inputs.stride < inputs.max_length // 2:
         raise ValueError(f"stride must be between 0 and max_length / 2 ({inputs.max_length // 2}), "
                          f"got {inputs.stride}")
+
+
+def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> str:
+    """The settings that differ between a run's record and the settings asked for now, as
+    ``name before -> now`` (empty when none differ): what a refusal to reuse the run names.
+
+    >>> changed_settings({"lr": 1e-4, "seed": 0}, {"lr": 5e-5, "seed": 0})
+    'lr 0.0001 -> 5e-05'
+    """
+    changed = sorted(k for k in {*before, *now} if before.get(k) != now.get(k))
+    return ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
 
 
 def check_fresh(ckpt_dir: Path, resume: bool) -> None:

@@ -24,7 +24,8 @@ from .learned import attach_rate_learner, record_learned_rates
 from .masklog import MASK_FILE, MaskLogCallback
 from .models import AUTO_CLASSES, META_FILE, NATIVE, POOLINGS, Classifier, from_pretrained, model_folder, read_meta
 from .rates import SCHEDULES, layer_rates
-from .steps import Rows, check_fresh, check_inputs, encoder, export, full_depth_metrics, splits, training_arguments
+from .steps import (Rows, changed_settings, check_fresh, check_inputs, encoder, export, full_depth_metrics, splits,
+                    training_arguments)
 from .trainer import (
     LayerDropCallback,
     LayerDropTrainer,
@@ -129,9 +130,10 @@ def run_or_reuse(cfg: TrainConfig) -> Path:
         trained = {**defaults, **(read_meta(out / "model").get("trained_with") or {})}
         trained, wanted = json.loads(json.dumps([trained, _recorded(cfg)]))  # as JSON stores it: tuples become lists
         ignored = ("resume", "out")  # a continued run, or a run folder moved elsewhere, is the same run
-        if {k: v for k, v in trained.items() if k not in ignored} != {k: v for k, v in wanted.items()
-                                                                       if k not in ignored}:
-            raise FileExistsError(f"{out} holds a run with other settings; choose another --out or delete it")
+        shown = changed_settings({k: v for k, v in trained.items() if k not in ignored},
+                                 {k: v for k, v in wanted.items() if k not in ignored})
+        if shown:
+            raise FileExistsError(f"{out} holds a run with other settings ({shown}); choose another --out or delete it")
         return out / "model"
     resume = last_complete_checkpoint(out / "checkpoints") is not None
     return run(cfg.replace(resume=resume)).model_dir
