@@ -214,8 +214,9 @@ def test_speculative_greedy_output_is_identical_to_full_depth(decoders, tok, nam
             for draft_tokens in (1, 3):
                 fast = generate(model, tok, prompt, max_new_tokens=12, speculative=draft_depth,
                                 draft_tokens=draft_tokens)
-                assert (fast.text, fast.new_tokens) == (full.text, full.new_tokens)
+                assert (fast.text, fast.new_tokens, fast.token_ids) == (full.text, full.new_tokens, full.token_ids)
                 assert fast.draft_depth == draft_depth and fast.depth == 4
+        assert len(full.token_ids) == full.new_tokens
 
 
 def test_speculative_decoding_reports_consistent_acceptance(decoders, tok):

@@ -29,11 +29,13 @@ __all__ = [
     "Scorers",
     "accuracy",
     "depth_sweep",
+    "distinct_n",
     "higher_is_better",
     "latency_ms",
     "parameters_at",
     "perplexity",
     "pooled_accuracy",
+    "repeated_ngrams",
     "validation_scorers",
 ]
 
@@ -123,6 +125,34 @@ def perplexity(
 
 
 @torch.no_grad()
+def _ngrams(ids: Sequence[int], n: int) -> list[tuple[int, ...]]:
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    return [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+
+
+def distinct_n(texts: Sequence[Sequence[int]], n: int) -> float:
+    """Distinct ``n``-grams over all ``n``-grams of a set of generated token sequences (Li et al.
+    2016): near 1 for varied text, low for text that loops or repeats itself across prompts.
+
+    >>> distinct_n([[5, 6, 5, 6], [5, 6, 7]], 2)
+    0.6
+    """
+    grams = [g for ids in texts for g in _ngrams(ids, n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repeated_ngrams(ids: Sequence[int], n: int) -> float:
+    """Share of the ``n``-grams of one generated token sequence that already occurred earlier in
+    it (Welleck et al. 2020's seq-rep-n): 0 when none repeats, near 1 for a loop.
+
+    >>> repeated_ngrams([5, 6, 5, 6, 5, 6], 2)
+    0.6
+    """
+    grams = _ngrams(ids, n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
 def latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], *, reps: int = 10, warmup: int = 2) -> float:
     """Median wall milliseconds of one eval forward on ``batch``."""
     model.eval()

@@ -49,6 +49,8 @@ class Generation:
     """Of the drafted tokens, those the full model agreed with; ``0 <= accepted <= drafted``."""
     kept: tuple[int, ...] | None = None
     """The model's layers that ran, by their original index (``None``: all of them)."""
+    token_ids: tuple[int, ...] = ()
+    """The generated tokens (before any stop string is cut): what repetition measures count."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -261,7 +263,8 @@ def generate(
     new = out[0, ids.shape[1]:]
     text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
     return Generation(text=text, new_tokens=int(new.shape[0]), depth=len(find_layers(model).layers),
-                      prompt_truncated=truncated, seconds=time.perf_counter() - begin, kept=kept)
+                      prompt_truncated=truncated, seconds=time.perf_counter() - begin, kept=kept,
+                      token_ids=tuple(new.tolist()))
 
 
 def _cut_at_stop(text: str, stop: Sequence[str]) -> str:
@@ -305,4 +308,5 @@ def _generate_speculative(
     text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
     return Generation(text=text, new_tokens=len(new), depth=len(find_layers(model).layers),
                       prompt_truncated=truncated, seconds=time.perf_counter() - begin,
-                      draft_depth=len(find_layers(draft).layers), drafted=drafted, accepted=accepted)
+                      draft_depth=len(find_layers(draft).layers), drafted=drafted, accepted=accepted,
+                      token_ids=tuple(new))
