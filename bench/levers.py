@@ -9,7 +9,8 @@ each depth and scores it as the demo does: on the test split, or with ``--split 
 validation split, the one to choose settings on.
 With ``--task lm`` it trains the demo's LayerDrop language model (gpt2-tiny from scratch on the
 KJV, ``--size`` choosing its steps) and scores perplexity on the KJV test or validation paragraphs.
-Prints one line of scores and writes ``OUT/sweep.json``. A finished run in ``OUT/rt`` is
+Prints one line of scores and writes ``OUT/sweep.json`` (with the optimizer steps and the loss
+curve from the final checkpoint's log). A finished run in ``OUT/rt`` is
 reused and an unfinished one resumed, so re-running the same command continues it.
 
     python bench/levers.py OUT [name=value ...] [--task classification|lm] [--size full|demo] [--split test|valid] [--threads N]
@@ -26,6 +27,7 @@ Results: docs/results.md, "The quality bar".
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import types
 import typing
@@ -42,6 +44,7 @@ from layerdrop.models import from_pretrained, load_classifier, read_meta
 from layerdrop.args import TrainConfig
 from layerdrop.cli import _leaves
 from layerdrop.train import run_or_reuse
+from layerdrop.trainer import last_complete_checkpoint
 
 
 def _convert(kind: typing.Any, value: str) -> typing.Any:
@@ -97,9 +100,15 @@ def main() -> None:
     results = depth_sweep(model, score, progress=False)
     rows = [{"depth": r.depth, "kept": list(r.kept), "score": r.score} for r in results]
     meta = read_meta(model_dir)
+    last = last_complete_checkpoint(model_dir.parent / "checkpoints")  # the final one: its log is the whole run's
+    state = json.loads((last / "trainer_state.json").read_text()) if last else {}
+    steps = state.get("global_step")
     write_json(args.out / "sweep.json", {"config": cfg.flat(), "task": args.task, "size": args.size, "split": args.split,
                                          "minutes": (time.time() - start) / 60,
-                                         "train_seconds": meta.get("train_seconds"), "rows": rows})
+                                         "train_seconds": meta.get("train_seconds"), "steps": steps,
+                                         "loss_curve": [[h["step"], h["loss"]] for h in state.get("log_history", [])
+                                                        if "loss" in h],
+                                         "rows": rows})
     scale = 1 if args.task == "lm" else 100  # perplexity as is, accuracy in %
     print(" ".join(f"{r['depth']}:{scale * r['score']:.1f}" for r in rows)
           + (f"  (training {meta['train_seconds']:.0f} s)" if meta.get("train_seconds") else ""))

@@ -591,3 +591,11 @@ def test_record_masks_without_layerdrop_is_refused(tmp_path, bert_dir, reviews):
         run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "r"), rate=0.0,
                    record_masks=True))
     assert not (tmp_path / "r").exists()
+
+
+def test_a_constant_learning_rate_schedule_warms_up_then_holds(tmp_path, bert_dir, reviews):
+    result = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "r"), rate=0.5,
+                        lr_schedule="constant", warmup=2, evaluate=False))
+    state = json.loads((result.out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    rates = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
+    assert rates[0] < 1e-3 and rates[-2:] == [1e-3, 1e-3]

@@ -77,7 +77,7 @@ class OptimArgs:
     weight_decay: float = 0.01
     """AdamW weight decay."""
     lr_schedule: str = "linear"
-    """Learning-rate schedule after warm-up: ``linear`` or ``cosine``."""
+    """Learning-rate schedule after warm-up: ``constant``, ``linear`` (decay to 0) or ``cosine``."""
     warmup: float = 0.06
     """Learning-rate warm-up: a fraction of training (< 1) or a number of steps."""
     max_grad_norm: float = 1.0

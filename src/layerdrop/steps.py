@@ -23,7 +23,7 @@ from .files import atomic_dir, write_json
 from .models import META_FILE, Classifier, save_classifier
 from .qa import qa_scores
 
-__all__ = ["Encode", "Rows", "changed_settings", "check_fresh", "check_inputs", "encoder", "export",
+__all__ = ["LR_SCHEDULES", "Encode", "Rows", "changed_settings", "check_fresh", "check_inputs", "encoder", "export",
            "full_depth_metrics", "splits", "training_arguments"]
 
 Encode = Callable[[Any, str], tuple[list[dict[str, Any]], Any]]
@@ -43,11 +43,20 @@ class Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return self.rows[i]
 
 
+LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+"""``--lr-schedule`` -> the ``TrainingArguments.lr_scheduler_type`` that runs it after ``--warmup``
+(``constant`` needs transformers' ``constant_with_warmup`` for the warm-up to happen).
+
+>>> LR_SCHEDULES["constant"]
+'constant_with_warmup'
+"""
+
+
 def check_inputs(task: str | None, opt: OptimArgs, inputs: DataArgs) -> None:
     """Raise ``ValueError`` for optimisation and encoding settings no training recipe accepts;
     ``task=None`` checks what does not depend on the task (a teacher not loaded yet)."""
-    if opt.lr_schedule not in ("linear", "cosine"):
-        raise ValueError(f"unknown learning-rate schedule {opt.lr_schedule!r}; choose linear or cosine")
+    if opt.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {opt.lr_schedule!r}; choose one of {list(LR_SCHEDULES)}")
     if inputs.long_doc not in (None, "mean", "max"):
         raise ValueError(f"unknown long-document pooling {inputs.long_doc!r}; choose mean or max")
     if task is None:
@@ -135,7 +144,7 @@ def training_arguments(opt: OptimArgs, ckpt_dir: Path, *, seed: int, save_steps:
         gradient_accumulation_steps=opt.grad_accum,
         learning_rate=opt.lr,
         weight_decay=opt.weight_decay,
-        lr_scheduler_type=opt.lr_schedule,
+        lr_scheduler_type=LR_SCHEDULES[opt.lr_schedule],
         warmup_steps=opt.warmup,
         max_grad_norm=opt.max_grad_norm if opt.max_grad_norm > 0 else 0.0,
         label_smoothing_factor=opt.label_smoothing,
