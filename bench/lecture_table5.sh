@@ -9,7 +9,8 @@
 #
 #   bash bench/lecture_table5.sh [OUT] [classification|lm ...]     # default: runs/lecture/table5, both
 #
-# Each run writes OUT/<task>/<name>/sweep.json (bench/levers.py); a finished run is skipped and an
+# Each run writes OUT/<task>/<name>/sweep.json (bench/levers.py) and, with LayerDrop on, the run's
+# masks (OUT/<task>/<name>/{rt,lm}/masks.safetensors); a finished run is skipped and an
 # unfinished one resumed, so the same command continues the sweep. About 25 min (RT) + 35 min (LM)
 # on 2 CPU cores, one run at a time.
 set -euo pipefail
@@ -36,8 +37,9 @@ for task in $TASKS; do
   for name in "${ORDER[@]}"; do
     dir=$OUT/$task/$name
     [[ -f $dir/sweep.json ]] && continue
+    record=(record_masks=true); [[ $name == plain ]] && record=()  # the masks of figures 1, 2 and 4
     # shellcheck disable=SC2086
-    $PY "$HERE/levers.py" "$dir" rate=0.5 pattern=random self_distill=false "${size[@]}" ${VARIANTS[$name]} \
-      --task "$task" --size demo --split valid
+    $PY "$HERE/levers.py" "$dir" rate=0.5 pattern=random self_distill=false "${size[@]}" "${record[@]}" \
+      ${VARIANTS[$name]} --task "$task" --size demo --split valid
   done
 done
