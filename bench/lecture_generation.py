@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -50,8 +51,9 @@ def _continuations(model: torch.nn.Module, tokenizer: object, prompts: list[str]
                        top_p=0.95 if sampled else None, seed=i)
         ids.append(out.token_ids)
         rates.append(out.tokens_per_second)
+    repeats = [r for r in (repeated_ngrams(t, 4) for t in ids) if not math.isnan(r)]  # continuations of 4+ tokens
     return {"tokens_per_second": statistics.median(rates), "distinct_1": distinct_n(ids, 1),
-            "distinct_2": distinct_n(ids, 2), "repeated_4grams": statistics.fmean(repeated_ngrams(t, 4) for t in ids)}
+            "distinct_2": distinct_n(ids, 2), "repeated_4grams": statistics.fmean(repeats) if repeats else math.nan}
 
 
 def main() -> None:
@@ -69,7 +71,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    settings = {k: v for k, v in vars(a).items() if k not in ("out", "threads")}
+    settings = {k: v for k, v in vars(a).items() if k not in ("out", "threads", "depths")}  # more depths: continue
     path = a.out / "generation.json"
     done = {}
     if path.is_file():

@@ -39,7 +39,7 @@ for task in $TASKS; do
     [[ -f $dir/sweep.json ]] && continue
     record=(record_masks=true); [[ $name == plain ]] && record=()  # the masks of figures 1, 2 and 4
     # shellcheck disable=SC2086
-    $PY "$HERE/levers.py" "$dir" rate=0.5 pattern=random self_distill=false "${size[@]}" "${record[@]}" \
+    $PY "$HERE/levers.py" "$dir" rate=0.5 pattern=random self_distill=false ${size[@]+"${size[@]}"} ${record[@]+"${record[@]}"} \
       ${VARIANTS[$name]} --task "$task" --size demo --split valid
   done
 done

@@ -1,5 +1,6 @@
 """`layerdrop compare`: every method at every depth on one test split, with its cost; resumable."""
 
+import dataclasses
 import json
 
 import pytest
@@ -65,10 +66,10 @@ def test_a_second_run_reuses_every_training(compared):
     ("depths", "4,x", "comma-separated integers"),
     ("depths", "0", "at least 1"),
     ("heal_epochs", 0.0, "above 0"),
+    ("max_steps", -1, "0 or more"),
+    ("heal_steps", 10, "goes with --max-steps"),
 ])
 def test_bad_settings_are_named_before_anything_trains(field, value, message, tmp_path):
-    import dataclasses
-
     with pytest.raises(ValueError, match=message):
         check(dataclasses.replace(CompareConfig(out=str(tmp_path)), **{field: value}))
     assert not any(tmp_path.iterdir())
@@ -103,12 +104,16 @@ def test_a_decoder_is_compared_by_perplexity_every_method_from_one_untrained_sta
     best = min(result.rows, key=lambda r: (r.score, r.latency_ms))
     line = next(l for l in md.splitlines() if l.startswith("|") and f"| {best.score:.2f} |" in l)
     assert "★" in line  # the lowest perplexity is on the Pareto front
+    with pytest.raises(ValueError, match="built for other settings .*train_rows"):
+        run_compare(dataclasses.replace(cfg, train_rows=32))  # the untrained start was built from 64 rows
 
 
 def test_top_dropped_is_refused_for_a_model_trained_from_scratch(tmp_path):
     with pytest.raises(ValueError, match="trained from scratch"):
         check(CompareConfig(model="gpt2-tiny", methods="plain-cut,top-dropped", out=str(tmp_path)))
     assert "top-dropped" not in check(CompareConfig(model="gpt2-tiny", out=str(tmp_path)))[0]
+    with pytest.raises(ValueError, match="built from scratch"):
+        check(CompareConfig(model="gpt2-tiny", freeze_embeddings=True, out=str(tmp_path)))
 
 
 @pytest.mark.parametrize("module", ["layerdrop.compare", "layerdrop.report"])

@@ -87,3 +87,25 @@ def test_plots_are_written_as_png(tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     path = plot_layer_importance({"block influence": [0.1, 0.5, 0.2], "learned rate": [3.0, 1.0, 2.0]}, tmp_path / "i.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_latency_is_timed_without_autograd():
+    model = make("bert").eval()
+    grad_on = []
+    model.register_forward_hook(lambda module, args, output: grad_on.append(torch.is_grad_enabled()))
+    latency_ms(model, {"input_ids": tokens()}, reps=2, warmup=1)
+    assert len(grad_on) == 3 and not any(grad_on)
+
+
+def test_repetition_measures_count_ngrams_and_say_when_there_are_none():
+    import doctest
+    import math
+
+    import layerdrop.evaluate
+    from layerdrop.evaluate import distinct_n, repeated_ngrams
+
+    assert doctest.testmod(layerdrop.evaluate).failed == 0
+    assert distinct_n([[1, 2, 3], [4, 5, 6]], 1) == 1.0 and repeated_ngrams([7] * 5, 1) == 0.8
+    assert math.isnan(distinct_n([[1]], 2)) and math.isnan(repeated_ngrams([1, 2], 3))
+    with pytest.raises(ValueError, match="at least 1"):
+        distinct_n([[1, 2]], 0)

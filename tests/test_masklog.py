@@ -99,3 +99,12 @@ def test_the_mask_figure_is_drawn(tmp_path):
     _drawn(model, 8)
     path = plot_masks(recorder.log(), tmp_path / "masks.png", title="bert, head")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_continuing_the_masks_of_another_granularity_is_refused():
+    whole = layerdrop.apply(make("bert"), rate=0.5).train()
+    recorder = record_masks(whole)
+    _drawn(whole, 2)
+    heads = layerdrop.apply(make("bert"), rate=0.5, granularity="head").train()
+    with pytest.raises(ValueError, match="record into another file"):
+        record_masks(heads, start=recorder.log())

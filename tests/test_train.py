@@ -542,7 +542,7 @@ _RECORD_BEFORE_GROUPS = {
     "stride": 32, "train_rows": None, "eval_rows": None, "tokenizer": None, "vocab_size": 8000, "save_steps": 200,
     "logging_steps": 20, "resume": False, "evaluate": True, "progress": True,
 }
-_ADDED_SINCE = {"freeze_embeddings": False, "split_seed": None}
+_ADDED_SINCE = {"freeze_embeddings": False, "split_seed": None, "record_masks": False}
 
 
 def test_grouped_config_keeps_the_flat_record_of_earlier_runs():

@@ -45,7 +45,7 @@ from .files import atomic_dir, write_json, write_text
 from .models import META_FILE, from_pretrained, load_saved, local_folder, read_meta
 from .prune import prune_saved
 from .report import format_score, markdown_table, pareto_front, plot_quality_vs_cost, plot_quality_vs_latency
-from .steps import splits
+from .steps import changed_settings, splits
 
 __all__ = ["METHODS", "CompareResult", "Method", "run_compare"]
 
@@ -147,6 +147,9 @@ def check(cfg: CompareConfig) -> tuple[list[str], list[int], list[int]]:
         raise ValueError("--max-steps and --heal-steps count steps: 0 or more")
     if cfg.heal_steps and not cfg.max_steps:
         raise ValueError("--heal-steps goes with --max-steps; without it, give --heal-epochs")
+    if cfg.model in presets.PRESETS and cfg.freeze_embeddings:
+        raise ValueError(f"--freeze-embeddings keeps pretrained word embeddings; {cfg.model!r} is built from scratch "
+                         "with random ones: compare it without the flag")
     if cfg.model in presets.PRESETS and "top-dropped" in methods:
         if cfg.methods != _DEFAULT_METHODS:
             raise ValueError(f"{cfg.model} is trained from scratch, so top-dropped would be fixed-depth from other "
@@ -172,17 +175,23 @@ def task_for(model: str) -> str:
 
 
 def _from_scratch(cfg: CompareConfig, task: str, base: TrainConfig, out: Path) -> str:
-    """The untrained preset every method starts from, written once to ``out/init``, its tokenizer
-    trained on the training split as ``layerdrop train`` would."""
+    """The untrained preset every method (and every seed) starts from, written once to
+    ``out/init``, its tokenizer trained on the training split as ``layerdrop train`` would."""
     folder = out / "init"
-    if not (folder / "config.json").is_file():
-        preset = presets.PRESETS[cfg.model]
-        train_split = splits(task, cfg.data, 0, base.inputs)[0]
-        tokenizer = presets.train_tokenizer(train_split.texts, preset.tokenizer_kind)
-        model = presets.build(cfg.model, tokenizer, task=task, seed=0)
-        with atomic_dir(folder) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+    made_from = {"model": cfg.model, "data": cfg.data, "train_rows": cfg.train_rows, "vocab_size": base.vocab_size}
+    if (folder / "config.json").is_file():
+        shown = changed_settings(read_meta(folder).get("compare_init", {}), made_from)
+        if shown:
+            raise ValueError(f"{folder} was built for other settings ({shown}): choose another --out")
+        return str(folder)
+    preset = presets.PRESETS[cfg.model]
+    train_split = splits(task, cfg.data, 0, base.inputs)[0]
+    tokenizer = presets.train_tokenizer(train_split.texts, preset.tokenizer_kind, vocab_size=base.vocab_size)
+    model = presets.build(cfg.model, tokenizer, task=task, seed=0)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / META_FILE, {"compare_init": made_from})
     return str(folder)
 
 
@@ -197,8 +206,9 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
     methods, depths, seeds = check(cfg)
     task = task_for(cfg.model)
     out = Path(cfg.out)
+    head_lr = cfg.head_lr if task == "classification" else None  # a decoder's untied output layer is no new head
     common = dict(data=cfg.data, train_rows=cfg.train_rows or None, eval_rows=cfg.eval_rows or None, epochs=cfg.epochs,
-                  max_steps=cfg.max_steps or -1, batch_size=cfg.batch_size, lr=cfg.lr, head_lr=cfg.head_lr,
+                  max_steps=cfg.max_steps or -1, batch_size=cfg.batch_size, lr=cfg.lr, head_lr=head_lr,
                   max_length=cfg.max_length, freeze_embeddings=cfg.freeze_embeddings, progress=cfg.progress,
                   save_steps=100)
     base = TrainConfig.from_flat(task=task, model=cfg.model, out="", rate=0.0, **common)
@@ -354,5 +364,5 @@ def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_mi
         needs = method is not None and (method.needs_full or not method.per_depth)
         return r.minutes + (full_minutes[method.full] if needs else 0.0)  # type: ignore[union-attr]
     plot_quality_vs_cost({_label(m): [(cost(r), r.score, r.depth) for r in rows if r.method == m] for m in names},
-                         metric, out / "quality_vs_training.png", title=title)
+                         out / "quality_vs_training.png", metric=metric, title=title)
     return table

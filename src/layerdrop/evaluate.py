@@ -124,7 +124,6 @@ def perplexity(
     return math.exp(min(total / max(count, 1), 50.0))
 
 
-@torch.no_grad()
 def _ngrams(ids: Sequence[int], n: int) -> list[tuple[int, ...]]:
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
@@ -133,26 +132,29 @@ def _ngrams(ids: Sequence[int], n: int) -> list[tuple[int, ...]]:
 
 def distinct_n(texts: Sequence[Sequence[int]], n: int) -> float:
     """Distinct ``n``-grams over all ``n``-grams of a set of generated token sequences (Li et al.
-    2016): near 1 for varied text, low for text that loops or repeats itself across prompts.
+    2016): near 1 for varied text, low for text that loops or repeats itself across prompts;
+    ``nan`` when no sequence has ``n`` tokens.
 
     >>> distinct_n([[5, 6, 5, 6], [5, 6, 7]], 2)
     0.6
     """
     grams = [g for ids in texts for g in _ngrams(ids, n)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    return len(set(grams)) / len(grams) if grams else math.nan
 
 
 def repeated_ngrams(ids: Sequence[int], n: int) -> float:
     """Share of the ``n``-grams of one generated token sequence that already occurred earlier in
-    it (Welleck et al. 2020's seq-rep-n): 0 when none repeats, near 1 for a loop.
+    it (Welleck et al. 2020's seq-rep-n): 0 when none repeats, near 1 for a loop; ``nan`` for a
+    sequence shorter than ``n``.
 
     >>> repeated_ngrams([5, 6, 5, 6, 5, 6], 2)
     0.6
     """
     grams = _ngrams(ids, n)
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+    return 1.0 - len(set(grams)) / len(grams) if grams else math.nan
 
 
+@torch.no_grad()
 def latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], *, reps: int = 10, warmup: int = 2) -> float:
     """Median wall milliseconds of one eval forward on ``batch``."""
     model.eval()

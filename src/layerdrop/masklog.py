@@ -1,14 +1,10 @@
 """A record of the masks a LayerDrop run drew: which layers ran at every training forward.
 
 LayerDrop (Fan, Grave & Joulin, "Reducing Transformer Depth on Demand with Structured
-Dropout", ICLR 2020, arXiv:1909.11556) draws one keep-mask per training forward. To show it
-(a heatmap of forwards x layers, the histogram of layers run), :func:`record_masks` puts a
-forward hook on the module LayerDrop was applied to. After each forward that drew a mask it
-copies that frozen :class:`~layerdrop.mask.Mask` into a :class:`MaskLog`. It only reads: the
-generator, the rates and the masks are exactly those of a run without it (tested). A row is a
-few bytes; :func:`save_mask_log` writes a compact safetensors file, and
-:class:`MaskLogCallback` keeps it in step with a ``Trainer`` run's checkpoints, so a resumed
-run's file holds every forward once.
+Dropout", ICLR 2020, arXiv:1909.11556) draws one keep-mask per training forward.
+:func:`record_masks` puts a forward hook on the module LayerDrop was applied to that copies
+each newly drawn mask, and only reads: the generator and the masks are those of a run without it
+(tested). :class:`MaskLogCallback` keeps a ``Trainer`` run's file in step with its checkpoints.
 """
 
 from __future__ import annotations
@@ -48,7 +44,9 @@ class MaskLog:
     step: torch.Tensor
     """``(N,)`` int64: the optimizer step it belongs to (-1 outside a ``Trainer``)."""
     granularity: str = "layer"
+    """The run's ``LayerDropSettings.granularity``: what ``parts`` holds."""
     pattern: str = "random"
+    """The run's ``LayerDropSettings.pattern``."""
 
     @property
     def layers_run(self) -> torch.Tensor:
@@ -76,7 +74,14 @@ class MaskRecorder:
         self._state = state
         self._parts = state.parts if settings.granularity != "layer" else None
         self._rows: list[tuple[int, int, tuple[bool, ...], Any]] = []
-        self._start = start or _empty(len(settings.rates), self._parts, settings.granularity, settings.pattern)
+        fresh = _empty(len(settings.rates), self._parts, settings.granularity, settings.pattern)
+        if start is not None and (start.granularity, start.keep.shape[1:], None if start.parts is None else
+                                  start.parts.shape[1:]) != (fresh.granularity, fresh.keep.shape[1:],
+                                                             None if fresh.parts is None else fresh.parts.shape[1:]):
+            raise ValueError(f"the masks to continue were drawn at granularity {start.granularity!r} over "
+                             f"{start.keep.shape[1]} layers; this model draws {settings.granularity!r} over "
+                             f"{len(settings.rates)}: record into another file")
+        self._start = start or fresh
         self._seen = state.draws
         self.step = -1
         """The optimizer step to file the next forwards under (set by :class:`MaskLogCallback`)."""
@@ -115,7 +120,8 @@ class MaskRecorder:
 
 
 def record_masks(model: nn.Module, start: MaskLog | None = None) -> MaskRecorder:
-    """Record every mask ``model`` (with LayerDrop applied) draws from now on, until ``remove()``.
+    """Record every mask ``model`` (with LayerDrop applied) draws from now on, until ``remove()``:
+    puts a forward hook on the module LayerDrop was applied to, and changes nothing else.
 
     >>> recorder = record_masks(model)          # doctest: +SKIP
     >>> model.train(); model(**batch)           # doctest: +SKIP

@@ -107,7 +107,10 @@ def _pyplot():
 def _finish(plt: Any, fig: Any, ax: Any, path: str | Path, title: str, *, grid_axis: str = "both") -> Path:
     """Grid, legend and title; then write the PNG atomically and free the figure."""
     ax.grid(alpha=0.3, axis=grid_axis)
-    ax.legend()
+    if len(ax.get_legend_handles_labels()[1]) > 4:  # many series: beside the plot, off the points
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8)
+    else:
+        ax.legend()
     ax.set_title(title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
@@ -146,8 +149,8 @@ def plot_quality_vs_latency(series: Mapping[str, Sequence[DepthResult]], metric:
     return _finish(plt, fig, ax, path, title)
 
 
-def plot_quality_vs_cost(series: Mapping[str, Sequence[tuple[float, float, int]]], metric: str, path: str | Path,
-                         *, title: str = "") -> Path:
+def plot_quality_vs_cost(series: Mapping[str, Sequence[tuple[float, float, int]]], path: str | Path,
+                         *, metric: str = "accuracy", title: str = "") -> Path:
     """Scatter of quality against the training minutes each model needed, one colour per method,
     each point labelled with its depth: ``series[name] = [(minutes, score, depth), ...]``."""
     plt = _pyplot()

@@ -246,8 +246,10 @@ def run(cfg: TrainConfig) -> TrainResult:
         callback = attach(trainer, schedule=ld.schedule, warmup_steps=ld.rate_warmup_steps, gamma=ld.pld_gamma)
         if resume_from:
             callback.restore(resume_from)
-        if cfg.record_masks:
-            trainer.add_callback(MaskLogCallback(out / MASK_FILE, resume=resume_from is not None))
+        if cfg.record_masks:  # written before a checkpoint is marked complete, so a resume finds every mask
+            callbacks = trainer.callback_handler.callbacks
+            marker = next(i for i, c in enumerate(callbacks) if isinstance(c, MarkCheckpointComplete))
+            callbacks.insert(marker, MaskLogCallback(out / MASK_FILE, resume=resume_from is not None))
     trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
     # 7. evaluate at full depth
