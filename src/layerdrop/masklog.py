@@ -61,6 +61,11 @@ def _empty(layers: int, parts: int | None, granularity: str, pattern: str) -> Ma
                    granularity=granularity, pattern=pattern)
 
 
+def _layout(log: MaskLog) -> tuple[Any, ...]:
+    """What rows of ``log`` must share to be continued: granularity, layers and parts per layer."""
+    return log.granularity, tuple(log.keep.shape[1:]), None if log.parts is None else tuple(log.parts.shape[1:])
+
+
 class MaskRecorder:
     """Forward hook that copies each newly drawn mask; ``log()`` is what it has so far.
 
@@ -75,9 +80,7 @@ class MaskRecorder:
         self._parts = state.parts if settings.granularity != "layer" else None
         self._rows: list[tuple[int, int, tuple[bool, ...], Any]] = []
         fresh = _empty(len(settings.rates), self._parts, settings.granularity, settings.pattern)
-        if start is not None and (start.granularity, start.keep.shape[1:], None if start.parts is None else
-                                  start.parts.shape[1:]) != (fresh.granularity, fresh.keep.shape[1:],
-                                                             None if fresh.parts is None else fresh.parts.shape[1:]):
+        if start is not None and _layout(start) != _layout(fresh):
             raise ValueError(f"the masks to continue were drawn at granularity {start.granularity!r} over "
                              f"{start.keep.shape[1]} layers; this model draws {settings.granularity!r} over "
                              f"{len(settings.rates)}: record into another file")

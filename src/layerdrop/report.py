@@ -112,6 +112,11 @@ def _finish(plt: Any, fig: Any, ax: Any, path: str | Path, title: str, *, grid_a
     else:
         ax.legend()
     ax.set_title(title)
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: str | Path) -> Path:
+    """Write the figure as PNG atomically and free it."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -206,7 +211,4 @@ def plot_masks(log: MaskLog, path: str | Path, *, forwards: int = 200, title: st
     hist.set_ylabel("forwards")
     hist.set_title(f"{len(log.keep)} forwards, mean {log.layers_run.float().mean():.2f}" if len(log.keep) else "",
                    fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return write_bytes(path, buf.getvalue())
+    return _save(plt, fig, path)
