@@ -53,6 +53,17 @@ def test_the_report_gives_the_cost_of_serving_every_depth(compared):
     assert (result.out / "quality_vs_training.png").stat().st_size > 0
 
 
+def test_a_page_block_redraws_the_reports_tables_from_its_json(compared, tmp_path):
+    from layerdrop.pages import refresh_text
+
+    cfg, result = compared
+    page = (f"<!-- layerdrop:compare {result.out.name} -->\n<!-- /layerdrop -->\n"
+            f"<!-- layerdrop:compare-plot {result.out.name} against=training image=cost.png -->\n<!-- /layerdrop -->\n")
+    text = refresh_text(page, result.out.parent, page_dir=tmp_path).text
+    assert result.table in text and result.table in (result.out / "compare.md").read_text()
+    assert "![accuracy against training" in text and (tmp_path / "cost.png").stat().st_size > 0
+
+
 def test_a_second_run_reuses_every_training(compared):
     cfg, first = compared
     stamps = {p: p.stat().st_mtime_ns for p in first.out.glob("*/model/layerdrop.json")}

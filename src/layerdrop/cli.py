@@ -20,6 +20,7 @@ import textwrap
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .args import CompareConfig, DemoConfig, DistillConfig, ElasticConfig, SweepConfig, TrainConfig, build
@@ -283,6 +284,39 @@ def demo(config: DemoConfig) -> int:
     return 0
 
 
+def report(pages: list[str], runs: str = ".", check: bool = False) -> int:
+    """Refill a Markdown page's generated tables and figures from the runs' JSON.
+
+    A page marks each generated part with `<!-- layerdrop:KIND RUN [key=value ...] -->` and
+    `<!-- /layerdrop -->`; everything between them is redrawn from the run (compare, sweep,
+    levers, generation; figures compare-plot, sweep-plot, levers-loss, masks with image=PATH
+    relative to the page). Blocks whose runs are missing are left as they are. The lecture's
+    pages (docs/lecture.zh-CN.md, docs/lecture.md) are built this way.
+
+    Examples:
+      layerdrop report docs/lecture.zh-CN.md docs/lecture.md --runs .
+      layerdrop report docs/comparison.md --check
+
+    Args:
+        pages: Markdown pages to refresh in place.
+        runs: Folder the blocks' run paths are relative to.
+        check: Change nothing; exit 1 if a page's tables differ from what its runs give.
+    """
+    from .pages import refresh_page
+
+    stale = []
+    for page in pages:
+        result = refresh_page(page, runs, write=not check)
+        for block in result.missing:
+            print(f"{page}: kept as it was: {block.kind} {block.source} (not found under {runs})")
+        if check and result.text != Path(page).read_text(encoding="utf-8"):
+            stale.append(page)
+        print(f"{page}: {len(result.refreshed)} block(s) {'checked' if check else 'refreshed'}")
+    for page in stale:
+        print(f"{page}: out of date; run `layerdrop report {page} --runs {runs}`")
+    return 1 if stale else 0
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     """One row of :data:`COMMANDS`."""
@@ -302,6 +336,7 @@ COMMANDS: dict[str, Command] = {
     "elastic": Command(elastic, ("model",)),
     "compare": Command(compare, ("model",)),
     "demo": Command(demo),
+    "report": Command(report, ("pages",)),
 }
 """Subcommand name -> function and positional parameters, in the order ``--help`` lists them."""
 
@@ -368,6 +403,8 @@ def _add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, leaf:
     if hint is bool:
         parser.add_argument("--" + leaf.name.replace("_", "-"), dest=leaf.name, help=help_,
                             action=argparse.BooleanOptionalAction, default=leaf.default)
+    elif typing.get_origin(hint) is list:  # one or more values: `layerdrop report PAGE...`
+        parser.add_argument(leaf.name, type=typing.get_args(hint)[0], nargs="+", help=help_)
     elif positional:  # an optional positional: `layerdrop elastic` uses the default model
         extra = {} if required else {"nargs": "?", "default": leaf.default}
         parser.add_argument(leaf.name, type=hint, help=help_ + shown, **extra)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -47,7 +48,7 @@ from .prune import prune_saved
 from .report import format_score, markdown_table, pareto_front, plot_quality_vs_cost, plot_quality_vs_latency
 from .steps import changed_settings, splits
 
-__all__ = ["METHODS", "CompareResult", "Method", "run_compare"]
+__all__ = ["METHODS", "CompareResult", "Method", "Row", "plot", "read_report", "run_compare", "tables"]
 
 
 @dataclass(frozen=True)
@@ -316,12 +317,12 @@ def _serving(rows: list[Row], methods: list[str], metric: str, full_minutes: dic
     return out
 
 
-def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_minutes: dict[str, float],
-            num_layers: int) -> str:
+def tables(rows: list[Row], metric: str, full_minutes: dict[str, float], num_layers: int) -> str:
+    """The report's Markdown: one row per method and depth, then what serving every depth costs each method
+    (``num_layers``: the full model's depth, which the rows need not include)."""
     methods = list(dict.fromkeys(r.method for r in rows if r.method in METHODS))
     full_ms = max(r.latency_ms for r in rows if r.depth == max(x.depth for x in rows))
-    higher = higher_is_better(metric)
-    front = set(pareto_front([(r.latency_ms, r.score) for r in rows], higher_is_better=higher))
+    front = set(pareto_front([(r.latency_ms, r.score) for r in rows], higher_is_better=higher_is_better(metric)))
     header = ["method", "depth", "layers kept", f"test {metric}", "seeds", "parameters", "ms per batch",
               "× full", "training (min)", "Pareto"]
     md_rows = [[_label(r.method), r.depth, ", ".join(map(str, r.kept)), format_score(r.score, metric),
@@ -334,10 +335,51 @@ def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_mi
     serving = markdown_table(["method", "training runs", "training minutes", *[f"at {d}" for d in depths]],
                              _serving(rows, methods, metric, full_minutes, num_layers))
     minutes = ", ".join(f"{k} {v:.1f} min" for k, v in full_minutes.items())
-    table = (markdown_table(header, md_rows) + "\nWhat serving every depth of the table costs each method "
-             f"(full-depth runs: {minutes}):\n\n" + serving)
+    return (markdown_table(header, md_rows) + "\nWhat serving every depth of the table costs each method "
+            f"(full-depth runs: {minutes}):\n\n" + serving)
+
+
+def plot(rows: list[Row], metric: str, full_minutes: dict[str, float], path: str | Path, *,
+         against: str = "latency", title: str = "") -> Path:
+    """Quality against latency (``against="latency"``) or against the training minutes each point needs,
+    its full-depth run included (``"training"``), one series per method."""
+    names = list(dict.fromkeys(r.method for r in rows))
+    if against == "latency":
+        series = {_label(m): [DepthResult(r.depth, r.kept, r.score, r.parameters, r.latency_ms)
+                              for r in rows if r.method == m] for m in names}
+        return plot_quality_vs_latency(series, metric, path, title=title)
+    if against != "training":
+        raise ValueError(f"against={against!r}: choose latency or training")
+
+    def cost(r: Row) -> float:  # with the full-depth run the model needs
+        method = METHODS.get(r.method)
+        needs = method is not None and (method.needs_full or not method.per_depth)
+        return r.minutes + (full_minutes[method.full] if needs else 0.0)  # type: ignore[union-attr]
+    return plot_quality_vs_cost({_label(m): [(cost(r), r.score, r.depth) for r in rows if r.method == m]
+                                 for m in names}, path, metric=metric, title=title)
+
+
+def read_report(path: str | Path) -> tuple[list[Row], str, dict[str, float], int, str]:
+    """The rows, metric, full-depth minutes, the full model's depth and the plot title of a ``compare.json``
+    (the file or its run folder)."""
+    path = Path(path)
+    data = json.loads((path / "compare.json" if path.is_dir() else path).read_text())
+    fields = [f.name for f in dataclasses.fields(Row)]
+    rows = [Row(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in fields})
+            for r in data["rows"]]
+    num_layers = data.get("layers", max(r.depth for r in rows))  # older reports: their depths included the full one
+    return rows, data["metric"], data["full_minutes"], num_layers, _title(data["config"]["model"], data["config"]["data"])
+
+
+def _title(model: str, data: str) -> str:
+    return f"{Path(model).name} on {data}"
+
+
+def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_minutes: dict[str, float],
+            num_layers: int) -> str:
+    table = tables(rows, metric, full_minutes, num_layers)
     batch = "the first validation batch"
-    better = "higher" if higher else "lower"
+    better = "higher" if higher_is_better(metric) else "lower"
     write_text(out / "compare.md", f"# layerdrop compare: `{cfg.model}` on `{cfg.data}`\n\n"
                f"{metric.capitalize()} on the test split ({cfg.eval_rows or 'all'} rows; {better} is better); "
                f"latency: median of {cfg.latency_reps} forwards of {batch} ({cfg.batch_size} examples, up to "
@@ -351,18 +393,9 @@ def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_mi
                                   round(r.minutes, 2)] for r in rows]])
     write_text(out / "compare.csv", buf.getvalue())
     write_json(out / "compare.json", {"config": dataclasses.asdict(cfg), "metric": metric, "full_minutes": full_minutes,
-                                      "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
+                                      "layers": num_layers, "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
                                       "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
-    names = list(dict.fromkeys(r.method for r in rows))
-    series = {_label(m): [DepthResult(r.depth, r.kept, r.score, r.parameters, r.latency_ms)
-                          for r in rows if r.method == m] for m in names}
-    title = f"{Path(cfg.model).name} on {cfg.data}"
-    plot_quality_vs_latency(series, metric, out / "quality_vs_latency.png", title=title)
-
-    def cost(r: Row) -> float:  # with the full-depth run the model needs
-        method = METHODS.get(r.method)
-        needs = method is not None and (method.needs_full or not method.per_depth)
-        return r.minutes + (full_minutes[method.full] if needs else 0.0)  # type: ignore[union-attr]
-    plot_quality_vs_cost({_label(m): [(cost(r), r.score, r.depth) for r in rows if r.method == m] for m in names},
-                         out / "quality_vs_training.png", metric=metric, title=title)
+    title = _title(cfg.model, cfg.data)
+    plot(rows, metric, full_minutes, out / "quality_vs_latency.png", title=title)
+    plot(rows, metric, full_minutes, out / "quality_vs_training.png", against="training", title=title)
     return table

@@ -23,6 +23,7 @@ __all__ = [
     "markdown_table",
     "pareto_front",
     "plot_layer_importance",
+    "plot_loss_curves",
     "plot_masks",
     "plot_quality_vs_cost",
     "plot_quality_vs_depth",
@@ -167,6 +168,17 @@ def plot_quality_vs_cost(series: Mapping[str, Sequence[tuple[float, float, int]]
             ax.annotate(str(depth), (minutes, scale * score), fontsize=7, xytext=(3, 2), textcoords="offset points")
     ax.set_xlabel("training minutes (with the full-depth run it needs)")
     ax.set_ylabel(f"{metric} (%)" if metric in _PERCENT else metric)
+    return _finish(plt, fig, ax, path, title)
+
+
+def plot_loss_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str | Path, *, title: str = "") -> Path:
+    """Training loss against optimizer step, one line per run: ``curves[name] = [(step, loss), ...]``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for name, curve in curves.items():
+        ax.plot([p[0] for p in curve], [p[1] for p in curve], label=name, linewidth=1)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
     return _finish(plt, fig, ax, path, title)
 
 

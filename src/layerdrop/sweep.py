@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +25,11 @@ from transformers import AutoTokenizer
 from .args import SweepConfig
 from .arch import find_layers
 from .core import only_layers
-from .evaluate import DepthResult, latency_ms, parameters_at, validation_scorers
+from .evaluate import DepthResult, higher_is_better, latency_ms, parameters_at, validation_scorers
 from .files import write_json, write_text
 from .models import from_pretrained, load_saved, local_folder
 from .report import (
+    format_score,
     markdown_table,
     pareto_front,
     plot_layer_importance,
@@ -36,7 +38,7 @@ from .report import (
 )
 from .strategies import STRATEGIES, Choice, choose, lookup, search_all_depths
 
-__all__ = ["SweepConfig", "SweepResult", "run_sweep"]
+__all__ = ["SweepConfig", "SweepResult", "read_points", "run_sweep", "tables"]
 
 
 @dataclass(frozen=True)
@@ -101,10 +103,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     buf = io.StringIO()
     csv.writer(buf).writerows([header, *rows])
     write_text(out / "sweep.csv", buf.getvalue())
-    front = set(pareto_front([(r[5], r[3]) for r in rows], higher_is_better=higher))
-    md_rows = [[*r[:3], f"{100 * r[3]:.1f} %" if higher else f"{r[3]:.2f}", f"{r[4] / 1e6:.2f}M",
-                f"{r[5]:.1f}", "★" if i in front else ""] for i, r in enumerate(rows)]
-    table = markdown_table(["strategy", "depth", "kept", metric, "parameters", "ms / batch", "Pareto"], md_rows)
+    table = tables(points, metric)
     write_text(out / "sweep.md", f"# layerdrop sweep of `{cfg.model}` on `{cfg.data}` ({cfg.split} split)\n\n"
                f"Latency: median of {cfg.latency_reps} eval forwards on a batch of {batch_shape[0]} x "
                f"{batch_shape[1]} tokens; ★ marks the Pareto front (quality against latency).\n\n{table}")
@@ -116,3 +115,22 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     if importance:
         plot_layer_importance(importance, out / "layer_importance.png", title=Path(cfg.model).name)
     return SweepResult(out=out, metric=metric, points=points, table=table)
+
+
+def tables(points: dict[str, list[DepthResult]], metric: str) -> str:
+    """The sweep's Markdown table: one row per strategy and depth, ★ on the Pareto front of quality against latency."""
+    flat = [(name, r) for name, results in points.items() for r in results]
+    front = set(pareto_front([(r.latency_ms or 0.0, r.score) for _, r in flat], higher_is_better=higher_is_better(metric)))
+    return markdown_table(["strategy", "depth", "kept", metric, "parameters", "ms / batch", "Pareto"],
+                          [[name, r.depth, " ".join(map(str, r.kept)), format_score(r.score, metric),
+                            f"{r.parameters / 1e6:.2f}M", f"{r.latency_ms or 0:.1f}", "★" if i in front else ""]
+                           for i, (name, r) in enumerate(flat)])
+
+
+def read_points(path: str | Path) -> tuple[dict[str, list[DepthResult]], str, str]:
+    """The points, metric and plot title of a ``sweep.json`` (the file or its run folder)."""
+    path = Path(path)
+    data = json.loads((path / "sweep.json" if path.is_dir() else path).read_text())
+    points = {name: [DepthResult(**{**r, "kept": tuple(r["kept"])}) for r in results]
+              for name, results in data["points"].items()}
+    return points, data["metric"], Path(data["config"]["model"]).name

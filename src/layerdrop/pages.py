@@ -1,0 +1,245 @@
+"""``layerdrop report``: Markdown pages whose tables and figures are refilled from the runs' JSON.
+
+A page marks each generated part with a pair of HTML comments (invisible once rendered) that say
+what to draw and from which run; the prose around them is the author's::
+
+    <!-- layerdrop:compare runs/compare-minilm -->
+    (everything here is replaced on each refresh)
+    <!-- /layerdrop -->
+
+The first word after ``layerdrop:`` is a kind of :data:`RENDERERS`; then a run folder or file,
+relative to ``runs`` (a glob for the kinds that gather several runs); then ``key=value`` options.
+``image=PATH`` names the PNG a figure is drawn to, relative to the page. A block whose run is
+missing is left as it was and reported, so a page can be refreshed after re-running only some
+of its commands; re-running all of them and refreshing rebuilds every number and picture.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .files import write_text
+from .report import format_score, markdown_table
+
+__all__ = ["RENDERERS", "Block", "Refresh", "find_blocks", "refresh_page", "refresh_text"]
+
+_BLOCK = re.compile(r"<!-- layerdrop:(?P<kind>[\w-]+) (?P<args>[^\n]*?) -->\n(?P<body>.*?)<!-- /layerdrop -->", re.S)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One generated part of a page."""
+
+    kind: str
+    """Which renderer draws it (a key of :data:`RENDERERS`)."""
+    source: str
+    """The run folder, file or glob it is drawn from, relative to the runs folder."""
+    options: Mapping[str, str]
+    """The ``key=value`` options after the source."""
+    span: tuple[int, int]
+    """Where its body lies in the page's text (start, end)."""
+
+
+def find_blocks(text: str) -> list[Block]:
+    """The blocks of a page, in order.
+
+    >>> page = "Intro.\\n<!-- layerdrop:masks runs/a/masks.safetensors image=img/a.png -->\\nold\\n<!-- /layerdrop -->\\n"
+    >>> [(b.kind, b.source, dict(b.options), page[slice(*b.span)]) for b in find_blocks(page)]
+    [('masks', 'runs/a/masks.safetensors', {'image': 'img/a.png'}, 'old\\n')]
+    """
+    blocks = []
+    for match in _BLOCK.finditer(text):
+        source, *rest = shlex.split(match["args"]) or [""]
+        if not source or any(not opt.partition("=")[0] or "=" not in opt for opt in rest):
+            raise ValueError(f"block {match[0].splitlines()[0]!r}: expected a source, then key=value options")
+        options = dict(opt.partition("=")[::2] for opt in rest)
+        blocks.append(Block(match["kind"], source, options, match.span("body")))
+    return blocks
+
+
+@dataclass(frozen=True)
+class Refresh:
+    """What refreshing a page did."""
+
+    text: str
+    """The page with every block whose runs exist redrawn."""
+    refreshed: list[Block]
+    missing: list[Block]
+    """Blocks left as they were because their runs are not there."""
+
+
+def refresh_text(text: str, runs: str | Path = ".", page_dir: str | Path | None = None) -> Refresh:
+    """``text`` with each block's body redrawn from its runs under ``runs``.
+
+    Figures are drawn to their ``image=`` paths relative to ``page_dir``; with ``page_dir=None``
+    nothing is drawn and only the text is computed (to check whether a page is up to date).
+    """
+    runs = Path(runs)
+    pieces, last, refreshed, missing = [], 0, [], []
+    for block in find_blocks(text):
+        if block.kind not in RENDERERS:
+            raise ValueError(f"unknown block kind {block.kind!r}; choose from {', '.join(RENDERERS)}")
+        sources = sorted(runs.glob(block.source)) if any(c in block.source for c in "*?[") else \
+            [p for p in [runs / block.source] if p.exists()]
+        start, end = block.span
+        pieces.append(text[last:start])
+        if sources:
+            pieces.append(RENDERERS[block.kind](sources, block.options,
+                                                None if page_dir is None else Path(page_dir)))
+            refreshed.append(block)
+        else:
+            pieces.append(text[start:end])
+            missing.append(block)
+        last = end
+    pieces.append(text[last:])
+    return Refresh("".join(pieces), refreshed, missing)
+
+
+def refresh_page(page: str | Path, runs: str | Path = ".", *, write: bool = True) -> Refresh:
+    """Refresh a page file in place (atomically), or with ``write=False`` only say what would change."""
+    page = Path(page)
+    result = refresh_text(page.read_text(encoding="utf-8"), runs, page.parent if write else None)
+    if write:
+        write_text(page, result.text)
+    return result
+
+
+# --------------------------------------------------------------------------- renderers
+
+
+def _one(sources: list[Path], name: str) -> Path:
+    """The single run a block draws from: the file itself, or ``name`` inside the folder."""
+    path = sources[0]
+    return path / name if path.is_dir() else path
+
+
+def _image(options: Mapping[str, str], page_dir: Path | None, draw: Callable[[Path], Any], alt: str) -> str:
+    """Draw a figure to ``image=`` (relative to the page) and return its Markdown."""
+    if "image" not in options:
+        raise ValueError("a figure block needs image=PATH (relative to the page)")
+    if page_dir is not None:
+        draw(page_dir / options["image"])
+    return f"![{options.get('alt', alt)}]({options['image']})\n"
+
+
+def _compare(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
+    from .compare import read_report, tables
+
+    rows, metric, full_minutes, num_layers, _ = read_report(_one(sources, "compare.json"))
+    return tables(rows, metric, full_minutes, num_layers)
+
+
+def _compare_plot(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
+    from .compare import plot, read_report
+
+    rows, metric, full_minutes, _, title = read_report(_one(sources, "compare.json"))
+    against = options.get("against", "latency")
+    return _image(options, page_dir, lambda p: plot(rows, metric, full_minutes, p, against=against, title=title),
+                  f"{metric} against {against}: {title}")
+
+
+def _sweep(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
+    from .sweep import read_points, tables
+
+    points, metric, _ = read_points(_one(sources, "sweep.json"))
+    return tables(points, metric)
+
+
+def _sweep_plot(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
+    from .report import plot_quality_vs_depth, plot_quality_vs_latency
+    from .sweep import read_points
+
+    points, metric, title = read_points(_one(sources, "sweep.json"))
+    against = options.get("against", "depth")
+    draw = {"depth": plot_quality_vs_depth, "latency": plot_quality_vs_latency}[against]
+    return _image(options, page_dir, lambda p: draw(points, metric, p, title=title), f"{metric} against {against}")
+
+
+def _levers(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
+    """One row per ``bench/levers.py`` run: its score at each depth, seconds per step and last loss."""
+    runs = [(path.parent.name if path.is_file() else path.name, json.loads(_one([path], "sweep.json").read_text()))
+            for path in sources]
+    metric = "perplexity" if runs[0][1]["task"] == "lm" else "accuracy"
+    shown = [int(d) for d in options["depths"].split(",")] if "depths" in options else \
+        sorted({r["depth"] for r in runs[0][1]["rows"]}, reverse=True)
+    rows = []
+    for name, data in runs:
+        by_depth = {r["depth"]: r["score"] for r in data["rows"]}
+        steps, seconds = data.get("steps"), data.get("train_seconds")
+        curve = data.get("loss_curve") or []
+        rows.append([name, *[format_score(by_depth[d], metric) if d in by_depth else "" for d in shown],
+                     f"{seconds / steps:.2f}" if steps and seconds else "",
+                     f"{curve[-1][1]:.3f}" if curve else "",
+                     f"{max(loss for _, loss in curve):.3f}" if curve else ""])
+    return markdown_table(["run", *[f"{metric} at {d}" for d in shown], "s / step", "last loss", "highest loss"],
+                          rows)
+
+
+def _levers_loss(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
+    """The training loss curves of ``bench/levers.py`` runs, one line per run."""
+    from .report import plot_loss_curves
+
+    curves = {(p.parent.name if p.is_file() else p.name): json.loads(_one([p], "sweep.json").read_text())["loss_curve"]
+              for p in sources}
+    title = options.get("title", "training loss")
+    return _image(options, page_dir, lambda p: plot_loss_curves(curves, p, title=title), title)
+
+
+def _generation(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
+    """``bench/lecture_generation.py``: perplexity, speed and repetition per depth, then self-speculative decoding."""
+    data = json.loads(_one(sources, "generation.json").read_text())
+
+    def num(value: float, digits: int = 2) -> str:
+        return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+    rows = [[r["depth"], num(r["perplexity"]),
+             *[num(r[way][key], d) for way in ("greedy", "sampled")
+               for key, d in (("tokens_per_second", 1), ("distinct_2", 3), ("repeated_4grams", 3))]]
+            for r in data["depths"]]
+    table = markdown_table(["depth", "perplexity", "greedy tokens/s", "greedy distinct-2", "greedy repeated 4-grams",
+                            "sampled tokens/s", "sampled distinct-2", "sampled repeated 4-grams"], rows)
+    speculative = [[s["draft_depth"], num(s["acceptance"], 3), num(s["tokens_per_second"], 1), num(s["speed_up"])]
+                   for r in data["depths"] for s in r.get("speculative", [])]
+    if speculative:
+        table += "\nSelf-speculative decoding at full depth (greedy):\n\n" + markdown_table(
+            ["draft depth", "acceptance", "tokens/s", "speed-up"], speculative)
+    return table
+
+
+def _masks(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
+    """A recorded run's keep-masks (``--record-masks``) as a heatmap and a layers-run histogram."""
+    from .masklog import load_mask_log
+    from .report import plot_masks
+
+    path = _one(sources, "masks.safetensors")
+    forwards = int(options.get("forwards", 200))
+    title = options.get("title", "")
+    return _image(options, page_dir,
+                  lambda p: plot_masks(load_mask_log(path), p, forwards=forwards, title=title), title or "keep-masks")
+
+
+RENDERERS: dict[str, Callable[[list[Path], Mapping[str, str], Path | None], str]] = {
+    "compare": _compare,
+    "compare-plot": _compare_plot,
+    "sweep": _sweep,
+    "sweep-plot": _sweep_plot,
+    "levers": _levers,
+    "levers-loss": _levers_loss,
+    "generation": _generation,
+    "masks": _masks,
+}
+"""Block kind -> what draws it from its runs: ``compare`` (``layerdrop compare``'s tables), ``sweep``
+(``layerdrop sweep``'s table), ``levers`` (one row per ``bench/levers.py`` run, a glob), ``generation``
+(``bench/lecture_generation.py``), and the figures ``compare-plot`` (``against=latency|training``),
+``sweep-plot`` (``against=depth|latency``), ``levers-loss`` and ``masks`` (each with ``image=``).
+
+>>> sorted(k for k in RENDERERS if k.endswith(("-plot", "-loss")) or k == "masks")
+['compare-plot', 'levers-loss', 'masks', 'sweep-plot']
+"""

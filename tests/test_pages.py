@@ -1,0 +1,132 @@
+"""`layerdrop report`: a page's marked tables and figures are redrawn from its runs, the prose kept."""
+
+import json
+
+import pytest
+
+import layerdrop
+from layerdrop import cli
+from layerdrop.masklog import record_masks, save_mask_log
+from layerdrop.pages import find_blocks, refresh_page, refresh_text
+from layerdrop.sweep import SweepConfig, run_sweep
+from conftest import make, tokens, write_reviews
+
+pytest.importorskip("matplotlib")
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+PAGE = """# 第五章 Strategies
+
+Prose the author wrote, kept as is.
+
+<!-- layerdrop:sweep runs/sweep -->
+stale table
+<!-- /layerdrop -->
+
+<!-- layerdrop:sweep-plot runs/sweep image=images/depth.png -->
+<!-- /layerdrop -->
+
+<!-- layerdrop:masks runs/masks.safetensors image=images/masks.png title="every-other" -->
+<!-- /layerdrop -->
+
+<!-- layerdrop:levers runs/levers/*/sweep.json depths=6,3 -->
+<!-- /layerdrop -->
+
+<!-- layerdrop:generation runs/gen -->
+<!-- /layerdrop -->
+
+<!-- layerdrop:sweep runs/not-run-yet -->
+kept while its run is missing
+<!-- /layerdrop -->
+
+The end.
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_lm_dir):
+    """A folder with one run of each kind the page draws: a real sweep and mask log, bench-format JSON."""
+    root = tmp_path_factory.mktemp("runs")
+    data = write_reviews(root / "reviews.csv")
+    run_sweep(SweepConfig(model=tiny_lm_dir, data=data, out=str(root / "runs/sweep"), rows=12, batch_size=6,
+                          max_length=16, latency_reps=1, calibration_rows=12, strategies="every-other", progress=False))
+    model = layerdrop.apply(make("bert"), rate=0.5, pattern="every-other").train()
+    recorder = record_masks(model)
+    for i in range(6):
+        model(input_ids=tokens(seed=i))
+    save_mask_log(root / "runs/masks.safetensors", recorder.log())
+    for name, full, half, seconds in (("rate0.2", 0.84, 0.79, 30.0), ("rate0.5", 0.83, 0.81, 27.0)):
+        (root / "runs/levers" / name).mkdir(parents=True)
+        (root / "runs/levers" / name / "sweep.json").write_text(json.dumps({
+            "task": "classification", "steps": 10, "train_seconds": seconds,
+            "loss_curve": [[5, 0.7], [10, 0.4]], "rows": [{"depth": 6, "kept": list(range(6)), "score": full},
+                                                           {"depth": 3, "kept": [0, 3, 5], "score": half}]}))
+    (root / "runs/gen").mkdir()
+    (root / "runs/gen/generation.json").write_text(json.dumps({"settings": {}, "layers": 6, "depths": [
+        {"depth": 6, "kept": list(range(6)), "perplexity": 41.5,
+         "greedy": {"tokens_per_second": 120.0, "distinct_1": 0.3, "distinct_2": 0.45, "repeated_4grams": 0.2},
+         "sampled": {"tokens_per_second": 110.0, "distinct_1": 0.6, "distinct_2": 0.9, "repeated_4grams": float("nan")},
+         "speculative": [{"draft_depth": 3, "acceptance": 0.625, "tokens_per_second": 150.0, "speed_up": 1.25}]},
+        {"depth": 3, "kept": [0, 3, 5], "perplexity": 77.25,
+         "greedy": {"tokens_per_second": 230.0, "distinct_1": 0.2, "distinct_2": 0.3, "repeated_4grams": 0.5},
+         "sampled": {"tokens_per_second": 220.0, "distinct_1": 0.5, "distinct_2": 0.8, "repeated_4grams": 0.0}}]}))
+    return root
+
+
+def test_a_page_is_rebuilt_from_its_runs_and_its_prose_kept(tmp_path, runs):
+    page = tmp_path / "lecture.md"
+    page.write_text(PAGE, encoding="utf-8")
+    result = refresh_page(page, runs)
+    text = page.read_text(encoding="utf-8")
+    assert [b.source for b in result.missing] == ["runs/not-run-yet"] and len(result.refreshed) == 5
+    for prose in ("# 第五章 Strategies\n\nProse the author wrote, kept as is.\n", "kept while its run is missing",
+                  "The end.\n"):
+        assert prose in text
+    assert "stale table" not in text
+    sweep = json.loads((runs / "runs/sweep/sweep.json").read_text())
+    for point in sweep["points"]["every-other"]:
+        assert f"| every-other | {point['depth']} | {' '.join(map(str, point['kept']))} | {point['score']:.2f} |" in text
+    assert "| rate0.2 | 84.0 % | 79.0 % | 3.00 | 0.400 | 0.700 |" in text
+    assert "| rate0.5 | 83.0 % | 81.0 % | 2.70 |" in text
+    assert "| 6 | 41.50 | 120.0 | 0.450 | 0.200 | 110.0 | 0.900 |  |" in text  # nan: no 4-grams, left blank
+    assert "| 3 | 0.625 | 150.0 | 1.25 |" in text
+    for image in ("images/depth.png", "images/masks.png"):
+        assert (tmp_path / image).read_bytes()[:8] == PNG
+        assert f"]({image})" in text
+    assert "![every-other](images/masks.png)" in text
+
+
+def test_refreshing_twice_changes_nothing_and_check_finds_a_hand_edit(tmp_path, runs, capsys):
+    page = tmp_path / "lecture.md"
+    page.write_text(PAGE, encoding="utf-8")
+    refresh_page(page, runs)
+    once = page.read_text(encoding="utf-8")
+    assert refresh_page(page, runs).text == once
+    assert cli.main(["report", str(page), "--runs", str(runs), "--check"]) == 0
+    page.write_text(once.replace("| rate0.2 | 84.0 %", "| rate0.2 | 99.0 %"), encoding="utf-8")
+    assert cli.main(["report", str(page), "--runs", str(runs), "--check"]) == 1
+    assert "99.0 %" in page.read_text(encoding="utf-8")  # --check writes nothing
+    out = capsys.readouterr().out
+    assert "out of date" in out and "not-run-yet (not found under" in out
+
+
+def test_a_block_left_unrefreshed_draws_no_figure(tmp_path, runs):
+    result = refresh_text(PAGE, runs, page_dir=None)
+    assert "![every-other](images/masks.png)" in result.text
+    assert not (tmp_path / "images").exists()
+
+
+@pytest.mark.parametrize("block, message", [
+    ("<!-- layerdrop:histogram runs/sweep -->\n<!-- /layerdrop -->", "unknown block kind 'histogram'"),
+    ("<!-- layerdrop:masks runs/masks.safetensors -->\n<!-- /layerdrop -->", "needs image=PATH"),
+    ("<!-- layerdrop:sweep runs/sweep depths -->\n<!-- /layerdrop -->", "key=value options"),
+])
+def test_a_malformed_block_is_named(block, message, runs, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        refresh_text(block, runs, page_dir=tmp_path)
+
+
+def test_blocks_are_found_with_their_options_in_order():
+    blocks = find_blocks(PAGE)
+    assert [b.kind for b in blocks] == ["sweep", "sweep-plot", "masks", "levers", "generation", "sweep"]
+    assert dict(blocks[2].options) == {"image": "images/masks.png", "title": "every-other"}
