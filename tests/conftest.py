@@ -126,15 +126,36 @@ def minilm_tokenizer():
     return AutoTokenizer.from_pretrained(resolve("minilm-l6")[0])
 
 
+def save_tiny_lm(folder: Path, tokenizer, *, positions: int = 1024, rare_eos: bool = False) -> str:
+    """Save a 4-layer GPT-2 (width 32) with ``tokenizer`` in ``folder``. Its end of text is [SEP], or with
+    ``rare_eos`` the vocabulary's last token, which a random model seldom draws (generations run their length)."""
+    torch.manual_seed(0)
+    eos = tokenizer.vocab_size - 1 if rare_eos else tokenizer.sep_token_id
+    GPT2LMHeadModel(GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=32, n_layer=4, n_head=2, n_positions=positions,
+                               eos_token_id=eos, **({"bos_token_id": eos} if rare_eos else {}))).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def save_tiny_classifier(folder: Path, tokenizer, **extra) -> str:
+    """Save a 4-layer BERT classifier (width 32, two labels) with ``tokenizer`` in ``folder``
+    (``extra``: :func:`layerdrop.models.save_classifier`'s keywords)."""
+    from transformers import BertModel
+
+    from layerdrop.models import Classifier, save_classifier
+
+    torch.manual_seed(0)
+    encoder = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
+                                   num_attention_heads=2, intermediate_size=64))
+    save_classifier(Classifier(encoder, num_labels=2), folder, **extra)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer) -> str:
     """A saved 4-layer GPT-2 (width 32) with the MiniLM tokenizer."""
-    folder = tmp_path_factory.mktemp("tiny-lm")
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=minilm_tokenizer.vocab_size, n_embd=32, n_layer=4, n_head=2,
-                               eos_token_id=minilm_tokenizer.sep_token_id)).save_pretrained(folder)
-    minilm_tokenizer.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), minilm_tokenizer)
 
 
 def write_reviews(path: Path, good_label: str = "pos", bad_label: str = "neg") -> str:

@@ -5,12 +5,13 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModel, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 from layerdrop.cli import main
-from layerdrop.models import Classifier, resolve, save_classifier
+from layerdrop.models import resolve
 from layerdrop.prune import prune_saved
 from layerdrop.sweep import SweepConfig, run_sweep
+from conftest import save_tiny_classifier
 
 pytest.importorskip("matplotlib")
 
@@ -22,13 +23,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def classifier_dir(tmp_path_factory, tok):
-    folder = tmp_path_factory.mktemp("clf")
-    torch.manual_seed(0)
-    encoder = BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=4,
-                                   num_attention_heads=2, intermediate_size=64))
-    save_classifier(Classifier(encoder, num_labels=2), folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_classifier(tmp_path_factory.mktemp("clf"), tok)
 
 
 @pytest.fixture(scope="module")

@@ -453,3 +453,39 @@ class SweepConfig:
     """Seed of the data splits."""
     progress: bool = True
     """Show a tqdm bar."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``layerdrop serve`` serves, and its limits. Change with ``dataclasses.replace``."""
+
+    model: str
+    """A saved classifier (``layerdrop train classification``) or causal LM folder, or a bundled name."""
+    depths: str = ""
+    """Comma-separated depths to serve (every-other layers); empty: every depth from 1 to the model's."""
+    sweep: str = ""
+    """A ``layerdrop sweep`` folder or sweep.json whose every-other scores are shown as each depth's quality."""
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 exposes the server to the network."""
+    port: int = 8000
+    """Port to listen on."""
+    name: str = ""
+    """The model's name in the API (empty: the folder's name); ``NAME@K`` asks for K layers."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted (413 beyond)."""
+    max_inputs: int = 64
+    """Most texts in one classify request."""
+    max_prompt_tokens: int = 1024
+    """Longest prompt accepted, in tokens (422 beyond; also bounded by the model's context)."""
+    max_tokens: int = 256
+    """Largest max_tokens a completion may ask for."""
+    queue_size: int = 16
+    """Requests waiting for the worker before new ones get 503."""
+    batch_inputs: int = 32
+    """Most texts the worker classifies in one forward (requests at one depth are batched)."""
+    batch_wait_ms: float = 5.0
+    """How long the worker waits for more classify requests at the same depth."""
+    profile_reps: int = 3
+    """Timed forwards per point of each depth's start-up profile (the median is kept)."""
+    threads: int = 0
+    """torch threads of the worker (0: torch's default)."""

@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .args import CompareConfig, DemoConfig, DistillConfig, ElasticConfig, SweepConfig, TrainConfig, build
+from .args import (CompareConfig, DemoConfig, DistillConfig, ElasticConfig, ServeConfig, SweepConfig,
+                   TrainConfig, build)
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -284,6 +285,31 @@ def demo(config: DemoConfig) -> int:
     return 0
 
 
+def serve(config: ServeConfig) -> int:
+    """Serve one model at every depth from one copy of its weights: each request picks a depth or a latency budget.
+
+    Loads MODEL (a classifier trained by `layerdrop train classification`, or a causal LM),
+    builds a weight-sharing view per depth (every-other layers), times each depth on this
+    machine, and serves, with FastAPI and uvicorn (pip install 'layerdrop[serve]'):
+    POST /v1/completions (OpenAI's shape, plus depth, latency_ms, speculative; model NAME@K),
+    POST /v1/classify, GET /v1/depths, /v1/models, /healthz, /readyz, /metrics, and a page at /.
+    Binds to 127.0.0.1 unless --host says otherwise; never runs code from the model folder.
+
+    Examples:
+      layerdrop serve out/demo/rt-layerdrop0.5/model --sweep runs/rt-sweep
+      layerdrop serve smollm2-135m --depths 30,24,20,15 --port 8001
+      curl -s localhost:8000/v1/classify -H 'Content-Type: application/json' -d '{"input": "a wonderful film", "latency_ms": 50}'
+    """
+    from .serve import create_app, load_served, run_server
+
+    served = load_served(config)
+    app = create_app(served, config)
+    print(f"{served.name}: {served.task} at depths {', '.join(map(str, served.views))}; "
+          f"serving on http://{config.host}:{config.port} (ready at /readyz once each depth is timed)")
+    run_server(app, config)
+    return 0
+
+
 def report(pages: list[str], runs: str = ".", check: bool = False) -> int:
     """Refill a Markdown page's generated tables and figures from the runs' JSON.
 
@@ -336,6 +362,7 @@ COMMANDS: dict[str, Command] = {
     "elastic": Command(elastic, ("model",)),
     "compare": Command(compare, ("model",)),
     "demo": Command(demo),
+    "serve": Command(serve, ("model",)),
     "report": Command(report, ("pages",)),
 }
 """Subcommand name -> function and positional parameters, in the order ``--help`` lists them."""

@@ -1,0 +1,176 @@
+"""A bounded load test of ``layerdrop serve`` on loopback: latency and throughput per depth, and budgets met.
+
+Starts ``layerdrop serve MODEL`` as a subprocess on 127.0.0.1, then
+
+1. per served depth and concurrency: ``--requests`` requests at that depth from that many clients at
+   once; p50 / p99 of the latency each client saw, and requests per second;
+2. per concurrency: the same number of requests, each with a ``latency_ms`` budget drawn from what the
+   server's own profile says is feasible (1.5 x a depth's predicted time, the depth chosen at random);
+   the share of admitted requests that met their budget, the 503s, and any answer that is neither
+   a success nor a documented refusal (there must be none).
+
+Texts are test rows of ``--data`` (classification) or the first words of its test paragraphs
+(generation, ``--max-tokens`` new tokens, greedy). Results go to ``OUT/serve.json`` after each
+measurement, and a finished measurement is not repeated, so an interrupted run continues.
+
+    python bench/serve.py runs/demo/rt-layerdrop/model --data rotten-tomatoes --out runs/bench-serve-rt
+    python bench/serve.py smollm2-135m --data kjv --depths 30,20,15 --max-tokens 16 --out runs/bench-serve-smol
+
+Results: docs/benchmarks.md, "Serving".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+from transformers import AutoTokenizer
+
+from layerdrop import data
+from layerdrop.models import from_pretrained, local_folder
+from layerdrop.files import write_json
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _load(url: str, bodies: list[dict], path: str, concurrency: int) -> tuple[list[dict], float]:
+    """Send ``bodies`` from ``concurrency`` clients at once: each answer's status, latency and served-by,
+    and the seconds all took."""
+    results: list[dict] = []
+    lock = threading.Lock()
+    pending = list(enumerate(bodies))
+
+    def client() -> None:
+        with httpx.Client(timeout=120) as http:
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    i, body = pending.pop(0)
+                start = time.perf_counter()
+                try:
+                    response = http.post(url + path, json=body)
+                    status, payload = response.status_code, response.json()
+                except (httpx.HTTPError, ValueError) as err:  # lost: no documented answer
+                    status, payload = -1, {"error": {"message": repr(err)}}
+                row = {"i": i, "status": status, "ms": (time.perf_counter() - start) * 1000,
+                       "budget": body.get("latency_ms"), "served": payload.get("layerdrop")}
+                with lock:
+                    results.append(row)
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    begin = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - begin
+    return sorted(results, key=lambda r: r["i"]), seconds
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model")
+    p.add_argument("--data", required=True, help="bundled dataset or file: its test rows are the inputs")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--depths", default="", help="served depths (default: every depth)")
+    p.add_argument("--concurrency", default="1,2,4")
+    p.add_argument("--requests", type=int, default=40, help="requests per measurement")
+    p.add_argument("--max-tokens", type=int, default=16, help="new tokens per completion (generation)")
+    p.add_argument("--queue-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    settings = {k: v for k, v in vars(a).items() if k != "out"}
+    path = a.out / "serve.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {"settings": settings, "rows": []}
+    if saved["settings"] != settings:
+        raise SystemExit(f"{path} was measured with other settings; choose another --out")
+    done = {(r["phase"], r["depth"], r["concurrency"]) for r in saved["rows"]}
+
+    port = _free_port()
+    command = [sys.executable, "-m", "layerdrop.cli", "serve", a.model, "--port", str(port),
+               "--queue-size", str(a.queue_size), "--max-tokens", str(max(a.max_tokens, 16))]
+    if a.depths:
+        command += ["--depths", a.depths]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(6000):
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None:
+                raise SystemExit(f"layerdrop serve exited: {server.stdout.read()}")
+            time.sleep(0.1)
+        info = httpx.get(url + "/v1/depths").json()
+        generation = info["task"] == "generation"
+        texts = data.load(a.data).test.texts
+        tokenizer = from_pretrained(AutoTokenizer, local_folder(a.model))
+        rng = random.Random(a.seed)
+        inputs = [" ".join(t.split()[:12]) if generation else t for t in texts[:a.requests]]
+        route = "/v1/completions" if generation else "/v1/classify"
+
+        def body(text: str, **where: object) -> dict:
+            if generation:
+                return {"prompt": text, "max_tokens": a.max_tokens, "temperature": 0, **where}
+            return {"input": text, **where}
+
+        depths = [d["depth"] for d in info["depths"]]
+        levels = [int(c) for c in a.concurrency.split(",")]
+        plan = [("depth", d, c) for c in levels for d in depths] + [("budget", 0, c) for c in levels]
+        for phase, depth, concurrency in plan:
+            if (phase, depth, concurrency) in done:
+                continue
+            if phase == "depth":
+                bodies = [body(t, depth=depth) for t in inputs]
+            else:  # a budget the current profile says one depth meets: 1.5 x its predicted time
+                profiles = {d["depth"]: d["profile"] for d in httpx.get(url + "/v1/depths").json()["depths"]}
+                bodies = []
+                for t in inputs:
+                    prof = profiles[rng.choice(depths)]
+                    tokens = len(tokenizer(t).input_ids)  # as the server counts them
+                    ms = prof["fixed_ms"] + prof["per_token_ms"] * tokens + prof["per_new_token_ms"] * (
+                        a.max_tokens if generation else 0)
+                    bodies.append(body(t, latency_ms=round(1.5 * ms, 1)))
+            results, seconds = _load(url, bodies, route, concurrency)
+            ok = [r for r in results if r["status"] == 200]
+            row = {"phase": phase, "depth": depth, "concurrency": concurrency, "requests": len(results),
+                   "ok": len(ok), "refused_503": sum(r["status"] == 503 for r in results),
+                   "refused_422": sum(r["status"] == 422 for r in results),
+                   "lost": sum(r["status"] not in (200, 422, 503) for r in results),
+                   "p50_ms": _percentile([r["ms"] for r in ok], 0.5) if ok else None,
+                   "p99_ms": _percentile([r["ms"] for r in ok], 0.99) if ok else None,
+                   "requests_per_s": len(ok) / seconds}
+            if phase == "budget":
+                met = [r for r in ok if r["ms"] <= r["budget"]]
+                row["met_budget"] = len(met) / len(ok) if ok else None
+                row["served_depths"] = {str(d): sum(r["served"]["depth"] == d for r in ok) for d in depths}
+            saved["rows"].append(row)
+            write_json(path, saved)
+            print(json.dumps(row), flush=True)
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+if __name__ == "__main__":
+    main()

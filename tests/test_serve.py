@@ -1,0 +1,367 @@
+"""`layerdrop serve`: every depth a view of one copy of the weights, chosen per request; one error shape."""
+
+import dataclasses
+import json
+import threading
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("httpx")
+
+from fastapi.testclient import TestClient  # noqa: E402
+from transformers import BertConfig, BertModel  # noqa: E402
+
+import layerdrop  # noqa: E402
+from layerdrop import cli  # noqa: E402
+from layerdrop.args import ServeConfig  # noqa: E402
+from layerdrop.generate import generate  # noqa: E402
+from layerdrop.latency import Profile  # noqa: E402
+from layerdrop.serve import Engine, create_app, load_served  # noqa: E402
+from layerdrop.worker import Cancelled, Job, QueueFull, Worker  # noqa: E402
+from conftest import save_tiny_classifier, save_tiny_lm  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory, minilm_tokenizer):
+    return save_tiny_lm(tmp_path_factory.mktemp("lm"), minilm_tokenizer, positions=64, rare_eos=True)
+
+
+@pytest.fixture(scope="module")
+def clf_dir(tmp_path_factory, minilm_tokenizer):
+    return save_tiny_classifier(tmp_path_factory.mktemp("clf"), minilm_tokenizer,
+                                extra={"label_names": ["neg", "pos"]}, max_length=32)
+
+
+def _ready(client):
+    for _ in range(600):
+        if client.get("/readyz").status_code == 200:
+            return client
+        time.sleep(0.05)
+    raise AssertionError("the server never became ready")
+
+
+@pytest.fixture(scope="module")
+def lm(lm_dir):
+    cfg = ServeConfig(model=lm_dir, profile_reps=1, max_tokens=24, max_prompt_tokens=40, queue_size=4)
+    served = load_served(cfg)
+    with TestClient(create_app(served, cfg)) as client:
+        yield _ready(client), served
+
+
+@pytest.fixture(scope="module")
+def clf(clf_dir):
+    cfg = ServeConfig(model=clf_dir, profile_reps=1, max_inputs=8, max_body_bytes=4096)
+    served = load_served(cfg)
+    with TestClient(create_app(served, cfg)) as client:
+        yield _ready(client), served
+
+
+def _events(text):
+    """The data lines of a server-sent event stream."""
+    return [block.removeprefix("data: ") for block in text.split("\n\n") if block.startswith("data: ")]
+
+
+# --------------------------------------------------------------------------- views
+
+
+def test_every_depth_is_a_view_with_no_parameter_of_its_own(lm_dir):
+    served = load_served(ServeConfig(model=lm_dir, depths="4,3,2,1"))
+    owned = {p.data_ptr() for p in served.model.parameters()}
+    for depth, module in served.views.items():
+        ptrs = [p.data_ptr() for p in module.parameters()]
+        assert set(ptrs) <= owned
+        assert sum(p.numel() for p in module.parameters()) == served.parameters[depth]
+        assert len(layerdrop.find_layers(module).layers) == depth
+
+
+def test_a_classification_at_each_depth_equals_the_pruned_models(clf):
+    client, served = clf
+    texts = ["a wonderful film", "dull and slow, I left early"]
+    batch = served.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    for depth in served.views:
+        with torch.no_grad():
+            expected = layerdrop.prune(served.model, depth).eval()(**batch).logits.softmax(-1)
+        body = client.post("/v1/classify", json={"input": texts, "depth": depth}).json()
+        assert body["layerdrop"]["depth"] == depth and body["model"] == f"{served.name}@{depth}"
+        got = torch.tensor([[row["scores"]["neg"], row["scores"]["pos"]] for row in body["data"]])
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+        assert [row["label"] for row in body["data"]] == [["neg", "pos"][i] for i in expected.argmax(-1).tolist()]
+
+
+def test_a_completion_at_a_depth_is_the_pruned_models_greedy_text(lm):
+    client, served = lm
+    for depth in (4, 2):
+        expected = generate(layerdrop.prune(served.model, depth).eval(), served.tokenizer, "In the beginning",
+                            max_new_tokens=8)
+        body = client.post("/v1/completions", json={"prompt": "In the beginning", "max_tokens": 8, "temperature": 0,
+                                                    "model": f"{served.name}@{depth}"}).json()
+        assert body["choices"][0]["text"] == expected.text and body["layerdrop"]["depth"] == depth
+        assert body["usage"]["completion_tokens"] == expected.new_tokens
+        assert body["layerdrop"]["layers"] == list(layerdrop.every_other(4, depth))
+
+
+def test_a_stream_sends_the_same_text_in_chunks_and_ends_with_done(lm):
+    client, _ = lm
+    request = {"prompt": "In the beginning", "max_tokens": 12, "temperature": 0, "depth": 3}
+    whole = client.post("/v1/completions", json=request).json()
+    response = client.post("/v1/completions", json={**request, "stream": True})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = _events(response.text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert len(chunks) >= 2 and chunks[0]["choices"][0]["text"]  # text before the closing chunk
+    assert "".join(c["choices"][0]["text"] for c in chunks) == whole["choices"][0]["text"]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length" and chunks[-1]["layerdrop"]["depth"] == 3
+
+
+def test_two_depths_in_flight_at_once_get_what_each_gets_alone(lm):
+    client, _ = lm
+    requests = [{"prompt": "And God said", "max_tokens": 10, "temperature": 0, "depth": d} for d in (4, 1)]
+    alone = [client.post("/v1/completions", json=r).json()["choices"][0]["text"] for r in requests]
+    together = [None, None]
+
+    def ask(i):
+        together[i] = client.post("/v1/completions", json=requests[i]).json()["choices"][0]["text"]
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+
+
+def test_the_model_is_unchanged_by_serving(lm):
+    client, served = lm
+    before = {k: v.clone() for k, v in served.model.state_dict().items()}
+    client.post("/v1/completions", json={"prompt": "Let there be", "max_tokens": 6, "depth": 2, "temperature": 0.8,
+                                         "seed": 3})
+    after = served.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert len(layerdrop.find_layers(served.model).layers) == 4 and not served.model.training
+
+
+def test_a_seeded_sample_repeats(lm):
+    client, _ = lm
+    request = {"prompt": "Let there be", "max_tokens": 8, "temperature": 1.0, "top_p": 0.9, "seed": 7, "depth": 4}
+    first, second = (client.post("/v1/completions", json=request).json()["choices"][0]["text"] for _ in range(2))
+    assert first == second
+
+
+# --------------------------------------------------------------------------- depth from a latency budget
+
+
+def _fixed_profiles(app, profiles):
+    app.state.engine.profiles = profiles
+
+
+def test_a_budget_gets_the_deepest_depth_predicted_to_fit(clf):
+    client, served = clf
+    engine = client.app.state.engine
+    real = engine.profiles
+    try:
+        for budget, depth in ((45.0, 4), (35.0, 3), (15.0, 1)):
+            engine.profiles = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}  # 10 ms per layer (each answer
+            body = client.post("/v1/classify", json={"input": "fine", "latency_ms": budget}).json()  # updates it)
+            assert body["layerdrop"]["depth"] == depth and body["layerdrop"]["predicted_ms"] == 10.0 * depth
+        engine.profiles = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}
+        too_small = client.post("/v1/classify", json={"input": "fine", "latency_ms": 5.0})
+        assert too_small.status_code == 422 and "at least 10 ms" in too_small.json()["error"]["message"]
+    finally:
+        engine.profiles = real
+
+
+def test_a_budget_the_queue_breaks_is_503_with_retry_after(clf, monkeypatch):
+    client, served = clf
+    engine = client.app.state.engine
+    real = engine.profiles
+    monkeypatch.setattr(client.app.state.worker, "wait_ms", lambda: 2500.0)
+    try:
+        engine.profiles = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}
+        response = client.post("/v1/classify", json={"input": "fine", "latency_ms": 100.0})
+        assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+        assert response.json()["error"]["param"] == "latency_ms"
+    finally:
+        engine.profiles = real
+
+
+def test_every_depth_is_profiled_and_listed(lm):
+    client, served = lm
+    body = client.get("/v1/depths").json()
+    assert [d["depth"] for d in body["depths"]] == [4, 3, 2, 1] and body["task"] == "generation"
+    for d in body["depths"]:
+        assert d["profile"]["per_new_token_ms"] > 0 and d["quality"] is None  # nothing measured: null
+    models = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert models == [served.name] + [f"{served.name}@{d}" for d in (4, 3, 2, 1)]
+
+
+def test_a_sweep_gives_each_depth_its_measured_quality(clf_dir, tmp_path):
+    points = [{"depth": d, "kept": list(layerdrop.every_other(4, d)), "score": 0.5 + d / 10, "parameters": 1}
+              for d in (4, 2)]
+    (tmp_path / "sweep.json").write_text(json.dumps({"metric": "accuracy", "config": {"data": "reviews.csv"},
+                                                     "points": {"every-other": points}}))
+    served = load_served(ServeConfig(model=clf_dir, sweep=str(tmp_path)))
+    assert served.quality == {4: 0.9, 3: None, 2: 0.7, 1: None}
+    assert (served.metric, served.data) == ("accuracy", "reviews.csv")
+
+
+# --------------------------------------------------------------------------- bad input, one shape
+
+
+def _is_error(response, status):
+    body = response.json()
+    assert response.status_code == status, body
+    assert set(body) == {"error"} and body["error"]["code"] == status and body["error"]["message"]
+    return body["error"]
+
+
+@pytest.mark.parametrize("request_, status, words", [
+    ({"prompt": "hi", "depth": 2, "latency_ms": 50}, 422, "not both"),
+    ({"prompt": "hi", "depth": 7}, 422, "served depths: 4, 3, 2, 1"),
+    ({"prompt": "hi", "max_tokens": 25}, 422, "--max-tokens"),
+    ({"prompt": "word " * 50}, 422, "shorten the prompt"),
+    ({"prompt": "hi", "speculative": 1, "temperature": 0.7}, 422, "temperature to 0"),
+    ({"prompt": "hi", "model": "other"}, 422, "not served here"),
+    ({"prompt": "hi", "model": "lm@x"}, 422, "after @ comes a depth"),
+    ({"prompt": "   "}, 422, "prompt is empty"),
+    ({"prompt": "hi", "max_tokens": "3"}, 422, "max_tokens"),
+    ({"prompt": "hi", "colour": "red"}, 422, "colour"),
+    ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 422, "up to 4"),
+])
+def test_a_bad_completion_request_is_named(lm, request_, status, words):
+    client, served = lm
+    request_ = {**request_, "model": request_["model"].replace("lm@", f"{served.name}@")} \
+        if "model" in request_ else request_
+    assert words in _is_error(client.post("/v1/completions", json=request_), status)["message"]
+
+
+def test_malformed_json_is_400_and_a_large_body_413(clf):
+    client, _ = clf
+    assert "not valid JSON" in _is_error(client.post("/v1/classify", content=b'{"input": ',
+                                                     headers={"content-type": "application/json"}), 400)["message"]
+    assert "JSON object" in _is_error(client.post("/v1/classify", content=b"input=x"), 400)["message"]
+    assert "--max-body-bytes" in _is_error(client.post("/v1/classify", json={"input": "x" * 5000}), 413)["message"]
+
+    def chunked():  # no Content-Length: counted as it arrives
+        yield b'{"input": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+    assert "--max-body-bytes" in _is_error(client.post("/v1/classify", content=chunked(),
+                                                       headers={"content-type": "application/json"}), 413)["message"]
+
+
+def test_a_model_serves_its_own_tasks_route_and_unknown_routes_share_the_shape(clf, lm):
+    assert "/v1/classify" in _is_error(clf[0].post("/v1/completions", json={"prompt": "x"}), 404)["message"]
+    assert "/v1/completions" in _is_error(lm[0].post("/v1/classify", json={"input": "x"}), 404)["message"]
+    assert "8 texts" in _is_error(clf[0].post("/v1/classify", json={"input": ["x"] * 9}), 422)["message"]
+    _is_error(clf[0].get("/v1/nothing"), 404)
+
+
+def test_a_full_queue_is_503_with_retry_after(clf, monkeypatch):
+    client, _ = clf
+
+    def full(job):
+        raise QueueFull("4 requests are waiting")
+    monkeypatch.setattr(client.app.state.worker, "submit", full)
+    response = client.post("/v1/classify", json={"input": "x"})
+    assert "--queue-size" in _is_error(response, 503)["message"] and response.headers["retry-after"] == "1"
+
+
+def test_every_route_declares_the_error_shape(lm, clf):
+    for client, path in ((lm[0], "/v1/completions"), (clf[0], "/v1/classify")):
+        responses = client.app.openapi()["paths"][path]["post"]["responses"]
+        for code in ("400", "413", "422", "503", "500"):
+            assert responses[code]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+
+
+def test_a_folder_that_is_not_a_model_is_refused_at_start_up(tmp_path, minilm_tokenizer, capsys):
+    with pytest.raises(FileNotFoundError, match="not a model folder"):
+        load_served(ServeConfig(model=str(tmp_path)))
+    BertModel(BertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64)).save_pretrained(tmp_path / "enc")
+    minilm_tokenizer.save_pretrained(tmp_path / "enc")
+    with pytest.raises(ValueError, match="neither a classifier"):
+        load_served(ServeConfig(model=str(tmp_path / "enc")))
+    assert cli.main(["serve", str(tmp_path / "nothing")]) == 2
+    assert "no model folder" in capsys.readouterr().err
+
+
+def test_metrics_count_answers_by_route_and_code(clf):
+    client, _ = clf
+    client.post("/v1/classify", json={"input": "x", "depth": 9})
+    text = client.get("/metrics").text
+    assert 'layerdrop_responses_total{route="/v1/classify",code="422"}' in text
+    assert "layerdrop_queue_length 0" in text and 'layerdrop_request_ms_bucket{depth="4",le="+Inf"}' in text
+
+
+def test_the_page_is_served(clf):
+    page = clf[0].get("/")
+    assert page.status_code == 200 and 'id="depth"' in page.text and "/v1/depths" in page.text
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+def test_classify_jobs_at_one_depth_run_as_one_batch_in_arrival_order():
+    batches = []
+    gate = threading.Event()
+    worker = Worker(lambda jobs: batches.append([j.payload for j in jobs]) or [None] * len(jobs),
+                    batch_size=8, batch_wait_ms=1.0, startup=gate.wait)
+    done = threading.Semaphore(0)
+    for name, depth in (("a", 2), ("b", 3), ("c", 2), ("d", 2)):
+        worker.submit(Job("classify", depth, 1.0, name, lambda r, e: done.release()))
+    worker.start()
+    gate.set()
+    for _ in range(4):
+        assert done.acquire(timeout=10)
+    worker.stop()
+    assert batches == [["a", "c", "d"], ["b"]]
+
+
+def test_the_queue_is_bounded_and_its_wait_predicted():
+    worker = Worker(lambda jobs: [None] * len(jobs), queue_size=2)  # not started: jobs stay queued
+    for _ in range(2):
+        worker.submit(Job("complete", 2, 40.0, None, lambda r, e: None))
+    assert worker.wait_ms() == 80.0
+    with pytest.raises(QueueFull):
+        worker.submit(Job("complete", 2, 40.0, None, lambda r, e: None))
+
+
+def test_a_cancelled_generation_stops_within_a_few_tokens(lm):
+    _, served = lm
+    engine = Engine(served, ServeConfig(model="x"))
+    engine.profiles = {d: Profile(d, 1.0, 0.0, 1.0) for d in served.views}
+    pieces = []
+    job = Job("complete", 4, 1.0, None, lambda r, e: None)
+    job.on_text = lambda text: (pieces.append(text), job.cancelled.set())
+    from layerdrop.serve import _Completion
+
+    job.payload = _Completion("In the beginning", 24, 0.0, 1.0, (), 0, None)
+    with pytest.raises(Cancelled):
+        engine.run([job])
+    assert len(pieces) == 1
+
+
+def test_shutting_down_fails_what_waits():
+    errors = []
+    worker = Worker(lambda jobs: [None] * len(jobs))
+    worker.submit(Job("complete", 2, 1.0, None, lambda r, e: errors.append(e)))
+    worker.stop()
+    assert len(errors) == 1 and isinstance(errors[0], Cancelled)
+
+
+def test_the_doctests_hold():
+    import doctest
+
+    import layerdrop.latency
+
+    result = doctest.testmod(layerdrop.latency)
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_serve_settings_change_by_replace():
+    cfg = dataclasses.replace(ServeConfig(model="m"), port=9000)
+    assert cfg.host == "127.0.0.1" and cfg.port == 9000
