@@ -16,7 +16,7 @@ measurement, and a finished measurement is not repeated, so an interrupted run c
     python bench/serve.py runs/demo/rt-layerdrop/model --data rotten-tomatoes --out runs/bench-serve-rt
     python bench/serve.py smollm2-135m --data kjv --depths 30,20,15 --max-tokens 16 --out runs/bench-serve-smol
 
-Results: docs/benchmarks.md, "Serving".
+Results, once measured on a quiet machine: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -109,7 +109,9 @@ def main() -> None:
                "--queue-size", str(a.queue_size), "--max-tokens", str(max(a.max_tokens, 16))]
     if a.depths:
         command += ["--depths", a.depths]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    a.out.mkdir(parents=True, exist_ok=True)
+    log = open(a.out / "server.log", "a")  # a pipe nobody reads would fill and stall the server
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(6000):
@@ -119,7 +121,7 @@ def main() -> None:
             except httpx.TransportError:
                 pass
             if server.poll() is not None:
-                raise SystemExit(f"layerdrop serve exited: {server.stdout.read()}")
+                raise SystemExit(f"layerdrop serve exited; see {a.out / 'server.log'}")
             time.sleep(0.1)
         info = httpx.get(url + "/v1/depths").json()
         generation = info["task"] == "generation"
@@ -170,6 +172,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
+        log.close()
 
 
 if __name__ == "__main__":

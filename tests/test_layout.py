@@ -13,7 +13,7 @@ import pytest
 import layerdrop
 
 PACKAGE = Path(layerdrop.__file__).parent
-RECIPES = {"train", "distill", "compare", "sweep", "demo", "elastic", "pages", "cli"}
+RECIPES = {"train", "distill", "compare", "sweep", "demo", "elastic", "pages", "serve", "cli"}
 """Modules that compose components into a command; everything else is a component."""
 
 

@@ -120,10 +120,45 @@ def test_a_block_left_unrefreshed_draws_no_figure(tmp_path, runs):
     ("<!-- layerdrop:histogram runs/sweep -->\n<!-- /layerdrop -->", "unknown block kind 'histogram'"),
     ("<!-- layerdrop:masks runs/masks.safetensors -->\n<!-- /layerdrop -->", "needs image=PATH"),
     ("<!-- layerdrop:sweep runs/sweep depths -->\n<!-- /layerdrop -->", "key=value options"),
+    ("<!-- layerdrop:sweep-plot runs/sweep against=size image=a.png -->\n<!-- /layerdrop -->", "depth or latency"),
+    ("<!-- layerdrop:levers runs/levers/*/sweep.json depths=six -->\n<!-- /layerdrop -->", "whole numbers"),
+    ("<!-- layerdrop:sweep /etc/sweep -->\n<!-- /layerdrop -->", "relative to the runs folder"),
+    ("<!-- layerdrop:sweep runs/sweep -->\nold\n\nprose\n<!-- layerdrop:sweep runs/sweep -->\nold\n<!-- /layerdrop -->",
+     "before the next block"),
+    ("<!-- layerdrop:sweep -->\n<!-- /layerdrop -->", "expected `<!-- layerdrop:KIND SOURCE"),
 ])
 def test_a_malformed_block_is_named(block, message, runs, tmp_path):
     with pytest.raises(ValueError, match=message):
         refresh_text(block, runs, page_dir=tmp_path)
+
+
+def test_the_marker_quoted_in_prose_is_left_alone(runs):
+    page = "Write `<!-- layerdrop:KIND RUN -->` above a table.\n<!-- layerdrop:sweep runs/sweep -->\nold\n<!-- /layerdrop -->\n"
+    text = refresh_text(page, runs, page_dir=None).text
+    assert text.startswith("Write `<!-- layerdrop:KIND RUN -->` above a table.\n") and "| every-other |" in text
+
+
+def test_a_page_with_windows_line_ends_is_refreshed(runs):
+    page = "<!-- layerdrop:sweep runs/sweep -->\r\nold\r\n<!-- /layerdrop -->\r\n"
+    assert "| every-other |" in refresh_text(page, runs, page_dir=None).text
+
+
+def test_an_unchanged_page_is_not_rewritten(tmp_path, runs):
+    page = tmp_path / "lecture.md"
+    page.write_text(PAGE, encoding="utf-8")
+    refresh_page(page, runs)
+    stamp = page.stat().st_mtime_ns
+    refresh_page(page, runs)
+    assert page.stat().st_mtime_ns == stamp
+
+
+def test_the_doctests_hold():
+    import doctest
+
+    import layerdrop.pages
+
+    result = doctest.testmod(layerdrop.pages)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_blocks_are_found_with_their_options_in_order():

@@ -143,6 +143,15 @@ def test_the_model_is_unchanged_by_serving(lm):
     assert len(layerdrop.find_layers(served.model).layers) == 4 and not served.model.training
 
 
+def test_openais_other_fields_are_accepted_at_the_values_served(lm):
+    client, _ = lm
+    body = client.post("/v1/completions", json={
+        "prompt": ["In the beginning"], "max_tokens": 3, "n": 1, "best_of": 1, "echo": False, "logprobs": None,
+        "suffix": None, "presence_penalty": 0.0, "frequency_penalty": 0, "logit_bias": {}, "user": "u-1",
+        "stream_options": {"include_usage": True}})
+    assert body.status_code == 200 and body.json()["usage"]["completion_tokens"] == 3
+
+
 def test_a_seeded_sample_repeats(lm):
     client, _ = lm
     request = {"prompt": "Let there be", "max_tokens": 8, "temperature": 1.0, "top_p": 0.9, "seed": 7, "depth": 4}
@@ -197,14 +206,24 @@ def test_every_depth_is_profiled_and_listed(lm):
     assert models == [served.name] + [f"{served.name}@{d}" for d in (4, 3, 2, 1)]
 
 
-def test_a_sweep_gives_each_depth_its_measured_quality(clf_dir, tmp_path):
+def _sweep(folder, model, depths):
     points = [{"depth": d, "kept": list(layerdrop.every_other(4, d)), "score": 0.5 + d / 10, "parameters": 1}
-              for d in (4, 2)]
-    (tmp_path / "sweep.json").write_text(json.dumps({"metric": "accuracy", "config": {"data": "reviews.csv"},
-                                                     "points": {"every-other": points}}))
-    served = load_served(ServeConfig(model=clf_dir, sweep=str(tmp_path)))
+              for d in depths]
+    (folder / "sweep.json").write_text(json.dumps({"metric": "accuracy", "config": {"data": "reviews.csv",
+                                                                                      "model": model},
+                                                   "points": {"every-other": points}}))
+    return str(folder)
+
+
+def test_a_sweep_gives_each_depth_its_measured_quality(clf_dir, tmp_path):
+    served = load_served(ServeConfig(model=clf_dir, sweep=_sweep(tmp_path, clf_dir, (4, 2))))
     assert served.quality == {4: 0.9, 3: None, 2: 0.7, 1: None}
     assert (served.metric, served.data) == ("accuracy", "reviews.csv")
+
+
+def test_a_sweep_of_another_model_is_refused(clf_dir, lm_dir, tmp_path):
+    with pytest.raises(ValueError, match="not this model"):
+        load_served(ServeConfig(model=clf_dir, sweep=_sweep(tmp_path, lm_dir, (4, 2))))
 
 
 # --------------------------------------------------------------------------- bad input, one shape
@@ -229,6 +248,10 @@ def _is_error(response, status):
     ({"prompt": "hi", "max_tokens": "3"}, 422, "max_tokens"),
     ({"prompt": "hi", "colour": "red"}, 422, "colour"),
     ({"prompt": "hi", "stop": ["a", "b", "c", "d", "e"]}, 422, "up to 4"),
+    ({"prompt": "hi", "model": "lm@²"}, 422, "after @ comes a depth"),
+    ({"prompt": "hi", "n": 2}, 422, "n"),
+    ({"prompt": ["one", "two"]}, 422, "prompt"),
+    ({"prompt": "hi", "frequency_penalty": 0.5}, 422, "frequency_penalty"),
 ])
 def test_a_bad_completion_request_is_named(lm, request_, status, words):
     client, served = lm
@@ -359,6 +382,36 @@ def test_the_doctests_hold():
     import layerdrop.latency
 
     result = doctest.testmod(layerdrop.latency)
+    assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"queue_size": 0}, "--queue-size must be at least 1"),
+    ({"profile_reps": 0}, "--profile-reps"),
+    ({"max_inputs": 64, "batch_inputs": 32}, "one request must fit in one forward"),
+    ({"depths": "6,a"}, "comma-separated layer counts"),
+])
+def test_bad_serve_settings_are_named(change, message):
+    with pytest.raises(ValueError, match=message):
+        ServeConfig(model="m", **change)
+
+
+def test_a_port_in_use_is_a_one_line_error(lm_dir, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert cli.main(["serve", lm_dir, "--port", str(busy.getsockname()[1])]) == 2
+    assert "choose another --port" in capsys.readouterr().err
+
+
+def test_the_served_name_doctest_holds():
+    import doctest
+
+    import layerdrop.serve
+
+    result = doctest.testmod(layerdrop.serve)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -1,5 +1,6 @@
 """`layerdrop serve` on a real uvicorn on loopback: schema fuzzing, faults, and a real browser."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 from layerdrop.args import ServeConfig  # noqa: E402
-from layerdrop.serve import create_app, load_served  # noqa: E402
+from layerdrop.serve import build_server, create_app, load_served  # noqa: E402
 from conftest import save_tiny_lm  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("LAYERDROP_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
@@ -28,13 +29,12 @@ ARTIFACTS = Path(os.environ.get("LAYERDROP_TEST_ARTIFACTS", Path(__file__).resol
 class Live:
     """A uvicorn server in a thread on a free loopback port."""
 
-    def __init__(self, app):
+    def __init__(self, app, cfg):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.app = app
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=5))
+        self.server = build_server(app, dataclasses.replace(cfg, port=self.port))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -61,7 +61,7 @@ def lm_dir(tmp_path_factory, minilm_tokenizer):
 
 def _live(lm_dir, **limits):
     cfg = ServeConfig(model=lm_dir, profile_reps=1, **{"max_tokens": 16, "max_prompt_tokens": 64, **limits})
-    return Live(create_app(load_served(cfg), cfg))
+    return Live(create_app(load_served(cfg), cfg), cfg)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,11 @@ def test_a_client_that_leaves_mid_stream_frees_the_worker(lm_dir):
                 break
             time.sleep(0.05)
         assert _metric(server.url, "layerdrop_cancelled_streams_total") == before + 1
+        for _ in range(200):  # the generation itself stopped, long before its 400 tokens
+            if _metric(server.url, "layerdrop_generations_stopped_total") == 1:
+                break
+            time.sleep(0.05)
+        assert _metric(server.url, "layerdrop_generations_stopped_total") == 1
         answer = httpx.post(server.url + "/v1/completions", json={"prompt": "next", "max_tokens": 2}, timeout=30)
         assert answer.status_code == 200 and server.app.state.worker.queue_length == 0
 
@@ -128,7 +133,9 @@ def test_shutting_down_during_a_stream_ends_it_cleanly(lm_dir):
                     server.server.should_exit = True  # a shutdown while the stream runs
     server.thread.join(30)
     assert not server.thread.is_alive()
-    assert events and all(e == "[DONE]" or "choices" in json.loads(e) or "error" in json.loads(e) for e in events)
+    assert events[-1] == "[DONE]"
+    last = json.loads(events[-2])  # the generation was cancelled: the stream says so, then ends
+    assert last["error"]["code"] == 503 and "shutting down" in last["error"]["message"]
 
 
 def _chromium():
@@ -189,4 +196,19 @@ def test_the_command_serves_until_interrupted(lm_dir):
     finally:
         process.send_signal(signal.SIGINT)
         out, _ = process.communicate(timeout=30)
-    assert process.returncode == 0 and f"serving on http://127.0.0.1:{port}" in out and "depths 4, 2" in out
+    assert process.returncode == 0 and f"listening on http://127.0.0.1:{port}" in out and "depths 4, 2" in out
+    assert "ready: every depth is timed" in out
+
+
+def test_an_unmodified_openai_client_picks_a_depth_by_model_name(live):
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused")
+    name = next(m.id for m in client.models.list() if "@" not in m.id)
+    out = client.completions.create(model=f"{name}@2", prompt="In the beginning", max_tokens=4, temperature=0)
+    assert out.model_extra["layerdrop"]["depth"] == 2 and out.usage.completion_tokens == 4
+    budget = client.completions.create(model=name, prompt="In the beginning", max_tokens=4,
+                                       extra_body={"latency_ms": 60000})
+    assert budget.model_extra["layerdrop"]["depth"] == 4  # the deepest fits a minute
+    text = "".join(chunk.choices[0].text for chunk in client.completions.create(
+        model=f"{name}@2", prompt="In the beginning", max_tokens=4, temperature=0, stream=True))
+    assert text == out.choices[0].text

@@ -473,8 +473,8 @@ class ServeConfig:
     """The model's name in the API (empty: the folder's name); ``NAME@K`` asks for K layers."""
     max_body_bytes: int = 1 << 20
     """Largest request body accepted (413 beyond)."""
-    max_inputs: int = 64
-    """Most texts in one classify request."""
+    max_inputs: int = 32
+    """Most texts in one classify request (at most --batch-inputs)."""
     max_prompt_tokens: int = 1024
     """Longest prompt accepted, in tokens (422 beyond; also bounded by the model's context)."""
     max_tokens: int = 256
@@ -489,3 +489,16 @@ class ServeConfig:
     """Timed forwards per point of each depth's start-up profile (the median is kept)."""
     threads: int = 0
     """torch threads of the worker (0: torch's default)."""
+
+    def __post_init__(self) -> None:
+        for name in ("port", "max_body_bytes", "max_inputs", "max_prompt_tokens", "max_tokens", "queue_size",
+                     "batch_inputs", "profile_reps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.batch_wait_ms < 0 or self.threads < 0:
+            raise ValueError("--batch-wait-ms and --threads cannot be negative")
+        if self.max_inputs > self.batch_inputs:
+            raise ValueError(f"--max-inputs {self.max_inputs} is over --batch-inputs {self.batch_inputs}: one request "
+                             "must fit in one forward; raise --batch-inputs or lower --max-inputs")
+        if any(not d.strip().isdigit() for d in self.depths.split(",")) and self.depths.strip():
+            raise ValueError(f"--depths {self.depths!r}: give comma-separated layer counts, e.g. 6,4,3")

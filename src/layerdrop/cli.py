@@ -300,13 +300,25 @@ def serve(config: ServeConfig) -> int:
       layerdrop serve smollm2-135m --depths 30,24,20,15 --port 8001
       curl -s localhost:8000/v1/classify -H 'Content-Type: application/json' -d '{"input": "a wonderful film", "latency_ms": 50}'
     """
+    import socket
+
     from .serve import create_app, load_served, run_server
 
+    with socket.socket() as probe:  # before loading anything: a port in use is a one-line error
+        try:
+            probe.bind((config.host, config.port))
+        except OSError as err:
+            raise ValueError(f"cannot listen on {config.host}:{config.port} ({err.strerror}): choose another --port "
+                             "or stop what uses it") from None
     served = load_served(config)
     app = create_app(served, config)
     print(f"{served.name}: {served.task} at depths {', '.join(map(str, served.views))}; "
-          f"serving on http://{config.host}:{config.port} (ready at /readyz once each depth is timed)")
-    run_server(app, config)
+          f"listening on http://{config.host}:{config.port}, timing each depth", flush=True)
+    try:
+        run_server(app, config, on_ready=lambda: print("ready: every depth is timed", flush=True))
+    except RuntimeError as err:
+        print(f"layerdrop serve: error: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -30,7 +30,10 @@ from .report import format_score, markdown_table
 
 __all__ = ["RENDERERS", "Block", "Refresh", "find_blocks", "refresh_page", "refresh_text"]
 
-_BLOCK = re.compile(r"<!-- layerdrop:(?P<kind>[\w-]+) (?P<args>[^\n]*?) -->\n(?P<body>.*?)<!-- /layerdrop -->", re.S)
+_BLOCK = re.compile(r"^<!-- layerdrop:(?P<kind>[\w-]+) (?P<args>[^\n]*?) -->\r?\n(?P<body>.*?)<!-- /layerdrop -->",
+                    re.S | re.M)
+_OPENER = re.compile(r"^<!-- layerdrop:", re.M)
+"""A block's first line starts a line; the marker elsewhere (in prose or code) is text."""
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,20 @@ def find_blocks(text: str) -> list[Block]:
     """
     blocks = []
     for match in _BLOCK.finditer(text):
+        if _OPENER.search(match["body"]):  # the block before it was never closed: refreshing would eat the prose
+            raise ValueError(f"block {match[0].splitlines()[0]!r} has no <!-- /layerdrop --> before the next block: "
+                             "close it, or nothing between them could be kept")
         source, *rest = shlex.split(match["args"]) or [""]
         if not source or any(not opt.partition("=")[0] or "=" not in opt for opt in rest):
             raise ValueError(f"block {match[0].splitlines()[0]!r}: expected a source, then key=value options")
         options = dict(opt.partition("=")[::2] for opt in rest)
         blocks.append(Block(match["kind"], source, options, match.span("body")))
+    starts = [m.start() for m in _OPENER.finditer(text)]
+    if len(starts) != len(blocks):
+        parsed = {text.rfind("\n", 0, b.span[0] - 1) + 1 for b in blocks}  # where each parsed block's line starts
+        line = next(text[i:].splitlines()[0] for i in starts if i not in parsed)
+        raise ValueError(f"{line.strip()!r}: expected `<!-- layerdrop:KIND SOURCE [key=value ...] -->`, a new line, "
+                         "and later `<!-- /layerdrop -->`")
     return blocks
 
 
@@ -86,6 +98,8 @@ def refresh_text(text: str, runs: str | Path = ".", page_dir: str | Path | None 
     for block in find_blocks(text):
         if block.kind not in RENDERERS:
             raise ValueError(f"unknown block kind {block.kind!r}; choose from {', '.join(RENDERERS)}")
+        if Path(block.source).is_absolute() or ".." in Path(block.source).parts:
+            raise ValueError(f"block {block.kind} {block.source}: give the run's path relative to the runs folder")
         sources = sorted(runs.glob(block.source)) if any(c in block.source for c in "*?[") else \
             [p for p in [runs / block.source] if p.exists()]
         start, end = block.span
@@ -105,8 +119,9 @@ def refresh_text(text: str, runs: str | Path = ".", page_dir: str | Path | None 
 def refresh_page(page: str | Path, runs: str | Path = ".", *, write: bool = True) -> Refresh:
     """Refresh a page file in place (atomically), or with ``write=False`` only say what would change."""
     page = Path(page)
-    result = refresh_text(page.read_text(encoding="utf-8"), runs, page.parent if write else None)
-    if write:
+    text = page.read_text(encoding="utf-8")
+    result = refresh_text(text, runs, page.parent if write else None)
+    if write and result.text != text:
         write_text(page, result.text)
     return result
 
@@ -129,6 +144,20 @@ def _image(options: Mapping[str, str], page_dir: Path | None, draw: Callable[[Pa
     return f"![{options.get('alt', alt)}]({options['image']})\n"
 
 
+def _choice(options: Mapping[str, str], key: str, choices: tuple[str, ...]) -> str:
+    value = options.get(key, choices[0])
+    if value not in choices:
+        raise ValueError(f"{key}={value}: choose {' or '.join(choices)}")
+    return value
+
+
+def _ints(options: Mapping[str, str], key: str) -> list[int]:
+    try:
+        return [int(x) for x in options[key].split(",")]
+    except ValueError:
+        raise ValueError(f"{key}={options[key]}: expected comma-separated whole numbers") from None
+
+
 def _compare(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
     from .compare import read_report, tables
 
@@ -140,7 +169,7 @@ def _compare_plot(sources: list[Path], options: Mapping[str, str], page_dir: Pat
     from .compare import plot, read_report
 
     rows, metric, full_minutes, _, title = read_report(_one(sources, "compare.json"))
-    against = options.get("against", "latency")
+    against = _choice(options, "against", ("latency", "training"))
     return _image(options, page_dir, lambda p: plot(rows, metric, full_minutes, p, against=against, title=title),
                   f"{metric} against {against}: {title}")
 
@@ -157,7 +186,7 @@ def _sweep_plot(sources: list[Path], options: Mapping[str, str], page_dir: Path 
     from .sweep import read_points
 
     points, metric, title = read_points(_one(sources, "sweep.json"))
-    against = options.get("against", "depth")
+    against = _choice(options, "against", ("depth", "latency"))
     draw = {"depth": plot_quality_vs_depth, "latency": plot_quality_vs_latency}[against]
     return _image(options, page_dir, lambda p: draw(points, metric, p, title=title), f"{metric} against {against}")
 
@@ -167,7 +196,7 @@ def _levers(sources: list[Path], options: Mapping[str, str], page_dir: Path | No
     runs = [(path.parent.name if path.is_file() else path.name, json.loads(_one([path], "sweep.json").read_text()))
             for path in sources]
     metric = "perplexity" if runs[0][1]["task"] == "lm" else "accuracy"
-    shown = [int(d) for d in options["depths"].split(",")] if "depths" in options else \
+    shown = _ints(options, "depths") if "depths" in options else \
         sorted({r["depth"] for r in runs[0][1]["rows"]}, reverse=True)
     rows = []
     for name, data in runs:
@@ -219,7 +248,7 @@ def _masks(sources: list[Path], options: Mapping[str, str], page_dir: Path | Non
     from .report import plot_masks
 
     path = _one(sources, "masks.safetensors")
-    forwards = int(options.get("forwards", 200))
+    forwards = _ints(options, "forwards")[0] if "forwards" in options else 200
     title = options.get("title", "")
     return _image(options, page_dir,
                   lambda p: plot_masks(load_mask_log(path), p, forwards=forwards, title=title), title or "keep-masks")

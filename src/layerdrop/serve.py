@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import re
 import secrets
 import statistics
 import threading
@@ -30,7 +31,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 from fastapi import FastAPI, Request
@@ -47,11 +48,11 @@ from .depths import every_other
 from .evaluate import parameters_at
 from .generate import Generation, generate
 from .latency import BudgetError, Profile, choose_depth, fit, observe
-from .models import from_pretrained, is_classifier, load_saved, local_folder, read_meta
+from .models import BUNDLED_MODELS, from_pretrained, is_classifier, load_saved, local_folder, read_meta
 from .prune import view
 from .worker import Cancelled, Job, QueueFull, Worker
 
-__all__ = ["Served", "create_app", "load_served", "run_server"]
+__all__ = ["Served", "build_server", "create_app", "load_served", "run_server", "served_name"]
 
 
 # --------------------------------------------------------------------------- the model and its depths
@@ -100,7 +101,7 @@ def load_served(cfg: ServeConfig) -> Served:
         raise ValueError(f"--depths {cfg.depths!r}: choose depths from 1 to the model's {num_layers} layers")
     kept = {d: every_other(num_layers, d) for d in depths}
     meta = read_meta(local_folder(cfg.model)) if Path(local_folder(cfg.model)).is_dir() else {}
-    quality, metric, data = _recorded_quality(cfg.sweep, meta, num_layers, depths)
+    quality, metric, data = _recorded_quality(cfg.sweep, meta, num_layers, depths, local_folder(cfg.model))
     config = model.config
     if task == "classification":
         id2label = getattr(config, "id2label", None) or {}
@@ -110,15 +111,27 @@ def load_served(cfg: ServeConfig) -> Served:
     else:
         labels = ()
         length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
-    folder = Path(local_folder(cfg.model))
-    name = cfg.name or (folder.parent.name if folder.name == "model" else folder.name) or cfg.model  # runs/x/model: x
+    name = cfg.name or served_name(cfg.model, local_folder(cfg.model))
     return Served(name=name, task=task, model=model, tokenizer=tokenizer,
                   views={d: model if d == num_layers else view(model, d) for d in depths}, kept=kept,
                   parameters={d: parameters_at(model, kept[d]) for d in depths}, quality=quality, metric=metric,
                   data=data, labels=labels, max_length=int(length))
 
 
-def _recorded_quality(sweep: str, meta: dict[str, Any], num_layers: int, depths: Sequence[int]
+def served_name(model: str, folder: str) -> str:
+    """The name a model is served under: a bundled name as given (not its cache folder), else the folder's
+    name, or its parent's for a run's ``model`` folder.
+
+    >>> served_name("smollm2-135m", "/cache/smollm2-135m-0.1.2"), served_name("runs/rt/model", "runs/rt/model")
+    ('smollm2-135m', 'rt')
+    """
+    path = Path(folder)
+    if model in BUNDLED_MODELS:
+        return model
+    return path.parent.name if path.name == "model" and path.parent.name else path.name or model
+
+
+def _recorded_quality(sweep: str, meta: dict[str, Any], num_layers: int, depths: Sequence[int], folder: str
                       ) -> tuple[dict[int, float | None], str | None, str | None]:
     """Each depth's quality from a sweep's every-other points, else the full depth's test score recorded
     in ``layerdrop.json``; ``None`` for every depth with no measurement."""
@@ -129,6 +142,11 @@ def _recorded_quality(sweep: str, meta: dict[str, Any], num_layers: int, depths:
         points = {p["depth"]: p["score"] for p in record["points"].get("every-other", [])}
         if not points:
             raise ValueError(f"{sweep} has no every-other points: run layerdrop sweep with --strategies every-other")
+        swept = Path(local_folder(record["config"]["model"]))
+        if max(points) != num_layers or (swept.is_dir() and swept.resolve() != Path(folder).resolve()):
+            raise ValueError(f"--sweep {sweep} measured {record['config']['model']} ({max(points)} layers), not this "
+                             f"model ({folder}, {num_layers} layers): sweep this model (layerdrop sweep MODEL "
+                             "--strategies every-other) or leave --sweep out")
         return {d: points.get(d) for d in depths}, record["metric"], record["config"]["data"]
     metrics = meta.get("metrics") or {}
     for key in ("test_accuracy", "test_perplexity", "test_f1"):
@@ -192,8 +210,8 @@ class _Completion:
 class Engine:
     """What the worker runs, and the profiles it keeps up to date."""
 
-    def __init__(self, served: Served, cfg: ServeConfig) -> None:
-        self.served, self.cfg = served, cfg
+    def __init__(self, served: Served, cfg: ServeConfig, metrics: Metrics | None = None) -> None:
+        self.served, self.cfg, self.metrics = served, cfg, metrics or Metrics()
         self.profiles: dict[int, Profile] = {}
         self._lock = threading.Lock()
 
@@ -233,9 +251,13 @@ class Engine:
                 raise Cancelled("the client went away")
             if text and job.on_text is not None:
                 job.on_text(text)
-        result = generate(module, self.served.tokenizer, c.prompt, max_new_tokens=c.max_tokens,
-                          temperature=c.temperature, top_p=c.top_p if c.temperature > 0 else None, stop=c.stop,
-                          seed=c.seed, on_text=on_text, speculative=c.speculative)
+        try:
+            result = generate(module, self.served.tokenizer, c.prompt, max_new_tokens=c.max_tokens,
+                              temperature=c.temperature, top_p=c.top_p if c.temperature > 0 else None, stop=c.stop,
+                              seed=c.seed, on_text=on_text, speculative=c.speculative)
+        except Cancelled:
+            self.metrics.generation_stopped()
+            raise
         prompt_tokens = len(self.served.tokenizer(c.prompt).input_ids)
         self.observe(depth, prompt_tokens, result.new_tokens, (time.perf_counter() - start) * 1000)
         return [result]
@@ -265,7 +287,8 @@ class CompletionRequest(_Strict):
     """OpenAI's ``/v1/completions`` request, plus the depth to run at."""
 
     model: str | None = Field(None, description="The served model's name, or NAME@K for K layers.")
-    prompt: str = Field(description="Text to continue.")
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)] = Field(
+        description="Text to continue (a list holds exactly one).")
     max_tokens: int = Field(16, ge=1, description="Most tokens to generate.")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0: greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -275,6 +298,17 @@ class CompletionRequest(_Strict):
     depth: int | None = Field(None, ge=1, description="Layers to run (a served depth).")
     latency_ms: float | None = Field(None, gt=0.0, description="Budget: the deepest depth predicted to fit.")
     speculative: int | None = Field(None, ge=1, description="Greedy only: a draft of this many layers.")
+    # OpenAI's other fields, accepted at the values this server supports (clients send some by default)
+    n: Literal[1] = Field(1, description="Completions per prompt: 1 only.")
+    best_of: Literal[1] | None = None
+    echo: Literal[False] = False
+    logprobs: None = Field(None, description="Not supported: null only.")
+    suffix: None = None
+    presence_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Not supported: 0 only.")
+    frequency_penalty: float = Field(0.0, ge=0.0, le=0.0, description="Not supported: 0 only.")
+    logit_bias: dict[str, float] | None = Field(None, max_length=0, description="Not supported: empty only.")
+    user: str | None = Field(None, max_length=256, description="Ignored.")
+    stream_options: dict[str, bool] | None = Field(None, description="Ignored: the last chunk carries the usage.")
 
 
 class ClassifyRequest(_Strict):
@@ -368,7 +402,7 @@ class ModelList(BaseModel):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in (
-        (400, "malformed JSON, or a route this model does not serve"), (413, "the body is too large"),
+        (400, "the body is not a JSON object"), (413, "the body is too large"),
         (422, "a value out of range: the message says which and what to do"),
         (503, "not ready yet, the queue is full, or the queue leaves no depth within the budget (Retry-After)"),
         (500, "an internal error"))}
@@ -405,6 +439,7 @@ class Metrics:
         self._lock = threading.Lock()
         self.responses: dict[tuple[str, int], int] = {}
         self.cancelled = 0
+        self.stopped = 0
         self.latency: dict[int, list[int]] = {}
         self.latency_sum: dict[int, float] = {}
 
@@ -423,11 +458,17 @@ class Metrics:
         with self._lock:
             self.cancelled += 1
 
+    def generation_stopped(self) -> None:
+        with self._lock:
+            self.stopped += 1
+
     def text(self, queue_length: int) -> str:
         with self._lock:
             lines = ["# TYPE layerdrop_queue_length gauge", f"layerdrop_queue_length {queue_length}",
                      "# TYPE layerdrop_cancelled_streams_total counter",
                      f"layerdrop_cancelled_streams_total {self.cancelled}",
+                     "# TYPE layerdrop_generations_stopped_total counter",
+                     f"layerdrop_generations_stopped_total {self.stopped}",
                      "# TYPE layerdrop_responses_total counter"]
             lines += [f'layerdrop_responses_total{{route="{route}",code="{code}"}} {n}'
                       for (route, code), n in sorted(self.responses.items())]
@@ -454,7 +495,7 @@ class _Edge:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope["path"]
+        path = _route(self.app, scope["path"])
 
         async def counted(message: Any) -> None:
             if message["type"] == "http.response.start":
@@ -478,16 +519,16 @@ class _Edge:
 
 def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
     """The FastAPI app serving ``served``; its worker starts (and profiles) with the app's lifespan."""
-    engine = Engine(served, cfg)
+    metrics = Metrics()
+    engine = Engine(served, cfg, metrics)
     worker = Worker(engine.run, queue_size=cfg.queue_size, batch_size=cfg.batch_inputs,
                     batch_wait_ms=cfg.batch_wait_ms, startup=engine.startup)
-    metrics = Metrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         worker.start()
         yield
-        worker.stop()
+        await asyncio.to_thread(worker.stop)
 
     app = FastAPI(title="layerdrop serve", version="1", lifespan=lifespan,
                   description="One model, one copy of its weights, every request at the depth it can afford.")
@@ -514,12 +555,15 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         if err.status_code == 404:
-            return _error(404, f"no route {request.url.path}: {served.name} is served at {other} "
+            return _error(404, f"no route {request.url.path[:200]}: {served.name} is served at {other} "
                                "(and GET /v1/depths, /v1/models, /healthz, /readyz, /metrics, /)")
-        return _error(err.status_code, str(err.detail))
+        response = _error(err.status_code, str(err.detail))
+        response.headers.update(err.headers or {})  # a 405's Allow
+        return response
 
     @app.exception_handler(Exception)
-    async def internal(request: Request, err: Exception) -> JSONResponse:
+    async def internal(request: Request, err: Exception) -> JSONResponse:  # outside _Edge: counted here
+        metrics.response(_route(app, request.url.path), 500)
         return _error(500, f"internal error: {type(err).__name__}: {err}")
 
     def ready_or_503() -> None:
@@ -529,15 +573,15 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
             raise ServeError(503, "still measuring each depth's latency; retry shortly", retry_after=1)
 
     def pick(model: str | None, depth: int | None, latency: float | None, tokens: int, new_tokens: int
-             ) -> tuple[int, float]:
-        """The depth a request runs at and its predicted milliseconds (wait included)."""
+             ) -> tuple[int, float, float]:
+        """The depth a request runs at, its predicted milliseconds with the queue's wait, and without."""
         if model is not None:
             name, at, k = model.partition("@")
             if name != served.name:
                 raise ServeError(422, f"model {name!r} is not served here; this server serves {served.name!r} "
                                       f"(ask for K layers with {served.name}@K)", param="model")
             if at:
-                if not k.isdigit():
+                if not re.fullmatch(r"[0-9]{1,6}", k):
                     raise ServeError(422, f"model {model!r}: after @ comes a depth, e.g. {served.name}@3",
                                      param="model")
                 if depth is not None and depth != int(k):
@@ -551,16 +595,17 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
             if depth not in served.views:
                 raise ServeError(422, f"depth {depth} is not served; served depths: "
                                       f"{', '.join(map(str, served.views))}", param="depth")
-            return depth, wait + profiles[depth].predict(tokens, new_tokens)
-        if latency is None:
+        elif latency is None:
             depth = max(served.views)
-            return depth, wait + profiles[depth].predict(tokens, new_tokens)
-        try:
-            return choose_depth(profiles, latency, wait_ms=wait, tokens=tokens, new_tokens=new_tokens)
-        except BudgetError as err:
-            if err.busy:
-                raise ServeError(503, str(err), param="latency_ms", retry_after=err.retry_after_s) from None
-            raise ServeError(422, str(err), param="latency_ms") from None
+        else:
+            try:
+                depth, _ = choose_depth(profiles, latency, wait_ms=wait, tokens=tokens, new_tokens=new_tokens)
+            except BudgetError as err:
+                if err.busy:
+                    raise ServeError(503, str(err), param="latency_ms", retry_after=err.retry_after_s) from None
+                raise ServeError(422, str(err), param="latency_ms") from None
+        own = profiles[depth].predict(tokens, new_tokens)
+        return depth, wait + own, own
 
     def submit(job: Job) -> None:
         try:
@@ -568,13 +613,32 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         except QueueFull as err:
             raise ServeError(503, f"{err}; retry shortly (--queue-size)", retry_after=1) from None
 
+    async def answer(job: Job, done: asyncio.Future[Any], request: Request) -> Any:
+        """The job's result; a client that leaves first cancels the job (freeing the worker), and a job
+        the shutdown cancelled is a 503."""
+        async def watch() -> None:
+            while not done.done():
+                if await request.is_disconnected():
+                    job.cancelled.set()
+                    return
+                await asyncio.sleep(0.05)
+        watcher = asyncio.create_task(watch())
+        try:
+            return await done
+        except Cancelled as err:
+            raise ServeError(503, f"cancelled: {err}", retry_after=1) from None
+        finally:
+            if not done.done():  # this request was cancelled itself
+                job.cancelled.set()
+            watcher.cancel()
+
     def by(depth: int, predicted: float, start: float) -> ServedBy:
         measured = (time.perf_counter() - start) * 1000
         metrics.served(depth, measured)
         return ServedBy(depth=depth, layers=list(served.kept[depth]), predicted_ms=round(predicted, 3),
                         measured_ms=round(measured, 3))
 
-    async def classify(body: ClassifyRequest) -> ClassifyResponse:
+    async def classify(body: ClassifyRequest, request: Request) -> ClassifyResponse:
         """Classify one text or a list of texts at a depth, or at the deepest that fits latency_ms."""
         start = time.perf_counter()
         ready_or_503()
@@ -582,12 +646,14 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         if not texts or len(texts) > cfg.max_inputs:
             raise ServeError(422, f"input: give 1 to {cfg.max_inputs} texts (--max-inputs), got {len(texts)}",
                              param="input")
-        tokens = sum(min(len(served.tokenizer(t).input_ids), served.max_length) for t in texts)
-        depth, predicted = pick(body.model, body.depth, body.latency_ms, tokens, 0)
+        lengths = [min(len(served.tokenizer(t).input_ids), served.max_length) for t in texts]
+        tokens = len(texts) * max(lengths)  # padded to the longest, as the forward runs
+        depth, predicted, own = pick(body.model, body.depth, body.latency_ms, tokens, 0)
         loop = asyncio.get_running_loop()
         done: asyncio.Future[Any] = loop.create_future()
-        submit(Job("classify", depth, predicted - worker.wait_ms(), texts, _settle(loop, done), size=len(texts)))
-        probs, batch_tokens = await done
+        job = Job("classify", depth, own, texts, _settle(loop, done), size=len(texts))
+        submit(job)
+        probs, _ = await answer(job, done, request)
         data = []
         for i, row in enumerate(probs):
             best = max(range(len(row)), key=row.__getitem__)
@@ -596,11 +662,12 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         return ClassifyResponse(model=f"{served.name}@{depth}", data=data, tokens=tokens,
                                 layerdrop=by(depth, predicted, start))
 
-    async def completions(body: CompletionRequest) -> Any:
+    async def completions(body: CompletionRequest, request: Request) -> Any:
         """Continue a prompt at a depth (or NAME@K), or at the deepest depth that fits latency_ms."""
         start = time.perf_counter()
         ready_or_503()
-        if not body.prompt.strip():
+        prompt = body.prompt if isinstance(body.prompt, str) else body.prompt[0]
+        if not prompt.strip():
             raise ServeError(422, "prompt is empty: give some text to continue", param="prompt")
         stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
         if len(stop) > 4 or any(not s for s in stop):
@@ -608,21 +675,20 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         if body.max_tokens > cfg.max_tokens:
             raise ServeError(422, f"max_tokens {body.max_tokens} is over this server's {cfg.max_tokens} "
                                   "(--max-tokens)", param="max_tokens")
-        prompt_tokens = len(served.tokenizer(body.prompt).input_ids)
+        prompt_tokens = len(served.tokenizer(prompt).input_ids)
         if prompt_tokens > cfg.max_prompt_tokens or prompt_tokens + body.max_tokens > served.max_length:
             raise ServeError(422, f"the prompt's {prompt_tokens} tokens and max_tokens {body.max_tokens} do not fit "
                                   f"(at most {cfg.max_prompt_tokens} prompt tokens, {served.max_length} in all): "
                                   "shorten the prompt or ask for fewer tokens", param="prompt")
         if body.speculative is not None and body.temperature > 0:
             raise ServeError(422, "speculative decoding is greedy: set temperature to 0", param="speculative")
-        depth, predicted = pick(body.model, body.depth, body.latency_ms, prompt_tokens, body.max_tokens)
+        depth, predicted, own = pick(body.model, body.depth, body.latency_ms, prompt_tokens, body.max_tokens)
         if body.speculative is not None and not body.speculative < depth:
             raise ServeError(422, f"speculative: the draft must have fewer layers than the {depth} that verify it",
                              param="speculative")
-        payload = _Completion(body.prompt, body.max_tokens, body.temperature, body.top_p, stop,
+        payload = _Completion(prompt, body.max_tokens, body.temperature, body.top_p, stop,
                               body.seed if body.seed is not None else secrets.randbelow(2**31), body.speculative)
         loop = asyncio.get_running_loop()
-        own = predicted - worker.wait_ms()
         cid, created, name = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), f"{served.name}@{depth}"
 
         def finish(result: Generation) -> tuple[str, Usage]:
@@ -634,11 +700,7 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
             done: asyncio.Future[Any] = loop.create_future()
             job = Job("complete", depth, own, payload, _settle(loop, done))
             submit(job)
-            try:
-                result = await done
-            except asyncio.CancelledError:
-                job.cancelled.set()
-                raise
+            result = await answer(job, done, request)
             reason, usage = finish(result)
             return CompletionResponse(id=cid, created=created, model=name, usage=usage,
                                       choices=[CompletionChoice(text=result.text, index=0, finish_reason=reason)],
@@ -666,8 +728,9 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
                     result, err = value
                     finished = True
                     if err is not None:
+                        code = 503 if isinstance(err, Cancelled) else 500
                         yield "data: " + json.dumps(ErrorBody(error=ErrorDetail(
-                            message=f"generation failed: {err}", type="internal_error", code=500)).model_dump()) + "\n\n"
+                            message=f"generation ended: {err}", type=_TYPES[code], code=code)).model_dump()) + "\n\n"
                     else:
                         reason, usage = finish(result)
                         yield chunk("", reason, usage=usage.model_dump(),
@@ -727,6 +790,14 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
     return app
 
 
+def _route(app: Any, path: str) -> str:
+    """A metrics label: the path of one of the app's routes, or ``other`` (one series per route, not per URL)."""
+    while not hasattr(app, "routes") and hasattr(app, "app"):  # through the middleware to the router
+        app = app.app
+    known = {getattr(route, "path", None) for route in getattr(app, "routes", ())}
+    return path if path in known else "other"
+
+
 def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Any:
     """A worker ``on_done`` that settles ``future`` on its event loop."""
     def done(result: Any, err: BaseException | None) -> None:
@@ -741,8 +812,39 @@ def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any]) -> Any
     return done
 
 
-def run_server(app: FastAPI, cfg: ServeConfig) -> None:
-    """Serve ``app`` with uvicorn on ``cfg.host:cfg.port`` until interrupted."""
+def build_server(app: FastAPI, cfg: ServeConfig, on_ready: Any = None) -> Any:
+    """A uvicorn server for ``app`` on ``cfg.host:cfg.port``, watched by a thread that calls ``on_ready()``
+    once every depth is profiled, stops the server if profiling fails, and, as soon as a shutdown begins,
+    cancels what the worker runs and fails what waits, so open streams end with an error event and
+    ``[DONE]`` instead of holding the shutdown."""
     import uvicorn
 
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
+                                           timeout_graceful_shutdown=30))
+    worker: Worker = app.state.worker
+
+    def watch() -> None:
+        while not worker.ready.wait(0.1):
+            if worker.startup_error is not None:
+                server.should_exit = True
+                return
+            if server.should_exit:
+                break
+        if worker.ready.is_set() and on_ready is not None:
+            on_ready()
+        while not server.should_exit:
+            time.sleep(0.05)
+        worker.stop()
+    threading.Thread(target=watch, name="layerdrop-shutdown", daemon=True).start()
+    return server
+
+
+def run_server(app: FastAPI, cfg: ServeConfig, on_ready: Any = None) -> None:
+    """Serve ``app`` until interrupted (:func:`build_server`); a failed start-up profile is raised here."""
+    try:
+        build_server(app, cfg, on_ready).run()
+    except KeyboardInterrupt:  # uvicorn re-raises the signal it handled: the shutdown is done
+        pass
+    worker: Worker = app.state.worker
+    if worker.startup_error is not None:
+        raise RuntimeError(f"measuring each depth's latency failed: {worker.startup_error}") from worker.startup_error

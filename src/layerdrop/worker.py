@@ -81,7 +81,7 @@ class Worker:
                 job.cancelled.set()
             self._cv.notify_all()
         for job in waiting:
-            job.on_done(None, Cancelled("the server is shutting down"))
+            _tell(job, None, Cancelled("the server is shutting down"))
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -103,7 +103,7 @@ class Worker:
         """Predicted milliseconds before a job submitted now would start."""
         with self._cv:
             ahead = sum(job.predicted_ms for job in self._jobs)
-            running = max((job.predicted_ms for job in self._running), default=0.0)
+            running = sum(job.predicted_ms for job in self._running)  # a batch: one forward over all its inputs
             elapsed = (time.perf_counter() - self._started_at) * 1000 if self._running else 0.0
         return ahead + max(0.0, running - elapsed)
 
@@ -115,6 +115,7 @@ class Worker:
                 return None
             first = self._jobs.popleft()
             batch, size = [first], first.size
+            self._running, self._started_at = batch, time.perf_counter()  # counted while the batch gathers
             deadline = time.perf_counter() + self.batch_wait_ms / 1000
             while first.kind == "classify" and size < self.batch_size and not self._stopping:
                 same = next((j for j in self._jobs if j.kind == "classify" and j.depth == first.depth
@@ -128,7 +129,6 @@ class Worker:
                 if left <= 0:
                     break
                 self._cv.wait(left)
-            self._running, self._started_at = batch, time.perf_counter()
             return batch
 
     def _loop(self) -> None:
@@ -143,14 +143,24 @@ class Worker:
             live = [job for job in batch if not job.cancelled.is_set()]
             for job in batch:
                 if job.cancelled.is_set():
-                    job.on_done(None, Cancelled("cancelled before it ran"))
+                    _tell(job, None, Cancelled("cancelled before it ran"))
             try:
                 results = self._run(live) if live else []
             except Exception as err:  # one request's failure must not end the worker
+                if isinstance(err, Cancelled) and self._stopping:
+                    err = Cancelled("the server is shutting down")
                 for job in live:
-                    job.on_done(None, err)
+                    _tell(job, None, err)
             else:
                 for job, result in zip(live, results):
-                    job.on_done(result, None)
+                    _tell(job, result, None)
             with self._cv:
                 self._running = []
+
+
+def _tell(job: Job, result: Any, err: BaseException | None) -> None:
+    """``job.on_done``, which must never end the worker (its event loop may be gone at shutdown)."""
+    try:
+        job.on_done(result, err)
+    except RuntimeError:
+        pass
