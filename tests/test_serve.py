@@ -77,6 +77,16 @@ def test_every_depth_is_a_view_with_no_parameter_of_its_own(lm_dir):
         assert len(layerdrop.find_layers(module).layers) == depth
 
 
+def test_a_model_without_layerdrop_is_served_at_the_layers_a_strategy_chooses(lm_dir):
+    served = load_served(ServeConfig(model=lm_dir, depths="4,2", strategy="angular", data="kjv"))
+    blocks = layerdrop.find_layers(served.model).layers
+    kept = served.kept[2]
+    assert len(kept) == 2 and kept[0] == 0
+    assert list(layerdrop.find_layers(served.views[2]).layers) == [blocks[i] for i in kept]  # those blocks, not copies
+    with pytest.raises(ValueError, match="needs calibration data"):
+        load_served(ServeConfig(model=lm_dir, strategy="angular"))
+
+
 def test_a_classification_at_each_depth_equals_the_pruned_models(clf):
     client, served = clf
     texts = ["a wonderful film", "dull and slow, I left early"]

@@ -463,6 +463,11 @@ class ServeConfig:
     """A saved classifier (``layerdrop train classification``) or causal LM folder, or a bundled name."""
     depths: str = ""
     """Comma-separated depths to serve (every-other layers); empty: every depth from 1 to the model's."""
+    strategy: str = "every-other"
+    """How each depth chooses its layers: every-other (a LayerDrop model), or angular / block-influence for a model
+    trained without LayerDrop (these need --data)."""
+    data: str = ""
+    """A dataset name or text file whose validation rows calibrate --strategy."""
     sweep: str = ""
     """A ``layerdrop sweep`` folder or sweep.json whose every-other scores are shown as each depth's quality."""
     host: str = "127.0.0.1"

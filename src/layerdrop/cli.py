@@ -289,7 +289,7 @@ def serve(config: ServeConfig) -> int:
     """Serve one model at every depth from one copy of its weights: each request picks a depth or a latency budget.
 
     Loads MODEL (a classifier trained by `layerdrop train classification`, or a causal LM),
-    builds a weight-sharing view per depth (every-other layers), times each depth on this
+    builds a weight-sharing view per depth (every-other layers, or --strategy's), times each depth on this
     machine, and serves, with FastAPI and uvicorn (pip install 'layerdrop[serve]'):
     POST /v1/completions (OpenAI's shape, plus depth, latency_ms, speculative; model NAME@K),
     POST /v1/classify, GET /v1/depths, /v1/models, /healthz, /readyz, /metrics, and a page at /.
@@ -297,7 +297,7 @@ def serve(config: ServeConfig) -> int:
 
     Examples:
       layerdrop serve out/demo/rt-layerdrop0.5/model --sweep runs/rt-sweep
-      layerdrop serve smollm2-135m --depths 30,24,20,15 --port 8001
+      layerdrop serve smollm2-135m --depths 30,24,20 --strategy angular --data kjv --port 8001
       curl -s localhost:8000/v1/classify -H 'Content-Type: application/json' -d '{"input": "a wonderful film", "latency_ms": 50}'
     """
     import socket

@@ -99,7 +99,7 @@ def load_served(cfg: ServeConfig) -> Served:
                     reverse=True)
     if not depths or depths[-1] < 1 or depths[0] > num_layers:
         raise ValueError(f"--depths {cfg.depths!r}: choose depths from 1 to the model's {num_layers} layers")
-    kept = {d: every_other(num_layers, d) for d in depths}
+    kept = _choose_layers(cfg, model, tokenizer, depths, num_layers)
     meta = read_meta(local_folder(cfg.model)) if Path(local_folder(cfg.model)).is_dir() else {}
     quality, metric, data = _recorded_quality(cfg.sweep, meta, num_layers, depths, local_folder(cfg.model))
     config = model.config
@@ -113,9 +113,33 @@ def load_served(cfg: ServeConfig) -> Served:
         length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
     name = cfg.name or served_name(cfg.model, local_folder(cfg.model))
     return Served(name=name, task=task, model=model, tokenizer=tokenizer,
-                  views={d: model if d == num_layers else view(model, d) for d in depths}, kept=kept,
+                  views={d: model if d == num_layers else view(model, keep=kept[d]) for d in depths}, kept=kept,
                   parameters={d: parameters_at(model, kept[d]) for d in depths}, quality=quality, metric=metric,
                   data=data, labels=labels, max_length=int(length))
+
+
+def _choose_layers(cfg: ServeConfig, model: nn.Module, tokenizer: Any, depths: Sequence[int], num_layers: int
+                   ) -> dict[int, tuple[int, ...]]:
+    """The layers each depth keeps: every-other, or the ``--strategy`` calibrated on ``--data``'s validation rows.
+    A view must keep layer 0 (a KV cache's length is read there)."""
+    if cfg.strategy == "every-other":
+        return {d: every_other(num_layers, d) for d in depths}
+    from .evaluate import validation_scorers
+    from .strategies import choose, lookup
+
+    if lookup(cfg.strategy).needs_data and not cfg.data:
+        raise ValueError(f"--strategy {cfg.strategy} needs calibration data: pass --data (a dataset name or text file)")
+    if cfg.sweep:
+        raise ValueError("--sweep records every-other layers; with --strategy, leave --sweep out")
+    block = min(128, getattr(model.config, "max_position_embeddings", None) or 128)
+    batches = validation_scorers(model, tokenizer, cfg.data, rows=64, batch_size=8, max_length=block).calibration \
+        if cfg.data else None
+    kept = {d: choose(cfg.strategy, model, d, batches=batches).kept for d in depths}
+    for d, layers in kept.items():
+        if layers[0] != 0:
+            raise ValueError(f"--strategy {cfg.strategy} drops layer 0 at depth {d} ({list(layers)}); a served depth must "
+                             "keep it: choose other --depths or another strategy")
+    return kept
 
 
 def served_name(model: str, folder: str) -> str:
