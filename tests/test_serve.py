@@ -182,12 +182,26 @@ def test_a_budget_gets_the_deepest_depth_predicted_to_fit(clf):
     real = engine.profiles
     try:
         for budget, depth in ((45.0, 4), (35.0, 3), (15.0, 1)):
+            engine.overhead_ms = 0.0  # as if requests cost nothing besides their forward
             engine.profiles = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}  # 10 ms per layer (each answer
             body = client.post("/v1/classify", json={"input": "fine", "latency_ms": budget}).json()  # updates it)
             assert body["layerdrop"]["depth"] == depth and body["layerdrop"]["predicted_ms"] == 10.0 * depth
-        engine.profiles = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}
+        engine.profiles, engine.overhead_ms = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}, 0.0
         too_small = client.post("/v1/classify", json={"input": "fine", "latency_ms": 5.0})
         assert too_small.status_code == 422 and "at least 10 ms" in too_small.json()["error"]["message"]
+    finally:
+        engine.profiles = real
+
+
+def test_what_a_request_costs_besides_its_forward_is_learned_and_budgeted(clf):
+    client, served = clf
+    engine = client.app.state.engine
+    real = engine.profiles
+    try:
+        engine.profiles, engine.overhead_ms = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}, 8.0
+        body = client.post("/v1/classify", json={"input": "fine", "latency_ms": 45.0}).json()
+        assert body["layerdrop"]["depth"] == 3 and body["layerdrop"]["predicted_ms"] == 38.0  # 4 layers + 8 > 45
+        assert engine.overhead_ms != 8.0  # moved toward what this answer took outside the forward
     finally:
         engine.profiles = real
 

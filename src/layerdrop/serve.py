@@ -237,6 +237,8 @@ class Engine:
     def __init__(self, served: Served, cfg: ServeConfig, metrics: Metrics | None = None) -> None:
         self.served, self.cfg, self.metrics = served, cfg, metrics or Metrics()
         self.profiles: dict[int, Profile] = {}
+        self.overhead_ms = 0.0
+        """What a request costs besides the queue and the forward (tokenizing, HTTP, JSON): a moving average."""
         self._lock = threading.Lock()
 
     def startup(self) -> None:
@@ -245,6 +247,10 @@ class Engine:
         profiles = profile_depths(self.served, self.cfg.profile_reps)
         with self._lock:
             self.profiles = profiles
+
+    def observe_overhead(self, ms: float, weight: float = 0.2) -> None:
+        with self._lock:
+            self.overhead_ms += weight * (max(ms, 0.0) - self.overhead_ms)
 
     def observe(self, depth: int, tokens: int, new_tokens: int, ms: float) -> None:
         with self._lock:
@@ -622,13 +628,14 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         elif latency is None:
             depth = max(served.views)
         else:
-            try:
-                depth, _ = choose_depth(profiles, latency, wait_ms=wait, tokens=tokens, new_tokens=new_tokens)
+            try:  # the request's own overhead is spent whatever the depth: take it from the budget
+                depth, _ = choose_depth(profiles, latency - engine.overhead_ms, wait_ms=wait, tokens=tokens,
+                                        new_tokens=new_tokens)
             except BudgetError as err:
                 if err.busy:
                     raise ServeError(503, str(err), param="latency_ms", retry_after=err.retry_after_s) from None
                 raise ServeError(422, str(err), param="latency_ms") from None
-        own = profiles[depth].predict(tokens, new_tokens)
+        own = profiles[depth].predict(tokens, new_tokens) + engine.overhead_ms
         return depth, wait + own, own
 
     def submit(job: Job) -> None:
@@ -656,8 +663,10 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
                 job.cancelled.set()
             watcher.cancel()
 
-    def by(depth: int, predicted: float, start: float) -> ServedBy:
+    def by(depth: int, predicted: float, start: float, job: Job) -> ServedBy:
         measured = (time.perf_counter() - start) * 1000
+        if job.ran[1] > 0:  # what was neither waiting nor running: the next predictions include it
+            engine.observe_overhead(measured - (job.ran[1] - job.submitted) * 1000)
         metrics.served(depth, measured)
         return ServedBy(depth=depth, layers=list(served.kept[depth]), predicted_ms=round(predicted, 3),
                         measured_ms=round(measured, 3))
@@ -684,7 +693,7 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
             data.append(Classification(index=i, label=served.labels[best], score=row[best],
                                        scores=dict(zip(served.labels, row))))
         return ClassifyResponse(model=f"{served.name}@{depth}", data=data, tokens=tokens,
-                                layerdrop=by(depth, predicted, start))
+                                layerdrop=by(depth, predicted, start, job))
 
     async def completions(body: CompletionRequest, request: Request) -> Any:
         """Continue a prompt at a depth (or NAME@K), or at the deepest depth that fits latency_ms."""
@@ -728,7 +737,7 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
             reason, usage = finish(result)
             return CompletionResponse(id=cid, created=created, model=name, usage=usage,
                                       choices=[CompletionChoice(text=result.text, index=0, finish_reason=reason)],
-                                      layerdrop=by(depth, predicted, start))
+                                      layerdrop=by(depth, predicted, start, job))
 
         events: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         job = Job("complete", depth, own, payload,
@@ -758,7 +767,7 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
                     else:
                         reason, usage = finish(result)
                         yield chunk("", reason, usage=usage.model_dump(),
-                                    layerdrop=by(depth, predicted, start).model_dump())
+                                    layerdrop=by(depth, predicted, start, job).model_dump())
                     yield "data: [DONE]\n\n"
                     return
             finally:

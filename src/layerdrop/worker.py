@@ -47,6 +47,8 @@ class Job:
     """Streaming: called from the worker thread with each new piece of text."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
+    ran: tuple[float, float] = (0.0, 0.0)
+    """When its batch started and ended (``time.perf_counter``), set by the worker."""
 
 
 class Worker:
@@ -126,7 +128,7 @@ class Worker:
                     size += same.size
                     continue
                 left = deadline - time.perf_counter()
-                if left <= 0:
+                if left <= 0 or not self._jobs:  # nothing else waits: run now rather than hold a lone request
                     break
                 self._cv.wait(left)
             return batch
@@ -144,6 +146,7 @@ class Worker:
             for job in batch:
                 if job.cancelled.is_set():
                     _tell(job, None, Cancelled("cancelled before it ran"))
+            begin = time.perf_counter()
             try:
                 results = self._run(live) if live else []
             except Exception as err:  # one request's failure must not end the worker
@@ -152,7 +155,9 @@ class Worker:
                 for job in live:
                     _tell(job, None, err)
             else:
+                end = time.perf_counter()
                 for job, result in zip(live, results):
+                    job.ran = (begin, end)
                     _tell(job, result, None)
             with self._cv:
                 self._running = []
