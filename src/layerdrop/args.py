@@ -489,7 +489,8 @@ class ServeConfig:
     batch_inputs: int = 32
     """Most texts the worker classifies in one forward (requests at one depth are batched)."""
     batch_wait_ms: float = 5.0
-    """How long the worker waits for more classify requests at the same depth."""
+    """How long the worker waits for more classify requests at the same depth while others are queued
+    (a lone request runs at once)."""
     profile_reps: int = 3
     """Timed forwards per point of each depth's start-up profile (the median is kept)."""
     threads: int = 0
