@@ -187,7 +187,7 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
 
     from .arch import find_layers
     from .core import trained_with_layerdrop
-    from .evaluate import validation_scorers
+    from .evaluate import calibration_batches
     from .generate import generate as run
     from .models import from_pretrained, load_saved, local_folder
     from .strategies import lookup
@@ -198,8 +198,7 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
         raise ValueError(f"--strategy {strategy} needs calibration data: pass --data (a dataset name or text file)")
     lm = load_saved(model).eval()
     tokenizer = from_pretrained(AutoTokenizer, local_folder(model))
-    block = min(128, getattr(lm.config, "max_position_embeddings", None) or 128)  # calibration tokens per row
-    batches = (validation_scorers(lm, tokenizer, data, rows=64, batch_size=8, max_length=block).calibration
+    batches = (calibration_batches(lm, tokenizer, data)
                if data is not None and depth is not None and strategy != "every-other" else None)
     if depth is not None:
         _cut_note(model, trained_with_layerdrop(lm), depth, len(find_layers(lm).layers), strategy)

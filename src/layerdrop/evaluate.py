@@ -28,6 +28,7 @@ __all__ = [
     "DepthResult",
     "Scorers",
     "accuracy",
+    "calibration_batches",
     "depth_sweep",
     "distinct_n",
     "higher_is_better",
@@ -268,6 +269,13 @@ def validation_scorers(
     calibration = [{k: v for k, v in collate(calib[i:i + batch_size]).items() if k != "labels"}
                    for i in range(0, len(calib), batch_size)]
     return Scorers(metric, scorer("valid"), scorer("test"), calibration)
+
+
+def calibration_batches(model: nn.Module, tokenizer: Any, data: str) -> list[dict[str, Any]]:
+    """Batches of ``data``'s validation rows (64 rows, 8 per batch, up to 128 tokens or the model's context)
+    that calibrate a layer-choice strategy (angular, block-influence) for generation and serving."""
+    block = min(128, getattr(model.config, "max_position_embeddings", None) or 128)
+    return validation_scorers(model, tokenizer, data, rows=64, batch_size=8, max_length=block).calibration
 
 
 def _qa_scorers(model: nn.Module, tokenizer: Any, data: str, rows: int, batch_size: int, max_length: int,

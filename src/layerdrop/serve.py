@@ -83,7 +83,8 @@ class Served:
 def load_served(cfg: ServeConfig) -> Served:
     """Load ``cfg.model`` and build its views; a folder that is not a model is a clear error."""
     model = load_saved(cfg.model).eval()
-    tokenizer = from_pretrained(AutoTokenizer, local_folder(cfg.model))
+    folder = local_folder(cfg.model)
+    tokenizer = from_pretrained(AutoTokenizer, folder)
     site = find_layers(model)
     num_layers = len(site.layers)
     if is_classifier(model):
@@ -100,8 +101,8 @@ def load_served(cfg: ServeConfig) -> Served:
     if not depths or depths[-1] < 1 or depths[0] > num_layers:
         raise ValueError(f"--depths {cfg.depths!r}: choose depths from 1 to the model's {num_layers} layers")
     kept = _choose_layers(cfg, model, tokenizer, depths, num_layers)
-    meta = read_meta(local_folder(cfg.model)) if Path(local_folder(cfg.model)).is_dir() else {}
-    quality, metric, data = _recorded_quality(cfg.sweep, meta, num_layers, depths, local_folder(cfg.model))
+    meta = read_meta(folder) if Path(folder).is_dir() else {}
+    quality, metric, data = _recorded_quality(cfg.sweep, meta, num_layers, depths, folder)
     config = model.config
     if task == "classification":
         id2label = getattr(config, "id2label", None) or {}
@@ -111,7 +112,7 @@ def load_served(cfg: ServeConfig) -> Served:
     else:
         labels = ()
         length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
-    name = cfg.name or served_name(cfg.model, local_folder(cfg.model))
+    name = cfg.name or served_name(cfg.model, folder)
     return Served(name=name, task=task, model=model, tokenizer=tokenizer,
                   views={d: model if d == num_layers else view(model, keep=kept[d]) for d in depths}, kept=kept,
                   parameters={d: parameters_at(model, kept[d]) for d in depths}, quality=quality, metric=metric,
@@ -124,16 +125,14 @@ def _choose_layers(cfg: ServeConfig, model: nn.Module, tokenizer: Any, depths: S
     A view must keep layer 0 (a KV cache's length is read there)."""
     if cfg.strategy == "every-other":
         return {d: every_other(num_layers, d) for d in depths}
-    from .evaluate import validation_scorers
+    from .evaluate import calibration_batches
     from .strategies import choose, lookup
 
     if lookup(cfg.strategy).needs_data and not cfg.data:
         raise ValueError(f"--strategy {cfg.strategy} needs calibration data: pass --data (a dataset name or text file)")
     if cfg.sweep:
         raise ValueError("--sweep records every-other layers; with --strategy, leave --sweep out")
-    block = min(128, getattr(model.config, "max_position_embeddings", None) or 128)
-    batches = validation_scorers(model, tokenizer, cfg.data, rows=64, batch_size=8, max_length=block).calibration \
-        if cfg.data else None
+    batches = calibration_batches(model, tokenizer, cfg.data) if cfg.data else None
     kept = {d: choose(cfg.strategy, model, d, batches=batches).kept for d in depths}
     for d, layers in kept.items():
         if layers[0] != 0:
