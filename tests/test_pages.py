@@ -32,6 +32,9 @@ stale table
 <!-- layerdrop:levers runs/levers/*/sweep.json depths=6,3 -->
 <!-- /layerdrop -->
 
+<!-- layerdrop:levers-loss runs/levers/* image=images/loss.png -->
+<!-- /layerdrop -->
+
 <!-- layerdrop:generation runs/gen -->
 <!-- /layerdrop -->
 
@@ -78,7 +81,7 @@ def test_a_page_is_rebuilt_from_its_runs_and_its_prose_kept(tmp_path, runs):
     page.write_text(PAGE, encoding="utf-8")
     result = refresh_page(page, runs)
     text = page.read_text(encoding="utf-8")
-    assert [b.source for b in result.missing] == ["runs/not-run-yet"] and len(result.refreshed) == 5
+    assert [b.source for b in result.missing] == ["runs/not-run-yet"] and len(result.refreshed) == 6
     for prose in ("# 第五章 Strategies\n\nProse the author wrote, kept as is.\n", "kept while its run is missing",
                   "The end.\n"):
         assert prose in text
@@ -90,7 +93,7 @@ def test_a_page_is_rebuilt_from_its_runs_and_its_prose_kept(tmp_path, runs):
     assert "| rate0.5 | 83.0 % | 81.0 % | 2.70 |" in text
     assert "| 6 | 41.50 | 120.0 | 0.450 | 0.200 | 110.0 | 0.900 |  |" in text  # nan: no 4-grams, left blank
     assert "| 3 | 0.625 | 150.0 | 1.25 |" in text
-    for image in ("images/depth.png", "images/masks.png"):
+    for image in ("images/depth.png", "images/masks.png", "images/loss.png"):
         assert (tmp_path / image).read_bytes()[:8] == PNG
         assert f"]({image})" in text
     assert "![every-other](images/masks.png)" in text
@@ -163,5 +166,5 @@ def test_the_doctests_hold():
 
 def test_blocks_are_found_with_their_options_in_order():
     blocks = find_blocks(PAGE)
-    assert [b.kind for b in blocks] == ["sweep", "sweep-plot", "masks", "levers", "generation", "sweep"]
+    assert [b.kind for b in blocks] == ["sweep", "sweep-plot", "masks", "levers", "levers-loss", "generation", "sweep"]
     assert dict(blocks[2].options) == {"image": "images/masks.png", "title": "every-other"}

@@ -191,10 +191,15 @@ def _sweep_plot(sources: list[Path], options: Mapping[str, str], page_dir: Path 
     return _image(options, page_dir, lambda p: draw(points, metric, p, title=title), f"{metric} against {against}")
 
 
+def _levers_runs(sources: list[Path]) -> list[tuple[str, dict[str, Any]]]:
+    """Each ``bench/levers.py`` run's name (its folder) and ``sweep.json``."""
+    return [(path.parent.name if path.is_file() else path.name, json.loads(_one([path], "sweep.json").read_text()))
+            for path in sources]
+
+
 def _levers(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
     """One row per ``bench/levers.py`` run: its score at each depth, seconds per step and last loss."""
-    runs = [(path.parent.name if path.is_file() else path.name, json.loads(_one([path], "sweep.json").read_text()))
-            for path in sources]
+    runs = _levers_runs(sources)
     metric = "perplexity" if runs[0][1]["task"] == "lm" else "accuracy"
     shown = _ints(options, "depths") if "depths" in options else \
         sorted({r["depth"] for r in runs[0][1]["rows"]}, reverse=True)
@@ -215,8 +220,7 @@ def _levers_loss(sources: list[Path], options: Mapping[str, str], page_dir: Path
     """The training loss curves of ``bench/levers.py`` runs, one line per run."""
     from .report import plot_loss_curves
 
-    curves = {(p.parent.name if p.is_file() else p.name): json.loads(_one([p], "sweep.json").read_text())["loss_curve"]
-              for p in sources}
+    curves = {name: data["loss_curve"] for name, data in _levers_runs(sources)}
     title = options.get("title", "training loss")
     return _image(options, page_dir, lambda p: plot_loss_curves(curves, p, title=title), title)
 
