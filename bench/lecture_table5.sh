@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The lecture's table 5 (structured drop strategies): what granularity, pattern, per-layer rates
-# and the rate do to quality at every depth and to the time per step, one change at a time from
-# the paper's LayerDrop (whole layers, random pattern, uniform rate 0.5, no self-distillation),
-# with a plain run beside it. Validation split (settings are chosen there, never on test).
+# (and the paper's learned, data-driven rates) and the rate do to quality at every depth and to
+# the time per step, one change at a time from the paper's LayerDrop (whole layers, random
+# pattern, uniform rate 0.5, no self-distillation), with a plain run beside it. Validation split
+# (settings are chosen there, never on test).
 #
 #   Rotten Tomatoes: MiniLM-L6, 2,000 training rows, 2 epochs (126 steps of 32), 1,000 validation rows
 #   KJV: gpt2-tiny from scratch, 500 steps of 16 x 128 tokens, 400 validation paragraphs
@@ -30,8 +31,9 @@ declare -A VARIANTS=(
   [exponential]="per_layer=exponential"
   [rate0.2]="rate=0.2"
   [rate0.1]="rate=0.1"
+  [data-driven]="data_driven=true"
 )
-ORDER=(plain paper sublayer head every-other linear exponential rate0.2 rate0.1)
+ORDER=(plain paper sublayer head every-other linear exponential rate0.2 rate0.1 data-driven)
 for task in $TASKS; do
   if [[ $task == classification ]]; then size=(train_rows=2000); else size=(); fi
   for name in "${ORDER[@]}"; do

@@ -52,7 +52,8 @@ def runs(tmp_path_factory, tiny_lm_dir):
     root = tmp_path_factory.mktemp("runs")
     data = write_reviews(root / "reviews.csv")
     run_sweep(SweepConfig(model=tiny_lm_dir, data=data, out=str(root / "runs/sweep"), rows=12, batch_size=6,
-                          max_length=16, latency_reps=1, calibration_rows=12, strategies="every-other", progress=False))
+                          max_length=16, latency_reps=1, calibration_rows=12, strategies="every-other,block-influence",
+                          progress=False))
     model = layerdrop.apply(make("bert"), rate=0.5, pattern="every-other").train()
     recorder = record_masks(model)
     for i in range(6):
@@ -139,6 +140,48 @@ def test_the_marker_quoted_in_prose_is_left_alone(runs):
     page = "Write `<!-- layerdrop:KIND RUN -->` above a table.\n<!-- layerdrop:sweep runs/sweep -->\nold\n<!-- /layerdrop -->\n"
     text = refresh_text(page, runs, page_dir=None).text
     assert text.startswith("Write `<!-- layerdrop:KIND RUN -->` above a table.\n") and "| every-other |" in text
+
+
+def test_runs_option_picks_and_orders_the_levers_runs(runs):
+    page = "<!-- layerdrop:levers runs/levers/* runs=rate0.5,rate0.2 -->\n<!-- /layerdrop -->\n"
+    text = refresh_text(page, runs, page_dir=None).text
+    assert text.index("| rate0.5 |") < text.index("| rate0.2 |")
+    only = refresh_text(page.replace("runs=rate0.5,rate0.2", "runs=rate0.2"), runs, page_dir=None).text
+    assert "| rate0.2 |" in only and "rate0.5" not in only
+    with pytest.raises(ValueError, match="no run named rate0.9 among rate0.2, rate0.5"):
+        refresh_text(page.replace("rate0.5,rate0.2", "rate0.9"), runs, page_dir=None)
+
+
+def test_several_generation_runs_share_one_table_with_their_names(tmp_path, runs):
+    for name in ("plain", "layerdrop"):
+        (tmp_path / "runs/gens" / name).mkdir(parents=True)
+        (tmp_path / "runs/gens" / name / "generation.json").write_text((runs / "runs/gen/generation.json").read_text())
+    page = "<!-- layerdrop:generation runs/gens/* runs=plain,layerdrop -->\n<!-- /layerdrop -->\n"
+    text = refresh_text(page, tmp_path, page_dir=None).text
+    assert "| model | depth | perplexity |" in text
+    assert text.index("| plain | 6 | 41.50 |") < text.index("| plain | 3 | 77.25 |") < text.index("| layerdrop | 6 |")
+    assert "| layerdrop | 3 | 0.625 | 150.0 | 1.25 |" in text  # the speculative table names its run too
+
+
+def test_the_importance_block_tabulates_and_draws_each_strategys_layer_scores(tmp_path, runs):
+    page = tmp_path / "lecture.md"
+    page.write_text("<!-- layerdrop:importance runs/sweep image=images/importance.png title=scores -->\n"
+                    "<!-- /layerdrop -->\n", encoding="utf-8")
+    refresh_page(page, runs)
+    text = page.read_text(encoding="utf-8")
+    records = json.loads((runs / "runs/sweep/sweep.json").read_text())["records"]
+    influence = next(r["scores"] for r in records["block-influence"] if r["scores"])
+    assert "| block-influence | " + " | ".join(f"{v:.3g}" for v in influence) + " |" in text
+    assert "every-other" not in text  # it scores no layers
+    assert (tmp_path / "images/importance.png").read_bytes()[:8] == PNG and "![scores](images/importance.png)" in text
+
+
+def test_an_importance_block_over_a_sweep_without_scores_says_which_strategies_have_them(tmp_path):
+    (tmp_path / "runs/eo").mkdir(parents=True)
+    (tmp_path / "runs/eo/sweep.json").write_text(json.dumps({"records": {"every-other": [{"depth": 2, "scores": None}]}}))
+    with pytest.raises(ValueError, match="data-driven or block-influence"):
+        refresh_text("<!-- layerdrop:importance runs/eo image=a.png -->\n<!-- /layerdrop -->\n", tmp_path,
+                     page_dir=None)
 
 
 def test_a_page_with_windows_line_ends_is_refreshed(runs):

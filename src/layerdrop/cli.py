@@ -326,8 +326,8 @@ def report(pages: list[str], runs: str = ".", check: bool = False) -> int:
 
     A page marks each generated part with `<!-- layerdrop:KIND RUN [key=value ...] -->` and
     `<!-- /layerdrop -->`; everything between them is redrawn from the run (compare, sweep,
-    levers, generation; figures compare-plot, sweep-plot, levers-loss, masks with image=PATH
-    relative to the page). Blocks whose runs are missing are left as they are. The lecture's
+    levers, generation; figures compare-plot, sweep-plot, levers-loss, importance, masks with
+    image=PATH relative to the page). Blocks whose runs are missing are left as they are. The lecture's
     pages (docs/lecture.zh-CN.md, docs/lecture.md) are built this way.
 
     Examples:

@@ -191,15 +191,30 @@ def _sweep_plot(sources: list[Path], options: Mapping[str, str], page_dir: Path 
     return _image(options, page_dir, lambda p: draw(points, metric, p, title=title), f"{metric} against {against}")
 
 
-def _levers_runs(sources: list[Path]) -> list[tuple[str, dict[str, Any]]]:
-    """Each ``bench/levers.py`` run's name (its folder) and ``sweep.json``."""
-    return [(path.parent.name if path.is_file() else path.name, json.loads(_one([path], "sweep.json").read_text()))
-            for path in sources]
+def _run_name(path: Path) -> str:
+    """A run's name on a page: its folder's (the file's parent for a file)."""
+    return path.parent.name if path.is_file() else path.name
+
+
+def _named(sources: list[Path], options: Mapping[str, str]) -> list[Path]:
+    """The sources named by ``runs=a,b,...`` in that order (all of them, by name, without it)."""
+    if "runs" not in options:
+        return sources
+    by_name = {_run_name(path): path for path in sources}
+    wanted = options["runs"].split(",")
+    if unknown := [name for name in wanted if name not in by_name]:
+        raise ValueError(f"runs={options['runs']}: no run named {', '.join(unknown)} among {', '.join(by_name)}")
+    return [by_name[name] for name in wanted]
+
+
+def _levers_runs(sources: list[Path], options: Mapping[str, str]) -> list[tuple[str, dict[str, Any]]]:
+    """Each ``bench/levers.py`` run's name (its folder) and ``sweep.json``, as ``runs=`` picks and orders them."""
+    return [(_run_name(path), json.loads(_one([path], "sweep.json").read_text())) for path in _named(sources, options)]
 
 
 def _levers(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
     """One row per ``bench/levers.py`` run: its score at each depth, seconds per step and last loss."""
-    runs = _levers_runs(sources)
+    runs = _levers_runs(sources, options)
     metric = "perplexity" if runs[0][1]["task"] == "lm" else "accuracy"
     shown = _ints(options, "depths") if "depths" in options else \
         sorted({r["depth"] for r in runs[0][1]["rows"]}, reverse=True)
@@ -220,30 +235,56 @@ def _levers_loss(sources: list[Path], options: Mapping[str, str], page_dir: Path
     """The training loss curves of ``bench/levers.py`` runs, one line per run."""
     from .report import plot_loss_curves
 
-    curves = {name: data["loss_curve"] for name, data in _levers_runs(sources)}
+    curves = {name: data["loss_curve"] for name, data in _levers_runs(sources, options)}
     title = options.get("title", "training loss")
     return _image(options, page_dir, lambda p: plot_loss_curves(curves, p, title=title), title)
 
 
 def _generation(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
-    """``bench/lecture_generation.py``: perplexity, speed and repetition per depth, then self-speculative decoding."""
-    data = json.loads(_one(sources, "generation.json").read_text())
+    """``bench/lecture_generation.py``: perplexity, speed and repetition per depth, then self-speculative decoding.
+
+    Several runs (a glob, ``runs=`` to order them) share one table with a column naming each run.
+    """
+    runs = [(_run_name(path), json.loads(_one([path], "generation.json").read_text()))
+            for path in _named(sources, options)]
+    named = len(runs) > 1
 
     def num(value: float, digits: int = 2) -> str:
         return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
-    rows = [[r["depth"], num(r["perplexity"]),
+    rows = [[*([name] if named else []), r["depth"], num(r["perplexity"]),
              *[num(r[way][key], d) for way in ("greedy", "sampled")
                for key, d in (("tokens_per_second", 1), ("distinct_2", 3), ("repeated_4grams", 3))]]
-            for r in data["depths"]]
-    table = markdown_table(["depth", "perplexity", "greedy tokens/s", "greedy distinct-2", "greedy repeated 4-grams",
-                            "sampled tokens/s", "sampled distinct-2", "sampled repeated 4-grams"], rows)
-    speculative = [[s["draft_depth"], num(s["acceptance"], 3), num(s["tokens_per_second"], 1), num(s["speed_up"])]
-                   for r in data["depths"] for s in r.get("speculative", [])]
+            for name, data in runs for r in data["depths"]]
+    model = ["model"] if named else []
+    table = markdown_table([*model, "depth", "perplexity", "greedy tokens/s", "greedy distinct-2",
+                            "greedy repeated 4-grams", "sampled tokens/s", "sampled distinct-2",
+                            "sampled repeated 4-grams"], rows)
+    speculative = [[*([name] if named else []), s["draft_depth"], num(s["acceptance"], 3),
+                    num(s["tokens_per_second"], 1), num(s["speed_up"])]
+                   for name, data in runs for r in data["depths"] for s in r.get("speculative", [])]
     if speculative:
         table += "\nSelf-speculative decoding at full depth (greedy):\n\n" + markdown_table(
-            ["draft depth", "acceptance", "tokens/s", "speed-up"], speculative)
+            [*model, "draft depth", "acceptance", "tokens/s", "speed-up"], speculative)
     return table
+
+
+def _importance(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
+    """A ``layerdrop sweep``'s per-layer scores (learned keep rates, importance metrics): a table and a bar chart."""
+    from .report import plot_layer_importance
+
+    path = _one(sources, "sweep.json")
+    records = json.loads(path.read_text())["records"]
+    scores = {name: next(r["scores"] for r in rows if r["scores"])
+              for name, rows in records.items() if any(r["scores"] for r in rows)}
+    if not scores:
+        raise ValueError(f"{path}: no strategy recorded per-layer scores; sweep with data-driven or "
+                         "block-influence (angular scores windows of layers, not layers)")
+    layers = max(len(v) for v in scores.values())
+    table = markdown_table(["strategy", *[f"layer {i}" for i in range(layers)]],
+                           [[name, *[f"{v:.3g}" for v in values]] for name, values in scores.items()])
+    title = options.get("title", "per-layer scores")
+    return table + "\n" + _image(options, page_dir, lambda p: plot_layer_importance(scores, p, title=title), title)
 
 
 def _masks(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
@@ -266,13 +307,16 @@ RENDERERS: dict[str, Callable[[list[Path], Mapping[str, str], Path | None], str]
     "levers": _levers,
     "levers-loss": _levers_loss,
     "generation": _generation,
+    "importance": _importance,
     "masks": _masks,
 }
 """Block kind -> what draws it from its runs: ``compare`` (``layerdrop compare``'s tables), ``sweep``
-(``layerdrop sweep``'s table), ``levers`` (one row per ``bench/levers.py`` run, a glob), ``generation``
-(``bench/lecture_generation.py``), and the figures ``compare-plot`` (``against=latency|training``),
-``sweep-plot`` (``against=depth|latency``), ``levers-loss`` and ``masks`` (each with ``image=``).
+(``layerdrop sweep``'s table), ``levers`` (one row per ``bench/levers.py`` run, a glob; ``runs=a,b``
+picks and orders them), ``generation`` (``bench/lecture_generation.py``, one run or a glob), and the
+figures ``compare-plot`` (``against=latency|training``), ``sweep-plot`` (``against=depth|latency``),
+``levers-loss``, ``importance`` (a sweep's per-layer scores, with their table) and ``masks`` (each
+with ``image=``).
 
->>> sorted(k for k in RENDERERS if k.endswith(("-plot", "-loss")) or k == "masks")
-['compare-plot', 'levers-loss', 'masks', 'sweep-plot']
+>>> sorted(k for k in RENDERERS if k.endswith(("-plot", "-loss")) or k in ("masks", "importance"))
+['compare-plot', 'importance', 'levers-loss', 'masks', 'sweep-plot']
 """
