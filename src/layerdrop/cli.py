@@ -345,7 +345,8 @@ def report(pages: list[str], runs: str = ".", check: bool = False) -> int:
     for page in pages:
         result = refresh_page(page, runs, write=not check)
         for block in result.missing:
-            print(f"{page}: kept as it was: {block.kind} {block.source} (not found under {runs})")
+            named = f" runs={block.options['runs']}" if "runs" in block.options else ""
+            print(f"{page}: kept as it was: {block.kind} {block.source}{named} (not all found under {runs})")
         if check and result.text != Path(page).read_text(encoding="utf-8"):
             stale.append(page)
         print(f"{page}: {len(result.refreshed)} block(s) {'checked' if check else 'refreshed'}")

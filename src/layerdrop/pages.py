@@ -104,11 +104,13 @@ def refresh_text(text: str, runs: str | Path = ".", page_dir: str | Path | None 
             [p for p in [runs / block.source] if p.exists()]
         start, end = block.span
         pieces.append(text[last:start])
-        if sources:
+        try:
+            if not sources:
+                raise _MissingRuns(block.source)
             pieces.append(RENDERERS[block.kind](sources, block.options,
                                                 None if page_dir is None else Path(page_dir)))
             refreshed.append(block)
-        else:
+        except _MissingRuns:
             pieces.append(text[start:end])
             missing.append(block)
         last = end
@@ -127,6 +129,10 @@ def refresh_page(page: str | Path, runs: str | Path = ".", *, write: bool = True
 
 
 # --------------------------------------------------------------------------- renderers
+
+
+class _MissingRuns(LookupError):
+    """Some runs a block names are not there yet: the block is left as it was, like one whose source is missing."""
 
 
 def _one(sources: list[Path], name: str) -> Path:
@@ -197,13 +203,16 @@ def _run_name(path: Path) -> str:
 
 
 def _named(sources: list[Path], options: Mapping[str, str]) -> list[Path]:
-    """The sources named by ``runs=a,b,...`` in that order (all of them, by name, without it)."""
+    """The sources named by ``runs=a,b,...`` in that order (all of them, by name, without it).
+
+    A block naming a run that is not there yet is left as it was, like a block whose source is missing.
+    """
     if "runs" not in options:
         return sources
     by_name = {_run_name(path): path for path in sources}
     wanted = options["runs"].split(",")
     if unknown := [name for name in wanted if name not in by_name]:
-        raise ValueError(f"runs={options['runs']}: no run named {', '.join(unknown)} among {', '.join(by_name)}")
+        raise _MissingRuns(f"no run named {', '.join(unknown)} among {', '.join(by_name)}")
     return [by_name[name] for name in wanted]
 
 

@@ -219,6 +219,7 @@ def plot_masks(log: MaskLog, path: str | Path, *, forwards: int = 200, title: st
     heat.set_title(f"{title}: {unit}" if title else unit, fontsize=9)
     counts = log.layers_run.bincount(minlength=layers + 1)
     hist.bar(range(layers + 1), counts.tolist(), color="0.3")
+    hist.set_xticks(range(0, layers + 1, max(1, (layers + 1) // 7)))  # whole numbers of layers
     hist.set_xlabel("layers run")
     hist.set_ylabel("forwards")
     hist.set_title(f"{len(log.keep)} forwards, mean {log.layers_run.float().mean():.2f}" if len(log.keep) else "",
