@@ -5,9 +5,10 @@ Starts ``layerdrop serve MODEL`` as a subprocess on 127.0.0.1, then
 1. per served depth and concurrency: ``--requests`` requests at that depth from that many clients at
    once; p50 / p99 of the latency each client saw, and requests per second;
 2. per concurrency: the same number of requests, each with a ``latency_ms`` budget drawn from what the
-   server's own profile says is feasible (1.5 x a depth's predicted time, the depth chosen at random);
-   the share of admitted requests that met their budget, the 503s, and any answer that is neither
-   a success nor a documented refusal (there must be none).
+   server's own prediction says is feasible (1.5 x a depth's predicted time with the per-request
+   overhead, the depth chosen at random); the share of admitted requests that met their budget, as
+   the client timed it and as the server did, the 503s, and any answer that is neither a success
+   nor a documented refusal (there must be none).
 
 Texts are test rows of ``--data`` (classification) or the first words of its test paragraphs
 (generation, ``--max-tokens`` new tokens, greedy). Results go to ``OUT/serve.json`` after each
@@ -144,14 +145,15 @@ def main() -> None:
                 continue
             if phase == "depth":
                 bodies = [body(t, depth=depth) for t in inputs]
-            else:  # a budget the current profile says one depth meets: 1.5 x its predicted time
-                profiles = {d["depth"]: d["profile"] for d in httpx.get(url + "/v1/depths").json()["depths"]}
+            else:  # a budget the server's prediction says one depth meets: 1.5 x its predicted time
+                now = httpx.get(url + "/v1/depths").json()
+                profiles = {d["depth"]: d["profile"] for d in now["depths"]}
                 bodies = []
                 for t in inputs:
                     prof = profiles[rng.choice(depths)]
                     tokens = len(tokenizer(t).input_ids)  # as the server counts them
                     ms = prof["fixed_ms"] + prof["per_token_ms"] * tokens + prof["per_new_token_ms"] * (
-                        a.max_tokens if generation else 0)
+                        a.max_tokens if generation else 0) + now["overhead_ms"]
                     bodies.append(body(t, latency_ms=round(1.5 * ms, 1)))
             results, seconds = _load(url, bodies, route, concurrency)
             ok = [r for r in results if r["status"] == 200]
@@ -164,7 +166,10 @@ def main() -> None:
                    "requests_per_s": len(ok) / seconds}
             if phase == "budget":
                 met = [r for r in ok if r["ms"] <= r["budget"]]
-                row["met_budget"] = len(met) / len(ok) if ok else None
+                row["met_budget"] = len(met) / len(ok) if ok else None  # as the client saw it
+                inside = [r for r in ok if r["served"]["measured_ms"] <= r["budget"]]
+                row["met_budget_server"] = len(inside) / len(ok) if ok else None  # arrival to answer, in the server
+                row["margin"] = httpx.get(url + "/v1/depths").json()["margin"]
                 row["served_depths"] = {str(d): sum(r["served"]["depth"] == d for r in ok) for d in depths}
             saved["rows"].append(row)
             write_json(path, saved)

@@ -172,52 +172,67 @@ def test_a_seeded_sample_repeats(lm):
 # --------------------------------------------------------------------------- depth from a latency budget
 
 
-def _fixed_profiles(app, profiles):
-    app.state.engine.profiles = profiles
-
-
-def test_a_budget_gets_the_deepest_depth_predicted_to_fit(clf):
+@pytest.fixture
+def pin(clf):
+    """``pin(overhead_ms=..., ratios=[...])``: the classifier's server with 10 ms per layer predicted, that
+    overhead and those recent measured/predicted ratios; its real state comes back after the test."""
     client, served = clf
     engine = client.app.state.engine
-    real = engine.profiles
-    try:
-        for budget, depth in ((45.0, 4), (35.0, 3), (15.0, 1)):
-            engine.overhead_ms = 0.0  # as if requests cost nothing besides their forward
-            engine.profiles = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}  # 10 ms per layer (each answer
-            body = client.post("/v1/classify", json={"input": "fine", "latency_ms": budget}).json()  # updates it)
-            assert body["layerdrop"]["depth"] == depth and body["layerdrop"]["predicted_ms"] == 10.0 * depth
-        engine.profiles, engine.overhead_ms = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}, 0.0
-        too_small = client.post("/v1/classify", json={"input": "fine", "latency_ms": 5.0})
-        assert too_small.status_code == 422 and "at least 10 ms" in too_small.json()["error"]["message"]
-    finally:
-        engine.profiles = real
+    real = engine.profiles, engine.overhead_ms, list(engine.ratios)
+
+    def set_state(overhead_ms: float = 0.0, ratios: tuple[float, ...] = ()) -> None:
+        engine.profiles = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}  # each answer moves them: reset
+        engine.overhead_ms = overhead_ms
+        engine.ratios.clear()
+        engine.ratios.extend(ratios)
+    yield set_state
+    engine.profiles, engine.overhead_ms = real[:2]
+    engine.ratios.clear()
+    engine.ratios.extend(real[2])
 
 
-def test_what_a_request_costs_besides_its_forward_is_learned_and_budgeted(clf):
-    client, served = clf
-    engine = client.app.state.engine
-    real = engine.profiles
-    try:
-        engine.profiles, engine.overhead_ms = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}, 8.0
-        body = client.post("/v1/classify", json={"input": "fine", "latency_ms": 45.0}).json()
-        assert body["layerdrop"]["depth"] == 3 and body["layerdrop"]["predicted_ms"] == 38.0  # 4 layers + 8 > 45
-        assert engine.overhead_ms != 8.0  # moved toward what this answer took outside the forward
-    finally:
-        engine.profiles = real
+def _classify(client, budget):
+    return client.post("/v1/classify", json={"input": "fine", "latency_ms": budget})
 
 
-def test_a_budget_the_queue_breaks_is_503_with_retry_after(clf, monkeypatch):
-    client, served = clf
-    engine = client.app.state.engine
-    real = engine.profiles
+def test_a_budget_gets_the_deepest_depth_predicted_to_fit(clf, pin):
+    client, _ = clf
+    for budget, depth in ((45.0, 4), (35.0, 3), (15.0, 1)):
+        pin()  # requests cost nothing besides their forward, and took what they were predicted to
+        body = _classify(client, budget).json()
+        assert body["layerdrop"]["depth"] == depth and body["layerdrop"]["predicted_ms"] == 10.0 * depth
+    pin()
+    too_small = _classify(client, 5.0)
+    assert too_small.status_code == 422 and "at least 10 ms" in too_small.json()["error"]["message"]
+
+
+def test_what_a_request_costs_besides_its_forward_is_learned_and_budgeted(clf, pin):
+    client, _ = clf
+    pin(overhead_ms=8.0)
+    body = _classify(client, 45.0).json()
+    assert body["layerdrop"]["depth"] == 3 and body["layerdrop"]["predicted_ms"] == 38.0  # 4 layers + 8 > 45
+    assert client.app.state.engine.overhead_ms != 8.0  # moved toward what this answer took outside the forward
+
+
+def test_answers_that_ran_past_their_predictions_make_budgets_keep_a_margin(clf, pin):
+    client, _ = clf
+    pin(ratios=[1.0] * 10 + [1.5] * 10)  # recent answers: half of them took 1.5x their prediction
+    assert client.get("/v1/depths").json()["margin"] == 1.5
+    body = _classify(client, 45.0).json()
+    assert body["layerdrop"]["depth"] == 3  # 4 layers: 40 ms fits 45, but not 40 x 1.5
+    assert body["layerdrop"]["predicted_ms"] == 30.0  # the typical time, without the margin
+    pin(ratios=[1.5] * 20)
+    refused = _classify(client, 12.0)
+    assert refused.status_code == 422 and "ask for at least 15 ms" in refused.json()["error"]["message"]
+
+
+def test_a_budget_the_queue_breaks_is_503_with_retry_after(clf, pin, monkeypatch):
+    client, _ = clf
     monkeypatch.setattr(client.app.state.worker, "wait_ms", lambda: 2500.0)
-    try:
-        engine.profiles = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}
-        response = client.post("/v1/classify", json={"input": "fine", "latency_ms": 100.0})
-        assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
-        assert response.json()["error"]["param"] == "latency_ms"
-    finally:
-        engine.profiles = real
+    pin()
+    response = _classify(client, 100.0)
+    assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+    assert response.json()["error"]["param"] == "latency_ms"
 
 
 def test_every_depth_is_profiled_and_listed(lm):

@@ -4,7 +4,9 @@ One LayerDrop model serves every depth (Fan et al. 2020, "Reducing Transformer D
 with Structured Dropout"): a request that states a latency budget gets the deepest depth whose
 predicted time fits. A :class:`Profile` predicts one depth's milliseconds as a fixed part plus a
 part per input token (a classifier's batch, a prompt's prefill) and per generated token; it is
-fitted at start-up (:func:`fit`) and follows the times observed afterwards (:func:`observe`).
+fitted at start-up (:func:`fit`) and follows the times observed afterwards (:func:`observe`);
+:func:`margin` says how far past their predictions recent requests ran, so that a budget is
+checked against the tail rather than the typical time.
 Pure functions on frozen values: the server keeps the current profiles and replaces them.
 """
 
@@ -15,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["BudgetError", "Profile", "choose_depth", "fit", "observe"]
+__all__ = ["BudgetError", "Profile", "choose_depth", "fit", "margin", "observe"]
 
 
 @dataclass(frozen=True)
@@ -84,28 +86,53 @@ class BudgetError(ValueError):
         self.retry_after_s = retry_after_s
 
 
+def margin(ratios: Sequence[float], quantile: float = 0.95) -> float:
+    """How much longer than predicted requests take near the tail: the ``quantile`` of recent
+    measured/predicted ratios, never below 1 (an empty history trusts the predictions).
+
+    A prediction is a typical time; a budget is a limit. Checking ``prediction * margin`` against the
+    budget makes about ``quantile`` of admitted requests meet it, whatever the load does to the tail.
+
+    >>> margin([])
+    1.0
+    >>> margin([0.9, 1.0, 1.1, 1.2, 1.5] * 4)
+    1.5
+    >>> margin([0.5, 0.6])
+    1.0
+    """
+    if not ratios:
+        return 1.0
+    ordered = sorted(ratios)
+    return max(1.0, ordered[min(len(ordered) - 1, math.ceil(quantile * len(ordered)) - 1)])
+
+
 def choose_depth(profiles: Mapping[int, Profile], budget_ms: float, *, wait_ms: float, tokens: int,
-                 new_tokens: int = 0) -> tuple[int, float]:
-    """The deepest depth whose predicted time (the queue's wait plus its own) fits ``budget_ms``,
-    with that prediction; :class:`BudgetError` when none fits.
+                 new_tokens: int = 0, overhead_ms: float = 0.0, margin: float = 1.0) -> tuple[int, float]:
+    """The deepest depth whose predicted time (the queue's wait, its own time and the request's
+    ``overhead_ms``), times ``margin``, fits ``budget_ms``, with that prediction (without the
+    margin); :class:`BudgetError` when none fits.
 
     >>> profiles = {6: Profile(6, 10.0, 1.0), 3: Profile(3, 5.0, 0.5)}
     >>> choose_depth(profiles, 40.0, wait_ms=0.0, tokens=20)
     (6, 30.0)
     >>> choose_depth(profiles, 40.0, wait_ms=20.0, tokens=20)
     (3, 35.0)
+    >>> choose_depth(profiles, 40.0, wait_ms=0.0, tokens=20, margin=1.5)  # 30 ms x 1.5 is over 40
+    (3, 15.0)
     """
     if not profiles:
         raise ValueError("no depth is profiled yet")
-    own = {d: p.predict(tokens, new_tokens) for d, p in profiles.items()}
+    own = {d: p.predict(tokens, new_tokens) + overhead_ms for d, p in profiles.items()}
     for depth in sorted(own, reverse=True):
-        if wait_ms + own[depth] <= budget_ms:
+        if (wait_ms + own[depth]) * margin <= budget_ms:
             return depth, wait_ms + own[depth]
     smallest = min(own.values())
-    if smallest > budget_ms:
+    if smallest * margin > budget_ms:
+        least = math.ceil(smallest * margin)
         raise BudgetError(f"no depth can answer within {budget_ms:g} ms: the fastest ({min(own, key=own.get)} layers) "
-                          f"is predicted to take {smallest:.0f} ms for this input; ask for at least {math.ceil(smallest)} ms",
-                          busy=False, smallest_ms=smallest, retry_after_s=0)
-    retry_after = max(1, math.ceil((wait_ms + smallest - budget_ms) / 1000))
+                          f"is predicted to take {smallest:.0f} ms for this input"
+                          + (f", {least} ms with the margin recent requests needed" if margin > 1 else "")
+                          + f"; ask for at least {least} ms", busy=False, smallest_ms=smallest, retry_after_s=0)
+    retry_after = max(1, math.ceil((wait_ms + smallest - budget_ms / margin) / 1000))
     raise BudgetError(f"the queue's predicted wait ({wait_ms:.0f} ms) leaves no depth within {budget_ms:g} ms; "
                       f"retry in {retry_after} s", busy=True, smallest_ms=smallest, retry_after_s=retry_after)

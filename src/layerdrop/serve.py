@@ -17,6 +17,7 @@ Routes: ``POST /v1/completions`` (OpenAI's shape, plus ``depth`` / ``latency_ms`
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import json
@@ -47,7 +48,7 @@ from .arch import find_layers
 from .depths import every_other
 from .evaluate import parameters_at
 from .generate import Generation, generate
-from .latency import BudgetError, Profile, choose_depth, fit, observe
+from .latency import BudgetError, Profile, choose_depth, fit, margin, observe
 from .models import BUNDLED_MODELS, from_pretrained, is_classifier, load_saved, local_folder, read_meta
 from .prune import view
 from .worker import Cancelled, Job, QueueFull, Worker
@@ -238,6 +239,8 @@ class Engine:
         self.profiles: dict[int, Profile] = {}
         self.overhead_ms = 0.0
         """What a request costs besides the queue and the forward (tokenizing, HTTP, JSON): a moving average."""
+        self.ratios: collections.deque[float] = collections.deque(maxlen=64)
+        """Measured over predicted milliseconds of the last answers: their tail is the budgets' margin."""
         self._lock = threading.Lock()
 
     def startup(self) -> None:
@@ -250,6 +253,17 @@ class Engine:
     def observe_overhead(self, ms: float, weight: float = 0.2) -> None:
         with self._lock:
             self.overhead_ms += weight * (max(ms, 0.0) - self.overhead_ms)
+
+    def observe_answer(self, predicted_ms: float, measured_ms: float) -> None:
+        if predicted_ms > 0 and measured_ms > 0:
+            with self._lock:
+                self.ratios.append(measured_ms / predicted_ms)
+
+    @property
+    def budget_margin(self) -> float:
+        """How far past its prediction a request may run (the 95th percentile of recent ratios, at least 1)."""
+        with self._lock:
+            return margin(list(self.ratios))
 
     def observe(self, depth: int, tokens: int, new_tokens: int, ms: float) -> None:
         with self._lock:
@@ -415,6 +429,10 @@ class DepthsResponse(BaseModel):
     task: str
     metric: str | None
     data: str | None
+    overhead_ms: float
+    """What a request costs besides the queue and its forward (a moving average), added to every prediction."""
+    margin: float
+    """A budget must hold the prediction times this (the tail of recent measured/predicted ratios)."""
     depths: list[DepthInfo]
 
 
@@ -627,9 +645,9 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         elif latency is None:
             depth = max(served.views)
         else:
-            try:  # the request's own overhead is spent whatever the depth: take it from the budget
-                depth, _ = choose_depth(profiles, latency - engine.overhead_ms, wait_ms=wait, tokens=tokens,
-                                        new_tokens=new_tokens)
+            try:
+                depth, _ = choose_depth(profiles, latency, wait_ms=wait, tokens=tokens, new_tokens=new_tokens,
+                                        overhead_ms=engine.overhead_ms, margin=engine.budget_margin)
             except BudgetError as err:
                 if err.busy:
                     raise ServeError(503, str(err), param="latency_ms", retry_after=err.retry_after_s) from None
@@ -666,6 +684,7 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         measured = (time.perf_counter() - start) * 1000
         if job.ran[1] > 0:  # what was neither waiting nor running: the next predictions include it
             engine.observe_overhead(measured - (job.ran[1] - job.submitted) * 1000)
+        engine.observe_answer(predicted, measured)
         metrics.served(depth, measured)
         return ServedBy(depth=depth, layers=list(served.kept[depth]), predicted_ms=round(predicted, 3),
                         measured_ms=round(measured, 3))
@@ -787,7 +806,8 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
     async def depths() -> DepthsResponse:
         """Each served depth: layers kept, parameters, measured latency profile, recorded quality."""
         profiles = engine.profiles
-        return DepthsResponse(model=served.name, task=served.task, metric=served.metric, data=served.data, depths=[
+        return DepthsResponse(model=served.name, task=served.task, metric=served.metric, data=served.data,
+                              overhead_ms=round(engine.overhead_ms, 3), margin=round(engine.budget_margin, 3), depths=[
             DepthInfo(depth=d, layers=list(served.kept[d]), parameters=served.parameters[d],
                       profile=DepthProfile(**{k: round(v, 4) for k, v in dataclasses.asdict(profiles[d]).items()
                                               if k != "depth"}) if d in profiles else None,
