@@ -38,6 +38,13 @@ def test_every_method_is_scored_at_every_depth_and_the_shallowest_with_each_seed
     assert second["seed"] == 1 and second["split_seed"] == 0  # another seed, the same test rows
 
 
+def test_finished_runs_keep_only_their_logs_unless_asked(compared):
+    cfg, result = compared
+    checkpoints = list(result.out.glob("*/checkpoints/checkpoint-*"))
+    assert checkpoints and all([p.name for p in c.iterdir()] == ["trainer_state.json"] for c in checkpoints)
+    assert not cfg.keep_checkpoints and all((c.parent.parent / "model").is_dir() for c in checkpoints)
+
+
 def test_the_report_gives_the_cost_of_serving_every_depth(compared):
     cfg, result = compared
     md = (result.out / "compare.md").read_text()

@@ -23,7 +23,8 @@ from layerdrop.rates import schedule_factor
 from layerdrop.evaluate import pooled_accuracy
 from layerdrop.args import TrainConfig
 from layerdrop.train import run, run_or_reuse
-from layerdrop.trainer import LayerDropCallback, LayerDropTrainer, attach, kd_loss, last_complete_checkpoint
+from layerdrop.trainer import (LayerDropCallback, LayerDropTrainer, attach, drop_resume_state, kd_loss,
+                               last_complete_checkpoint)
 from conftest import make, tokens, write_reviews
 
 
@@ -272,6 +273,19 @@ def test_resumed_run_matches_an_uninterrupted_run(tmp_path, bert_dir, reviews, d
         rates = [json.loads((r.model_dir / "layerdrop.json").read_text())["learned_rates"] for r in (full, resumed)]
         assert rates[1] == pytest.approx(rates[0]) and len(rates[0]) == 4
         assert (out / "checkpoints" / "checkpoint-2" / "learned_rates.safetensors").is_file()
+
+
+def test_dropping_resume_state_keeps_each_checkpoints_log_and_resumes_nothing(tmp_path, bert_dir, reviews):
+    out = tmp_path / "r"
+    result = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(out)))  # checkpoints at 2, 4
+    log = (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text()
+    assert drop_resume_state(out / "checkpoints") > 0
+    for checkpoint in (out / "checkpoints").glob("checkpoint-*"):
+        assert [p.name for p in checkpoint.iterdir()] == ["trainer_state.json"]
+    assert (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text() == log
+    assert last_complete_checkpoint(out / "checkpoints") is None  # nothing left to resume from
+    assert load_classifier(result.model_dir) is not None  # the exported model is untouched
+    assert drop_resume_state(out / "checkpoints") == 0  # twice: nothing more to free
 
 
 def test_existing_checkpoints_are_not_overwritten_without_resume(tmp_path, bert_dir, reviews):

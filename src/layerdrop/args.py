@@ -338,6 +338,10 @@ class CompareConfig:
     """Keep the word embeddings fixed in every run (worth it for e5-small's large vocabulary)."""
     latency_reps: int = 5
     """Timed forwards per depth; the median is reported."""
+    keep_checkpoints: bool = False
+    """Keep each finished run's checkpoints whole (weights and optimizer state, to train it further);
+    by default only their training logs stay, since a comparison's many runs fill a disk (about
+    21 GB for e5-small)."""
     progress: bool = True
     """Show tqdm bars."""
 

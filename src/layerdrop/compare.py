@@ -47,6 +47,7 @@ from .models import META_FILE, from_pretrained, load_saved, local_folder, read_m
 from .prune import prune_saved
 from .report import format_score, markdown_table, pareto_front, plot_quality_vs_cost, plot_quality_vs_latency
 from .steps import changed_settings, splits
+from .trainer import drop_resume_state
 
 __all__ = ["METHODS", "CompareResult", "Method", "Row", "plot", "read_report", "run_compare", "tables"]
 
@@ -216,16 +217,22 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
     start = _from_scratch(cfg, task, base, out) if cfg.model in presets.PRESETS else cfg.model
     heal = {"epochs": cfg.heal_epochs, "max_steps": (cfg.heal_steps or cfg.max_steps // 2) if cfg.max_steps else -1}
 
+    def finished(model_dir: Path) -> Path:
+        if not cfg.keep_checkpoints:  # the exported model is what the comparison needs; the logs stay
+            drop_resume_state(model_dir.parent / "checkpoints")
+        return model_dir
+
     def fine_tune(model: str, name: str, seed: int = 0, **layerdrop: Any) -> Path:
         log(f"training {name}")
         split = {"split_seed": 0} if seed else {}  # every seed trains and scores on seed 0's split
-        return train.run_or_reuse(base.replace(model=model, out=str(out / name), seed=seed, **split, **layerdrop))
+        return finished(train.run_or_reuse(base.replace(model=model, out=str(out / name), seed=seed, **split,
+                                                        **layerdrop)))
 
     def distil(teacher: Path, name: str, depth: int, seed: int, **length: Any) -> Path:
         log(f"distilling {name}")
-        return distill.run_or_reuse(build(DistillConfig, {**common, "teacher": str(teacher), "out": str(out / name),
-                                                          "depth": depth, "seed": seed, **length,
-                                                          **({"split_seed": 0} if seed else {})}))
+        return finished(distill.run_or_reuse(build(DistillConfig, {
+            **common, "teacher": str(teacher), "out": str(out / name), "depth": depth, "seed": seed, **length,
+            **({"split_seed": 0} if seed else {})})))
 
     def cut(name: str, depth: int | None = None, keep: list[int] | None = None) -> Path:
         if not (out / name / META_FILE).is_file():

@@ -44,6 +44,7 @@ __all__ = [
     "MarkCheckpointComplete",
     "attach",
     "cosine_loss",
+    "drop_resume_state",
     "hidden_loss",
     "hidden_pairs",
     "kd_loss",
@@ -428,6 +429,24 @@ class MarkCheckpointComplete(TrainerCallback):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():
                 write_json(folder / CHECKPOINT_DONE, {"global_step": state.global_step})
+
+
+def drop_resume_state(folder: str | Path) -> int:
+    """Free the disk a finished run's checkpoints take: each ``checkpoint-N`` under ``folder`` keeps
+    only its log (``trainer_state.json``) and is no longer complete, so nothing resumes from it.
+    The run's exported model is elsewhere (``model/``). Returns the bytes freed."""
+    freed = 0
+    for checkpoint in Path(folder).glob("checkpoint-*"):
+        (checkpoint / CHECKPOINT_DONE).unlink(missing_ok=True)  # first: a half-emptied checkpoint is never resumed
+        for path in sorted(checkpoint.rglob("*"), reverse=True):  # files before the folders that hold them
+            if path.name == "trainer_state.json" and path.parent == checkpoint:
+                continue
+            if path.is_dir():
+                path.rmdir()
+            else:
+                freed += path.stat().st_size
+                path.unlink()
+    return freed
 
 
 def last_complete_checkpoint(folder: str | Path) -> Path | None:
