@@ -153,6 +153,20 @@ def test_runs_option_picks_and_orders_the_levers_runs(runs):
     assert result.text == waiting and [b.options["runs"] for b in result.missing] == ["rate0.2,rate0.9"]
 
 
+def test_a_glob_that_finds_a_run_still_in_progress_waits_for_it(tmp_path, runs):
+    for name in ("rate0.2", "rate0.5"):
+        (tmp_path / "runs/levers" / name).mkdir(parents=True)
+        sweep = (runs / "runs/levers" / name / "sweep.json").read_text()
+        (tmp_path / "runs/levers" / name / "sweep.json").write_text(sweep)
+    (tmp_path / "runs/levers/rate0.9/rt").mkdir(parents=True)  # training: no sweep.json yet
+    page = "<!-- layerdrop:levers runs/levers/* -->\nold table\n<!-- /layerdrop -->\n"
+    result = refresh_text(page, tmp_path, page_dir=None)
+    assert result.text == page and len(result.missing) == 1
+    (tmp_path / "runs/levers/rate0.9/rt").rmdir()
+    (tmp_path / "runs/levers/rate0.9").rmdir()
+    assert "| rate0.5 |" in refresh_text(page, tmp_path, page_dir=None).text
+
+
 def test_several_generation_runs_share_one_table_with_their_names(tmp_path, runs):
     for name in ("plain", "layerdrop"):
         (tmp_path / "runs/gens" / name).mkdir(parents=True)

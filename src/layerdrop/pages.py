@@ -136,9 +136,12 @@ class _MissingRuns(LookupError):
 
 
 def _one(sources: list[Path], name: str) -> Path:
-    """The single run a block draws from: the file itself, or ``name`` inside the folder."""
-    path = sources[0]
-    return path / name if path.is_dir() else path
+    """The single run a block draws from: the file itself, or ``name`` inside the folder (a folder
+    without it holds a run still in progress: the block waits for it)."""
+    path = sources[0] / name if sources[0].is_dir() else sources[0]
+    if not path.is_file():
+        raise _MissingRuns(str(path))
+    return path
 
 
 def _image(options: Mapping[str, str], page_dir: Path | None, draw: Callable[[Path], Any], alt: str) -> str:
