@@ -97,6 +97,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=16, help="new tokens per completion (generation)")
     p.add_argument("--queue-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="the server worker's torch threads (0: torch's default)")
     a = p.parse_args()
     settings = {k: v for k, v in vars(a).items() if k != "out"}
     path = a.out / "serve.json"
@@ -107,7 +108,7 @@ def main() -> None:
 
     port = _free_port()
     command = [sys.executable, "-m", "layerdrop.cli", "serve", a.model, "--port", str(port),
-               "--queue-size", str(a.queue_size), "--max-tokens", str(max(a.max_tokens, 16))]
+               "--queue-size", str(a.queue_size), "--max-tokens", str(max(a.max_tokens, 16)), "--threads", str(a.threads)]
     if a.depths:
         command += ["--depths", a.depths]
     a.out.mkdir(parents=True, exist_ok=True)
