@@ -219,14 +219,14 @@ def _named(sources: list[Path], options: Mapping[str, str]) -> list[Path]:
     return [by_name[name] for name in wanted]
 
 
-def _levers_runs(sources: list[Path], options: Mapping[str, str]) -> list[tuple[str, dict[str, Any]]]:
-    """Each ``bench/levers.py`` run's name (its folder) and ``sweep.json``, as ``runs=`` picks and orders them."""
-    return [(_run_name(path), json.loads(_one([path], "sweep.json").read_text())) for path in _named(sources, options)]
+def _runs(sources: list[Path], options: Mapping[str, str], file: str) -> list[tuple[str, dict[str, Any]]]:
+    """Each run's name (its folder) and its JSON ``file``, as ``runs=`` picks and orders them."""
+    return [(_run_name(path), json.loads(_one([path], file).read_text())) for path in _named(sources, options)]
 
 
 def _levers(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
     """One row per ``bench/levers.py`` run: its score at each depth, seconds per step and last loss."""
-    runs = _levers_runs(sources, options)
+    runs = _runs(sources, options, "sweep.json")  # bench/levers.py
     metric = "perplexity" if runs[0][1]["task"] == "lm" else "accuracy"
     shown = _ints(options, "depths") if "depths" in options else \
         sorted({r["depth"] for r in runs[0][1]["rows"]}, reverse=True)
@@ -247,7 +247,7 @@ def _levers_loss(sources: list[Path], options: Mapping[str, str], page_dir: Path
     """The training loss curves of ``bench/levers.py`` runs, one line per run."""
     from .report import plot_loss_curves
 
-    curves = {name: data["loss_curve"] for name, data in _levers_runs(sources, options)}
+    curves = {name: data["loss_curve"] for name, data in _runs(sources, options, "sweep.json")}
     title = options.get("title", "training loss")
     return _image(options, page_dir, lambda p: plot_loss_curves(curves, p, title=title), title)
 
@@ -257,8 +257,7 @@ def _generation(sources: list[Path], options: Mapping[str, str], page_dir: Path 
 
     Several runs (a glob, ``runs=`` to order them) share one table with a column naming each run.
     """
-    runs = [(_run_name(path), json.loads(_one([path], "generation.json").read_text()))
-            for path in _named(sources, options)]
+    runs = _runs(sources, options, "generation.json")
     named = len(runs) > 1
 
     def num(value: float, digits: int = 2) -> str:
