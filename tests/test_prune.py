@@ -236,6 +236,15 @@ def test_a_view_shares_every_parameter_and_leaves_the_model_untouched(decoder_na
     _same_tree(model, before)
 
 
+@pytest.mark.parametrize("cut", [lambda m: view(m, keep=[0, 3]), lambda m: layerdrop.prune(m, keep=[0, 3])],
+                         ids=["view", "prune"])
+def test_a_cut_of_a_model_in_eval_mode_is_in_eval_mode_everywhere(cut):
+    # generate() copies a model it finds in training mode: a view that looked so was copied per call
+    model = make("llama").eval()
+    assert not [name for name, module in cut(model).named_modules() if module.training]
+    assert all(module.training for module in cut(model.train()).modules())
+
+
 def test_a_view_without_layer_0_is_refused():
     with pytest.raises(ValueError, match="keep layer 0"):
         view(make("llama"), keep=[1, 3])

@@ -1,5 +1,6 @@
 """`layerdrop serve`: every depth a view of one copy of the weights, chosen per request; one error shape."""
 
+import collections
 import dataclasses
 import json
 import threading
@@ -174,21 +175,20 @@ def test_a_seeded_sample_repeats(lm):
 
 @pytest.fixture
 def pin(clf):
-    """``pin(overhead_ms=..., ratios=[...])``: the classifier's server with 10 ms per layer predicted, that
-    overhead and those recent measured/predicted ratios; its real state comes back after the test."""
+    """``pin(overhead_ms=..., ratios=[...], behind={n: [...]})``: the classifier's server with 10 ms per layer
+    predicted, that overhead and those recent measured/predicted ratios (of answers that found the queue
+    empty, and of answers that found ``n`` requests ahead); its real state comes back after the test."""
     client, served = clf
     engine = client.app.state.engine
-    real = engine.profiles, engine.overhead_ms, list(engine.ratios)
+    real = engine.profiles, engine.overhead_ms, engine.ratios
 
-    def set_state(overhead_ms: float = 0.0, ratios: tuple[float, ...] = ()) -> None:
+    def set_state(overhead_ms: float = 0.0, ratios: tuple[float, ...] = (),
+                  behind: dict[int, list[float]] | None = None) -> None:
         engine.profiles = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}  # each answer moves them: reset
         engine.overhead_ms = overhead_ms
-        engine.ratios.clear()
-        engine.ratios.extend(ratios)
+        engine.ratios = {n: collections.deque(r, maxlen=64) for n, r in {0: ratios, **(behind or {})}.items()}
     yield set_state
-    engine.profiles, engine.overhead_ms = real[:2]
-    engine.ratios.clear()
-    engine.ratios.extend(real[2])
+    engine.profiles, engine.overhead_ms, engine.ratios = real
 
 
 def _classify(client, budget):
@@ -224,6 +224,25 @@ def test_answers_that_ran_past_their_predictions_make_budgets_keep_a_margin(clf,
     pin(ratios=[1.5] * 20)
     refused = _classify(client, 12.0)
     assert refused.status_code == 422 and "ask for at least 15 ms" in refused.json()["error"]["message"]
+
+
+def test_requests_behind_others_keep_the_margin_their_own_kind_needed(clf, pin, monkeypatch):
+    client, _ = clf
+    state = {"ratios": [1.0] * 10, "behind": {1: [1.5] * 10, 2: [2.0] * 3}}  # with 2 ahead, too few: all count
+    pin(**state)
+    assert client.get("/v1/depths").json()["margins"] == {"0": 1.0, "1": 1.5, "2": 2.0, "3": 2.0}
+    assert _classify(client, 45.0).json()["layerdrop"]["depth"] == 4  # alone: 40 ms fits 45
+    pin(**state)
+    monkeypatch.setattr(client.app.state.worker, "ahead", lambda: 1)
+    assert _classify(client, 45.0).json()["layerdrop"]["depth"] == 3  # one ahead: 40 x 1.5 does not
+
+
+def test_an_answer_is_learned_with_the_requests_it_found_ahead(clf, pin):
+    client, _ = clf
+    pin()
+    engine = client.app.state.engine
+    _classify(client, 1000.0)
+    assert sum(map(len, engine.ratios.values())) == len(engine.ratios[0]) == 1  # alone, as this client is
 
 
 def test_a_budget_the_queue_breaks_is_503_with_retry_after(clf, pin, monkeypatch):
@@ -373,8 +392,11 @@ def test_classify_jobs_at_one_depth_run_as_one_batch_in_arrival_order():
     worker = Worker(lambda jobs: batches.append([j.payload for j in jobs]) or [None] * len(jobs),
                     batch_size=8, batch_wait_ms=1.0, startup=gate.wait)
     done = threading.Semaphore(0)
-    for name, depth in (("a", 2), ("b", 3), ("c", 2), ("d", 2)):
-        worker.submit(Job("classify", depth, 1.0, name, lambda r, e: done.release()))
+    jobs = [Job("classify", depth, 1.0, name, lambda r, e: done.release())
+            for name, depth in (("a", 2), ("b", 3), ("c", 2), ("d", 2))]
+    for job in jobs:
+        worker.submit(job)
+    assert [job.ahead for job in jobs] == [0, 1, 2, 3] and worker.ahead() == 4
     worker.start()
     gate.set()
     for _ in range(4):

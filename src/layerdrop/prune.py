@@ -103,6 +103,7 @@ def _copy_keeping(model: nn.Module, blocks: nn.ModuleList, kept: tuple[int, ...]
     """
     memo: dict[int, Any] = {}
     shorter = nn.ModuleList([copy.deepcopy(blocks[i], memo) for i in kept])
+    shorter.training = blocks.training  # a new ModuleList starts in training mode
     memo[id(blocks)] = shorter
     dropped = nn.Identity()
     for i, block in enumerate(blocks):
@@ -136,7 +137,8 @@ def view(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | No
     for name in parents:
         original = original._modules[name]
         node._modules[name] = node = _shell(original)
-    node._modules[leaf] = nn.ModuleList([site.layers[i] for i in kept])
+    shorter = node._modules[leaf] = nn.ModuleList([site.layers[i] for i in kept])
+    shorter.training = site.layers.training  # not .train(): that would switch the model's own blocks
     return shell
 
 

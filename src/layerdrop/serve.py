@@ -231,6 +231,12 @@ class _Completion:
     speculative: int | None
 
 
+AHEAD_MAX = 3
+"""Requests found ahead beyond which the budget margin is learned as one (see :meth:`Engine.budget_margin`)."""
+AHEAD_HISTORY = 8
+"""Answers with as many requests ahead needed before their own margin is used rather than all answers'."""
+
+
 class Engine:
     """What the worker runs, and the profiles it keeps up to date."""
 
@@ -239,8 +245,9 @@ class Engine:
         self.profiles: dict[int, Profile] = {}
         self.overhead_ms = 0.0
         """What a request costs besides the queue and the forward (tokenizing, HTTP, JSON): a moving average."""
-        self.ratios: collections.deque[float] = collections.deque(maxlen=64)
-        """Measured over predicted milliseconds of the last answers: their tail is the budgets' margin."""
+        self.ratios: dict[int, collections.deque[float]] = {}
+        """Measured over predicted milliseconds of the last answers, by the requests they found ahead
+        (:data:`AHEAD_MAX` or more counted together): their tail is the budgets' margin."""
         self._lock = threading.Lock()
 
     def startup(self) -> None:
@@ -254,16 +261,24 @@ class Engine:
         with self._lock:
             self.overhead_ms += weight * (max(ms, 0.0) - self.overhead_ms)
 
-    def observe_answer(self, predicted_ms: float, measured_ms: float) -> None:
+    def observe_answer(self, predicted_ms: float, measured_ms: float, ahead: int = 0) -> None:
         if predicted_ms > 0 and measured_ms > 0:
             with self._lock:
-                self.ratios.append(measured_ms / predicted_ms)
+                self.ratios.setdefault(min(ahead, AHEAD_MAX), collections.deque(maxlen=64)).append(
+                    measured_ms / predicted_ms)
 
-    @property
-    def budget_margin(self) -> float:
-        """How far past its prediction a request may run (the 95th percentile of recent ratios, at least 1)."""
+    def budget_margin(self, ahead: int = 0) -> float:
+        """How far past its prediction a request that finds ``ahead`` requests waiting or running may
+        run: the 95th percentile (at least 1) of recent ratios of answers that found as many ahead, or
+        of all recent answers while those are fewer than :data:`AHEAD_HISTORY`.
+
+        Under load a request's time grows beyond what its prediction counts (the clients and the event
+        loop share the cores with the worker), so requests behind others need a larger margin than a
+        lone one, which would otherwise pay for them."""
         with self._lock:
-            return margin(list(self.ratios))
+            same = self.ratios.get(min(ahead, AHEAD_MAX), ())
+            return margin(list(same) if len(same) >= AHEAD_HISTORY
+                          else [r for ratios in self.ratios.values() for r in ratios])
 
     def observe(self, depth: int, tokens: int, new_tokens: int, ms: float) -> None:
         with self._lock:
@@ -432,7 +447,10 @@ class DepthsResponse(BaseModel):
     overhead_ms: float
     """What a request costs besides the queue and its forward (a moving average), added to every prediction."""
     margin: float
-    """A budget must hold the prediction times this (the tail of recent measured/predicted ratios)."""
+    """A budget must hold the prediction times this (the tail of recent measured/predicted ratios), for a
+    request that finds the queue empty."""
+    margins: dict[int, float]
+    """The same for a request that finds 0, 1, 2 or 3-or-more requests waiting or running."""
     depths: list[DepthInfo]
 
 
@@ -636,7 +654,7 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
                 depth = int(k)
         if depth is not None and latency is not None:
             raise ServeError(422, "give depth or latency_ms, not both", param="latency_ms")
-        wait = worker.wait_ms()
+        wait, ahead = worker.wait_ms(), worker.ahead()
         profiles = engine.profiles
         if depth is not None:
             if depth not in served.views:
@@ -647,7 +665,7 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         else:
             try:
                 depth, _ = choose_depth(profiles, latency, wait_ms=wait, tokens=tokens, new_tokens=new_tokens,
-                                        overhead_ms=engine.overhead_ms, margin=engine.budget_margin)
+                                        overhead_ms=engine.overhead_ms, margin=engine.budget_margin(ahead))
             except BudgetError as err:
                 if err.busy:
                     raise ServeError(503, str(err), param="latency_ms", retry_after=err.retry_after_s) from None
@@ -684,7 +702,7 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         measured = (time.perf_counter() - start) * 1000
         if job.ran[1] > 0:  # what was neither waiting nor running: the next predictions include it
             engine.observe_overhead(measured - (job.ran[1] - job.submitted) * 1000)
-        engine.observe_answer(predicted, measured)
+        engine.observe_answer(predicted, measured, job.ahead)
         metrics.served(depth, measured)
         return ServedBy(depth=depth, layers=list(served.kept[depth]), predicted_ms=round(predicted, 3),
                         measured_ms=round(measured, 3))
@@ -807,7 +825,8 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         """Each served depth: layers kept, parameters, measured latency profile, recorded quality."""
         profiles = engine.profiles
         return DepthsResponse(model=served.name, task=served.task, metric=served.metric, data=served.data,
-                              overhead_ms=round(engine.overhead_ms, 3), margin=round(engine.budget_margin, 3), depths=[
+                              overhead_ms=round(engine.overhead_ms, 3), margin=round(engine.budget_margin(0), 3),
+                              margins={n: round(engine.budget_margin(n), 3) for n in range(AHEAD_MAX + 1)}, depths=[
             DepthInfo(depth=d, layers=list(served.kept[d]), parameters=served.parameters[d],
                       profile=DepthProfile(**{k: round(v, 4) for k, v in dataclasses.asdict(profiles[d]).items()
                                               if k != "depth"}) if d in profiles else None,

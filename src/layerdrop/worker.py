@@ -49,6 +49,8 @@ class Job:
     submitted: float = field(default_factory=time.perf_counter)
     ran: tuple[float, float] = (0.0, 0.0)
     """When its batch started and ended (``time.perf_counter``), set by the worker."""
+    ahead: int = 0
+    """Jobs waiting or running when it was queued (a running batch counts once), set by the worker."""
 
 
 class Worker:
@@ -94,12 +96,18 @@ class Worker:
                 raise QueueFull("the server is shutting down")
             if len(self._jobs) >= self.queue_size:
                 raise QueueFull(f"{len(self._jobs)} requests are waiting, the most this server queues")
+            job.ahead = len(self._jobs) + bool(self._running)
             self._jobs.append(job)
             self._cv.notify_all()
 
     @property
     def queue_length(self) -> int:
         return len(self._jobs)
+
+    def ahead(self) -> int:
+        """Jobs a job submitted now would find waiting or running (a running batch counts once)."""
+        with self._cv:
+            return len(self._jobs) + bool(self._running)
 
     def wait_ms(self) -> float:
         """Predicted milliseconds before a job submitted now would start."""
