@@ -8,7 +8,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-full clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/data.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,10 @@ demo: $(STAMP)
 	$(VENV)/bin/layerdrop demo
 
 bench: $(STAMP)
-	$(PY) bench/core.py
-	$(PY) bench/cli_startup.py
+	$(PY) bench/all.py
+
+bench-full: $(STAMP)
+	$(PY) bench/all.py --full
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,7 +4,7 @@ Each command runs as a fresh process, the commands interleaved, ``--reps`` times
 median and the spread (min-max) of the wall time are printed, and whether the help path
 imported torch (it must not: importing torch alone costs about 2 s on 2 cores).
 
-    python bench/cli_startup.py [--reps 7]
+    python bench/cli_startup.py [--quick] [--reps 7] [--json out.json]
 """
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ def _imports_torch(command: list[str]) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--reps", type=int, help="fresh processes per command (default 7, quick 3)")
+    parser.add_argument("--quick", action="store_true", help="3 processes per command")
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
+    args.reps = (3 if args.quick else 7) if args.reps is None else args.reps
     script = _script()
     times: dict[str, list[float]] = {" ".join(c): [] for c in COMMANDS}
     for _ in range(args.reps):

@@ -15,7 +15,7 @@ and, for scale, the same model without LayerDrop (``rate0``, find_unused_paramet
 Steps of the variants are interleaved, every variant gets the same batches, and medians are
 reported, so drift of the machine affects all alike. Prints one report from rank 0.
 
-    python bench/ddp.py [--hidden 256] [--layers 12] [--batch 8] [--seq 128] [--steps 20]
+    python bench/ddp.py [--quick] [--json out.json] [--hidden 256] [--layers 12] [--batch 8] [--seq 128] [--steps 20]
 """
 
 from __future__ import annotations
@@ -105,6 +105,15 @@ def _worker(rank: int, port: int, a: argparse.Namespace) -> None:
         fb = med["touch"][0] / med["find_unused"][0]
         whole = med["touch"][1] / med["find_unused"][1]
         print(f"touch / find_unused: fwd+bwd {fb:.3f}x, whole step {whole:.3f}x")
+        if a.json:
+            from layerdrop.files import write_json
+
+            write_json(a.json, {"script": "bench/ddp.py", "quick": a.quick, "date": time.strftime("%Y-%m-%d"),
+                                "torch": torch.__version__, "settings": {k: v for k, v in vars(a).items()
+                                                                         if k not in ("json", "quick")},
+                                "median_s": {name: {"forward_backward": fb_, "step": whole_}
+                                             for name, (fb_, whole_) in med.items()},
+                                "touch_over_find_unused": {"forward_backward": fb, "step": whole}})
     dist.destroy_process_group()
 
 
@@ -121,10 +130,15 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--rate", type=float, default=0.5)
-    p.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
+    p.add_argument("--steps", type=int, help="timed training steps per variant (default 20, quick 6)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--quick", action="store_true", help="6 timed steps per variant")
+    p.add_argument("--json", help="also write the figures to this file (from rank 0)")
     a = p.parse_args()
+    a.steps = (6 if a.quick else 20) if a.steps is None else a.steps
+    if a.steps < 1:
+        p.error("--steps must be at least 1")
     mp.spawn(_worker, args=(_free_port(), a), nprocs=2)
 
 

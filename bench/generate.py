@@ -16,7 +16,7 @@ spends some time per step on its own machinery, which a bare loop does not, so f
 decoding is also timed as a bare loop (one forward per token, the same KV cache), and the
 speed-up is given over both.
 
-    python bench/generate.py [--model smollm2-135m] [--new-tokens 64] [--depths 30,20,15]
+    python bench/generate.py [--quick] [--json out.json] [--model smollm2-135m] [--new-tokens 64] [--depths 30,20,15]
                              [--speculative 15,20] [--draft-tokens 4] [--runs 3] [--threads 1]
 
 ``--model`` is a local folder, a bundled name (``smollm2-135m``: converted once from GGUF into a
@@ -96,16 +96,24 @@ def main() -> None:
     p.add_argument("--depths", help="comma-separated depths to time (default: L, 2L/3, L/2)")
     p.add_argument("--speculative", help="comma-separated draft depths (default: L/2, 2L/3)")
     p.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per verification")
-    p.add_argument("--runs", type=int, default=3, help="timed runs per variant (after one warm-up)")
+    p.add_argument("--runs", type=int, help="timed runs per variant, after one warm-up (default 3, quick 1)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--quick", action="store_true", help="one timed run, 32 new tokens, one draft depth (L/2)")
+    p.add_argument("--json", type=Path, help="also write the figures to this file")
     a = p.parse_args()
+    a.runs = (1 if a.quick else 3) if a.runs is None else a.runs
+    if a.runs < 1:
+        p.error("--runs must be at least 1")
+    if a.quick:
+        a.new_tokens = min(a.new_tokens, 32)
     torch.set_num_threads(a.threads)
 
     model, tokenizer = _load(a.model)
     num_layers = len(layerdrop.find_layers(model).layers)
     depths = _ints(a.depths) or sorted({num_layers, round(2 * num_layers / 3), num_layers // 2}, reverse=True)
-    drafts = _ints(a.speculative) or sorted({num_layers // 2, round(2 * num_layers / 3)})
-    # Cut once, outside the timing: generate(depth=...) would copy the kept layers on every call.
+    drafts = _ints(a.speculative) or sorted({num_layers // 2} if a.quick else {num_layers // 2,
+                                                                                round(2 * num_layers / 3)})
+    # Pruned copies, made outside the timing: what a user who cuts the model runs.
     cut = {d: model if d == num_layers else layerdrop.prune(model, d).eval() for d in depths}
     full = cut.get(num_layers, model)
 
@@ -160,6 +168,19 @@ def main() -> None:
           f"{peak_copy - peak_draft:+8.1f} MiB ({sum(t.numel() for t in duplicate.parameters()) / 1e6:.1f}M "
           "parameters)")
     print(f"full-depth text: {reference.text[:120]!r}")
+    if a.json:
+        from layerdrop.files import write_json
+
+        write_json(a.json, {
+            "script": "bench/generate.py", "quick": a.quick, "date": time.strftime("%Y-%m-%d"),
+            "torch": torch.__version__, "threads": a.threads, "model": a.model, "layers": num_layers,
+            "new_tokens": a.new_tokens, "runs": a.runs, "tokens_per_s": {name: rate(name) for name in variants},
+            "speculative": {str(k): {"acceptance": results[f"speculative {k}"][0].acceptance_rate,
+                                     "speed_up": rate(f"speculative {k}") / rate(f"depth {num_layers}"),
+                                     "identical": all(r.text == reference.text for r in results[f"speculative {k}"])}
+                            for k in drafts},
+            "draft_memory_mib": {"rss": rss_draft - rss, "own_parameters": own},
+        })
 
 
 if __name__ == "__main__":

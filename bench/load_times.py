@@ -4,7 +4,7 @@ Prints one line per item: seconds to load it cold (caches cleared, in a fresh pr
 median of ``--runs``. Targets: a bundled dataset under 3 s (rotten-tomatoes), the GGUF
 tokenizer of smollm2-135m under 15 s. Results: docs/benchmarks.md.
 
-    python bench/load_times.py [--runs 3]
+    python bench/load_times.py [--quick] [--runs 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 ITEMS = {
     "data.load('rotten-tomatoes')": "from layerdrop import data; data.load('rotten-tomatoes')",
@@ -41,13 +43,23 @@ def _seconds(statement: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3, help="fresh processes per item; the median is printed")
+    parser.add_argument("--runs", type=int, help="fresh processes per item (default 3, quick 1); the median is printed")
+    parser.add_argument("--quick", action="store_true", help="one process per item")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
+    args.runs = (1 if args.quick else 3) if args.runs is None else args.runs
     print(f"# bench/load_times.py: python {platform.python_version()}, {platform.machine()}, "
-          f"median of {args.runs} fresh processes")
+          f"median of {args.runs} fresh processes, spread min-max")
+    result = {}
     for name, statement in ITEMS.items():
         times = [_seconds(statement) for _ in range(args.runs)]
-        print(f"{name:45s} {statistics.median(times):6.2f} s")
+        print(f"{name:45s} {statistics.median(times):6.2f} s ({min(times):.2f}-{max(times):.2f})")
+        result[name] = {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+    if args.json:
+        from layerdrop.files import write_json
+
+        write_json(args.json, {"script": "bench/load_times.py", "quick": args.quick, "runs": args.runs,
+                               "date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "items": result})
 
 
 if __name__ == "__main__":

@@ -98,8 +98,12 @@ def main() -> None:
     p.add_argument("--queue-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="the server worker's torch threads (0: torch's default)")
+    p.add_argument("--quick", action="store_true", help="concurrency 1 and 2, 6 requests per point")
+    p.add_argument("--json", type=Path, help="also copy OUT/serve.json here when done")
     a = p.parse_args()
-    settings = {k: v for k, v in vars(a).items() if k != "out"}
+    if a.quick:
+        a.concurrency, a.requests = "1,2", min(a.requests, 6)
+    settings = {k: v for k, v in vars(a).items() if k not in ("out", "json", "quick")}
     path = a.out / "serve.json"
     saved = json.loads(path.read_text()) if path.is_file() else {"settings": settings, "rows": []}
     if saved["settings"] != settings:
@@ -179,6 +183,8 @@ def main() -> None:
         server.terminate()
         server.wait(30)
         log.close()
+    if a.json:
+        write_json(a.json, {"script": "bench/serve.py", "quick": a.quick, "date": time.strftime("%Y-%m-%d"), **saved})
 
 
 if __name__ == "__main__":

@@ -52,6 +52,15 @@ def test_installed_console_script_runs_and_reports_bad_input(tmp_path):
     assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("layerdrop prune: error:")
 
 
+def test_threads_sets_torchs_threads_before_the_command_runs(tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    assert main(["prune", str(tmp_path), "--depth", "1", "--out", str(tmp_path / "x"), "--threads", "1"]) == 2
+    assert calls == [1]  # set, then the command ran and refused the folder
+    assert main(["sweep", str(tmp_path), "--data", "d", "--out", "o", "--threads", "-1"]) == 2
+    assert "--threads -1" in capsys.readouterr().err and calls == [1]
+
+
 def test_grouped_settings_are_flat_flags_and_build_the_groups():
     from layerdrop.args import TrainConfig
     from layerdrop.args import build

@@ -233,8 +233,11 @@ def test_requests_behind_others_keep_the_margin_their_own_kind_needed(clf, pin, 
     assert client.get("/v1/depths").json()["margins"] == {"0": 1.0, "1": 1.5, "2": 2.0, "3": 2.0}
     assert _classify(client, 45.0).json()["layerdrop"]["depth"] == 4  # alone: 40 ms fits 45
     pin(**state)
-    monkeypatch.setattr(client.app.state.worker, "ahead", lambda: 1)
+    monkeypatch.setattr(client.app.state.worker, "load", lambda: (0.0, 1))
     assert _classify(client, 45.0).json()["layerdrop"]["depth"] == 3  # one ahead: 40 x 1.5 does not
+    pin(**state)
+    busy = _classify(client, 12.0)  # 10 ms fits an empty queue's margin, not one-ahead's: retry, not refused
+    assert busy.status_code == 503 and int(busy.headers["retry-after"]) >= 1
 
 
 def test_an_answer_is_learned_with_the_requests_it_found_ahead(clf, pin):
@@ -243,6 +246,21 @@ def test_an_answer_is_learned_with_the_requests_it_found_ahead(clf, pin):
     engine = client.app.state.engine
     _classify(client, 1000.0)
     assert sum(map(len, engine.ratios.values())) == len(engine.ratios[0]) == 1  # alone, as this client is
+    engine.observe_answer(10.0, 25.0, ahead=1)
+    engine.observe_answer(10.0, 30.0, ahead=7)  # 3 or more ahead: one history
+    assert list(engine.ratios[1]) == [2.5] and list(engine.ratios[3]) == [3.0]
+
+
+def test_a_job_records_the_requests_it_found_ahead():
+    gate = threading.Event()
+    worker = Worker(lambda jobs: [None] * len(jobs), startup=gate.wait)
+    jobs = [Job("complete", 2, 1.0, None, lambda r, e: None) for _ in range(5)]
+    for job in jobs:
+        worker.submit(job)
+    assert [job.ahead for job in jobs] == [0, 1, 2, 3, 4] and worker.load() == (5.0, 5)
+    worker.start()
+    gate.set()
+    worker.stop()
 
 
 def test_a_budget_the_queue_breaks_is_503_with_retry_after(clf, pin, monkeypatch):

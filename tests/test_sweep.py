@@ -83,6 +83,64 @@ def test_lm_sweep_reports_perplexity(tmp_path, tiny_lm_dir, reviews):
     assert result.metric == "perplexity" and all(r.score > 1 for r in result.points["every-other"])
 
 
+def test_sweep_runs_every_depth_at_every_precision_on_one_pareto_front(tmp_path, classifier_dir, reviews):
+    result = run_sweep(_cfg(classifier_dir, reviews, tmp_path, dtype="float32,bfloat16,int8"))
+    assert list(result.points) == ["every-other", "every-other bfloat16", "every-other int8"]
+    base = result.points["every-other"]
+    for name, precision in (("every-other bfloat16", "bfloat16"), ("every-other int8", "int8")):
+        assert [(r.depth, r.kept, r.precision) for r in result.points[name]] == [
+            (r.depth, r.kept, precision) for r in base]  # the same layers, chosen once
+        assert all(abs(r.score - b.score) <= 0.25 for r, b in zip(result.points[name], base))
+    table = (tmp_path / "sweep.md").read_text()
+    assert "| precision |" in table and "| int8 |" in table and "★" in table
+    rows = list(csv.reader((tmp_path / "sweep.csv").open()))
+    assert rows[0][-1] == "precision" and {r[-1] for r in rows[1:]} == {"float32", "bfloat16", "int8"}
+    with pytest.raises(ValueError, match="choose from float32, bfloat16, int8"):
+        run_sweep(_cfg(classifier_dir, reviews, tmp_path / "x", dtype="float32,fp8"))
+
+
+def test_sweep_latency_times_every_point_in_turn():
+    from conftest import make, tokens
+
+    from layerdrop import find_layers
+    from layerdrop.sweep import interleaved_latency_ms
+
+    calls = []
+    models = [make("llama").eval(), make("llama").eval()]
+    for name, model in zip("ab", models):
+        for i, block in enumerate(find_layers(model).layers):
+            block.mlp.register_forward_hook(lambda *_, name=name, i=i: calls.append((name, i)))  # runs if the block does
+    points = [(models[0], [0, 2]), (models[1], [1]), (models[0], [3])]
+    ms = interleaved_latency_ms(points, {"input_ids": tokens()}, reps=2)
+    assert len(ms) == 3 and all(t > 0 for t in ms)
+    one_round = [("a", 0), ("a", 2), ("b", 1), ("a", 3)]
+    assert calls == one_round * 3  # a warm-up round, then 2 timed ones, each point in turn, only its layers
+
+
+def test_int8_quantizes_gpt2s_conv1d_layers_in_a_copy(tiny_lm_dir):
+    from transformers.pytorch_utils import Conv1D
+
+    from layerdrop.models import load_saved
+    from layerdrop.precision import at_precision
+
+    model = load_saved(tiny_lm_dir).eval()
+    ids = torch.randint(0, 90, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        quantized = at_precision(model, "int8")
+        got = quantized(input_ids=ids).logits
+        again = model(input_ids=ids).logits
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+    blocks = list(quantized.transformer.h.modules())
+    assert sum(isinstance(m, DynamicQuantizedLinear) for m in blocks) == 4 * len(quantized.transformer.h)
+    assert not any(isinstance(m, Conv1D) for m in quantized.modules())
+    assert any(isinstance(m, Conv1D) for m in model.modules())  # the original is untouched
+    torch.testing.assert_close(again, want)
+    assert (got - want).abs().max() < 0.1 * want.abs().max()  # int8: close, not equal
+    assert at_precision(model, "float32") is model
+
+
 def test_unknown_strategy_lists_the_valid_ones(tmp_path, classifier_dir, reviews):
     with pytest.raises(ValueError, match="block-influence"):
         run_sweep(_cfg(classifier_dir, reviews, tmp_path, strategies="every-other,magic"))

@@ -26,6 +26,7 @@ _PUBLIC = {
     "remove": "core",
     "only_layers": "core",
     "prune": "prune",
+    "compile_layers": "regional",
     "every_other": "depths",
     "LayerDropSettings": "settings",
     "ARCHITECTURES": "arch",

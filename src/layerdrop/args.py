@@ -448,7 +448,11 @@ class SweepConfig:
     max_length: int = 128
     """Tokens per example (classification) or per block (language model)."""
     latency_reps: int = 5
-    """Timed forwards per point; the median is reported."""
+    """Timed forwards per point, every point timed in turn (rounds); the median is reported."""
+    dtype: str = "float32"
+    """Comma-separated precisions to run every point at: float32, bfloat16, int8 (torch's dynamic
+    quantization of the linear layers). Layers are chosen once, at float32; the Pareto front spans
+    every depth and precision."""
     calibration_rows: int = 64
     """Rows of calibration data for the importance metrics."""
     search_budget: int = 200

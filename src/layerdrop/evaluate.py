@@ -55,6 +55,8 @@ class DepthResult:
     """Parameters of the model pruned to these layers."""
     latency_ms: float | None = None
     """Median milliseconds per batch, if measured."""
+    precision: str = "float32"
+    """The precision it ran at (a name of :data:`layerdrop.precision.PRECISIONS`)."""
 
 
 def parameters_at(model: nn.Module, kept: Sequence[int], layers: str | None = None) -> int:

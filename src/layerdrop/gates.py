@@ -19,7 +19,7 @@ from .arch import LayerSite, Sublayer, find_layers, first_input_name
 from .mask import Mask, draw_mask, fixed_mask, full_mask
 from .settings import LayerDropSettings
 
-__all__ = ["LayerDropState", "granularity_parts", "install", "state_of", "uninstall"]
+__all__ = ["LayerDropState", "granularity_parts", "install", "is_compiled", "state_of", "uninstall"]
 
 
 class LayerDropState:
@@ -195,6 +195,11 @@ class _EndPass:
         self.state.depth -= 1
 
 
+def is_compiled(fn: Any) -> bool:
+    """Whether ``fn`` (a function or a bound method) is ``torch.compile``'s output."""
+    return hasattr(getattr(fn, "__func__", fn), "_torchdynamo_orig_callable")
+
+
 def state_of(model: nn.Module) -> LayerDropState | None:
     """The live LayerDrop state of ``model``, or ``None`` if LayerDrop is not applied."""
     return model.__dict__.get("layerdrop_state")
@@ -267,6 +272,10 @@ def install(model: nn.Module, settings: LayerDropSettings) -> LayerDropState:
     """
     site = find_layers(model, settings.layers)
     parts = granularity_parts(model, site, settings.granularity)
+    if settings.granularity != "layer" and any(is_compiled(layer.__dict__.get("forward")) for layer in site.layers):
+        raise ValueError(f"the blocks are compiled (layerdrop.compile_layers), and granularity="
+                         f"{settings.granularity!r} would put gates inside the compiled code, where every mask "
+                         "recompiles: use granularity='layer' on a compiled model")
     state = LayerDropState(settings, site.path, parts)
     gates = []
     for i, layer in enumerate(site.layers):

@@ -107,10 +107,13 @@ def margin(ratios: Sequence[float], quantile: float = 0.95) -> float:
 
 
 def choose_depth(profiles: Mapping[int, Profile], budget_ms: float, *, wait_ms: float, tokens: int,
-                 new_tokens: int = 0, overhead_ms: float = 0.0, margin: float = 1.0) -> tuple[int, float]:
+                 new_tokens: int = 0, overhead_ms: float = 0.0, margin: float = 1.0,
+                 idle_margin: float | None = None) -> tuple[int, float]:
     """The deepest depth whose predicted time (the queue's wait, its own time and the request's
     ``overhead_ms``), times ``margin``, fits ``budget_ms``, with that prediction (without the
-    margin); :class:`BudgetError` when none fits.
+    margin); :class:`BudgetError` when none fits: busy (retry) if the fastest depth would fit an
+    empty queue with ``idle_margin`` (the margin of a request that finds it empty; default
+    ``margin``), not busy (no retry helps) otherwise.
 
     >>> profiles = {6: Profile(6, 10.0, 1.0), 3: Profile(3, 5.0, 0.5)}
     >>> choose_depth(profiles, 40.0, wait_ms=0.0, tokens=20)
@@ -127,11 +130,12 @@ def choose_depth(profiles: Mapping[int, Profile], budget_ms: float, *, wait_ms: 
         if (wait_ms + own[depth]) * margin <= budget_ms:
             return depth, wait_ms + own[depth]
     smallest = min(own.values())
-    if smallest * margin > budget_ms:
-        least = math.ceil(smallest * margin)
+    idle = margin if idle_margin is None else idle_margin
+    if smallest * idle > budget_ms:
+        least = math.ceil(smallest * idle)
         raise BudgetError(f"no depth can answer within {budget_ms:g} ms: the fastest ({min(own, key=own.get)} layers) "
                           f"is predicted to take {smallest:.0f} ms for this input"
-                          + (f", {least} ms with the margin recent requests needed" if margin > 1 else "")
+                          + (f", {least} ms with the margin recent requests needed" if idle > 1 else "")
                           + f"; ask for at least {least} ms", busy=False, smallest_ms=smallest, retry_after_s=0)
     retry_after = max(1, math.ceil((wait_ms + smallest - budget_ms / margin) / 1000))
     raise BudgetError(f"the queue's predicted wait ({wait_ms:.0f} ms) leaves no depth within {budget_ms:g} ms; "

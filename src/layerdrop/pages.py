@@ -225,8 +225,8 @@ def _runs(sources: list[Path], options: Mapping[str, str], file: str) -> list[tu
 
 
 def _levers(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
-    """One row per ``bench/levers.py`` run: its score at each depth, seconds per step and last loss."""
-    runs = _runs(sources, options, "sweep.json")  # bench/levers.py
+    """One row per ``experiments/levers.py`` run: its score at each depth, seconds per step and last loss."""
+    runs = _runs(sources, options, "sweep.json")  # experiments/levers.py
     metric = "perplexity" if runs[0][1]["task"] == "lm" else "accuracy"
     shown = _ints(options, "depths") if "depths" in options else \
         sorted({r["depth"] for r in runs[0][1]["rows"]}, reverse=True)
@@ -244,7 +244,7 @@ def _levers(sources: list[Path], options: Mapping[str, str], page_dir: Path | No
 
 
 def _levers_loss(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
-    """The training loss curves of ``bench/levers.py`` runs, one line per run."""
+    """The training loss curves of ``experiments/levers.py`` runs, one line per run."""
     from .report import plot_loss_curves
 
     curves = {name: data["loss_curve"] for name, data in _runs(sources, options, "sweep.json")}
@@ -253,7 +253,7 @@ def _levers_loss(sources: list[Path], options: Mapping[str, str], page_dir: Path
 
 
 def _generation(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
-    """``bench/lecture_generation.py``: perplexity, speed and repetition per depth, then self-speculative decoding.
+    """``experiments/lecture_generation.py``: perplexity, speed and repetition per depth, then self-speculative decoding.
 
     Several runs (a glob, ``runs=`` to order them) share one table with a column naming each run.
     """
@@ -322,8 +322,8 @@ RENDERERS: dict[str, Callable[[list[Path], Mapping[str, str], Path | None], str]
     "masks": _masks,
 }
 """Block kind -> what draws it from its runs: ``compare`` (``layerdrop compare``'s tables), ``sweep``
-(``layerdrop sweep``'s table), ``levers`` (one row per ``bench/levers.py`` run, a glob; ``runs=a,b``
-picks and orders them), ``generation`` (``bench/lecture_generation.py``, one run or a glob), and the
+(``layerdrop sweep``'s table), ``levers`` (one row per ``experiments/levers.py`` run, a glob; ``runs=a,b``
+picks and orders them), ``generation`` (``experiments/lecture_generation.py``, one run or a glob), and the
 figures ``compare-plot`` (``against=latency|training``), ``sweep-plot`` (``against=depth|latency``),
 ``levers-loss``, ``importance`` (a sweep's per-layer scores, with their table) and ``masks`` (each
 with ``image=``).

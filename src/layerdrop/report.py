@@ -140,16 +140,22 @@ def plot_quality_vs_depth(series: Mapping[str, Sequence[DepthResult]], metric: s
 
 
 def plot_quality_vs_latency(series: Mapping[str, Sequence[DepthResult]], metric: str, path: str | Path,
-                            *, title: str = "") -> Path:
-    """Scatter of quality against latency, with each series' Pareto front drawn as a line."""
+                            *, title: str = "", overall: bool = False) -> Path:
+    """Scatter of quality against latency, with each series' Pareto front drawn as a line, and with
+    ``overall`` the front over every series' points too (dashed)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     higher, scale = higher_is_better(metric), 100 if metric in _PERCENT else 1
+    everything = []
     for name, results in series.items():
         pts = [(r.latency_ms or 0.0, r.score * scale) for r in results]
+        everything += pts
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=name, alpha=0.6)
         front = sorted(pts[i] for i in pareto_front(pts, higher_is_better=higher))
         ax.plot([p[0] for p in front], [p[1] for p in front], linewidth=1)
+    if overall:
+        front = sorted(everything[i] for i in pareto_front(everything, higher_is_better=higher))
+        ax.plot([p[0] for p in front], [p[1] for p in front], "k--", linewidth=1, label="Pareto front, all")
     ax.set_xlabel("latency (ms per batch)")
     ax.set_ylabel(f"{metric} (%)" if metric in _PERCENT else metric)
     return _finish(plt, fig, ax, path, title)

@@ -232,7 +232,7 @@ class _Completion:
 
 
 AHEAD_MAX = 3
-"""Requests found ahead beyond which the budget margin is learned as one (see :meth:`Engine.budget_margin`)."""
+"""Requests found ahead from which on the budget margin is learned as one (see :meth:`Engine.budget_margin`)."""
 AHEAD_HISTORY = 8
 """Answers with as many requests ahead needed before their own margin is used rather than all answers'."""
 
@@ -654,7 +654,7 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
                 depth = int(k)
         if depth is not None and latency is not None:
             raise ServeError(422, "give depth or latency_ms, not both", param="latency_ms")
-        wait, ahead = worker.wait_ms(), worker.ahead()
+        wait, ahead = worker.load()
         profiles = engine.profiles
         if depth is not None:
             if depth not in served.views:
@@ -665,7 +665,8 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
         else:
             try:
                 depth, _ = choose_depth(profiles, latency, wait_ms=wait, tokens=tokens, new_tokens=new_tokens,
-                                        overhead_ms=engine.overhead_ms, margin=engine.budget_margin(ahead))
+                                        overhead_ms=engine.overhead_ms, margin=engine.budget_margin(ahead),
+                                        idle_margin=engine.budget_margin(0))
             except BudgetError as err:
                 if err.busy:
                     raise ServeError(503, str(err), param="latency_ms", retry_after=err.retry_after_s) from None

@@ -109,6 +109,11 @@ class Worker:
         with self._cv:
             return len(self._jobs) + bool(self._running)
 
+    def load(self) -> tuple[float, int]:
+        """:meth:`wait_ms` and :meth:`ahead`, read together."""
+        with self._cv:
+            return self.wait_ms(), self.ahead()
+
     def wait_ms(self) -> float:
         """Predicted milliseconds before a job submitted now would start."""
         with self._cv:

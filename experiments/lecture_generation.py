@@ -11,8 +11,8 @@ text). Sampling: temperature 1, top-p 0.95, seed i for prompt i.
 Writes OUT/generation.json after every depth; run again with the same settings to continue where
 it stopped (a depth already there is not measured again).
 
-    python bench/lecture_generation.py runs/lecture/gen-kjv --model runs/kjv/model --depths 6,4,3,2 --speculative 2,3
-    python bench/lecture_generation.py runs/lecture/gen-smollm2 --model smollm2-135m --depths 30,20,15 \\
+    python experiments/lecture_generation.py runs/lecture/gen-kjv --model runs/kjv/model --depths 6,4,3,2 --speculative 2,3
+    python experiments/lecture_generation.py runs/lecture/gen-smollm2 --model smollm2-135m --depths 30,20,15 \\
         --speculative 15 --prompts 4 --eval-rows 40
 """
 

@@ -16,9 +16,9 @@
 # The bundled MiniLM-L6 is a sentence-embedding checkpoint without a masked-LM head: the head's
 # transform starts random (its decoder is tied to the word embeddings) in both MLM runs alike.
 #
-#   bash bench/lecture_table6.sh [OUT]      # default: runs/lecture/table6; about 25 min on 2 CPU cores
+#   bash experiments/lecture_table6.sh [OUT]      # default: runs/lecture/table6; about 25 min on 2 CPU cores
 #
-# Each fine-tune or LM run writes OUT/<name>/sweep.json (bench/levers.py); each continued
+# Each fine-tune or LM run writes OUT/<name>/sweep.json (experiments/levers.py); each continued
 # pre-training writes OUT/mlm-*/model and metrics.json. A finished run is skipped and an unfinished
 # one resumed, so the same command continues the sweep. Runs identical to table 5's may be linked
 # in (ln -s ../table5/classification/every-other OUT/finetune-only) instead of run again.

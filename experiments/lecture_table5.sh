@@ -8,9 +8,9 @@
 #   Rotten Tomatoes: MiniLM-L6, 2,000 training rows, 2 epochs (126 steps of 32), 1,000 validation rows
 #   KJV: gpt2-tiny from scratch, 500 steps of 16 x 128 tokens, 400 validation paragraphs
 #
-#   bash bench/lecture_table5.sh [OUT] [classification|lm ...]     # default: runs/lecture/table5, both
+#   bash experiments/lecture_table5.sh [OUT] [classification|lm ...]     # default: runs/lecture/table5, both
 #
-# Each run writes OUT/<task>/<name>/sweep.json (bench/levers.py) and, with LayerDrop on, the run's
+# Each run writes OUT/<task>/<name>/sweep.json (experiments/levers.py) and, with LayerDrop on, the run's
 # masks (OUT/<task>/<name>/{rt,lm}/masks.safetensors); a finished run is skipped and an
 # unfinished one resumed, so the same command continues the sweep. About 22 min (RT) + 34 min (LM)
 # on 2 CPU cores, one run at a time (measured 2026-12-02).

@@ -6,7 +6,7 @@
 # prune-and-heal of the LayerDrop one; and the cut-first reference, retrained with its time recorded.
 # docs/comparison.md.
 #
-#   bash bench/minilm_distill.sh [OUT] [DEPTH ...]     # default: runs/minilm-distill 3 4
+#   bash experiments/minilm_distill.sh [OUT] [DEPTH ...]     # default: runs/minilm-distill 3 4
 #
 # Each run is skipped when its result exists and resumes from its last checkpoint otherwise.
 set -euo pipefail

@@ -3,7 +3,7 @@
 # chinese-sentiment and Rotten Tomatoes, cut to 12/9/6/4/3 layers, against models cut
 # first (6 and 3 layers) and then fine-tuned. The table is in docs/results.md.
 #
-#   bash bench/e5_classification.sh [OUT] [DATASET ...]     # default: runs/e5  chinese-sentiment rotten-tomatoes
+#   bash experiments/e5_classification.sh [OUT] [DATASET ...]     # default: runs/e5  chinese-sentiment rotten-tomatoes
 #
 # Each step is skipped when its result exists, and training resumes from its last
 # checkpoint, so an interrupted run continues where it stopped. Run nothing else heavy

@@ -13,13 +13,13 @@ Prints one line of scores and writes ``OUT/sweep.json`` (with the optimizer step
 curve from the final checkpoint's log). A finished run in ``OUT/rt`` is
 reused and an unfinished one resumed, so re-running the same command continues it.
 
-    python bench/levers.py OUT [name=value ...] [--task classification|lm] [--size full|demo] [--split test|valid] [--threads N]
+    python experiments/levers.py OUT [name=value ...] [--task classification|lm] [--size full|demo] [--split test|valid] [--threads N]
 
-    python bench/levers.py runs/levers/every-other pattern=every-other
-    python bench/levers.py runs/levers/every-other-3ep pattern=every-other epochs=3
+    python experiments/levers.py runs/levers/every-other pattern=every-other
+    python experiments/levers.py runs/levers/every-other-3ep pattern=every-other epochs=3
     # a reference: MiniLM-L6 cut to 3 layers first (layerdrop prune minilm-l6 --depth 3), no LayerDrop
-    python bench/levers.py runs/levers/ref3-3ep model=runs/minilm-l6-depth3 rate=0 epochs=3
-    python bench/levers.py runs/levers/lm-rate0.2 rate=0.2 --task lm --size demo --split valid
+    python experiments/levers.py runs/levers/ref3-3ep model=runs/minilm-l6-depth3 rate=0 epochs=3
+    python experiments/levers.py runs/levers/lm-rate0.2 rate=0.2 --task lm --size demo --split valid
 
 Results: docs/results.md, "The quality bar".
 """

@@ -4,7 +4,7 @@
 # 40 validation paragraphs). Cut to DEPTH layers by angular distance (calibrated on KJV
 # validation rows), then distilled from the full model on its logits only (--alpha-task 0).
 #
-#   bash bench/smollm2_heal.sh [OUT] [DEPTH] [STEPS]     # default: runs/smollm2-heal 20 100
+#   bash experiments/smollm2_heal.sh [OUT] [DEPTH] [STEPS]     # default: runs/smollm2-heal 20 100
 #
 # Resumes from its last checkpoint when run again.
 set -euo pipefail

@@ -6,12 +6,12 @@
 # progressive layer dropping), one change at a time from the project's recipe: rate 0.5,
 # every-other, self-distilled, linear decay after 6 % warm-up, clipping 1.0, weight decay 0.01.
 # Quality at every depth on the validation split, the loss curve and the time per step
-# (bench/levers.py's sweep.json). Seed 1 of the recipe shows the noise; progressive layer dropping,
+# (experiments/levers.py's sweep.json). Seed 1 of the recipe shows the noise; progressive layer dropping,
 # the one setting outside it at half depth, has its seed 1 too.
 #
 #   MiniLM-L6 on Rotten Tomatoes, 2,000 training rows, 2 epochs (126 steps of 32), 1,000 validation rows
 #
-#   bash bench/lecture_table7.sh [OUT]      # default: runs/lecture/table7; about 45 min on 2 CPU cores
+#   bash experiments/lecture_table7.sh [OUT]      # default: runs/lecture/table7; about 45 min on 2 CPU cores
 #
 # A finished run is skipped and an unfinished one resumed, so the same command continues the sweep.
 set -euo pipefail

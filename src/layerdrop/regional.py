@@ -1,0 +1,89 @@
+"""Regional compilation: each block's own forward compiled, LayerDrop's gates left outside it.
+
+``torch.compile(model)`` on a model with LayerDrop on traces the gates (Fan et al., 2020, drop
+whole blocks at random): each forward's keep-mask becomes a guard, so Dynamo compiles again for
+every new mask until its recompile limit (8), and then runs that code eagerly, compiled no more.
+:func:`compile_layers` instead compiles the block class's ``forward`` (PyTorch's recipe for
+repeated blocks, "regional compilation"): the gate, which decides in Python whether a block is
+called at all, is never traced, so masks never recompile, and a skipped block is still never
+called. The blocks share that code and their parameters enter the graph as inputs, so one
+compilation serves them all, unless the code reads a per-block integer: a decoder's
+``layer_idx`` indexes its KV cache, so with a cache each block compiles once (at most as many
+compilations as blocks; train without a cache, ``use_cache=False``, for one). Why and how much:
+docs/compile.md.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+from torch import nn
+
+from .arch import find_layers
+from .gates import _Gate, is_compiled, state_of
+
+__all__ = ["compile_layers", "is_compiled"]
+
+_OPTIONS = "_layerdrop_compile_options"
+"""Attribute of a compiled forward: the ``torch.compile`` options it was compiled with."""
+
+
+def compile_layers(model: nn.Module, *, layers: str | None = None, **options: Any) -> nn.Module:
+    """Compile each block's forward of ``model`` in place with ``torch.compile(**options)``; returns ``model``.
+
+    Before or after :func:`layerdrop.apply` (granularity ``"layer"``): the gates call the compiled
+    forward, and :func:`layerdrop.remove` leaves it compiled. Module types and state-dict keys do
+    not change, and :func:`layerdrop.prune` copies compile with the same code. Calling it again
+    with the same options changes nothing. Compilation happens at the first forward. Dynamo's
+    recompile limit (``torch._dynamo.config.recompile_limit``, a global setting) is raised to twice
+    the number of blocks if it is lower, so that a decoder whose blocks compile one by one (see
+    the module's docstring), in training and in eval, stays compiled.
+
+    Args:
+        model: The model whose blocks to compile.
+        layers: Path of the block list, for architectures outside the table.
+        options: Passed to ``torch.compile`` (``backend``, ``mode``, ``dynamic``, ...).
+
+    Raises ``ValueError`` at granularity ``"sublayer"`` or ``"head"`` (their gates are inside the
+    blocks, where compiling would trace them), for blocks whose forward another library has
+    replaced (e.g. accelerate's hooks), and for blocks compiled before with other options.
+    """
+    state = state_of(model)
+    if state is not None and state.settings.granularity != "layer":
+        raise ValueError(f"compile_layers compiles whole blocks, and at granularity="
+                         f"{state.settings.granularity!r} the gates are inside them, where every mask would "
+                         "recompile: use granularity='layer', or compile without LayerDrop's finer masks")
+    site = find_layers(model, layers if layers is not None else state.path if state is not None else None)
+    targets = []  # (block, gate or None, what its forward is now: None for the class's own)
+    for block in site.layers:
+        current = block.__dict__.get("forward")
+        gate = current if isinstance(current, _Gate) else None
+        own = gate.inner if gate is not None else current
+        if own is not None and not is_compiled(own):
+            raise ValueError(f"the forward of a {type(block).__name__} block is replaced by another library "
+                             f"({own!r}); compile_layers compiles the class's own forward: compile before adding "
+                             "those hooks, or compile the model with torch.compile yourself")
+        before = getattr(getattr(own, "__func__", own), _OPTIONS, None)
+        if own is not None and before != options:
+            raise ValueError(f"these blocks are compiled already with {before}, not {options}: "
+                             "build the model again to compile it with other options")
+        targets.append((block, gate, own))
+    compiled: dict[type, Any] = {}  # one compiled function per block class
+    for block, gate, own in targets:
+        if own is not None:
+            continue
+        cls = type(block)
+        if cls not in compiled:
+            compiled[cls] = torch.compile(cls.forward, **options)
+            setattr(compiled[cls], _OPTIONS, dict(options))
+        forward = types.MethodType(compiled[cls], block)  # a bound method: a deep copy binds to the copy
+        if gate is not None:
+            gate.inner = forward
+        else:
+            block.forward = forward
+    limit = 2 * len(site.layers)
+    if torch._dynamo.config.recompile_limit < limit:
+        torch._dynamo.config.recompile_limit = limit
+    return model
