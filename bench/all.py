@@ -12,6 +12,7 @@ machine: on 2 cores a second heavy process slows every figure.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -35,8 +36,9 @@ BENCHMARKS: dict[str, list[str]] = {
 
 
 def _noise(line: str) -> bool:
-    """torch's and transformers' warnings and progress bars: kept in the .txt, not shown."""
-    return line.startswith(("W1", "Loading weights", "  warnings.warn")) or "Warning:" in line
+    """torch's and transformers' warnings, progress bars and training logs: kept in the .txt, not shown."""
+    return (line.startswith(("W1", "Loading weights", "Writing model shards", "  warnings.warn", "{'"))
+            or "Warning:" in line or not line.strip())
 
 
 def main() -> int:
@@ -58,7 +60,7 @@ def main() -> int:
             command += ["--out", str(a.out / "serve")]
         if not a.full:
             command.append("--quick")
-        print(f"\n$ {' '.join(command[1:])}", flush=True)
+        print(f"\n$ python {' '.join([os.path.relpath(command[1]), *command[2:]])}", flush=True)
         start = time.perf_counter()
         with open(a.out / f"{name}.txt", "w") as log:
             process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

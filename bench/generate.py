@@ -1,10 +1,13 @@
 """Generation speed at each depth, and self-speculative decoding against full-depth greedy decoding.
 
-Prints, from one run (greedy decoding, KV cache, a fixed prompt, N new tokens):
+Prints, from one run (greedy decoding, KV cache, N new tokens after a fixed prompt, or after each
+of ``--prompts`` varied ones: then every figure is over the whole set, and the full-depth text's
+repeated 4-grams say whether it loops, the case where drafts are easy):
   1. tokens per second at each depth (the model cut with every-other layers);
   2. for each draft depth K, self-speculative decoding: tokens per second, the speed-up over
      full-depth greedy decoding, the acceptance rate, and whether the text is identical to
-     the full-depth greedy text (it must be);
+     the full-depth greedy text (it must be); with ``--adaptive`` also with the draft length
+     adapted round by round (2 more after a fully accepted round, 1 fewer after a rejection);
   3. memory: what building the draft adds to the process (it shares the model's weights),
      next to what a deep copy of the model adds.
 
@@ -16,7 +19,7 @@ spends some time per step on its own machinery, which a bare loop does not, so f
 decoding is also timed as a bare loop (one forward per token, the same KV cache), and the
 speed-up is given over both.
 
-    python bench/generate.py [--quick] [--json out.json] [--model smollm2-135m] [--new-tokens 64] [--depths 30,20,15]
+    python bench/generate.py [--quick] [--json out.json] [--model smollm2-135m] [--prompts 16] [--adaptive] [--new-tokens 64] [--depths 30,20,15]
                              [--speculative 15,20] [--draft-tokens 4] [--runs 3] [--threads 1]
 
 ``--model`` is a local folder, a bundled name (``smollm2-135m``: converted once from GGUF into a
@@ -34,11 +37,13 @@ import statistics
 from pathlib import Path
 
 import time
+from collections.abc import Callable
 
 import torch
 from transformers import AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
 
 import layerdrop
+from layerdrop.evaluate import repeated_ngrams
 from layerdrop.generate import Generation, generate
 from layerdrop.prune import view
 from layerdrop.models import load_saved, local_folder, resolve
@@ -74,6 +79,16 @@ def _bare_greedy(model: torch.nn.Module, tokenizer: object, prompt: str, new_tok
                       seconds=time.perf_counter() - start)
 
 
+def _prompts(count: int, prompt: str, corpora: str) -> list[str]:
+    """``[prompt]``, or ``count`` varied prompts: the first 12 words of test texts, the corpora in turn."""
+    if count <= 1:
+        return [prompt]
+    from layerdrop import data
+
+    texts = [[t for t in data.load(name.strip()).test.texts if len(t.split()) >= 12] for name in corpora.split(",")]
+    return [" ".join(texts[i % len(texts)][i // len(texts)].split()[:12]) for i in range(count)]
+
+
 def _ints(text: str | None) -> list[int] | None:
     return [int(x) for x in text.split(",") if x.strip()] if text else None
 
@@ -91,7 +106,11 @@ def _peak_mib() -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="folder, bundled name, or 'random' (smoke test)")
-    p.add_argument("--prompt", default=PROMPT)
+    p.add_argument("--prompt", default=PROMPT, help="the prompt, when --prompts is 1")
+    p.add_argument("--prompts", type=int, default=1,
+                   help="more than 1: that many varied prompts, the first 12 words of test texts of --prompt-data")
+    p.add_argument("--prompt-data", default="kjv,20newsgroups", help="comma-separated corpora the prompts alternate over")
+    p.add_argument("--adaptive", action="store_true", help="also time each draft with an adaptive draft length")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--depths", help="comma-separated depths to time (default: L, 2L/3, L/2)")
     p.add_argument("--speculative", help="comma-separated draft depths (default: L/2, 2L/3)")
@@ -113,47 +132,67 @@ def main() -> None:
     depths = _ints(a.depths) or sorted({num_layers, round(2 * num_layers / 3), num_layers // 2}, reverse=True)
     drafts = _ints(a.speculative) or sorted({num_layers // 2} if a.quick else {num_layers // 2,
                                                                                 round(2 * num_layers / 3)})
+    prompts = _prompts(a.prompts, a.prompt, a.prompt_data)
     # Pruned copies, made outside the timing: what a user who cuts the model runs.
     cut = {d: model if d == num_layers else layerdrop.prune(model, d).eval() for d in depths}
     full = cut.get(num_layers, model)
 
-    variants = {f"depth {d}": (lambda m=m: generate(m, tokenizer, a.prompt, max_new_tokens=a.new_tokens))
-                for d, m in cut.items()}
-    if num_layers not in cut:
-        variants[f"depth {num_layers}"] = lambda: generate(full, tokenizer, a.prompt, max_new_tokens=a.new_tokens)
-    variants["bare"] = lambda: _bare_greedy(full, tokenizer, a.prompt, a.new_tokens)
-    for k in drafts:
-        variants[f"speculative {k}"] = (lambda k=k: generate(full, tokenizer, a.prompt, max_new_tokens=a.new_tokens,
-                                                             speculative=k, draft_tokens=a.draft_tokens))
-    results: dict[str, list[Generation]] = {name: [] for name in variants}
-    for i in range(1 + a.runs):
-        for name, run in variants.items():
-            result = run()
-            if i > 0:  # the first round warms up
-                results[name].append(result)
+    def plain(m: torch.nn.Module) -> Callable[[str], Generation]:
+        return lambda prompt: generate(m, tokenizer, prompt, max_new_tokens=a.new_tokens)
 
-    def rate(name: str) -> float:
-        return statistics.median(r.tokens_per_second for r in results[name])
+    variants: dict[str, Callable[[str], Generation]] = {f"depth {d}": plain(m) for d, m in cut.items()}
+    if num_layers not in cut:
+        variants[f"depth {num_layers}"] = plain(full)
+    variants["bare"] = lambda prompt: _bare_greedy(full, tokenizer, prompt, a.new_tokens)
+    for k in drafts:
+        for adaptive in (False, True) if a.adaptive else (False,):
+            variants[f"speculative {k}{' adaptive' if adaptive else ''}"] = (
+                lambda prompt, k=k, adaptive=adaptive: generate(
+                    full, tokenizer, prompt, max_new_tokens=a.new_tokens, speculative=k, draft_tokens=a.draft_tokens,
+                    adaptive_draft=adaptive))
+    # results[name][run][i]: prompt i's generation in timed run ``run``; variants interleaved prompt by prompt
+    results: dict[str, list[list[Generation]]] = {name: [] for name in variants}
+    for i in range(1 + a.runs):
+        round_ = {name: [] for name in variants}
+        for prompt in prompts:
+            for name, run in variants.items():
+                round_[name].append(run(prompt))
+        if i > 0:  # the first round warms up
+            for name in variants:
+                results[name].append(round_[name])
+
+    def rate(name: str) -> float:  # tokens per second over the whole prompt set, median of the runs
+        return statistics.median(sum(g.new_tokens for g in r) / sum(g.seconds for g in r) for r in results[name])
 
     reference = results[f"depth {num_layers}"][0]
-    prompt_tokens = len(tokenizer(a.prompt).input_ids)
-    print(f"# bench/generate.py: {a.model} ({model.config.model_type}, {num_layers} layers), prompt {prompt_tokens} "
-          f"tokens, {a.new_tokens} new tokens, greedy, KV cache, {a.threads} threads, torch {torch.__version__}, "
-          f"{platform.machine()}, median of {a.runs}")
+    repeated = statistics.mean(repeated_ngrams(list(g.token_ids), 4) for g in reference)
+    prompt_tokens = [len(tokenizer(p).input_ids) for p in prompts]
+    print(f"# bench/generate.py{' --quick' if a.quick else ''}: {a.model} ({model.config.model_type}, {num_layers} "
+          f"layers), {len(prompts)} prompt(s) of {min(prompt_tokens)}-{max(prompt_tokens)} tokens, {a.new_tokens} new "
+          f"tokens each, greedy, KV cache, {a.threads} threads, torch {torch.__version__}, {platform.machine()}, "
+          f"median of {a.runs}")
+    print(f"{'full-depth greedy text':<36}: {100 * repeated:.0f} % of its 4-grams repeated (mean over the prompts; "
+          "a loop repeats most of them)")
     for d in sorted({*depths, num_layers}, reverse=True):
         label = f"depth {d}{' (full)' if d == num_layers else ''}, HF generate"
-        print(f"{label:<36}: {rate(f'depth {d}'):8.1f} tokens/s ({results[f'depth {d}'][0].new_tokens} tokens)")
-    bare_same = results["bare"][0].text.startswith(reference.text)  # it does not stop at EOS
+        print(f"{label:<36}: {rate(f'depth {d}'):8.1f} tokens/s")
+    bare_same = all(b.text.startswith(r.text) for b, r in zip(results["bare"][0], reference))  # it does not stop at EOS
     print(f"{f'depth {num_layers} (full), bare loop':<36}: {rate('bare'):8.1f} tokens/s "
           f"(same text as HF generate: {'yes' if bare_same else 'NO'})")
-    for k in drafts:
-        runs = results[f"speculative {k}"]
-        same = all(r.text == reference.text and r.new_tokens == reference.new_tokens for r in runs)
-        r, speed = runs[0], rate(f"speculative {k}")
-        print(f"{f'speculative, draft {k} of {num_layers} layers':<36}: {speed:8.1f} tokens/s, "
-              f"{speed / rate(f'depth {num_layers}'):.2f}x over HF generate, {speed / rate('bare'):.2f}x over the "
-              f"bare loop; acceptance {100 * r.acceptance_rate:.1f} % ({r.accepted}/{r.drafted}, {a.draft_tokens} "
-              f"per round); output identical: {'yes' if same else 'NO'}")
+    speculative = {}
+    for name in [n for n in variants if n.startswith("speculative")]:
+        runs = results[name]
+        same = all(g.token_ids == r.token_ids for run in runs for g, r in zip(run, reference))
+        drafted, accepted = sum(g.drafted for g in runs[0]), sum(g.accepted for g in runs[0])
+        speed = rate(name)
+        k, adaptive = int(name.split()[1]), name.endswith("adaptive")
+        speculative[name] = {"acceptance": accepted / drafted if drafted else 0.0,
+                             "speed_up": speed / rate(f"depth {num_layers}"), "identical": same}
+        label = f"speculative, draft {k} of {num_layers}{', adaptive' if adaptive else ''}"
+        print(f"{label:<36}: {speed:8.1f} tokens/s, {speed / rate(f'depth {num_layers}'):.2f}x over HF generate, "
+              f"{speed / rate('bare'):.2f}x over the bare loop; acceptance {100 * accepted / max(drafted, 1):.1f} % "
+              f"({accepted}/{drafted}, {a.draft_tokens} per round{' to start' if adaptive else ''}); "
+              f"output identical: {'yes' if same else 'NO'}")
 
     rss, peak = _rss_mib(), _peak_mib()
     draft = view(full, drafts[0])
@@ -167,7 +206,7 @@ def main() -> None:
     print(f"memory, a deep copy of the model: RSS {rss_copy - rss_draft:+8.1f} MiB, peak (ru_maxrss) "
           f"{peak_copy - peak_draft:+8.1f} MiB ({sum(t.numel() for t in duplicate.parameters()) / 1e6:.1f}M "
           "parameters)")
-    print(f"full-depth text: {reference.text[:120]!r}")
+    print(f"full-depth text, first prompt: {reference[0].text[:120]!r}")
     if a.json:
         from layerdrop.files import write_json
 
@@ -175,10 +214,7 @@ def main() -> None:
             "script": "bench/generate.py", "quick": a.quick, "date": time.strftime("%Y-%m-%d"),
             "torch": torch.__version__, "threads": a.threads, "model": a.model, "layers": num_layers,
             "new_tokens": a.new_tokens, "runs": a.runs, "tokens_per_s": {name: rate(name) for name in variants},
-            "speculative": {str(k): {"acceptance": results[f"speculative {k}"][0].acceptance_rate,
-                                     "speed_up": rate(f"speculative {k}") / rate(f"depth {num_layers}"),
-                                     "identical": all(r.text == reference.text for r in results[f"speculative {k}"])}
-                            for k in drafts},
+            "prompts": len(prompts), "repeated_4grams": repeated, "speculative": speculative,
             "draft_memory_mib": {"rss": rss_draft - rss, "own_parameters": own},
         })
 

@@ -35,11 +35,14 @@ def main() -> None:
     p.add_argument("--length", type=int, default=64)
     p.add_argument("--freeze-embeddings", action="store_true", help="as the e5-small runs train")
     p.add_argument("--out", default="runs/teacher-cache")
-    p.add_argument("--quick", action="store_true", help="15 steps over 480 rows")
+    p.add_argument("--quick", action="store_true", help="15 steps over 240 rows (each row seen twice)")
     p.add_argument("--json", type=Path, help="also write the figures to this file")
     a = p.parse_args()
     if a.quick:
-        a.steps, a.rows = min(a.steps, 15), min(a.rows, 480)
+        a.steps, a.rows = min(a.steps, 15), min(a.rows, 240)
+    if a.steps * a.batch <= a.rows:
+        p.error(f"{a.steps} steps of {a.batch} rows do not see the {a.rows} rows more than once, and distill then "
+                "runs the teacher every step in both settings: raise --steps or lower --rows")
     if a.teacher is None:
         teacher = Path(a.out) / "teacher"
         if not (teacher / "model").is_dir():

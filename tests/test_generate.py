@@ -219,6 +219,20 @@ def test_speculative_greedy_output_is_identical_to_full_depth(decoders, tok, nam
         assert len(full.token_ids) == full.new_tokens
 
 
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_adaptive_draft_length_keeps_the_greedy_output_and_changes_what_is_drafted(decoders, tok, name):
+    model = decoders[name]
+    full = generate(model, tok, "in the beginning", max_new_tokens=16)
+    drafted = set()
+    for draft_depth in (1, 3):
+        fixed = generate(model, tok, "in the beginning", max_new_tokens=16, speculative=draft_depth, draft_tokens=3)
+        adaptive = generate(model, tok, "in the beginning", max_new_tokens=16, speculative=draft_depth,
+                            draft_tokens=3, adaptive_draft=True)
+        assert adaptive.token_ids == fixed.token_ids == full.token_ids
+        drafted.add((fixed.drafted, adaptive.drafted))
+    assert any(f != a for f, a in drafted)  # the schedule moved the draft length somewhere
+
+
 def test_speculative_decoding_reports_consistent_acceptance(decoders, tok):
     rejections = 0
     for name, model in decoders.items():

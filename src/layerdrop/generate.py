@@ -24,7 +24,7 @@ from .arch import find_layers
 from .core import check_keep
 from .prune import prune, view
 
-__all__ = ["Generation", "generate"]
+__all__ = ["Generation", "adapt_draft_tokens", "generate"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,17 @@ def draft_model(model: nn.Module, depth: int | None = None, *, keep: Sequence[in
     return view(model, depth, keep=keep)
 
 
+def adapt_draft_tokens(n: int, all_accepted: bool) -> int:
+    """The next round's number of drafted tokens: 2 more after a round whose every drafted token was
+    accepted, 1 fewer (at least 1) after one with a rejection; the schedule of HF's
+    ``num_assistant_tokens_schedule="heuristic"``.
+
+    >>> adapt_draft_tokens(4, True), adapt_draft_tokens(4, False), adapt_draft_tokens(1, False)
+    (6, 3, 1)
+    """
+    return n + 2 if all_accepted else max(1, n - 1)
+
+
 @torch.no_grad()
 def _speculative(
     model: nn.Module,
@@ -96,11 +107,13 @@ def _speculative(
     max_new_tokens: int,
     draft_tokens: int,
     emit: Callable[[int], bool],
+    adaptive: bool = False,
 ) -> tuple[int, int]:
     """Greedy decoding of ``model`` after ``ids``, drafted by ``draft``; returns ``(drafted, accepted)``.
 
     Each new token goes to ``emit``, in order, which returns ``True`` to stop
-    (at the latest at the ``max_new_tokens``-th token).
+    (at the latest at the ``max_new_tokens``-th token). With ``adaptive``, ``draft_tokens`` is only
+    the first round's count, then :func:`adapt_draft_tokens` sets each next one.
     """
     # Both caches have a slot per original layer: the draft's blocks fill theirs by their own layer_idx.
     full_cache, draft_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
@@ -125,6 +138,8 @@ def _speculative(
         wanted = logits.argmax(-1)  # (1, n + 1): the full model's token after each input
         agree = int((candidates == wanted[:, :-1]).int().cumprod(dim=-1).sum())
         drafted, accepted = drafted + candidates.shape[1], accepted + agree
+        if adaptive:
+            draft_tokens = adapt_draft_tokens(draft_tokens, agree == candidates.shape[1])
         kept = torch.cat([candidates[:, :agree], wanted[:, agree:agree + 1]], dim=1)  # (1, agree + 1)
         seq = torch.cat([seq, kept], dim=1)
         for cache in (full_cache, draft_cache):
@@ -178,6 +193,7 @@ def generate(
     on_text: Callable[[str], None] | None = None,
     speculative: int | None = None,
     draft_tokens: int = 4,
+    adaptive_draft: bool = False,
 ) -> Generation:
     """Continue ``prompt`` with ``model`` cut to ``depth`` layers (or to ``keep``).
 
@@ -198,7 +214,9 @@ def generate(
     the model's own greedy output, produced in fewer full forwards. With ``depth``
     (or ``keep``) too, the model is cut first and the draft is ``K`` layers of the
     cut model, whose greedy output the result then equals. Speculative decoding
-    needs ``temperature=0``; the result reports ``drafted`` and ``accepted``.
+    needs ``temperature=0``; the result reports ``drafted`` and ``accepted``. With
+    ``adaptive_draft``, ``draft_tokens`` only starts the count, which then grows by 2 after a
+    fully accepted round and shrinks by 1 after a rejection (:func:`adapt_draft_tokens`).
 
     ``model`` is never changed: at a depth it runs as a weight-sharing view; a model in training
     mode is copied first (switching it to eval would switch the caller's model), so pass
@@ -244,7 +262,7 @@ def generate(
     begin = time.perf_counter()
     if draft is not None:
         result = _generate_speculative(model, draft, tokenizer, ids, truncated, begin, max_new_tokens=max_new_tokens,
-                                       draft_tokens=draft_tokens, stop=stop, on_text=on_text)
+                                       draft_tokens=draft_tokens, stop=stop, on_text=on_text, adaptive=adaptive_draft)
         return dataclasses.replace(result, kept=kept)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "use_cache": True,
                               "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None
@@ -286,6 +304,7 @@ def _generate_speculative(
     draft_tokens: int,
     stop: Sequence[str],
     on_text: Callable[[str], None] | None,
+    adaptive: bool = False,
 ) -> Generation:
     """:func:`generate`'s speculative path; ends where HF ``generate`` would (EOS, a stop string, the length)."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -302,7 +321,7 @@ def _generate_speculative(
         text = tokenizer.decode(new, skip_special_tokens=True) if stop else ""
         return token in eos_ids or len(new) >= max_new_tokens or any(s in text for s in stop)
 
-    drafted, accepted = _speculative(model, draft, ids, max_new_tokens, draft_tokens, emit)
+    drafted, accepted = _speculative(model, draft, ids, max_new_tokens, draft_tokens, emit, adaptive)
     if streamer is not None:
         streamer.end()
     text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)

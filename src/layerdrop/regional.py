@@ -15,6 +15,7 @@ docs/compile.md.
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Any
 
@@ -36,10 +37,11 @@ def compile_layers(model: nn.Module, *, layers: str | None = None, **options: An
     Before or after :func:`layerdrop.apply` (granularity ``"layer"``): the gates call the compiled
     forward, and :func:`layerdrop.remove` leaves it compiled. Module types and state-dict keys do
     not change, and :func:`layerdrop.prune` copies compile with the same code. Calling it again
-    with the same options changes nothing. Compilation happens at the first forward. Dynamo's
-    recompile limit (``torch._dynamo.config.recompile_limit``, a global setting) is raised to twice
-    the number of blocks if it is lower, so that a decoder whose blocks compile one by one (see
-    the module's docstring), in training and in eval, stays compiled.
+    with the same options changes nothing. Compilation happens at the first forward. While the
+    blocks run, Dynamo's recompile limit (``torch._dynamo.config.recompile_limit``) is at least
+    twice the number of blocks, so that a decoder whose blocks compile one by one (see the
+    module's docstring), in training and in eval, stays compiled; other compiled code keeps the
+    limit it had.
 
     Args:
         model: The model whose blocks to compile.
@@ -76,14 +78,25 @@ def compile_layers(model: nn.Module, *, layers: str | None = None, **options: An
             continue
         cls = type(block)
         if cls not in compiled:
-            compiled[cls] = torch.compile(cls.forward, **options)
+            compiled[cls] = _with_room(torch.compile(cls.forward, **options), 2 * len(site.layers))
             setattr(compiled[cls], _OPTIONS, dict(options))
         forward = types.MethodType(compiled[cls], block)  # a bound method: a deep copy binds to the copy
         if gate is not None:
             gate.inner = forward
         else:
             block.forward = forward
-    limit = 2 * len(site.layers)
-    if torch._dynamo.config.recompile_limit < limit:
-        torch._dynamo.config.recompile_limit = limit
     return model
+
+
+def _with_room(compiled: Any, compilations: int) -> Any:
+    """``compiled``, called with Dynamo's recompile limit raised to at least ``compilations`` while it
+    runs (a decoder's blocks may each compile once, in training and in eval); the limit that every
+    other compiled code sees is left as it is."""
+    @functools.wraps(compiled)  # keeps torch.compile's attributes: is_compiled() still sees it
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        limit = torch._dynamo.config.recompile_limit
+        if limit >= compilations:
+            return compiled(*args, **kwargs)
+        with torch._dynamo.config.patch(recompile_limit=compilations):
+            return compiled(*args, **kwargs)
+    return forward
