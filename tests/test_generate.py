@@ -316,6 +316,9 @@ def test_generate_cli_reports_speculative_acceptance(saved_lm, capsys):
     captured = capsys.readouterr()
     assert captured.out.startswith("in the beginning")
     assert "at depth 4" in captured.err and "draft of 2 layers" in captured.err and "accepted" in captured.err
+    assert main(["generate", str(saved_lm), "--prompt", "in the beginning", "--speculative", "2",
+                 "--max-new-tokens", "6", "--adaptive-draft", "--draft-tokens", "1"]) == 0
+    assert capsys.readouterr().out == captured.out  # the same greedy text
     assert main(["generate", str(saved_lm), "--prompt", "hi", "--speculative", "4"]) == 2
     assert "smaller than the 4 layers" in capsys.readouterr().err
 

@@ -160,7 +160,8 @@ def _cut_note(name: str, trained: bool, depth: int, num_layers: int, strategy: s
 def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: int = 64,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              stop: str | None = None, seed: int = 0, speculative: int | None = None,
-             draft_tokens: int = 4, strategy: str = "every-other", data: str | None = None) -> int:
+             draft_tokens: int = 4, adaptive_draft: bool = False, strategy: str = "every-other",
+             data: str | None = None) -> int:
     """Generate text with a causal LM cut to --depth layers, streaming tokens as they come.
 
     With --speculative K, a K-layer sub-network of the model (the same weights)
@@ -180,6 +181,7 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
         speculative: Self-speculative decoding with a draft of this many (every-other) layers; greedy only.
             With --depth D too, the draft is K layers of the D-layer model, and the text is that model's.
         draft_tokens: Tokens the draft proposes per verification (with --speculative).
+        adaptive_draft: Adapt the draft length round by round: 2 more after a fully accepted round, 1 fewer after a rejection (--draft-tokens starts it).
         strategy: How --depth chooses its layers: every-other, angular, block-influence, top or data-driven (angular and block-influence need --data).
         data: Dataset name or text file whose validation rows calibrate --strategy.
     """
@@ -207,7 +209,7 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
                  max_new_tokens=max_new_tokens, temperature=temperature,
                  top_k=top_k, top_p=top_p, stop=[s for s in (stop or "").split(",") if s], seed=seed,
                  on_text=lambda text: print(text, end="", flush=True), speculative=speculative,
-                 draft_tokens=draft_tokens)
+                 draft_tokens=draft_tokens, adaptive_draft=adaptive_draft)
     print()
     note = " (prompt truncated to fit the context)" if result.prompt_truncated else ""
     if result.draft_depth is not None:
