@@ -165,19 +165,20 @@ def main() -> None:
         return statistics.median(sum(g.new_tokens for g in r) / sum(g.seconds for g in r) for r in results[name])
 
     reference = results[f"depth {num_layers}"][0]
-    repeated = statistics.mean(repeated_ngrams(list(g.token_ids), 4) for g in reference)
+    shares = [r for r in (repeated_ngrams(list(g.token_ids), 4) for g in reference) if r == r]  # nan: < 4 tokens
+    repeated = statistics.mean(shares) if shares else float("nan")
     prompt_tokens = [len(tokenizer(p).input_ids) for p in prompts]
     print(f"# bench/generate.py{' --quick' if a.quick else ''}: {a.model} ({model.config.model_type}, {num_layers} "
           f"layers), {len(prompts)} prompt(s) of {min(prompt_tokens)}-{max(prompt_tokens)} tokens, {a.new_tokens} new "
           f"tokens each, greedy, KV cache, {a.threads} threads, torch {torch.__version__}, {platform.machine()}, "
           f"median of {a.runs}")
-    print(f"{'full-depth greedy text':<36}: {100 * repeated:.0f} % of its 4-grams repeated (mean over the prompts; "
-          "a loop repeats most of them)")
+    print(f"{'full-depth greedy text':<38}: {100 * repeated:.0f} % of its 4-grams repeated (mean over the prompts; "
+          f"{100 * max(shares, default=float('nan')):.0f} % at most; a loop repeats most of them)")
     for d in sorted({*depths, num_layers}, reverse=True):
         label = f"depth {d}{' (full)' if d == num_layers else ''}, HF generate"
-        print(f"{label:<36}: {rate(f'depth {d}'):8.1f} tokens/s")
+        print(f"{label:<38}: {rate(f'depth {d}'):8.1f} tokens/s")
     bare_same = all(b.text.startswith(r.text) for b, r in zip(results["bare"][0], reference))  # it does not stop at EOS
-    print(f"{f'depth {num_layers} (full), bare loop':<36}: {rate('bare'):8.1f} tokens/s "
+    print(f"{f'depth {num_layers} (full), bare loop':<38}: {rate('bare'):8.1f} tokens/s "
           f"(same text as HF generate: {'yes' if bare_same else 'NO'})")
     speculative = {}
     for name in [n for n in variants if n.startswith("speculative")]:
@@ -189,7 +190,7 @@ def main() -> None:
         speculative[name] = {"acceptance": accepted / drafted if drafted else 0.0,
                              "speed_up": speed / rate(f"depth {num_layers}"), "identical": same}
         label = f"speculative, draft {k} of {num_layers}{', adaptive' if adaptive else ''}"
-        print(f"{label:<36}: {speed:8.1f} tokens/s, {speed / rate(f'depth {num_layers}'):.2f}x over HF generate, "
+        print(f"{label:<38}: {speed:8.1f} tokens/s, {speed / rate(f'depth {num_layers}'):.2f}x over HF generate, "
               f"{speed / rate('bare'):.2f}x over the bare loop; acceptance {100 * accepted / max(drafted, 1):.1f} % "
               f"({accepted}/{drafted}, {a.draft_tokens} per round{' to start' if adaptive else ''}); "
               f"output identical: {'yes' if same else 'NO'}")

@@ -74,9 +74,15 @@ def test_every_mask_reuses_one_compilation_of_the_blocks():
     assert 1 <= counter.frame_count <= 2  # training and eval: whatever the masks
 
 
+@pytest.mark.parametrize("per_call_limit", [True, False], ids=["torch.compile's limit", "raised while running"])
 @pytest.mark.parametrize("use_cache", [False, True])
-def test_a_decoder_compiles_once_without_a_cache_and_once_per_block_with_one(use_cache):
+def test_a_decoder_compiles_once_without_a_cache_and_once_per_block_with_one(use_cache, per_call_limit,
+                                                                              monkeypatch):
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from layerdrop import regional
+
+    monkeypatch.setattr(regional, "_PER_CALL_LIMIT", per_call_limit)  # False: as on torch before 2.13
 
     torch.manual_seed(0)
     blocks = 10  # more than Dynamo's default recompile limit (8): compile_layers raises it for its blocks

@@ -16,6 +16,7 @@ docs/compile.md.
 from __future__ import annotations
 
 import functools
+import inspect
 import types
 from typing import Any
 
@@ -30,6 +31,9 @@ __all__ = ["compile_layers", "is_compiled"]
 _OPTIONS = "_layerdrop_compile_options"
 """Attribute of a compiled forward: the ``torch.compile`` options it was compiled with."""
 
+_PER_CALL_LIMIT = "recompile_limit" in inspect.signature(torch.compile).parameters
+"""Whether ``torch.compile`` takes its own ``recompile_limit`` (torch 2.13 does; earlier ones do not)."""
+
 
 def compile_layers(model: nn.Module, *, layers: str | None = None, **options: Any) -> nn.Module:
     """Compile each block's forward of ``model`` in place with ``torch.compile(**options)``; returns ``model``.
@@ -37,11 +41,10 @@ def compile_layers(model: nn.Module, *, layers: str | None = None, **options: An
     Before or after :func:`layerdrop.apply` (granularity ``"layer"``): the gates call the compiled
     forward, and :func:`layerdrop.remove` leaves it compiled. Module types and state-dict keys do
     not change, and :func:`layerdrop.prune` copies compile with the same code. Calling it again
-    with the same options changes nothing. Compilation happens at the first forward. While the
-    blocks run, Dynamo's recompile limit (``torch._dynamo.config.recompile_limit``) is at least
-    twice the number of blocks, so that a decoder whose blocks compile one by one (see the
-    module's docstring), in training and in eval, stays compiled; other compiled code keeps the
-    limit it had.
+    with the same options changes nothing. Compilation happens at the first forward. The blocks'
+    code may compile up to twice as many times as there are blocks (``torch.compile``'s
+    ``recompile_limit``), so that a decoder whose blocks compile one by one (see the module's
+    docstring), in training and in eval, stays compiled; Dynamo's global limit is left as it is.
 
     Args:
         model: The model whose blocks to compile.
@@ -78,7 +81,7 @@ def compile_layers(model: nn.Module, *, layers: str | None = None, **options: An
             continue
         cls = type(block)
         if cls not in compiled:
-            compiled[cls] = _with_room(torch.compile(cls.forward, **options), 2 * len(site.layers))
+            compiled[cls] = _compile(cls.forward, options, 2 * len(site.layers))
             setattr(compiled[cls], _OPTIONS, dict(options))
         forward = types.MethodType(compiled[cls], block)  # a bound method: a deep copy binds to the copy
         if gate is not None:
@@ -88,10 +91,19 @@ def compile_layers(model: nn.Module, *, layers: str | None = None, **options: An
     return model
 
 
+def _compile(forward: Any, options: dict[str, Any], compilations: int) -> Any:
+    """``torch.compile(forward, **options)`` allowed at least ``compilations`` compilations (a decoder's
+    blocks may each compile once, in training and in eval): through ``torch.compile``'s own
+    ``recompile_limit`` where it has one (torch 2.13), else by raising Dynamo's limit while it runs."""
+    if _PER_CALL_LIMIT:
+        limit = max(options.get("recompile_limit") or 0, compilations)
+        return torch.compile(forward, **{**options, "recompile_limit": limit})
+    return _with_room(torch.compile(forward, **options), compilations)
+
+
 def _with_room(compiled: Any, compilations: int) -> Any:
     """``compiled``, called with Dynamo's recompile limit raised to at least ``compilations`` while it
-    runs (a decoder's blocks may each compile once, in training and in eval); the limit that every
-    other compiled code sees is left as it is."""
+    runs; the limit that other compiled code sees outside these calls is left as it is."""
     @functools.wraps(compiled)  # keeps torch.compile's attributes: is_compiled() still sees it
     def forward(*args: Any, **kwargs: Any) -> Any:
         limit = torch._dynamo.config.recompile_limit
