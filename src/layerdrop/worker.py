@@ -96,7 +96,7 @@ class Worker:
                 raise QueueFull("the server is shutting down")
             if len(self._jobs) >= self.queue_size:
                 raise QueueFull(f"{len(self._jobs)} requests are waiting, the most this server queues")
-            job.ahead = len(self._jobs) + bool(self._running)
+            job.ahead = self.ahead()  # the lock is re-entrant
             self._jobs.append(job)
             self._cv.notify_all()
 
