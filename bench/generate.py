@@ -7,9 +7,21 @@ repeated 4-grams say whether it loops, the case where drafts are easy):
   2. for each draft depth K, self-speculative decoding: tokens per second, the speed-up over
      full-depth greedy decoding, the acceptance rate, and whether the text is identical to
      the full-depth greedy text (it must be); with ``--adaptive`` also with the draft length
-     adapted round by round (2 more after a fully accepted round, 1 fewer after a rejection);
-  3. memory: what building the draft adds to the process (it shares the model's weights),
+     adapted round by round (2 more after a fully accepted round, 1 fewer after a rejection), and
+     with ``--confidence Q`` also ending a round's drafting after a token the draft gives p < Q;
+  3. what stands between a draft and 1.5x: a one-token forward of the draft and a forward of
+     the model over ``--draft-tokens`` + 1 tokens, each timed against a one-token forward of the
+     model; a round of n drafted tokens costs n draft steps and one verify and yields the accepted
+     tokens plus one, so from these costs and the share of drafted tokens accepted (fixed n), the
+     speed-up over the bare loop they predict, and the share that 1.5x over the bare loop needs.
+     A steady-state model: it leaves out the draft's pass over the prompt, the loop's own Python
+     work and, with ``--no-repeat-ngram``, the ban (applied about twice per token, once in the
+     bare loop), which the measured speed-up includes;
+  4. memory: what building the draft adds to the process (it shares the model's weights),
      next to what a deep copy of the model adds.
+
+``--no-repeat-ngram N`` decodes every variant with no repeated N-gram (``no_repeat_ngram_size``):
+greedy text that cannot loop, for measuring drafts on a small model whose plain greedy text loops.
 
 Runs of the variants are interleaved and medians reported, so drift of the machine affects
 all alike. Full-depth and cut-depth decoding go through HF ``generate`` (what ``layerdrop
@@ -20,7 +32,7 @@ decoding is also timed as a bare loop (one forward per token, the same KV cache)
 speed-up is given over both.
 
     python bench/generate.py [--quick] [--json out.json] [--model smollm2-135m] [--prompts 16] [--adaptive] [--new-tokens 64] [--depths 30,20,15]
-                             [--speculative 15,20] [--draft-tokens 4] [--runs 3] [--threads 1]
+                             [--speculative 15,20] [--draft-tokens 4] [--no-repeat-ngram 3] [--runs 3] [--threads 1]
 
 ``--model`` is a local folder, a bundled name (``smollm2-135m``: converted once from GGUF into a
 cached folder, about 20 s the first time), or ``random``: a tiny randomly initialised Llama, for
@@ -40,7 +52,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers import AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM, NoRepeatNGramLogitsProcessor
 
 import layerdrop
 from layerdrop.evaluate import repeated_ngrams
@@ -65,18 +77,51 @@ def _load(name: str) -> tuple[torch.nn.Module, object]:
 
 
 @torch.no_grad()
-def _bare_greedy(model: torch.nn.Module, tokenizer: object, prompt: str, new_tokens: int) -> Generation:
+def _bare_greedy(model: torch.nn.Module, tokenizer: object, prompt: str, new_tokens: int,
+                 no_repeat_ngram: int = 0) -> Generation:
     """Full-depth greedy decoding as a bare loop: one forward per token, a KV cache, no EOS check."""
     ids = tokenizer(prompt, return_tensors="pt").input_ids  # (1, T)
+    ban = NoRepeatNGramLogitsProcessor(no_repeat_ngram) if no_repeat_ngram else None
     start = time.perf_counter()
     cache = DynamicCache(config=model.config)
-    step, new = ids, []
+    step, seq, new = ids, ids, []
     for _ in range(new_tokens):
-        step = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1:].argmax(-1)  # (1, 1)
+        logits = model(input_ids=step, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]  # (1, V)
+        step = (ban(seq, logits) if ban else logits).argmax(-1, keepdim=True)  # (1, 1)
+        if ban:
+            seq = torch.cat([seq, step], dim=1)
         new.append(int(step))
     return Generation(text=tokenizer.decode(new, skip_special_tokens=True), new_tokens=len(new),
                       depth=len(layerdrop.find_layers(model).layers), prompt_truncated=False,
                       seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def _forward_ms(model: torch.nn.Module, draft: torch.nn.Module, ids: torch.Tensor, k: int,
+                repeats: int) -> dict[str, float]:
+    """Median milliseconds after ``ids`` in a KV cache: a one-token forward of ``model`` ("full") and of
+    ``draft``, and a forward of ``model`` over ``k + 1`` tokens ("verify", every position's logits,
+    as the speculative loop runs it). Interleaved; each cache is cropped back after each forward."""
+    caches = {}
+    for name, m in (("full", model), ("draft", draft)):
+        caches[name] = DynamicCache(config=model.config)
+        m(input_ids=ids, cache=caches[name], use_cache=True)
+    verify = ids[:, -1:].repeat(1, k + 1)  # (1, k + 1) whatever the prompt's length; the values do not matter
+    steps = [("full", model, ids[:, -1:], 1), ("draft", draft, ids[:, -1:], 1), ("verify", model, verify, 0)]
+    times: dict[str, list[float]] = {name: [] for name, *_ in steps}
+    for _ in range(repeats):
+        for name, m, x, keep in steps:
+            cache = caches["draft" if name == "draft" else "full"]
+            start = time.perf_counter()
+            m(input_ids=x, cache=cache, use_cache=True, logits_to_keep=keep)
+            times[name].append(1000 * (time.perf_counter() - start))
+            cache.crop(-x.shape[1])
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _round_costs(k: int, draft: float, verify: float) -> float:
+    """A round of ``k`` drafted tokens, in one-token forwards of the model: ``k`` draft steps and a verify."""
+    return k * draft + verify
 
 
 def _prompts(count: int, prompt: str, corpora: str) -> list[str]:
@@ -111,10 +156,15 @@ def main() -> None:
                    help="more than 1: that many varied prompts, the first 12 words of test texts of --prompt-data")
     p.add_argument("--prompt-data", default="kjv,20newsgroups", help="comma-separated corpora the prompts alternate over")
     p.add_argument("--adaptive", action="store_true", help="also time each draft with an adaptive draft length")
+    p.add_argument("--confidence", type=float, default=0.0,
+                   help="also time each draft ending a round after a token it gives less than this probability "
+                        "(--draft-tokens at most)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--depths", help="comma-separated depths to time (default: L, 2L/3, L/2)")
     p.add_argument("--speculative", help="comma-separated draft depths (default: L/2, 2L/3)")
     p.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per verification")
+    p.add_argument("--no-repeat-ngram", type=int, default=0,
+                   help="decode every variant with no repeated n-gram of this size (0: plain greedy)")
     p.add_argument("--runs", type=int, help="timed runs per variant, after one warm-up (default 3, quick 1)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quick", action="store_true", help="one timed run, 32 new tokens, one draft depth (L/2)")
@@ -138,18 +188,24 @@ def main() -> None:
     full = cut.get(num_layers, model)
 
     def plain(m: torch.nn.Module) -> Callable[[str], Generation]:
-        return lambda prompt: generate(m, tokenizer, prompt, max_new_tokens=a.new_tokens)
+        return lambda prompt: generate(m, tokenizer, prompt, max_new_tokens=a.new_tokens,
+                                       no_repeat_ngram=a.no_repeat_ngram)
 
     variants: dict[str, Callable[[str], Generation]] = {f"depth {d}": plain(m) for d, m in cut.items()}
     if num_layers not in cut:
         variants[f"depth {num_layers}"] = plain(full)
-    variants["bare"] = lambda prompt: _bare_greedy(full, tokenizer, prompt, a.new_tokens)
+    variants["bare"] = lambda prompt: _bare_greedy(full, tokenizer, prompt, a.new_tokens, a.no_repeat_ngram)
+    schedules = {"": {}, " adaptive": {"adaptive_draft": True}, " confident": {"draft_confidence": a.confidence}}
+    if not a.adaptive:
+        del schedules[" adaptive"]
+    if not a.confidence:
+        del schedules[" confident"]
     for k in drafts:
-        for adaptive in (False, True) if a.adaptive else (False,):
-            variants[f"speculative {k}{' adaptive' if adaptive else ''}"] = (
-                lambda prompt, k=k, adaptive=adaptive: generate(
+        for suffix, options in schedules.items():
+            variants[f"speculative {k}{suffix}"] = (
+                lambda prompt, k=k, options=options: generate(
                     full, tokenizer, prompt, max_new_tokens=a.new_tokens, speculative=k, draft_tokens=a.draft_tokens,
-                    adaptive_draft=adaptive))
+                    no_repeat_ngram=a.no_repeat_ngram, **options))
     # results[name][run][i]: prompt i's generation in timed run ``run``; variants interleaved prompt by prompt
     results: dict[str, list[list[Generation]]] = {name: [] for name in variants}
     for i in range(1 + a.runs):
@@ -170,7 +226,7 @@ def main() -> None:
     prompt_tokens = [len(tokenizer(p).input_ids) for p in prompts]
     print(f"# bench/generate.py{' --quick' if a.quick else ''}: {a.model} ({model.config.model_type}, {num_layers} "
           f"layers), {len(prompts)} prompt(s) of {min(prompt_tokens)}-{max(prompt_tokens)} tokens, {a.new_tokens} new "
-          f"tokens each, greedy, KV cache, {a.threads} threads, torch {torch.__version__}, {platform.machine()}, "
+          f"tokens each, greedy{f' with no repeated {a.no_repeat_ngram}-gram' if a.no_repeat_ngram else ''}, KV cache, {a.threads} threads, torch {torch.__version__}, {platform.machine()}, "
           f"median of {a.runs}")
     print(f"{'full-depth greedy text':<38}: {100 * repeated:.0f} % of its 4-grams repeated (mean over the prompts; "
           f"{100 * max(shares, default=float('nan')):.0f} % at most; a loop repeats most of them)")
@@ -186,14 +242,36 @@ def main() -> None:
         same = all(g.token_ids == r.token_ids for run in runs for g, r in zip(run, reference))
         drafted, accepted = sum(g.drafted for g in runs[0]), sum(g.accepted for g in runs[0])
         speed = rate(name)
-        k, adaptive = int(name.split()[1]), name.endswith("adaptive")
+        k, schedule = int(name.split()[1]), name.split()[2] if len(name.split()) > 2 else ""
         speculative[name] = {"acceptance": accepted / drafted if drafted else 0.0,
                              "speed_up": speed / rate(f"depth {num_layers}"), "identical": same}
-        label = f"speculative, draft {k} of {num_layers}{', adaptive' if adaptive else ''}"
+        label = f"speculative, draft {k} of {num_layers}{f', {schedule}' if schedule else ''}"
+        per_round = {"": "per round", "adaptive": "per round to start",
+                     "confident": f"per round at most, fewer after p < {a.confidence}"}[schedule]
         print(f"{label:<38}: {speed:8.1f} tokens/s, {speed / rate(f'depth {num_layers}'):.2f}x over HF generate, "
               f"{speed / rate('bare'):.2f}x over the bare loop; acceptance {100 * accepted / max(drafted, 1):.1f} % "
-              f"({accepted}/{drafted}, {a.draft_tokens} per round{' to start' if adaptive else ''}); "
+              f"({accepted}/{drafted}, {a.draft_tokens} {per_round}); "
               f"output identical: {'yes' if same else 'NO'}")
+
+    ids = tokenizer(prompts[0], return_tensors="pt").input_ids  # (1, T)
+    costs = {}
+    for k in drafts:
+        ms = _forward_ms(full, view(full, k), ids, a.draft_tokens, repeats=5 if a.quick else 20)
+        c, v = ms["draft"] / ms["full"], ms["verify"] / ms["full"]
+        share = speculative[f"speculative {k}"]["acceptance"]
+        # a round yields its accepted tokens and one of the model's; the bare loop yields one per forward
+        predicted = (share * a.draft_tokens + 1) / _round_costs(a.draft_tokens, c, v)
+        needed = (1.5 * _round_costs(a.draft_tokens, c, v) - 1) / a.draft_tokens  # the share that gives 1.5x
+        costs[k] = {"forward_ms": ms["full"], "draft": c, "verify": v, "predicted_over_bare": predicted,
+                    "needed_acceptance": max(needed, 0.0) if needed <= 1 else None}
+        need = (f"1.5x over the bare loop needs {100 * max(needed, 0):.0f} % accepted" if needed <= 1 else
+                f"1.5x is out of reach at {a.draft_tokens} per round: "
+                f"{(a.draft_tokens + 1) / _round_costs(a.draft_tokens, c, v):.2f}x if every drafted token is accepted")
+        print(f"{f'costs, draft {k} of {num_layers}':<38}: a draft step {c:.2f}, a verify of {a.draft_tokens + 1} "
+              f"tokens {v:.2f} (a one-token forward after {ids.shape[1]} tokens = 1, {ms['full']:.1f} ms); "
+              f"{100 * share:.1f} % accepted "
+              f"predicts {predicted:.2f}x over the bare loop (measured "
+              f"{speculative[f'speculative {k}']['speed_up'] * rate(f'depth {num_layers}') / rate('bare'):.2f}x); {need}")
 
     rss, peak = _rss_mib(), _peak_mib()
     draft = view(full, drafts[0])
@@ -214,8 +292,8 @@ def main() -> None:
         write_json(a.json, {
             "script": "bench/generate.py", "quick": a.quick, "date": time.strftime("%Y-%m-%d"),
             "torch": torch.__version__, "threads": a.threads, "model": a.model, "layers": num_layers,
-            "new_tokens": a.new_tokens, "runs": a.runs, "tokens_per_s": {name: rate(name) for name in variants},
-            "prompts": len(prompts), "repeated_4grams": repeated, "speculative": speculative,
+            "new_tokens": a.new_tokens, "runs": a.runs, "no_repeat_ngram": a.no_repeat_ngram, "tokens_per_s": {name: rate(name) for name in variants},
+            "prompts": len(prompts), "repeated_4grams": repeated, "speculative": speculative, "costs": costs,
             "draft_memory_mib": {"rss": rss_draft - rss, "own_parameters": own},
         })
 

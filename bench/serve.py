@@ -86,6 +86,21 @@ def _load(url: str, bodies: list[dict], path: str, concurrency: int) -> tuple[li
     return sorted(results, key=lambda r: r["i"]), seconds
 
 
+def _describe(row: dict) -> str:
+    """One measurement as a line: ``depth 20, 2 clients: ...`` or ``budgets, 2 clients: ...``."""
+    clients = f"{row['concurrency']} client{'s' if row['concurrency'] > 1 else ''}"
+    where = f"depth {row['depth']}, {clients}" if row["phase"] == "depth" else f"budgets, {clients}"
+    ms = (f"p50 {row['p50_ms']:7.0f} ms, p99 {row['p99_ms']:7.0f} ms" if row["ok"] else f"{'no answer':>30}")
+    line = (f"{where:<20}: {row['ok']:>3}/{row['requests']} answered ({row['refused_503']} busy 503, "
+            f"{row['refused_422']} refused 422, {row['lost']} lost), {ms}, {row['requests_per_s']:5.2f} requests/s")
+    if row["phase"] == "budget" and row["ok"]:
+        served = " ".join(f"{d}:{n}" for d, n in row["served_depths"].items())
+        line += (f"; budgets met {100 * row['met_budget']:.0f} % as the client timed them, "
+                 f"{100 * row['met_budget_server']:.0f} % in the server; margin {row['margin']:.2f}; "
+                 f"answers per depth {served}")
+    return line
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model")
@@ -145,8 +160,14 @@ def main() -> None:
         depths = [d["depth"] for d in info["depths"]]
         levels = [int(c) for c in a.concurrency.split(",")]
         plan = [("depth", d, c) for c in levels for d in depths] + [("budget", 0, c) for c in levels]
+        print(f"# bench/serve.py{' --quick' if a.quick else ''}: {a.model} ({info['task']}), depths "
+              f"{','.join(map(str, depths))}, {a.requests} requests per line"
+              f"{f', {a.max_tokens} new tokens each, greedy' if generation else ''}, on 127.0.0.1", flush=True)
         for phase, depth, concurrency in plan:
             if (phase, depth, concurrency) in done:
+                saved_row = next(r for r in saved["rows"] if (r["phase"], r["depth"], r["concurrency"]) ==
+                                 (phase, depth, concurrency))
+                print(f"{_describe(saved_row)} (saved earlier)", flush=True)
                 continue
             if phase == "depth":
                 bodies = [body(t, depth=depth) for t in inputs]
@@ -178,7 +199,7 @@ def main() -> None:
                 row["served_depths"] = {str(d): sum(r["served"]["depth"] == d for r in ok) for d in depths}
             saved["rows"].append(row)
             write_json(path, saved)
-            print(json.dumps(row), flush=True)
+            print(_describe(row), flush=True)
     finally:
         server.terminate()
         server.wait(30)

@@ -233,6 +233,42 @@ def test_adaptive_draft_length_keeps_the_greedy_output_and_changes_what_is_draft
     assert any(f != a for f, a in drafted)  # the schedule moved the draft length somewhere
 
 
+def _repeats_an_ngram(tokens, n, start=0):
+    """Whether an n-gram ending at or after ``tokens[start]`` occurred earlier in ``tokens``."""
+    grams = [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+    return any(grams[i] in grams[:i] for i in range(max(0, start - n + 1), len(grams)))
+
+
+@pytest.mark.parametrize(("name", "prompt"), [("gpt2", "in the beginning"), ("llama", "the the the the")])
+def test_no_repeat_ngram_text_equals_hf_generate_and_never_repeats_one(decoders, tok, name, prompt):
+    model = decoders[name]
+    ids = tok(prompt, return_tensors="pt").input_ids  # (1, T)
+    free = generate(model, tok, prompt, max_new_tokens=24)
+    assert _repeats_an_ngram(list(free.token_ids), 2)  # these random weights loop here: the ban has work to do
+    for n in (1, 2, 3):
+        hf = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
+                            no_repeat_ngram_size=n, pad_token_id=tok.pad_token_id)[0, ids.shape[1]:]
+        plain = generate(model, tok, prompt, max_new_tokens=24, no_repeat_ngram=n)
+        assert plain.token_ids == tuple(hf.tolist())
+        assert not _repeats_an_ngram(ids[0].tolist() + list(plain.token_ids), n, start=ids.shape[1])
+        for draft_depth, adaptive in ((1, False), (2, True), (3, False)):
+            fast = generate(model, tok, prompt, max_new_tokens=24, speculative=draft_depth,
+                            draft_tokens=3, adaptive_draft=adaptive, no_repeat_ngram=n)
+            assert fast.token_ids == plain.token_ids
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_a_confidence_threshold_drafts_less_and_keeps_the_greedy_output(decoders, tok, name):
+    model = decoders[name]
+    full = generate(model, tok, "in the beginning", max_new_tokens=16)
+    always = generate(model, tok, "in the beginning", max_new_tokens=16, speculative=2, draft_tokens=4)
+    doubtful = generate(model, tok, "in the beginning", max_new_tokens=16, speculative=2, draft_tokens=4,
+                        draft_confidence=0.99)  # random weights are never that sure: one token a round
+    assert always.token_ids == doubtful.token_ids == full.token_ids
+    assert doubtful.drafted < always.drafted
+    assert doubtful.drafted <= doubtful.new_tokens  # at most one drafted token per round, a round yields >= 1
+
+
 def test_speculative_decoding_reports_consistent_acceptance(decoders, tok):
     rejections = 0
     for name, model in decoders.items():
@@ -292,6 +328,11 @@ def test_speculative_decoding_streams_and_stops_like_plain_decoding(decoders, to
         ({"speculative": 2, "depth": 2}, "smaller than the 2 layers"),
         ({"speculative": 2, "temperature": 0.7}, "temperature 0"),
         ({"speculative": 2, "draft_tokens": 0}, "draft_tokens must be a positive integer"),
+        ({"no_repeat_ngram": -1}, "no_repeat_ngram must be 0"),
+        ({"adaptive_draft": True}, "adaptive_draft changes the draft .* pass speculative=K too"),
+        ({"draft_confidence": 0.4}, "draft_confidence changes the draft .* pass speculative=K too"),
+        ({"speculative": 2, "draft_confidence": 1.0}, "from 0 .off. to below 1"),
+        ({"speculative": 2, "no_repeat_ngram": True}, "no_repeat_ngram must be 0"),
     ],
 )
 def test_bad_speculative_input_is_explained(lm, tok, kwargs, message):
@@ -321,6 +362,27 @@ def test_generate_cli_reports_speculative_acceptance(saved_lm, capsys):
     assert capsys.readouterr().out == captured.out  # the same greedy text
     assert main(["generate", str(saved_lm), "--prompt", "hi", "--speculative", "4"]) == 2
     assert "smaller than the 4 layers" in capsys.readouterr().err
+    assert main(["generate", str(saved_lm), "--prompt", "hi", "--adaptive-draft"]) == 2
+    assert "--adaptive-draft changes the draft of --speculative: pass --speculative K too" in capsys.readouterr().err
+    assert main(["generate", str(saved_lm), "--prompt", "hi", "--draft-confidence", "0.4"]) == 2
+    assert "--draft-confidence changes the draft" in capsys.readouterr().err
+    assert main(["generate", str(saved_lm), "--prompt", "in the beginning", "--speculative", "2",
+                 "--max-new-tokens", "6", "--draft-confidence", "0.4", "--draft-tokens", "8"]) == 0
+    assert capsys.readouterr().out == captured.out
+
+
+def test_generate_cli_bans_repeated_ngrams_with_or_without_a_draft(saved_lm, capsys):
+    args = ["generate", str(saved_lm), "--prompt", "in the beginning", "--max-new-tokens", "16"]
+    assert main(args) == 0
+    free = capsys.readouterr().out
+    assert main([*args, "--no-repeat-ngram", "1"]) == 0
+    banned = capsys.readouterr().out
+    assert main([*args, "--no-repeat-ngram", "1", "--speculative", "2"]) == 0
+    assert capsys.readouterr().out == banned != free
+    words = banned.split()[3:]  # the continuation: no word twice (a repeated 1-gram is a repeated token)
+    assert len(set(words)) == len(words)
+    assert main([*args, "--no-repeat-ngram", "-1"]) == 2
+    assert "--no-repeat-ngram must be 0" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- generation at a depth shares the model (issue 12, bug 2)

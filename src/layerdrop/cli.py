@@ -160,8 +160,9 @@ def _cut_note(name: str, trained: bool, depth: int, num_layers: int, strategy: s
 def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: int = 64,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              stop: str | None = None, seed: int = 0, speculative: int | None = None,
-             draft_tokens: int = 4, adaptive_draft: bool = False, strategy: str = "every-other",
-             data: str | None = None) -> int:
+             draft_tokens: int = 4, adaptive_draft: bool = False, draft_confidence: float = 0.0,
+             no_repeat_ngram: int = 0,
+             strategy: str = "every-other", data: str | None = None) -> int:
     """Generate text with a causal LM cut to --depth layers, streaming tokens as they come.
 
     With --speculative K, a K-layer sub-network of the model (the same weights)
@@ -182,6 +183,8 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
             With --depth D too, the draft is K layers of the D-layer model, and the text is that model's.
         draft_tokens: Tokens the draft proposes per verification (with --speculative).
         adaptive_draft: Adapt the draft length round by round: 2 more after a fully accepted round, 1 fewer after a rejection (--draft-tokens starts it).
+        draft_confidence: End a round's drafting after a token the draft gives a probability below this (0 is off; HF's default for assisted decoding is 0.4); --draft-tokens is then the most a round drafts.
+        no_repeat_ngram: Never repeat an n-gram of this size (prompt included), so greedy text cannot loop; 0 is off. Works with --speculative.
         strategy: How --depth chooses its layers: every-other, angular, block-influence, top or data-driven (angular and block-influence need --data).
         data: Dataset name or text file whose validation rows calibrate --strategy.
     """
@@ -196,6 +199,13 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
 
     if strategy != "every-other" and depth is None:
         raise ValueError(f"--strategy {strategy} chooses the layers of --depth: pass --depth too")
+    if not 0 <= draft_confidence < 1:
+        raise ValueError(f"--draft-confidence must be a probability from 0 (off) to below 1, got {draft_confidence}")
+    if no_repeat_ngram < 0:
+        raise ValueError(f"--no-repeat-ngram must be 0 (off) or an n-gram size of at least 1, got {no_repeat_ngram}")
+    if (adaptive_draft or draft_confidence) and speculative is None:
+        option = "--adaptive-draft" if adaptive_draft else "--draft-confidence"
+        raise ValueError(f"{option} changes the draft of --speculative: pass --speculative K too")
     if lookup(strategy).needs_data and data is None:
         raise ValueError(f"--strategy {strategy} needs calibration data: pass --data (a dataset name or text file)")
     lm = load_saved(model).eval()
@@ -209,7 +219,8 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
                  max_new_tokens=max_new_tokens, temperature=temperature,
                  top_k=top_k, top_p=top_p, stop=[s for s in (stop or "").split(",") if s], seed=seed,
                  on_text=lambda text: print(text, end="", flush=True), speculative=speculative,
-                 draft_tokens=draft_tokens, adaptive_draft=adaptive_draft)
+                 draft_tokens=draft_tokens, adaptive_draft=adaptive_draft,
+                 draft_confidence=draft_confidence, no_repeat_ngram=no_repeat_ngram)
     print()
     note = " (prompt truncated to fit the context)" if result.prompt_truncated else ""
     if result.draft_depth is not None:

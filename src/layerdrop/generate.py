@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import DynamicCache, StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import (DynamicCache, NoRepeatNGramLogitsProcessor, StoppingCriteria, StoppingCriteriaList,
+                          TextStreamer)
 
 from .arch import find_layers
 from .core import check_keep
@@ -108,17 +109,32 @@ def _speculative(
     draft_tokens: int,
     emit: Callable[[int], bool],
     adaptive: bool = False,
+    no_repeat_ngram: int = 0,
+    confidence: float = 0.0,
 ) -> tuple[int, int]:
     """Greedy decoding of ``model`` after ``ids``, drafted by ``draft``; returns ``(drafted, accepted)``.
 
     Each new token goes to ``emit``, in order, which returns ``True`` to stop
     (at the latest at the ``max_new_tokens``-th token). With ``adaptive``, ``draft_tokens`` is only
-    the first round's count, then :func:`adapt_draft_tokens` sets each next one.
+    the first round's count, then :func:`adapt_draft_tokens` sets each next one. With
+    ``no_repeat_ngram`` ``n``, no token may complete an ``n``-gram already in the text (HF's
+    ``no_repeat_ngram_size``), for the draft and the model alike. A round stops drafting after a
+    token the draft gives a probability below ``confidence``, after the ban (HF's
+    ``assistant_confidence_threshold``).
     """
+    ban = NoRepeatNGramLogitsProcessor(no_repeat_ngram) if no_repeat_ngram else None
+
+    def pick(logits: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """The greedy token after each of the last ``P`` positions of ``seq``, from ``logits`` (1, P, V)."""
+        if ban is None:
+            return logits.argmax(-1)  # (1, P)
+        first = seq.shape[1] - logits.shape[1] + 1  # the prefix each position's logits continue
+        return torch.stack([ban(seq[:, :first + j], logits[:, j]).argmax(-1) for j in range(logits.shape[1])], dim=1)
+
     # Both caches have a slot per original layer: the draft's blocks fill theirs by their own layer_idx.
     full_cache, draft_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
     logits = model(input_ids=ids, cache=full_cache, use_cache=True, logits_to_keep=1).logits
-    seq = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)  # (1, T + 1)
+    seq = torch.cat([ids, pick(logits[:, -1:], ids)], dim=1)  # (1, T + 1)
     drafted = accepted = 0
     if emit(int(seq[0, -1])):
         return drafted, accepted
@@ -131,11 +147,15 @@ def _speculative(
             # the draft catches up on every token it has not seen: after a fully accepted round, two
             new = proposal[:, draft_cache.get_seq_length():]
             logits = draft(input_ids=new, cache=draft_cache, use_cache=True, logits_to_keep=1).logits
-            proposal = torch.cat([proposal, logits[:, -1:].argmax(-1)], dim=1)
+            row = logits[:, -1] if ban is None else ban(proposal, logits[:, -1])  # (1, V)
+            token = row.argmax(-1, keepdim=True)  # (1, 1)
+            proposal = torch.cat([proposal, token], dim=1)
+            if confidence and float(row[0].softmax(-1)[token[0, 0]]) < confidence:
+                break  # a doubtful draft token: verify what there is rather than build on it
         candidates = proposal[:, start:]  # (1, n)
         # one forward of the full model scores the last kept token and every candidate
         logits = model(input_ids=proposal[:, full_cache.get_seq_length():], cache=full_cache, use_cache=True).logits
-        wanted = logits.argmax(-1)  # (1, n + 1): the full model's token after each input
+        wanted = pick(logits, proposal)  # (1, n + 1): the full model's token after each input
         agree = int((candidates == wanted[:, :-1]).int().cumprod(dim=-1).sum())
         drafted, accepted = drafted + candidates.shape[1], accepted + agree
         if adaptive:
@@ -194,6 +214,8 @@ def generate(
     speculative: int | None = None,
     draft_tokens: int = 4,
     adaptive_draft: bool = False,
+    no_repeat_ngram: int = 0,
+    draft_confidence: float = 0.0,
 ) -> Generation:
     """Continue ``prompt`` with ``model`` cut to ``depth`` layers (or to ``keep``).
 
@@ -217,6 +239,13 @@ def generate(
     needs ``temperature=0``; the result reports ``drafted`` and ``accepted``. With
     ``adaptive_draft``, ``draft_tokens`` only starts the count, which then grows by 2 after a
     fully accepted round and shrinks by 1 after a rejection (:func:`adapt_draft_tokens`).
+    ``draft_confidence=q`` ends a round's drafting early, after a token the draft gives a
+    probability below ``q`` (HF's ``assistant_confidence_threshold``); ``draft_tokens`` is then the
+    most a round drafts.
+
+    ``no_repeat_ngram=n`` forbids any token that would repeat an ``n``-gram of the text, prompt
+    included (HF's ``no_repeat_ngram_size``): greedy text then cannot loop. Speculative decoding
+    applies it to the draft and the verification alike, so its text stays the model's own.
 
     ``model`` is never changed: at a depth it runs as a weight-sharing view; a model in training
     mode is copied first (switching it to eval would switch the caller's model), so pass
@@ -234,6 +263,14 @@ def generate(
         raise ValueError("speculative decoding here is greedy: use temperature 0 (the default) with speculative")
     if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
         raise ValueError(f"draft_tokens must be a positive integer, got {draft_tokens!r}")
+    if (isinstance(draft_confidence, bool) or not isinstance(draft_confidence, (int, float))
+            or not 0 <= draft_confidence < 1):
+        raise ValueError(f"draft_confidence must be a probability from 0 (off) to below 1, got {draft_confidence!r}")
+    if isinstance(no_repeat_ngram, bool) or not isinstance(no_repeat_ngram, int) or no_repeat_ngram < 0:
+        raise ValueError(f"no_repeat_ngram must be 0 (off) or an n-gram size of at least 1, got {no_repeat_ngram!r}")
+    if (adaptive_draft or draft_confidence) and speculative is None:
+        option = "adaptive_draft" if adaptive_draft else "draft_confidence"
+        raise ValueError(f"{option} changes the draft of speculative decoding: pass speculative=K too")
     if depth is not None and keep is None:  # the strategy's layers (every-other by default)
         from .strategies import choose
 
@@ -262,11 +299,13 @@ def generate(
     begin = time.perf_counter()
     if draft is not None:
         result = _generate_speculative(model, draft, tokenizer, ids, truncated, begin, max_new_tokens=max_new_tokens,
-                                       draft_tokens=draft_tokens, stop=stop, on_text=on_text, adaptive=adaptive_draft)
+                                       draft_tokens=draft_tokens, stop=stop, on_text=on_text, adaptive=adaptive_draft,
+                                       no_repeat_ngram=no_repeat_ngram, confidence=draft_confidence)
         return dataclasses.replace(result, kept=kept)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "use_cache": True,
                               "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                               else tokenizer.eos_token_id}
+    kwargs["no_repeat_ngram_size"] = no_repeat_ngram  # 0 also overrides one in the model's generation_config
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
     else:
@@ -305,6 +344,8 @@ def _generate_speculative(
     stop: Sequence[str],
     on_text: Callable[[str], None] | None,
     adaptive: bool = False,
+    no_repeat_ngram: int = 0,
+    confidence: float = 0.0,
 ) -> Generation:
     """:func:`generate`'s speculative path; ends where HF ``generate`` would (EOS, a stop string, the length)."""
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -321,7 +362,8 @@ def _generate_speculative(
         text = tokenizer.decode(new, skip_special_tokens=True) if stop else ""
         return token in eos_ids or len(new) >= max_new_tokens or any(s in text for s in stop)
 
-    drafted, accepted = _speculative(model, draft, ids, max_new_tokens, draft_tokens, emit, adaptive)
+    drafted, accepted = _speculative(model, draft, ids, max_new_tokens, draft_tokens, emit, adaptive, no_repeat_ngram,
+                                      confidence)
     if streamer is not None:
         streamer.end()
     text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
