@@ -29,7 +29,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "freeze_embeddings": [],
     "teacher_cache": [],
     "ddp": [],
-    "generate": [],
+    "generate": ["--prompts", "4"],  # varied prompts: acceptance over a set, not over one loop
     "serve": ["smollm2-135m", "--data", "kjv", "--depths", "30,20,15"],
 }
 """Every benchmark script (bench/<name>.py) and the arguments it always gets."""
