@@ -195,11 +195,11 @@ def main() -> None:
     if num_layers not in cut:
         variants[f"depth {num_layers}"] = plain(full)
     variants["bare"] = lambda prompt: _bare_greedy(full, tokenizer, prompt, a.new_tokens, a.no_repeat_ngram)
-    schedules = {"": {}, " adaptive": {"adaptive_draft": True}, " confident": {"draft_confidence": a.confidence}}
-    if not a.adaptive:
-        del schedules[" adaptive"]
-    if not a.confidence:
-        del schedules[" confident"]
+    schedules: dict[str, dict] = {"": {}}
+    if a.adaptive:
+        schedules[" adaptive"] = {"adaptive_draft": True}
+    if a.confidence:
+        schedules[" confident"] = {"draft_confidence": a.confidence}
     for k in drafts:
         for suffix, options in schedules.items():
             variants[f"speculative {k}{suffix}"] = (
@@ -271,7 +271,7 @@ def main() -> None:
               f"tokens {v:.2f} (a one-token forward after {ids.shape[1]} tokens = 1, {ms['full']:.1f} ms); "
               f"{100 * share:.1f} % accepted "
               f"predicts {predicted:.2f}x over the bare loop (measured "
-              f"{speculative[f'speculative {k}']['speed_up'] * rate(f'depth {num_layers}') / rate('bare'):.2f}x); {need}")
+              f"{rate(f'speculative {k}') / rate('bare'):.2f}x); {need}")
 
     rss, peak = _rss_mib(), _peak_mib()
     draft = view(full, drafts[0])

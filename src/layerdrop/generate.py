@@ -124,17 +124,17 @@ def _speculative(
     """
     ban = NoRepeatNGramLogitsProcessor(no_repeat_ngram) if no_repeat_ngram else None
 
-    def pick(logits: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
-        """The greedy token after each of the last ``P`` positions of ``seq``, from ``logits`` (1, P, V)."""
+    def allowed(logits: torch.Tensor, seq: torch.Tensor) -> torch.Tensor:
+        """``logits`` (1, P, V) of the last ``P`` positions of ``seq``, each with the ban after its prefix."""
         if ban is None:
-            return logits.argmax(-1)  # (1, P)
+            return logits
         first = seq.shape[1] - logits.shape[1] + 1  # the prefix each position's logits continue
-        return torch.stack([ban(seq[:, :first + j], logits[:, j]).argmax(-1) for j in range(logits.shape[1])], dim=1)
+        return torch.stack([ban(seq[:, :first + j], logits[:, j]) for j in range(logits.shape[1])], dim=1)
 
     # Both caches have a slot per original layer: the draft's blocks fill theirs by their own layer_idx.
     full_cache, draft_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
     logits = model(input_ids=ids, cache=full_cache, use_cache=True, logits_to_keep=1).logits
-    seq = torch.cat([ids, pick(logits[:, -1:], ids)], dim=1)  # (1, T + 1)
+    seq = torch.cat([ids, allowed(logits[:, -1:], ids).argmax(-1)], dim=1)  # (1, T + 1)
     drafted = accepted = 0
     if emit(int(seq[0, -1])):
         return drafted, accepted
@@ -147,7 +147,7 @@ def _speculative(
             # the draft catches up on every token it has not seen: after a fully accepted round, two
             new = proposal[:, draft_cache.get_seq_length():]
             logits = draft(input_ids=new, cache=draft_cache, use_cache=True, logits_to_keep=1).logits
-            row = logits[:, -1] if ban is None else ban(proposal, logits[:, -1])  # (1, V)
+            row = allowed(logits[:, -1:], proposal)[:, -1]  # (1, V)
             token = row.argmax(-1, keepdim=True)  # (1, 1)
             proposal = torch.cat([proposal, token], dim=1)
             if confidence and float(row[0].softmax(-1)[token[0, 0]]) < confidence:
@@ -155,7 +155,7 @@ def _speculative(
         candidates = proposal[:, start:]  # (1, n)
         # one forward of the full model scores the last kept token and every candidate
         logits = model(input_ids=proposal[:, full_cache.get_seq_length():], cache=full_cache, use_cache=True).logits
-        wanted = pick(logits, proposal)  # (1, n + 1): the full model's token after each input
+        wanted = allowed(logits, proposal).argmax(-1)  # (1, n + 1): the full model's token after each input
         agree = int((candidates == wanted[:, :-1]).int().cumprod(dim=-1).sum())
         drafted, accepted = drafted + candidates.shape[1], accepted + agree
         if adaptive:
@@ -304,8 +304,8 @@ def generate(
         return dataclasses.replace(result, kept=kept)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "use_cache": True,
                               "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                              else tokenizer.eos_token_id}
-    kwargs["no_repeat_ngram_size"] = no_repeat_ngram  # 0 also overrides one in the model's generation_config
+                              else tokenizer.eos_token_id,
+                              "no_repeat_ngram_size": no_repeat_ngram}  # 0 overrides the model's generation_config
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
     else:
