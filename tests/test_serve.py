@@ -114,6 +114,21 @@ def test_a_completion_at_a_depth_is_the_pruned_models_greedy_text(lm):
         assert body["layerdrop"]["layers"] == list(layerdrop.every_other(4, depth))
 
 
+def test_a_speculative_completion_with_no_repeated_ngram_is_the_models_own_text(lm):
+    client, served = lm
+    cut = layerdrop.prune(served.model, 4).eval()
+    for ban in (0, 2):
+        expected = generate(cut, served.tokenizer, "In the beginning", max_new_tokens=16, no_repeat_ngram=ban)
+        for speculative in (None, 2):
+            body = client.post("/v1/completions", json={
+                "prompt": "In the beginning", "max_tokens": 16, "temperature": 0, "depth": 4,
+                "speculative": speculative, "no_repeat_ngram": ban}).json()
+            assert body["choices"][0]["text"] == expected.text, (ban, speculative)
+    banned = generate(cut, served.tokenizer, "In the beginning", max_new_tokens=16, no_repeat_ngram=2).token_ids
+    assert len(set(zip(banned, banned[1:]))) == len(banned) - 1  # no bigram twice
+    assert banned != generate(cut, served.tokenizer, "In the beginning", max_new_tokens=16).token_ids  # it loops
+
+
 def test_a_stream_sends_the_same_text_in_chunks_and_ends_with_done(lm):
     client, _ = lm
     request = {"prompt": "In the beginning", "max_tokens": 12, "temperature": 0, "depth": 3}
@@ -318,6 +333,7 @@ def _is_error(response, status):
     ({"prompt": "hi", "max_tokens": 25}, 422, "--max-tokens"),
     ({"prompt": "word " * 50}, 422, "shorten the prompt"),
     ({"prompt": "hi", "speculative": 1, "temperature": 0.7}, 422, "temperature to 0"),
+    ({"prompt": "hi", "no_repeat_ngram": -1}, 422, "no_repeat_ngram"),
     ({"prompt": "hi", "model": "other"}, 422, "not served here"),
     ({"prompt": "hi", "model": "lm@x"}, 422, "after @ comes a depth"),
     ({"prompt": "   "}, 422, "prompt is empty"),

@@ -7,8 +7,8 @@ served depth is timed on this machine (:mod:`layerdrop.latency`); a request then
 ``depth`` or a ``latency_ms`` budget, and gets the deepest depth whose predicted time, the
 queue's wait included, fits. One worker thread runs everything (:mod:`layerdrop.worker`).
 
-Routes: ``POST /v1/completions`` (OpenAI's shape, plus ``depth`` / ``latency_ms`` /
-``speculative``; ``model: "NAME@K"`` picks K layers; ``stream`` sends server-sent events),
+Routes: ``POST /v1/completions`` (OpenAI's shape, plus ``depth`` / ``latency_ms`` / ``speculative`` /
+``no_repeat_ngram``; ``model: "NAME@K"`` picks K layers; ``stream`` sends server-sent events),
 ``POST /v1/classify``, ``GET /v1/depths``, ``/v1/models``, ``/healthz``, ``/readyz``, ``/metrics``
 (Prometheus text) and ``/`` (a page to try it). Every error has one shape,
 ``{"error": {"message", "type", "code", "param"}}``. See docs/serving.md.
@@ -229,6 +229,8 @@ class _Completion:
     stop: tuple[str, ...]
     seed: int
     speculative: int | None
+    no_repeat_ngram: int = 0
+    """0: off."""
 
 
 AHEAD_MAX = 3
@@ -312,7 +314,8 @@ class Engine:
         try:
             result = generate(module, self.served.tokenizer, c.prompt, max_new_tokens=c.max_tokens,
                               temperature=c.temperature, top_p=c.top_p if c.temperature > 0 else None, stop=c.stop,
-                              seed=c.seed, on_text=on_text, speculative=c.speculative)
+                              seed=c.seed, on_text=on_text, speculative=c.speculative,
+                              no_repeat_ngram=c.no_repeat_ngram)
         except Cancelled:
             self.metrics.generation_stopped()
             raise
@@ -356,6 +359,8 @@ class CompletionRequest(_Strict):
     depth: int | None = Field(None, ge=1, description="Layers to run (a served depth).")
     latency_ms: float | None = Field(None, gt=0.0, description="Budget: the deepest depth predicted to fit.")
     speculative: int | None = Field(None, ge=1, description="Greedy only: a draft of this many layers.")
+    no_repeat_ngram: int = Field(0, ge=0, description="Never repeat an n-gram of this size, prompt included, so "
+                                                      "greedy text cannot loop; 0 is off. Works with speculative.")
     # OpenAI's other fields, accepted at the values this server supports (clients send some by default)
     n: Literal[1] = Field(1, description="Completions per prompt: 1 only.")
     best_of: Literal[1] | None = None
@@ -757,7 +762,8 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
             raise ServeError(422, f"speculative: the draft must have fewer layers than the {depth} that verify it",
                              param="speculative")
         payload = _Completion(prompt, body.max_tokens, body.temperature, body.top_p, stop,
-                              body.seed if body.seed is not None else secrets.randbelow(2**31), body.speculative)
+                              body.seed if body.seed is not None else secrets.randbelow(2**31), body.speculative,
+                              body.no_repeat_ngram)
         loop = asyncio.get_running_loop()
         cid, created, name = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time()), f"{served.name}@{depth}"
 
