@@ -308,7 +308,7 @@ def serve(config: ServeConfig) -> int:
     Binds to 127.0.0.1 unless --host says otherwise; never runs code from the model folder.
 
     Examples:
-      layerdrop serve out/demo/rt-layerdrop0.5/model --sweep runs/rt-sweep
+      layerdrop serve out/demo/rt-layerdrop0.5-every-other/model --sweep runs/rt-sweep
       layerdrop serve smollm2-135m --depths 30,24,20 --strategy angular --data kjv --port 8001
       curl -s localhost:8000/v1/classify -H 'Content-Type: application/json' -d '{"input": "a wonderful film", "latency_ms": 50}'
     """
