@@ -229,8 +229,7 @@ class _Completion:
     stop: tuple[str, ...]
     seed: int
     speculative: int | None
-    no_repeat_ngram: int = 0
-    """0: off."""
+    no_repeat_ngram: int
 
 
 AHEAD_MAX = 3
