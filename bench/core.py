@@ -301,7 +301,7 @@ def main() -> None:
     for r in rates[1:]:
         print(f"speed-up of rate {r} over rate 0       : {measured[r]:8.2f}x, ideal {ideal[r]:.2f}x: "
               f"measured / ideal {measured[r] / ideal[r]:.2f}")
-    print(f"a step with 12/9/6/3 layers (fixed)    : " + ", ".join(
+    print("a step with 12/9/6/3 layers (fixed)    : " + ", ".join(
         f"{1000 * parts[f'step_{k}']:.0f}" for k in (12, 9, 6, 3)) + " ms (only_layers, a line fitted through them)")
     print(f"  per layer (forward, backward, AdamW) : {1000 * parts['layer']:8.1f} ms")
     rest = parts["fixed"] - parts["embeddings"] - parts["head"] - parts["optimizer_fixed"]

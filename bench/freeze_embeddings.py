@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModel
 
-from layerdrop.models import local_folder
+from layerdrop.models.loading import local_folder
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ greedy text that cannot loop, for measuring drafts on a small model whose plain 
 Runs of the variants are interleaved and medians reported, so drift of the machine affects
 all alike. Full-depth and cut-depth decoding go through HF ``generate`` (what ``layerdrop
 generate`` runs without ``--speculative``); speculative decoding is layerdrop's own
-draft-and-verify loop (``layerdrop.generate.generate(..., speculative=K)``). HF ``generate``
+draft-and-verify loop (``layerdrop.serving.generate.generate(..., speculative=K)``). HF ``generate``
 spends some time per step on its own machinery, which a bare loop does not, so full-depth greedy
 decoding is also timed as a bare loop (one forward per token, the same KV cache), and the
 speed-up is given over both.
@@ -46,19 +46,18 @@ import copy
 import platform
 import resource
 import statistics
-from pathlib import Path
-
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM, NoRepeatNGramLogitsProcessor
 
 import layerdrop
-from layerdrop.evaluate import repeated_ngrams
-from layerdrop.generate import Generation, generate
-from layerdrop.prune import view
-from layerdrop.models import load_saved, local_folder, resolve
+from layerdrop.cut.prune import view
+from layerdrop.evaluation.measure import repeated_ngrams
+from layerdrop.models.loading import load_saved, local_folder, resolve
+from layerdrop.serving.generate import Generation, generate
 
 PROMPT = ("In the beginning God created the heaven and the earth. And the earth was without form, and void; "
           "and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters.")

@@ -33,12 +33,11 @@ import time
 from pathlib import Path
 
 import httpx
-
 from transformers import AutoTokenizer
 
 from layerdrop import data
-from layerdrop.models import from_pretrained, local_folder
 from layerdrop.files import write_json
+from layerdrop.models.loading import from_pretrained, local_folder
 
 
 def _free_port() -> int:

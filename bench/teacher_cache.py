@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from layerdrop.args import DistillConfig, TrainConfig, build
-from layerdrop.distill import run
-from layerdrop.train import run as train_model
+from layerdrop.config.args import DistillConfig, TrainConfig, build
+from layerdrop.recipes.distill import run
+from layerdrop.recipes.train import run as train_model
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from transformers import AutoModel, AutoTokenizer
 
 import layerdrop
 from layerdrop.data import load
-from layerdrop.models import resolve
+from layerdrop.models.loading import resolve
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

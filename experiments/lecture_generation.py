@@ -30,10 +30,10 @@ from transformers import AutoTokenizer
 
 import layerdrop
 from layerdrop import data
-from layerdrop.evaluate import distinct_n, repeated_ngrams, validation_scorers
+from layerdrop.evaluation.measure import distinct_n, repeated_ngrams, validation_scorers
 from layerdrop.files import write_json
-from layerdrop.generate import generate
-from layerdrop.models import from_pretrained, load_saved, local_folder
+from layerdrop.models.loading import from_pretrained, load_saved, local_folder
+from layerdrop.serving.generate import generate
 
 
 def _prompts(corpus: str, count: int, words: int) -> list[str]:

@@ -34,17 +34,16 @@ import typing
 from pathlib import Path
 
 import torch
-
 from transformers import AutoModelForCausalLM
 
-from layerdrop.demo import DemoConfig, _lm_config, _lm_test, _rt_config, _rt_test, _sizes
-from layerdrop.evaluate import depth_sweep
-from layerdrop.files import write_json
-from layerdrop.models import from_pretrained, load_classifier, read_meta
-from layerdrop.args import TrainConfig
 from layerdrop.cli import _leaves
-from layerdrop.train import run_or_reuse
-from layerdrop.trainer import last_complete_checkpoint
+from layerdrop.config.args import TrainConfig
+from layerdrop.evaluation.measure import depth_sweep
+from layerdrop.files import write_json
+from layerdrop.models.loading import from_pretrained, load_classifier, read_meta
+from layerdrop.recipes.demo import DemoConfig, _lm_config, _lm_test, _rt_config, _rt_test, _sizes
+from layerdrop.recipes.train import run_or_reuse
+from layerdrop.training.checkpoints import last_complete_checkpoint
 
 
 def _convert(kind: typing.Any, value: str) -> typing.Any:

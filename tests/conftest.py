@@ -121,7 +121,7 @@ def minilm_tokenizer():
     """The real MiniLM tokenizer (from the bundled package), for tiny models saved as folders."""
     from transformers import AutoTokenizer
 
-    from layerdrop.models import resolve
+    from layerdrop.models.loading import resolve
 
     return AutoTokenizer.from_pretrained(resolve("minilm-l6")[0])
 
@@ -142,7 +142,7 @@ def save_tiny_classifier(folder: Path, tokenizer, **extra) -> str:
     (``extra``: :func:`layerdrop.models.save_classifier`'s keywords)."""
     from transformers import BertModel
 
-    from layerdrop.models import Classifier, save_classifier
+    from layerdrop.models.loading import Classifier, save_classifier
 
     torch.manual_seed(0)
     encoder = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
 from layerdrop.cli import build_parser, main
-from layerdrop.models import load_classifier, resolve
+from layerdrop.models.loading import load_classifier, resolve
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +62,9 @@ def test_threads_sets_torchs_threads_before_the_command_runs(tmp_path, monkeypat
 
 
 def test_grouped_settings_are_flat_flags_and_build_the_groups():
-    from layerdrop.args import TrainConfig
-    from layerdrop.args import build
-    from layerdrop.cli import COMMANDS, _leaves
+    from layerdrop.cli import COMMANDS
+    from layerdrop.cli.parser import _leaves
+    from layerdrop.config.args import TrainConfig, build
 
     flags = [leaf.name for leaf in _leaves(TrainConfig)]
     assert len(flags) == len(set(flags)) == len(TrainConfig.leaf_names())
@@ -121,13 +121,51 @@ def test_bad_input_exits_2_with_a_clear_message(argv, message, tmp_path, bert_di
 
 
 def test_train_reports_once_under_several_processes(monkeypatch, capsys, tmp_path):
-    import layerdrop.train
-    from layerdrop.train import TrainResult
+    import layerdrop.recipes.train
+    from layerdrop.recipes.train import TrainResult
 
     def other_rank(config):
         return TrainResult(out=tmp_path, model_dir=tmp_path / "model", metrics={}, steps=3, seconds=1.0,
                            resumed_from=None, main_process=False)
 
-    monkeypatch.setattr(layerdrop.train, "run", other_rank)
+    monkeypatch.setattr(layerdrop.recipes.train, "run", other_rank)
     assert main(["train", "classification", "x", "--data", "x", "--out", str(tmp_path)]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_only_input_errors_are_one_line_and_a_bug_keeps_its_traceback(monkeypatch, capsys, tmp_path):
+    import layerdrop.recipes.prune_saved
+    from layerdrop.errors import InputError, MissingInput, UnknownName
+
+    argv = ["prune", str(tmp_path), "--depth", "1", "--out", str(tmp_path / "x")]
+    for error in (InputError("bad --depth: use 2"), MissingInput("no model folder at x"), UnknownName("no 'x'")):
+        def fails(*args, error=error, **kwargs):
+            raise error
+        monkeypatch.setattr(layerdrop.recipes.prune_saved, "prune_saved", fails)
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == f"layerdrop prune: error: {error}"
+    for bug in (KeyError("labels"), ValueError("a coding bug"), TypeError("x")):
+        def broken(*args, bug=bug, **kwargs):
+            raise bug
+        monkeypatch.setattr(layerdrop.recipes.prune_saved, "prune_saved", broken)
+        with pytest.raises(type(bug)):
+            main(argv)
+
+
+def test_input_errors_are_the_built_in_errors_a_caller_expects():
+    from layerdrop.data.splits import DataError
+    from layerdrop.errors import ExistingOutput, InputError, MissingInput, UnknownName
+    from layerdrop.models.loading import ModelFileError
+
+    assert issubclass(MissingInput, FileNotFoundError) and issubclass(ExistingOutput, FileExistsError)
+    assert issubclass(UnknownName, KeyError) and str(UnknownName("no 'x'")) == "no 'x'"
+    assert all(issubclass(e, (InputError, ValueError)) for e in (DataError, ModelFileError, InputError))
+
+
+def test_data_driven_rates_under_several_processes_are_refused_before_training(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it
+    argv = ["train", "classification", "bert-tiny", "--data", "rotten-tomatoes", "--out", str(tmp_path / "run"),
+            "--rate", "0.5", "--data-driven"]
+    assert main(argv) == 2
+    assert "one process only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing loaded, nothing written

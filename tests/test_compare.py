@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from layerdrop import cli
-from layerdrop.args import CompareConfig
-from layerdrop.compare import METHODS, check, run_compare
 from conftest import write_reviews
+from layerdrop import cli
+from layerdrop.config.recipes import CompareConfig
+from layerdrop.recipes.compare import METHODS, check, run_compare
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_the_report_gives_the_cost_of_serving_every_depth(compared):
 
 
 def test_a_page_block_redraws_the_reports_tables_from_its_json(compared, tmp_path):
-    from layerdrop.pages import refresh_text
+    from layerdrop.recipes.pages import refresh_text
 
     cfg, result = compared
     page = (f"<!-- layerdrop:compare {result.out.name} -->\n<!-- /layerdrop -->\n"
@@ -134,7 +134,7 @@ def test_top_dropped_is_refused_for_a_model_trained_from_scratch(tmp_path):
         check(CompareConfig(model="gpt2-tiny", freeze_embeddings=True, out=str(tmp_path)))
 
 
-@pytest.mark.parametrize("module", ["layerdrop.compare", "layerdrop.report"])
+@pytest.mark.parametrize("module", ["layerdrop.recipes.compare", "layerdrop.evaluation.report"])
 def test_the_doctests_hold(module):
     import doctest
     import importlib

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 import layerdrop
-from layerdrop.core import CONFIG_KEY
-from layerdrop.mask import Mask, sample_keep_mask
 from conftest import NUM_LAYERS, Block, Custom, logits, make, tokens
+from layerdrop.core.apply import CONFIG_KEY, scale_rates
+from layerdrop.core.mask import Mask, sample_keep_mask
+from layerdrop.core.rates import layer_rates
 
 
 def _layers(model):
@@ -192,7 +193,7 @@ def test_apply_twice_replaces_the_settings():
 @pytest.mark.parametrize("per_layer", ["uniform", "linear", "exponential"])
 def test_rate_profiles_are_applied(per_layer):
     model = layerdrop.apply(Custom(), rate=0.4, per_layer=per_layer, layers="encoder.blocks")
-    assert model.layerdrop_state.settings.rates == layerdrop.layer_rates(NUM_LAYERS, 0.4, per_layer=per_layer)
+    assert model.layerdrop_state.settings.rates == layer_rates(NUM_LAYERS, 0.4, per_layer=per_layer)
 
 
 def test_rates_of_wrong_length_are_rejected():
@@ -372,17 +373,17 @@ def test_gradient_checkpointing_gives_the_same_gradients(arch_name):
 def test_scale_rates_multiplies_rates_without_resetting_the_generator():
     model = layerdrop.apply(Custom(), rate=0.6, layers="encoder.blocks", min_layers=0).train()
     x = torch.randn(1, 8)
-    layerdrop.scale_rates(model, 0.0)
+    scale_rates(model, 0.0)
     assert all(all(m) for m in _masks(model, 20, x))  # rate 0: nothing dropped
     assert model.layerdrop_state.draws == 20  # but the generator advanced
-    layerdrop.scale_rates(model, 0.5)
+    scale_rates(model, 0.5)
     assert model.layerdrop_state.rates == pytest.approx((0.3,) * NUM_LAYERS)
 
 
 def test_scale_factor_outside_unit_interval_is_rejected():
     model = layerdrop.apply(Custom(), rate=0.6, layers="encoder.blocks")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        layerdrop.scale_rates(model, 1.5)
+        scale_rates(model, 1.5)
 
 
 def test_layers_run_counts_layers_of_training_forwards():
@@ -444,25 +445,28 @@ def test_explicit_per_layer_is_never_silently_replaced_by_recorded_rates():
     with pytest.raises(ValueError, match="rate="):
         layerdrop.apply(model, per_layer="linear")  # the record holds rates, not a rate to reshape
     layerdrop.apply(model, 0.4, per_layer="linear")
-    assert model.layerdrop_state.settings.rates == pytest.approx(layerdrop.rates.linear_rates(0.4, NUM_LAYERS))
+    assert model.layerdrop_state.settings.rates == pytest.approx(layerdrop.core.rates.linear_rates(0.4, NUM_LAYERS))
     assert layerdrop.apply(make("bert"), per_layer="linear").layerdrop_state.settings.rates == pytest.approx(
-        layerdrop.rates.linear_rates(0.2, NUM_LAYERS))  # nothing recorded: the default rate, reshaped
+        layerdrop.core.rates.linear_rates(0.2, NUM_LAYERS))  # nothing recorded: the default rate, reshaped
 
 
 def test_import_layerdrop_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, layerdrop, layerdrop.settings; assert 'torch' not in sys.modules, 'torch imported'; "
+    code = ("import sys, layerdrop, layerdrop.config.settings; assert 'torch' not in sys.modules, 'torch imported'; "
             "assert 'apply' in layerdrop.__all__ and 'sample_keep_mask' not in layerdrop.__all__")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_top_level_names_resolve_lazily_and_prune_stays_the_function():
-    import layerdrop.prune  # the submodule of that name must not replace the function
+def test_top_level_names_resolve_lazily_and_the_cutting_module_is_a_module():
+    import types
 
-    assert callable(layerdrop.prune) and layerdrop.prune.__module__ == "layerdrop.prune"
-    assert layerdrop.state_of is layerdrop.core.state_of  # plumbing: out of __all__, still found
+    import layerdrop.cut.prune as module  # the module of prune and view, importable as a module
+
+    assert isinstance(module, types.ModuleType) and callable(module.view)
+    assert layerdrop.prune is module.prune and layerdrop.view is module.view
+    assert layerdrop.state_of is layerdrop.core.apply.state_of
     for name in layerdrop.__all__:
         assert getattr(layerdrop, name) is not None
     with pytest.raises(AttributeError):

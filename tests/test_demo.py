@@ -6,7 +6,7 @@ import json
 import pytest
 from transformers import AutoModel, AutoModelForCausalLM
 
-from layerdrop.demo import DemoConfig, run_demo
+from layerdrop.recipes.demo import DemoConfig, run_demo
 
 pytestmark = pytest.mark.real
 
@@ -75,7 +75,7 @@ def test_demo_refuses_an_unknown_pattern_before_training():
 
 @pytest.mark.parametrize("asked", [True, False, None])
 def test_demo_trains_in_bf16_where_asked_and_by_default_where_native(asked, tmp_path, monkeypatch):
-    from layerdrop import demo
+    from layerdrop.recipes import demo
 
     monkeypatch.setattr(demo, "_native_bf16", lambda: True)
     cfg = DemoConfig(bf16=asked)

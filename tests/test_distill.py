@@ -9,13 +9,14 @@ import pytest
 import torch
 from transformers import AutoModel, AutoModelForCausalLM, BertConfig, BertModel
 
-from layerdrop import cli
-from layerdrop.args import DistillConfig, TrainConfig, build
-from layerdrop.distill import CACHE_FILE, run, run_or_reuse
-from layerdrop.models import load_saved
-from layerdrop.train import run_or_reuse as train_or_reuse
-from layerdrop.trainer import LayerDropTrainer, cosine_loss, hidden_loss, hidden_pairs
 from conftest import make, tokens, write_reviews
+from layerdrop import cli
+from layerdrop.config.args import DistillConfig, TrainConfig, build
+from layerdrop.models.loading import load_saved
+from layerdrop.recipes.distill import CACHE_FILE, run, run_or_reuse
+from layerdrop.recipes.train import run_or_reuse as train_or_reuse
+from layerdrop.training.losses import cosine_loss, hidden_loss, hidden_pairs
+from layerdrop.training.trainer import LayerDropTrainer
 
 QUICK = dict(batch_size=8, max_steps=4, save_steps=2, logging_steps=1, max_length=32, progress=False, warmup=0.0,
              lr=1e-3)
@@ -193,8 +194,9 @@ def test_a_language_model_heals_its_cut_by_logit_distillation(tiny_lm_dir, tmp_p
 
 
 def test_transformers_placeholder_labels_match_any_data_with_as_many_classes(teacher, reviews, tmp_path):
-    from layerdrop.distill import _label_names
     from transformers import BertForSequenceClassification
+
+    from layerdrop.recipes.distill import _label_names
 
     model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
                                                      num_attention_heads=2, intermediate_size=8, num_labels=2))

@@ -22,10 +22,10 @@ import torch.multiprocessing as mp
 from transformers import Trainer, TrainingArguments
 
 import layerdrop
-from layerdrop import distributed
-from layerdrop.distributed import RanksOutOfSync, disagreement, fingerprint
-from layerdrop.train import attach
 from conftest import make, tokens
+from layerdrop.core import distributed
+from layerdrop.core.distributed import RanksOutOfSync, disagreement, fingerprint
+from layerdrop.recipes.train import attach
 
 STEPS = 24
 """Optimizer steps of each DDP run."""
@@ -335,5 +335,5 @@ def test_trainer_without_attach_under_checkpointing_is_explained(tmp_path):
     model = layerdrop.apply(make("bert"), rate=0.5)
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True, activation_checkpointing=True)
-    with pytest.raises(ValueError, match="layerdrop.train.attach"):
+    with pytest.raises(ValueError, match="layerdrop.training.callback.attach"):
         distributed.check_trainer_setup(args, model)

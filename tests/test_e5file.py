@@ -16,8 +16,8 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-from layerdrop import e5file
-from layerdrop.models import CONVERTERS, ModelFileError, local_folder, resolve
+from layerdrop.models import e5file
+from layerdrop.models.loading import CONVERTERS, ModelFileError, local_folder, resolve
 
 # --------------------------------------------------------------------------- a tiny E5S1 writer
 

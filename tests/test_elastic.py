@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from layerdrop.cli import main
-from layerdrop.elastic import ElasticConfig, run_elastic
+from layerdrop.recipes.elastic import ElasticConfig, run_elastic
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 import layerdrop
-from layerdrop.evaluate import DepthResult, accuracy, depth_sweep, latency_ms, parameters_at, perplexity
-from layerdrop.report import (
+from conftest import NUM_LAYERS, make, tokens
+from layerdrop.evaluation.measure import DepthResult, accuracy, depth_sweep, latency_ms, parameters_at, perplexity
+from layerdrop.evaluation.report import (
     depth_table,
     markdown_table,
     pareto_front,
@@ -11,7 +12,6 @@ from layerdrop.report import (
     plot_quality_vs_depth,
     plot_quality_vs_latency,
 )
-from conftest import NUM_LAYERS, make, tokens
 
 
 def _cls_rows(n=12):
@@ -31,7 +31,7 @@ def test_parameters_at_equals_the_pruned_model(arch_name):
 
 
 def test_depth_sweep_scores_match_pruned_models():
-    model = make("bert")
+    model = make("bert").eval()
     rows = _cls_rows()
     results = depth_sweep(model, lambda m: accuracy(m, rows, _stack, batch_size=5))
     assert [r.depth for r in results] == list(range(1, NUM_LAYERS + 1))
@@ -42,7 +42,7 @@ def test_depth_sweep_scores_match_pruned_models():
 
 
 def test_perplexity_is_exp_of_token_weighted_loss():
-    model = make("gpt2")
+    model = make("gpt2").eval()
     ids = tokens(batch=4, length=8, seed=2)
     rows = [{"input_ids": ids[i], "labels": ids[i]} for i in range(4)]
     with torch.no_grad():
@@ -51,13 +51,13 @@ def test_perplexity_is_exp_of_token_weighted_loss():
 
 
 def test_sweep_measures_latency_when_given_a_batch():
-    model = make("llama")
+    model = make("llama").eval()
     results = depth_sweep(model, lambda m: 0.0, depths=[1, 4], latency_batch={"input_ids": tokens()}, latency_reps=2)
     assert all(r.latency_ms is not None and r.latency_ms > 0 for r in results)
 
 
 def test_latency_is_a_positive_median():
-    assert latency_ms(make("bert"), {"input_ids": tokens()}, reps=3, warmup=0) > 0
+    assert latency_ms(make("bert").eval(), {"input_ids": tokens()}, reps=3, warmup=0) > 0
 
 
 def test_pareto_front_keeps_undominated_points():
@@ -101,10 +101,10 @@ def test_repetition_measures_count_ngrams_and_say_when_there_are_none():
     import doctest
     import math
 
-    import layerdrop.evaluate
-    from layerdrop.evaluate import distinct_n, repeated_ngrams
+    import layerdrop.evaluation.measure
+    from layerdrop.evaluation.measure import distinct_n, repeated_ngrams
 
-    assert doctest.testmod(layerdrop.evaluate).failed == 0
+    assert doctest.testmod(layerdrop.evaluation.measure).failed == 0
     assert distinct_n([[1, 2, 3], [4, 5, 6]], 1) == 1.0 and repeated_ngrams([7] * 5, 1) == 0.8
     assert math.isnan(distinct_n([[1]], 2)) and math.isnan(repeated_ngrams([1, 2], 3))
     with pytest.raises(ValueError, match="at least 1"):

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel, DataCollatorWithP
 
 from layerdrop import cli
 from layerdrop.data import TextDataset, encode_classification
-from layerdrop.models import load_saved, read_meta
+from layerdrop.models.loading import load_saved, read_meta
 
 pytest.importorskip("sentence_transformers")
 

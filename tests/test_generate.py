@@ -5,11 +5,11 @@ import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
 import layerdrop
-from layerdrop.cli import main
-from layerdrop.generate import draft_model, generate
-from layerdrop.prune import view
-from layerdrop.models import resolve
 from conftest import make
+from layerdrop.cli import main
+from layerdrop.cut.prune import view
+from layerdrop.models.loading import resolve
+from layerdrop.serving.generate import generate
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_generate_cli_streams_the_continuation(saved_lm, capsys):
 
 
 def test_generation_at_a_depth_runs_the_layers_its_strategy_chooses(lm, tok):
-    from layerdrop.strategies import choose
+    from layerdrop.cut.strategies import choose
 
     g = torch.Generator().manual_seed(0)
     batches = [{"input_ids": torch.randint(5, 900, (4, 16), generator=g), "attention_mask": torch.ones(4, 16)}]
@@ -178,10 +178,17 @@ def test_cutting_a_model_without_layerdrop_training_says_so_and_what_to_try(save
         assert "note:" not in capsys.readouterr().err
 
 
-def test_generate_cli_cuts_by_an_importance_strategy_on_calibration_data(saved_lm, tmp_path, capsys):
+@pytest.fixture
+def calibration_text(tmp_path):
+    """A JSON-lines corpus whose validation rows calibrate or score a strategy."""
     text = tmp_path / "calib.jsonl"
     text.write_text("".join(f'{{"text": "in the beginning was the word number {i} and more words"}}\n'
                             for i in range(400)))
+    return text
+
+
+def test_generate_cli_cuts_by_an_importance_strategy_on_calibration_data(saved_lm, calibration_text, capsys):
+    text = calibration_text
     assert main(["generate", str(saved_lm), "--prompt", "hi", "--depth", "2", "--max-new-tokens", "2",
                  "--strategy", "block-influence", "--data", str(text)]) == 0
     assert "2 tokens at depth 2 (layers " in capsys.readouterr().err
@@ -189,6 +196,28 @@ def test_generate_cli_cuts_by_an_importance_strategy_on_calibration_data(saved_l
     assert "pass --data" in capsys.readouterr().err
     assert main(["generate", str(saved_lm), "--prompt", "hi", "--strategy", "angular", "--data", str(text)]) == 2
     assert "pass --depth" in capsys.readouterr().err
+
+
+def test_generate_cli_searches_layers_on_validation_data(saved_lm, calibration_text, capsys):
+    text = calibration_text
+    assert main(["generate", str(saved_lm), "--prompt", "hi", "--depth", "2", "--max-new-tokens", "2",
+                 "--strategy", "search", "--data", str(text)]) == 0
+    assert "2 tokens at depth 2 (layers " in capsys.readouterr().err
+    assert main(["generate", str(saved_lm), "--prompt", "hi", "--depth", "2", "--strategy", "search"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --data" in err and "lambda" not in err  # a command-line answer, not Python advice
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--depth", "40"], "depth must be an integer from 1 to 4"),
+    (["--depth", "2", "--speculative", "3"], "smaller than the 2 layers"),
+    (["--max-new-tokens", "4", "--speculative", "2", "--temperature", "0.7"], "greedy"),
+])
+def test_generate_cli_checks_every_argument_before_its_first_byte(saved_lm, capsys, argv, message):
+    assert main(["generate", str(saved_lm), "--prompt", "hi", *argv]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # not the prompt, then the error on its line
+    assert captured.err.strip().splitlines()[-1].startswith("layerdrop generate: error:") and message in captured.err
 
 
 # --------------------------------------------------------------------------- self-speculative decoding (part 2)
@@ -343,12 +372,6 @@ def test_bad_speculative_input_is_explained(lm, tok, kwargs, message):
 def test_a_draft_without_layer_0_is_refused(lm):
     with pytest.raises(ValueError, match="keep layer 0"):
         view(lm, keep=[1, 3])
-
-
-def test_draft_model_is_a_deprecated_alias_of_view(lm):
-    with pytest.warns(DeprecationWarning, match="layerdrop.prune.view"):
-        draft = draft_model(lm, 2)
-    assert list(layerdrop.find_layers(draft).layers) == list(layerdrop.find_layers(view(lm, 2)).layers)
 
 
 def test_generate_cli_reports_speculative_acceptance(saved_lm, capsys):

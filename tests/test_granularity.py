@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 import layerdrop
-from layerdrop.arch import Sublayer
-from layerdrop.core import CONFIG_KEY
-from layerdrop.mask import sample_part_mask
 from conftest import NUM_LAYERS, Custom, logits, make, tokens
+from layerdrop.core.apply import CONFIG_KEY
+from layerdrop.core.arch import Sublayer
+from layerdrop.core.mask import sample_part_mask
 
 HEADS = 4
 """Attention heads of every tiny model in conftest."""
@@ -65,13 +65,13 @@ def _count_sublayer_calls(model):
 
 
 def _gates(model):
-    from layerdrop.gates import _Gate
+    from layerdrop.core.gates import _Gate
 
     return [(m, n) for m in model.modules() for n, v in vars(m).items() if isinstance(v, _Gate)]
 
 
 def _head_hooks(model):
-    from layerdrop.gates import _HeadMask
+    from layerdrop.core.gates import _HeadMask
 
     return [h for m in model.modules() for h in m._forward_pre_hooks.values() if isinstance(h, _HeadMask)]
 
@@ -422,7 +422,7 @@ def test_finer_granularity_on_a_custom_path_model_is_rejected(granularity):
 
 @pytest.mark.parametrize("granularity", ["sublayer", "head"])
 def test_arch_row_without_the_columns_is_rejected(monkeypatch, granularity):
-    import layerdrop.arch as arch
+    import layerdrop.core.arch as arch
 
     bare = tuple(dataclasses.replace(row, sublayers=(), head_proj=None) for row in arch.ARCHITECTURES)
     monkeypatch.setattr(arch, "ARCHITECTURES", bare)
@@ -432,7 +432,7 @@ def test_arch_row_without_the_columns_is_rejected(monkeypatch, granularity):
 
 
 def test_row_path_missing_from_the_blocks_is_explained_and_changes_nothing(monkeypatch):
-    import layerdrop.arch as arch
+    import layerdrop.core.arch as arch
 
     wrong = (Sublayer("attention", "attn", skipped="zeros", returns_tuple=True),
              Sublayer("feed_forward", "no_such_mlp", skipped="zeros"))

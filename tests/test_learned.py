@@ -1,4 +1,4 @@
-"""Data-driven pruning: learned per-layer rates (layerdrop.learned) and the data-driven strategy."""
+"""Data-driven pruning: learned per-layer rates (layerdrop.core.learned) and the data-driven strategy."""
 
 import dataclasses
 
@@ -7,9 +7,10 @@ import torch
 from torch import nn
 
 import layerdrop
-from layerdrop.learned import LEARNED_KEY, RateLearner, attach_rate_learner, capped_rates, recorded_learned_rates
-from layerdrop.strategies import choose, data_driven_choice
 from conftest import NUM_LAYERS, logits, make, tokens
+from layerdrop.core.apply import scale_rates
+from layerdrop.core.learned import LEARNED_KEY, RateLearner, attach_rate_learner, capped_rates, recorded_learned_rates
+from layerdrop.cut.strategies import choose, data_driven_choice
 
 
 def test_capped_rates_average_the_mean_and_respect_the_cap():
@@ -112,7 +113,7 @@ def test_recorded_rates_survive_saving_and_are_cut_by_pruning(tmp_path):
     learner = attach_rate_learner(model)
     with torch.no_grad():
         learner.mean_score.copy_(torch.tensor([0.0, 2.0, -1.0, 1.0]))
-    rates = layerdrop.learned.record_learned_rates(model)
+    rates = layerdrop.core.learned.record_learned_rates(model)
     assert rates.index(max(rates)) == 1
     layerdrop.remove(model).save_pretrained(tmp_path)
     reloaded = type(model).from_pretrained(tmp_path)
@@ -152,16 +153,6 @@ def test_eval_and_fixed_masks_do_not_touch_the_learned_rates():
 def test_rate_schedule_scales_the_learned_rates():
     model = layerdrop.apply(make("bert"), rate=0.4)
     attach_rate_learner(model)
-    layerdrop.scale_rates(model, 0.5)
+    scale_rates(model, 0.5)
     assert model.layerdrop_state.rates == pytest.approx((0.2,) * NUM_LAYERS)
     assert dataclasses.replace(model.layerdrop_state.settings).rates == (0.4,) * NUM_LAYERS
-
-
-def test_old_learned_rates_names_still_work_and_warn():
-    model = layerdrop.apply(make("bert"), rate=0.3)
-    with pytest.warns(DeprecationWarning, match="attach_rate_learner"):
-        learner = layerdrop.learn_rates(model)
-    with pytest.warns(DeprecationWarning, match="recorded_learned_rates"):
-        assert layerdrop.learned_rates(model) == pytest.approx((0.3,) * NUM_LAYERS)
-    with pytest.warns(DeprecationWarning, match="RateLearner"):
-        assert isinstance(learner, layerdrop.LearnedRates)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import layerdrop
-from layerdrop.masklog import load_mask_log, record_masks, save_mask_log
-from layerdrop.report import plot_masks
 from conftest import make, tokens
+from layerdrop.core.masklog import load_mask_log, record_masks, save_mask_log
+from layerdrop.evaluation.report import plot_masks
 
 
 def _drawn(model, n):

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from layerdrop.models import BUNDLED_MODELS, resolve
+from layerdrop.models.loading import BUNDLED_MODELS, resolve
 
 
 def test_missing_bundled_package_says_what_to_install(monkeypatch):
@@ -30,7 +30,7 @@ def test_bundled_models_resolve_to_existing_files(name):
 def _saved(folder, classifier=False):
     from transformers import BertConfig, BertModel
 
-    from layerdrop.models import Classifier, save_classifier
+    from layerdrop.models.loading import Classifier, save_classifier
 
     torch.manual_seed(0)
     encoder = BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
@@ -58,7 +58,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("case", sorted(DAMAGE))
 def test_a_damaged_model_file_is_named_by_the_loader(tmp_path, case):
-    from layerdrop.models import ModelFileError, load_saved
+    from layerdrop.models.loading import ModelFileError, load_saved
 
     name, classifier, damage = DAMAGE[case]
     folder = _saved(tmp_path / "m", classifier)
@@ -103,7 +103,7 @@ def _check_command(tmp_path, capsys, case, command):
 def test_the_loader_for_training_names_a_damaged_file(tmp_path):
     from transformers import AutoModel
 
-    from layerdrop.models import ModelFileError, from_pretrained
+    from layerdrop.models.loading import ModelFileError, from_pretrained
 
     folder = _saved(tmp_path / "m")
     _cut(folder / "model.safetensors")
@@ -114,7 +114,7 @@ def test_the_loader_for_training_names_a_damaged_file(tmp_path):
 def test_a_classifier_saved_before_the_sentence_transformers_layout_still_loads(tmp_path):
     from safetensors.torch import save_file
 
-    from layerdrop.models import Classifier, load_saved
+    from layerdrop.models.loading import Classifier, load_saved
 
     folder = _saved(tmp_path / "old")  # the encoder, then the head and record as layerdrop once wrote them
     torch.manual_seed(1)
@@ -131,7 +131,7 @@ def test_a_saved_classifier_is_a_sentence_transformers_folder_with_named_labels(
 
     from transformers import BertConfig, BertModel
 
-    from layerdrop.models import Classifier, load_saved, save_classifier
+    from layerdrop.models.loading import Classifier, load_saved, save_classifier
 
     encoder = BertModel(BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                    intermediate_size=64))

@@ -5,11 +5,11 @@ import json
 import pytest
 
 import layerdrop
-from layerdrop import cli
-from layerdrop.masklog import record_masks, save_mask_log
-from layerdrop.pages import find_blocks, refresh_page, refresh_text
-from layerdrop.sweep import SweepConfig, run_sweep
 from conftest import make, tokens, write_reviews
+from layerdrop import cli
+from layerdrop.core.masklog import record_masks, save_mask_log
+from layerdrop.recipes.pages import find_blocks, refresh_page, refresh_text
+from layerdrop.recipes.sweep import SweepConfig, run_sweep
 
 pytest.importorskip("matplotlib")
 
@@ -216,9 +216,9 @@ def test_an_unchanged_page_is_not_rewritten(tmp_path, runs):
 def test_the_doctests_hold():
     import doctest
 
-    import layerdrop.pages
+    import layerdrop.recipes.pages
 
-    result = doctest.testmod(layerdrop.pages)
+    result = doctest.testmod(layerdrop.recipes.pages)
     assert result.attempted > 0 and result.failed == 0
 
 

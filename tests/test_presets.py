@@ -1,14 +1,21 @@
-"""Tests for layerdrop.presets: from-scratch models and the tokenizers trained or borrowed for them."""
+"""Tests for layerdrop.models.presets: from-scratch models and the tokenizers trained or borrowed for them."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoTokenizer, BertForMaskedLM, BertForQuestionAnswering, BertModel, GPT2LMHeadModel, LlamaForCausalLM
+from transformers import (
+    AutoTokenizer,
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertModel,
+    GPT2LMHeadModel,
+    LlamaForCausalLM,
+)
 
 import layerdrop
-from layerdrop import presets
-from layerdrop.presets import PRESETS, TASKS, borrow_tokenizer, build, presets_for, train_tokenizer
+from layerdrop.models import presets
+from layerdrop.models.presets import PRESETS, TASKS, borrow_tokenizer, build, presets_for, train_tokenizer
 
 TEXTS = (
     "In the beginning God created the heaven and the earth.",
@@ -296,7 +303,7 @@ def test_borrow_tokenizer_smollm2_reads_the_gguf_tokenizer_offline_and_builds_a_
 
 
 def test_preset_tasks_are_the_tasks_of_the_one_auto_class_table():
-    from layerdrop.models import AUTO_CLASSES
-    from layerdrop.train import TASKS
+    from layerdrop.models.loading import AUTO_CLASSES
+    from layerdrop.recipes.train import TASKS
 
     assert set(presets.TASKS) == set(AUTO_CLASSES) == set(TASKS)

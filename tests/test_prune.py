@@ -3,8 +3,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 import layerdrop
-from layerdrop.prune import PRUNING_KEY, view
 from conftest import DECODERS, NUM_LAYERS, Custom, logits, make, tokens
+from layerdrop.cut.prune import PRUNING_KEY, view
 
 
 def _n_params(model):

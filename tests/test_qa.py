@@ -10,8 +10,8 @@ import torch
 
 from layerdrop import cli
 from layerdrop.data import DataError, encode_qa, load_qa, read_squad
-from layerdrop.models import load_saved, read_meta
-from layerdrop.qa import best_answer, exact_match, f1, normalize_answer, qa_scores
+from layerdrop.evaluation.qa import best_answer, exact_match, f1, normalize_answer, qa_scores
+from layerdrop.models.loading import load_saved, read_meta
 
 CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
           ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Chile", "Santiago"), ("Cuba", "Havana"),
@@ -318,7 +318,7 @@ def test_a_qa_model_is_distilled_on_start_and_end_logits(trained, squad_file, tm
 def test_self_distillation_of_a_qa_model_matches_start_and_end_logits():
     from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
-    from layerdrop.trainer import kd_loss, output_kd_loss
+    from layerdrop.training.losses import kd_loss, output_kd_loss
 
     g = torch.Generator().manual_seed(0)
     student, teacher = (QuestionAnsweringModelOutput(start_logits=torch.randn(2, 7, generator=g),
@@ -333,7 +333,7 @@ def test_self_distillation_of_a_qa_model_matches_start_and_end_logits():
 def test_the_scoring_doctest_holds():
     import doctest
 
-    import layerdrop.qa
+    import layerdrop.evaluation.qa
 
-    result = doctest.testmod(layerdrop.qa)
+    result = doctest.testmod(layerdrop.evaluation.qa)
     assert result.attempted > 0 and result.failed == 0

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from layerdrop.rates import (
+from layerdrop.core.rates import (
     exponential_rates,
     layer_rates,
     linear_rates,

@@ -5,7 +5,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 import layerdrop
-from layerdrop.models import resolve
+from layerdrop.models.loading import resolve
 
 pytestmark = pytest.mark.real
 
@@ -38,7 +38,7 @@ def test_smollm2_gguf_converts_once_into_a_plain_trainable_folder(tmp_path, monk
     from transformers import AutoModelForCausalLM
     from transformers.trainer_utils import validate_quantization_for_training
 
-    from layerdrop.models import local_folder
+    from layerdrop.models.loading import local_folder
 
     monkeypatch.setenv("LAYERDROP_CACHE", str(tmp_path))
     folder = local_folder("smollm2-135m")

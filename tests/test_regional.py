@@ -6,8 +6,8 @@ import torch._dynamo
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import layerdrop
-from layerdrop.regional import is_compiled
-from conftest import NUM_LAYERS, Custom, make, tokens
+from conftest import Custom, make, tokens
+from layerdrop.core.compile import is_compiled
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +80,7 @@ def test_a_decoder_compiles_once_without_a_cache_and_once_per_block_with_one(use
                                                                               monkeypatch):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from layerdrop import regional
+    from layerdrop.core import compile as regional
 
     monkeypatch.setattr(regional, "_PER_CALL_LIMIT", per_call_limit)  # False: as on torch before 2.13
 

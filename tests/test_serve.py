@@ -1,6 +1,5 @@
 """`layerdrop serve`: every depth a view of one copy of the weights, chosen per request; one error shape."""
 
-import collections
 import dataclasses
 import json
 import threading
@@ -16,13 +15,17 @@ from fastapi.testclient import TestClient  # noqa: E402
 from transformers import BertConfig, BertModel  # noqa: E402
 
 import layerdrop  # noqa: E402
-from layerdrop import cli  # noqa: E402
-from layerdrop.args import ServeConfig  # noqa: E402
-from layerdrop.generate import generate  # noqa: E402
-from layerdrop.latency import Profile  # noqa: E402
-from layerdrop.serve import Engine, create_app, load_served  # noqa: E402
-from layerdrop.worker import Cancelled, Job, QueueFull, Worker  # noqa: E402
 from conftest import save_tiny_classifier, save_tiny_lm  # noqa: E402
+from layerdrop import cli  # noqa: E402
+from layerdrop.config.recipes import ServeConfig  # noqa: E402
+from layerdrop.serving.calibration import HALF_LIFE_S, RATIO_TTL_S, RELAX_AFTER_S, Calibration  # noqa: E402
+from layerdrop.serving.engine import Completion, Engine  # noqa: E402
+from layerdrop.serving.generate import generate  # noqa: E402
+from layerdrop.serving.http.app import create_app  # noqa: E402
+from layerdrop.serving.http.service import Pick  # noqa: E402
+from layerdrop.serving.latency import Profile  # noqa: E402
+from layerdrop.serving.served import load_served  # noqa: E402
+from layerdrop.serving.worker import Cancelled, Job, QueueFull, Worker  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -44,20 +47,22 @@ def _ready(client):
     raise AssertionError("the server never became ready")
 
 
-@pytest.fixture(scope="module")
-def lm(lm_dir):
-    cfg = ServeConfig(model=lm_dir, profile_reps=1, max_tokens=24, max_prompt_tokens=40, queue_size=4)
+def _serving(model_dir, **settings):
+    """``(client, served)`` of an in-process server of ``model_dir``, ready (every depth profiled)."""
+    cfg = ServeConfig(model=model_dir, profile_reps=1, **settings)
     served = load_served(cfg)
     with TestClient(create_app(served, cfg)) as client:
         yield _ready(client), served
+
+
+@pytest.fixture(scope="module")
+def lm(lm_dir):
+    yield from _serving(lm_dir, max_tokens=24, max_prompt_tokens=40, queue_size=4)
 
 
 @pytest.fixture(scope="module")
 def clf(clf_dir):
-    cfg = ServeConfig(model=clf_dir, profile_reps=1, max_inputs=8, max_body_bytes=4096)
-    served = load_served(cfg)
-    with TestClient(create_app(served, cfg)) as client:
-        yield _ready(client), served
+    yield from _serving(clf_dir, max_inputs=8, max_body_bytes=4096)
 
 
 def _events(text):
@@ -189,22 +194,42 @@ def test_a_seeded_sample_repeats(lm):
 # --------------------------------------------------------------------------- depth from a latency budget
 
 
-@pytest.fixture
-def pin(clf):
-    """``pin(overhead_ms=..., ratios=[...], behind={n: [...]})``: the classifier's server with 10 ms per layer
-    predicted, that overhead and those recent measured/predicted ratios (of answers that found the queue
-    empty, and of answers that found ``n`` requests ahead); its real state comes back after the test."""
-    client, served = clf
+def _pinned(client, served):
+    """``pin(overhead_ms=..., ratios=[...], behind={n: [...]}, per_char_ms=0.0)``: the server with 10 ms per
+    layer predicted, that overhead and those recent measured/predicted ratios (of answers that found the
+    queue empty, and of answers that found ``n`` requests ahead), reading text at ``per_char_ms``, and its
+    clock stopped so that nothing it learned is forgotten during the test; its real state comes back after."""
     engine = client.app.state.engine
-    real = engine.profiles, engine.overhead_ms, engine.ratios
+    real = (engine.profiles, engine.startup_profiles, engine.observed_at, engine.calibration, engine.clock,
+            engine.reading, engine.startup_reading)
+    engine.clock = lambda: 0.0
 
     def set_state(overhead_ms: float = 0.0, ratios: tuple[float, ...] = (),
-                  behind: dict[int, list[float]] | None = None) -> None:
-        engine.profiles = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}  # each answer moves them: reset
-        engine.overhead_ms = overhead_ms
-        engine.ratios = {n: collections.deque(r, maxlen=64) for n, r in {0: ratios, **(behind or {})}.items()}
+                  behind: dict[int, list[float]] | None = None, per_char_ms: float = 0.0) -> None:
+        pinned = {d: Profile(d, 10.0 * d, 0.0) for d in served.views}  # each answer moves them: reset
+        engine.profiles, engine.startup_profiles, engine.observed_at = pinned, dict(pinned), {}
+        engine.reading = engine.startup_reading = Profile(0, 0.0, per_char_ms)
+        engine.calibration = Calibration(overhead_ms, 0.0, tuple(
+            (n, r, 0.0) for n, rs in {0: ratios, **(behind or {})}.items() for r in rs))
     yield set_state
-    engine.profiles, engine.overhead_ms, engine.ratios = real
+    (engine.profiles, engine.startup_profiles, engine.observed_at, engine.calibration, engine.clock,
+     engine.reading, engine.startup_reading) = real
+
+
+@pytest.fixture
+def pin(clf):
+    yield from _pinned(*clf)
+
+
+@pytest.fixture(scope="module")
+def roomy(clf_dir):
+    """The classifier's server, taking bodies of up to 1 MB."""
+    yield from _serving(clf_dir, max_inputs=8, max_body_bytes=1_000_000)
+
+
+@pytest.fixture
+def pin_roomy(roomy):
+    yield from _pinned(*roomy)
 
 
 def _classify(client, budget):
@@ -265,6 +290,52 @@ def test_an_answer_is_learned_with_the_requests_it_found_ahead(clf, pin):
     engine.observe_answer(10.0, 25.0, ahead=1)
     engine.observe_answer(10.0, 30.0, ahead=7)  # 3 or more ahead: one history
     assert list(engine.ratios[1]) == [2.5] and list(engine.ratios[3]) == [3.0]
+
+
+def test_an_input_is_charged_its_reading_by_its_characters(roomy, pin_roomy):
+    client, _ = roomy
+    pin_roomy(per_char_ms=0.001)  # 100 kB of text: 100 ms to read, whatever its truncated forward costs
+    text = "word " * 20_000
+    body = client.post("/v1/classify", json={"input": text, "latency_ms": 200.0}).json()
+    assert body["layerdrop"]["depth"] == 4 and body["layerdrop"]["predicted_ms"] == 140.0
+    pin_roomy(per_char_ms=0.001)
+    refused = client.post("/v1/classify", json={"input": text, "latency_ms": 105.0})
+    assert refused.status_code == 422 and "at least 110 ms" in refused.json()["error"]["message"]
+    pin_roomy(per_char_ms=0.001)
+    small = client.post("/v1/classify", json={"input": "a fine film", "latency_ms": 15.0}).json()
+    assert small["layerdrop"]["depth"] == 1  # its 11 characters cost next to nothing
+
+
+def test_reading_an_input_is_not_learned_as_overhead(clf, pin):
+    client, _ = clf
+    pin()
+    svc = client.app.state.service
+    now = time.perf_counter()
+    job = Job("classify", 4, 40.0, None, lambda r, e: None)
+    job.submitted, job.ran = now - 0.6, (now - 0.5, now - 0.1)  # half a second in the queue and the run
+    answered = dataclasses.replace(svc, clock=lambda: now)
+    answered.served_by(Pick(4, 9540.0, 40.0, read_ms=9000.0), started=now - 10.0, job=job)  # 9 s of reading
+    assert svc.engine.overhead_ms == pytest.approx(0.2 * 500.0)  # 10 s - 9 s reading - 0.5 s worker, averaged in
+    assert svc.engine.ratios[0] == [pytest.approx(10_000 / 9540)]
+
+
+def test_after_a_burst_of_large_inputs_a_small_budget_is_admitted_again(roomy, pin_roomy):
+    client, served = roomy
+    engine = client.app.state.engine
+    clock = [0.0]
+    pin_roomy()
+    engine.profiles, engine.startup_profiles = dict(engine.startup_profiles), dict(engine.startup_profiles)
+    engine.clock = lambda: clock[0]
+    for _ in range(6):  # large inputs, each learned from: whatever they teach is forgotten in bounded time
+        assert client.post("/v1/classify", json={"input": "word " * 20_000, "depth": 4}).status_code == 200
+    engine.calibration = dataclasses.replace(engine.calibration, overhead_ms=34.0,  # as the issue saw
+                                             ratios=tuple((n, 4.4, 0.0) for n in range(4) for _ in range(10)))
+    clock[0] = RATIO_TTL_S + RELAX_AFTER_S + 20 * HALF_LIFE_S  # a quiet while, no answer since
+    assert client.get("/v1/depths").json()["margin"] == 1.0
+    fastest = engine.startup_profiles[1].predict(64)  # a bound on its tokens' forward at start-up
+    budget = 2 * (fastest + engine.reading_ms(11)) + 1.0
+    answer = client.post("/v1/classify", json={"input": "a fine film", "latency_ms": budget})
+    assert answer.status_code == 200, answer.json()
 
 
 def test_a_job_records_the_requests_it_found_ahead():
@@ -353,6 +424,28 @@ def test_a_bad_completion_request_is_named(lm, request_, status, words):
     assert words in _is_error(client.post("/v1/completions", json=request_), status)["message"]
 
 
+@pytest.mark.parametrize("body, status", [
+    (b'{"input": "\\ud800 x"}', 422),  # a lone surrogate: valid JSON, not valid Unicode text
+    (b'{"input": ["fine", "\\udfff"]}', 422),
+    (b'{"input": "a\\u0000b"}', 200),  # NUL is text
+    (('{"input": "' + "word " * 20_000 + '"}').encode(), 200),  # 100 kB: truncated to the trained length
+])
+def test_text_a_string_fuzzer_would_not_make_is_a_4xx_naming_the_field_or_an_answer(roomy, body, status):
+    client, _ = roomy
+    response = client.post("/v1/classify", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == status, response.json()
+    if status == 422:
+        error = _is_error(response, 422)
+        assert error["param"].startswith("input") and "surrogate" in error["message"]
+
+
+def test_a_lone_surrogate_in_a_prompt_or_stop_is_named(lm):
+    client, _ = lm
+    for body, field in ((b'{"prompt": "\\ud800"}', "prompt"), (b'{"prompt": "hi", "stop": "\\udc00"}', "stop")):
+        response = client.post("/v1/completions", content=body, headers={"content-type": "application/json"})
+        assert _is_error(response, 422)["param"] == field
+
+
 def test_malformed_json_is_400_and_a_large_body_413(clf):
     client, _ = clf
     assert "not valid JSON" in _is_error(client.post("/v1/classify", content=b'{"input": ',
@@ -408,9 +501,13 @@ def test_a_folder_that_is_not_a_model_is_refused_at_start_up(tmp_path, minilm_to
 def test_metrics_count_answers_by_route_and_code(clf):
     client, _ = clf
     client.post("/v1/classify", json={"input": "x", "depth": 9})
-    text = client.get("/metrics").text
-    assert 'layerdrop_responses_total{route="/v1/classify",code="422"}' in text
-    assert "layerdrop_queue_length 0" in text and 'layerdrop_request_ms_bucket{depth="4",le="+Inf"}' in text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(client.get("/metrics").text) for s in family.samples}
+    assert samples[("layerdrop_responses_total", (("code", "422"), ("route", "/v1/classify")))] >= 1
+    assert samples[("layerdrop_queue_length", ())] == 0
+    assert samples[("layerdrop_request_seconds_bucket", (("depth", "4"), ("le", "+Inf")))] >= 1
 
 
 def test_the_page_is_served(clf):
@@ -440,6 +537,23 @@ def test_classify_jobs_at_one_depth_run_as_one_batch_in_arrival_order():
     assert batches == [["a", "c", "d"], ["b"]]
 
 
+def test_a_finished_batch_no_longer_counts_as_ahead_when_its_requests_hear_of_it():
+    """A request sent after an answer arrived must not find that answer's batch still running (a 503 on
+    an idle server, once, under load)."""
+    seen = []
+    told = threading.Event()
+    worker = Worker(lambda jobs: [None] * len(jobs))
+
+    def on_done(result, err):
+        seen.append(worker.load())
+        told.set()
+    worker.start()
+    worker.submit(Job("classify", 2, 40.0, None, on_done))
+    assert told.wait(10)
+    worker.stop()
+    assert seen == [(0.0, 0)]
+
+
 def test_the_queue_is_bounded_and_its_wait_predicted():
     worker = Worker(lambda jobs: [None] * len(jobs), queue_size=2)  # not started: jobs stay queued
     for _ in range(2):
@@ -456,9 +570,7 @@ def test_a_cancelled_generation_stops_within_a_few_tokens(lm):
     pieces = []
     job = Job("complete", 4, 1.0, None, lambda r, e: None)
     job.on_text = lambda text: (pieces.append(text), job.cancelled.set())
-    from layerdrop.serve import _Completion
-
-    job.payload = _Completion("In the beginning", 24, 0.0, 1.0, (), 0, None, 0)
+    job.payload = Completion("In the beginning", 24, 0.0, 1.0, (), 0, None, 0, 3)
     with pytest.raises(Cancelled):
         engine.run([job])
     assert len(pieces) == 1
@@ -475,10 +587,12 @@ def test_shutting_down_fails_what_waits():
 def test_the_doctests_hold():
     import doctest
 
-    import layerdrop.latency
+    import layerdrop.serving.calibration
+    import layerdrop.serving.latency
 
-    result = doctest.testmod(layerdrop.latency)
-    assert result.attempted > 0 and result.failed == 0
+    for module in (layerdrop.serving.latency, layerdrop.serving.calibration):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.mark.parametrize("change, message", [
@@ -505,9 +619,9 @@ def test_a_port_in_use_is_a_one_line_error(lm_dir, capsys):
 def test_the_served_name_doctest_holds():
     import doctest
 
-    import layerdrop.serve
+    import layerdrop.serving.served
 
-    result = doctest.testmod(layerdrop.serve)
+    result = doctest.testmod(layerdrop.serving.served)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -18,9 +18,11 @@ schemathesis = pytest.importorskip("schemathesis")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from layerdrop.args import ServeConfig  # noqa: E402
-from layerdrop.serve import build_server, create_app, load_served  # noqa: E402
 from conftest import save_tiny_lm  # noqa: E402
+from layerdrop.config.recipes import ServeConfig  # noqa: E402
+from layerdrop.recipes.serve import build_server  # noqa: E402
+from layerdrop.serving.http.app import create_app  # noqa: E402
+from layerdrop.serving.served import load_served  # noqa: E402
 
 ARTIFACTS = Path(os.environ.get("LAYERDROP_TEST_ARTIFACTS", Path(__file__).resolve().parent.parent / "test-artifacts"))
 """Where the browser test leaves its screenshot (git ignores it; CI keeps it)."""

@@ -8,11 +8,11 @@ from itertools import combinations
 
 import pytest
 import torch
-from conftest import NUM_LAYERS, logits, make, tokens
 from torch import nn
 
 import layerdrop
-from layerdrop.strategies import (
+from conftest import NUM_LAYERS, logits, make, tokens
+from layerdrop.cut.strategies import (
     MIN_CALIBRATION_TOKENS,
     STRATEGIES,
     Choice,
@@ -314,9 +314,9 @@ def test_subsets_evaluated_match_the_search_space_sizes() -> None:
 def test_the_module_doctest_holds() -> None:
     import doctest
 
-    import layerdrop.strategies
+    import layerdrop.cut.strategies
 
-    assert doctest.testmod(layerdrop.strategies).failed == 0
+    assert doctest.testmod(layerdrop.cut.strategies).failed == 0
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))

@@ -7,11 +7,11 @@ import pytest
 import torch
 from transformers import AutoModel, AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from layerdrop.cli import main
-from layerdrop.models import resolve
-from layerdrop.prune import prune_saved
-from layerdrop.sweep import SweepConfig, run_sweep
 from conftest import save_tiny_classifier
+from layerdrop.cli import main
+from layerdrop.models.loading import resolve
+from layerdrop.recipes.prune_saved import prune_saved
+from layerdrop.recipes.sweep import SweepConfig, run_sweep
 
 pytest.importorskip("matplotlib")
 
@@ -62,8 +62,8 @@ def test_classifier_sweep_writes_every_strategy_at_every_depth(tmp_path, classif
 
 
 def test_sweep_scores_the_split_it_is_asked_for(tmp_path, classifier_dir, reviews):
-    from layerdrop.evaluate import validation_scorers
-    from layerdrop.models import load_classifier
+    from layerdrop.evaluation.measure import validation_scorers
+    from layerdrop.models.loading import load_classifier
 
     model = load_classifier(classifier_dir).eval()
     scorers = validation_scorers(model, AutoTokenizer.from_pretrained(classifier_dir), reviews, rows=12, batch_size=6,
@@ -101,9 +101,8 @@ def test_sweep_runs_every_depth_at_every_precision_on_one_pareto_front(tmp_path,
 
 def test_sweep_latency_times_every_point_in_turn():
     from conftest import make, tokens
-
     from layerdrop import find_layers
-    from layerdrop.sweep import interleaved_latency_ms
+    from layerdrop.recipes.sweep import interleaved_latency_ms
 
     calls = []
     models = [make("llama").eval(), make("llama").eval()]
@@ -120,8 +119,8 @@ def test_sweep_latency_times_every_point_in_turn():
 def test_int8_quantizes_gpt2s_conv1d_layers_in_a_copy(tiny_lm_dir):
     from transformers.pytorch_utils import Conv1D
 
-    from layerdrop.models import load_saved
-    from layerdrop.precision import at_precision
+    from layerdrop.cut.precision import at_precision
+    from layerdrop.models.loading import load_saved
 
     model = load_saved(tiny_lm_dir).eval()
     ids = torch.randint(0, 90, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -227,8 +226,8 @@ def test_explicit_layers_beat_a_depth(tmp_path, classifier_dir):
 
 
 def test_validation_scorers_score_a_classifier_and_give_unlabelled_calibration(classifier_dir, reviews, tok):
-    from layerdrop.evaluate import validation_scorers
-    from layerdrop.models import load_saved
+    from layerdrop.evaluation.measure import validation_scorers
+    from layerdrop.models.loading import load_saved
 
     model = load_saved(classifier_dir).eval()
     scorers = validation_scorers(model, tok, reviews, rows=12, batch_size=2, max_length=16, calibration_rows=3)

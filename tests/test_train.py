@@ -18,14 +18,16 @@ from transformers import (
 )
 
 import layerdrop
-from layerdrop.models import Classifier, load_classifier, load_saved, pool, resolve
-from layerdrop.rates import schedule_factor
-from layerdrop.evaluate import pooled_accuracy
-from layerdrop.args import TrainConfig
-from layerdrop.train import run, run_or_reuse
-from layerdrop.trainer import (LayerDropCallback, LayerDropTrainer, attach, drop_resume_state, kd_loss,
-                               last_complete_checkpoint)
 from conftest import make, tokens, write_reviews
+from layerdrop.config.args import TrainConfig
+from layerdrop.core.rates import schedule_factor
+from layerdrop.evaluation.measure import pooled_accuracy
+from layerdrop.models.loading import Classifier, load_classifier, load_saved, pool, resolve
+from layerdrop.recipes.train import run, run_or_reuse
+from layerdrop.training.callback import LayerDropCallback, attach
+from layerdrop.training.checkpoints import drop_resume_state, last_complete_checkpoint
+from layerdrop.training.losses import kd_loss
+from layerdrop.training.trainer import LayerDropTrainer
 
 
 @pytest.fixture(scope="module")
@@ -352,15 +354,6 @@ def test_kd_loss_is_zero_for_identical_predictions_and_positive_otherwise():
     assert loss.item() > 0 and student.grad is not None and teacher.grad is None
 
 
-def test_self_distill_loss_is_a_deprecated_alias_of_kd_loss():
-    from layerdrop.train import self_distill_loss
-
-    student, teacher = torch.randn(3, 5), torch.randn(3, 5)
-    with pytest.warns(DeprecationWarning, match="kd_loss"):
-        old = self_distill_loss(student, teacher, temperature=2.0)
-    assert old.item() == kd_loss(student, teacher, temperature=2.0).item()
-
-
 def test_self_distill_runs_the_full_network_and_one_sampled_subnetwork(tmp_path):
     model = layerdrop.apply(make("bert"), rate=0.5, seed=2)
     calls = [0] * 4
@@ -471,7 +464,7 @@ def test_freeze_embeddings_keeps_the_word_embeddings_and_trains_the_rest(tmp_pat
 
 
 def test_native_pooling_gives_a_checkpoint_without_a_pooler_new_weights(tmp_path, tokenizer):
-    from layerdrop.train import load_model
+    from layerdrop.recipes.train import load_model
 
     model = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
                                  num_attention_heads=2, intermediate_size=64))
@@ -485,7 +478,7 @@ def test_native_pooling_gives_a_checkpoint_without_a_pooler_new_weights(tmp_path
 
 
 def test_a_run_without_layerdrop_drops_a_record_inherited_from_its_start(tmp_path, bert_dir, reviews):
-    from layerdrop.core import trained_with_layerdrop
+    from layerdrop.core.apply import trained_with_layerdrop
 
     elastic = run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "ld"), rate=0.5,
                          max_steps=1))
@@ -543,7 +536,7 @@ def test_callback_state_recreates_the_callback_with_its_check_interval():
     assert (again.schedule, again.warmup_steps, again.check_every) == ("warmup", 7, 13)
 
 
-# --------------------------------------------------------------------------- settings (layerdrop.args)
+# --------------------------------------------------------------------------- settings (layerdrop.config.args)
 
 # The `trained_with` record of a default run, as every version before the grouped settings wrote it.
 _RECORD_BEFORE_GROUPS = {
@@ -575,7 +568,7 @@ def test_from_flat_names_an_unknown_setting():
         TrainConfig.from_flat(task="clm", model="m", data="d", out="o", learning_rate=1e-4)
 
 
-@pytest.mark.parametrize("module", ["layerdrop.args", "layerdrop.steps"])
+@pytest.mark.parametrize("module", ["layerdrop.config.args", "layerdrop.recipes.steps"])
 def test_the_settings_examples_hold(module):
     import doctest
     import importlib
@@ -585,7 +578,7 @@ def test_the_settings_examples_hold(module):
 
 
 def test_recorded_masks_of_a_resumed_run_match_an_uninterrupted_run(tmp_path, bert_dir, reviews):
-    from layerdrop.masklog import MASK_FILE, load_mask_log
+    from layerdrop.core.masklog import MASK_FILE, load_mask_log
 
     cfg = _quick(task="classification", model=bert_dir, data=reviews, rate=0.5, out="", record_masks=True,
                  self_distill=True, evaluate=False)

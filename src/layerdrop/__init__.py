@@ -14,78 +14,48 @@ Names load on first use (PEP 562), so ``import layerdrop`` does not import torch
 from __future__ import annotations
 
 import importlib
-import importlib.util
-import sys
-import types
 from typing import Any
 
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "apply": "core",
-    "remove": "core",
-    "only_layers": "core",
-    "prune": "prune",
-    "compile_layers": "regional",
-    "every_other": "depths",
-    "LayerDropSettings": "settings",
-    "ARCHITECTURES": "arch",
-    "Arch": "arch",
-    "find_layers": "arch",
-    "RateLearner": "learned",
-    "attach_rate_learner": "learned",
-    "recorded_learned_rates": "learned",
-    "record_learned_rates": "learned",
+    "apply": "core.apply",
+    "remove": "core.apply",
+    "only_layers": "core.apply",
+    "state_of": "core.apply",
+    "get_rng_state": "core.apply",
+    "set_rng_state": "core.apply",
+    "prune": "cut.prune",
+    "view": "cut.prune",
+    "compile_layers": "core.compile",
+    "every_other": "core.depths",
+    "LayerDropSettings": "config.settings",
+    "ARCHITECTURES": "core.arch",
+    "Arch": "core.arch",
+    "find_layers": "core.arch",
+    "RateLearner": "core.learned",
+    "attach_rate_learner": "core.learned",
+    "recorded_learned_rates": "core.learned",
+    "record_learned_rates": "core.learned",
 }
-"""The user's verbs: name -> submodule that defines it."""
+"""The user's verbs: name -> the module that defines it."""
 
-_SUBMODULES = ("arch", "core", "depths", "distributed", "learned", "mask", "rates", "settings")
-"""Submodules listed in ``__all__`` (every submodule can be reached as ``layerdrop.<name>``;
-``layerdrop.prune`` is the function, its module is ``sys.modules["layerdrop.prune"]``)."""
+_FOLDERS = ("config", "core", "cut", "data", "evaluation", "models", "recipes", "serving", "training")
+"""The subpackages, each reached as ``layerdrop.<folder>`` on first use (the README's "Code layout")."""
 
-_PLUMBING = {
-    "arrange_like_pruning": "mask",
-    "sample_keep_mask": "mask",
-    "scale_rates": "core",
-    "state_of": "core",
-    "get_rng_state": "core",
-    "set_rng_state": "core",
-    "exponential_rates": "rates",
-    "layer_rates": "rates",
-    "linear_rates": "rates",
-    "uniform_rates": "rates",
-    "LearnedRates": "learned",  # deprecated: RateLearner
-    "learn_rates": "learned",  # deprecated: attach_rate_learner
-    "learned_rates": "learned",  # deprecated: recorded_learned_rates
-}
-"""Names that earlier releases exported here: still found, but not in ``__all__``; import them from their module."""
-
-__all__ = sorted([*_PUBLIC, *_SUBMODULES])
+__all__ = sorted([*_PUBLIC, *_FOLDERS])
 
 
 def __getattr__(name: str) -> Any:
-    module = _PUBLIC.get(name) or _PLUMBING.get(name)
+    module = _PUBLIC.get(name)
     if module is not None:
         value = getattr(importlib.import_module(f".{module}", __name__), name)
-        if name not in ("LearnedRates", "learn_rates", "learned_rates"):  # deprecated ones warn at each use
-            globals()[name] = value
+        globals()[name] = value
         return value
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
+    if name in _FOLDERS:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, *_PLUMBING})
-
-
-class _Package(types.ModuleType):
-    """Keeps ``layerdrop.prune`` the function when the import system sets the submodule of that name."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "prune" and isinstance(value, types.ModuleType):
-            value = value.prune
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+    return sorted({*globals(), *__all__})

@@ -17,6 +17,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from layerdrop.errors import InputError
+
 from .bundled import BUNDLED, BundledDataset, bundled_dataset, load_bundled
 from .encode import encode_classification, encode_lm, lm_eval_blocks
 from .readers import SUPPORTED_EXTENSIONS, load_file
@@ -91,10 +93,10 @@ def load(
     key = os.fspath(name_or_path)
     if key in BUNDLED:
         if label_names is not None:
-            raise ValueError(f"label_names applies to user files only, not bundled {key!r}")
+            raise InputError(f"label_names applies to user files only, not bundled {key!r}")
         return load_bundled(key, seed, valid_fraction, test_fraction)
     if label_column is None and label_names is not None:
-        raise ValueError("label_names was given but label_column is None")
+        raise InputError("label_names was given but label_column is None")
     path = Path(key)
     if not path.exists():
         raise DataError(

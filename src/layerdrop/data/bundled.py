@@ -25,6 +25,8 @@ from importlib import util as importlib_util
 from pathlib import Path
 from typing import NamedTuple
 
+from layerdrop.errors import UnknownName
+
 from .splits import DataError, Splits, TextDataset, split, split_contiguous
 
 __all__ = ["BUNDLED", "BundledDataset", "Corpus", "bundled_dataset", "load_bundled", "package_file"]
@@ -276,7 +278,7 @@ BUNDLED: dict[str, BundledDataset] = {
 def bundled_dataset(name: str) -> BundledDataset:
     """The row of :data:`BUNDLED` named ``name``; ``KeyError`` listing the names otherwise."""
     if name not in BUNDLED:
-        raise KeyError(f"{name!r} is not a bundled dataset; valid names: {sorted(BUNDLED)}")
+        raise UnknownName(f"{name!r} is not a bundled dataset; valid names: {sorted(BUNDLED)}")
     return BUNDLED[name]
 
 

@@ -9,8 +9,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
+
 if TYPE_CHECKING:  # transformers is imported where a collator is built, so `import layerdrop.data` stays light
     from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerBase
+
+from layerdrop.errors import InputError
 
 from .splits import TextDataset
 
@@ -59,7 +62,7 @@ def encode_lm(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], block: i
                 stream.append(sep)
     n = len(stream) // block
     if n == 0:
-        raise ValueError(f"{desc}: {len(stream)} tokens is less than one block of {block}; use less --max-length")
+        raise InputError(f"{desc}: {len(stream)} tokens is less than one block of {block}; use less --max-length")
     return [{"input_ids": stream[i * block:(i + 1) * block]} for i in range(n)]
 
 
@@ -67,7 +70,7 @@ def lm_eval_blocks(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], blo
                    split: str = "valid") -> tuple[list[dict[str, Any]], DataCollatorForLanguageModeling]:
     """Blocks of ``texts`` to score a causal LM on, and the collator that labels them.
 
-    For :func:`layerdrop.evaluate.perplexity`; a tokenizer without a pad token gets EOS as one.
+    For :func:`layerdrop.evaluation.measure.perplexity`; a tokenizer without a pad token gets EOS as one.
     """
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

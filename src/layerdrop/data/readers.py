@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from layerdrop.errors import InputError
+
 from .splits import DataError, Splits, TextDataset, split
 
 __all__ = ["SUPPORTED_EXTENSIONS", "load_file"]
@@ -70,7 +72,7 @@ def _resolve_labels(
     if label_names is not None:
         names = tuple(label_names)
         if not names or len(set(names)) != len(names):
-            raise ValueError(f"label_names must be non-empty and unique, got {list(names)}")
+            raise InputError(f"label_names must be non-empty and unique, got {list(names)}")
         index = {n: i for i, n in enumerate(names)}
         ids: list[int] = []
         for value, (path, line) in zip(raw, where, strict=True):

@@ -15,10 +15,12 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from layerdrop.errors import InputError
+
 __all__ = ["DataError", "Splits", "TextDataset", "check_fractions", "split", "split_contiguous"]
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset could not be loaded: bad file content, unknown name or missing package.
 
     The message names the file and, where there is one, the line (or row) and the problem.
@@ -61,7 +63,7 @@ class TextDataset:
     def __post_init__(self) -> None:
         object.__setattr__(self, "texts", tuple(self.texts))
         if (self.labels is None) != (self.label_names is None):
-            raise ValueError("labels and label_names must both be given or both be None")
+            raise InputError("labels and label_names must both be given or both be None")
         if self.labels is None or self.label_names is None:
             return
         labels = tuple(self.labels)
@@ -69,9 +71,9 @@ class TextDataset:
         object.__setattr__(self, "labels", labels)
         object.__setattr__(self, "label_names", names)
         if len(labels) != len(self.texts):
-            raise ValueError(f"{len(self.texts)} texts but {len(labels)} labels")
+            raise InputError(f"{len(self.texts)} texts but {len(labels)} labels")
         if labels and (min(labels) < 0 or max(labels) >= len(names)):
-            raise ValueError(f"label ids must lie in 0..{len(names) - 1} (one per label name)")
+            raise InputError(f"label ids must lie in 0..{len(names) - 1} (one per label name)")
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -106,9 +108,9 @@ def check_fractions(valid_fraction: float, test_fraction: float) -> None:
     """Raise ``ValueError`` unless both fractions are in [0, 1) and sum to less than 1."""
     for label, f in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= f < 1.0:
-            raise ValueError(f"{label} must be in [0, 1), got {f!r}")
+            raise InputError(f"{label} must be in [0, 1), got {f!r}")
     if valid_fraction + test_fraction >= 1.0:
-        raise ValueError(
+        raise InputError(
             f"valid_fraction + test_fraction must be < 1, got {valid_fraction} + {test_fraction}"
         )
 

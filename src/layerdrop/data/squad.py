@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from layerdrop.errors import InputError
+
 from .encode import _batched
 from .splits import DataError, Splits, check_fractions, split
 
@@ -52,7 +54,7 @@ class QADataset:
         for field in ("ids", "questions", "texts", "answers"):
             object.__setattr__(self, field, tuple(getattr(self, field)))
         if not len(self.ids) == len(self.questions) == len(self.texts) == len(self.answers):
-            raise ValueError("ids, questions, texts and answers must have one entry per question")
+            raise InputError("ids, questions, texts and answers must have one entry per question")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -180,7 +182,7 @@ def encode_qa(tokenizer: PreTrainedTokenizerBase, dataset: QADataset, max_length
     and warned about once.
     """
     if not tokenizer.is_fast:
-        raise ValueError("question answering needs a fast tokenizer (character offsets)")
+        raise InputError("question answering needs a fast tokenizer (character offsets)")
     rows: list[dict[str, Any]] = []
     example_of: list[int] = []
     all_offsets: list[list[tuple[int, int] | None]] = []

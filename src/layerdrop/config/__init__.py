@@ -1,0 +1,1 @@
+"""Torch-free settings: LayerDrop's own and each recipe's (the fast ``--help`` path)."""

@@ -1,0 +1,242 @@
+"""The settings of the commands beyond training: ``compare``, ``demo``, ``elastic``, ``sweep`` and
+``serve``. Frozen dataclasses importable without torch, like :mod:`layerdrop.config.args` (which
+holds training's and distillation's)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from layerdrop.errors import InputError
+
+from .settings import check_pattern
+
+__all__ = ["CompareConfig", "DemoConfig", "ElasticConfig", "ServeConfig", "SweepConfig"]
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What ``layerdrop compare`` trains and scores. Change with ``dataclasses.replace``."""
+
+    model: str = "minilm-l6"
+    """The model every method starts from: a pretrained encoder (classification) or decoder
+    (language modelling), bundled, a local folder or, online, a hub name; or a preset trained from scratch."""
+    data: str = "rotten-tomatoes"
+    """A labelled dataset, or a corpus for a decoder (bundled name or file): trained on its training
+    split, scored on its test split."""
+    out: str = "runs/compare"
+    """Output folder: each method's runs, compare.md, compare.csv, compare.json and the plots."""
+    depths: str = "4,3"
+    """Comma-separated depths to compare (every-other layers); the model's own depth adds the full models' row."""
+    methods: str = "plain-cut,layerdrop-cut,layerdrop-healed,fixed-depth,distilled,top-dropped"
+    """Comma-separated methods: plain-cut, layerdrop-cut, layerdrop-healed, fixed-depth, distilled, top-dropped."""
+    seeds: str = "0"
+    """Comma-separated seeds of every training at the shallowest depth (the noisiest); the first seed trains the rest."""
+    rate: float = 0.5
+    """LayerDrop rate of the LayerDrop run."""
+    pattern: str = "every-other"
+    """Which layers a LayerDrop step keeps: random or every-other."""
+    self_distill: bool = True
+    """Self-distil the LayerDrop run (the project's best recipe)."""
+    heal_epochs: float = 1.0
+    """Epochs of the LayerDrop model's heal at each depth (the fine-tunes run --epochs)."""
+    train_rows: int = 6000
+    """Training rows of every run (0: all)."""
+    eval_rows: int = 0
+    """Test rows scored (0: the whole test split)."""
+    epochs: float = 2.0
+    """Epochs of every fine-tune and distillation."""
+    max_steps: int = 0
+    """Optimizer steps of every fine-tune and distillation instead of --epochs (0: use --epochs)."""
+    heal_steps: int = 0
+    """With --max-steps: steps of each heal (0: half of --max-steps)."""
+    batch_size: int = 32
+    """Examples per step."""
+    lr: float = 5e-5
+    """Peak learning rate."""
+    head_lr: float | None = 1e-3
+    """Learning rate of the classifier head."""
+    max_length: int = 64
+    """Tokens per example."""
+    freeze_embeddings: bool = False
+    """Keep the word embeddings fixed in every run (worth it for e5-small's large vocabulary)."""
+    latency_reps: int = 5
+    """Timed forwards per depth; the median is reported."""
+    keep_checkpoints: bool = False
+    """Keep each finished run's checkpoints whole (weights and optimizer state, to train it further);
+    by default only their training logs stay, since a comparison's many runs fill a disk (about
+    21 GB for e5-small)."""
+    progress: bool = True
+    """Show tqdm bars."""
+
+    def __post_init__(self) -> None:
+        check_pattern(self.pattern)  # a bad value fails here, before any training
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the demo. The defaults take about 22 minutes on 2 quiet CPU cores (the README); ``full`` is the
+    quality-bar run."""
+
+    out: str = "out/demo"
+    """Output folder (with ``full``, the default becomes ``out/demo-full``)."""
+    full: bool = False
+    """The quality-bar run: all training rows, the whole test and validation splits, 2x the LM
+    steps, and the per-depth references (about two hours on 2 CPU cores)."""
+    rt_rows: int = 6000
+    """Rotten Tomatoes training rows (ignored with ``full``)."""
+    rt_epochs: float = 2.0
+    """Fine-tuning epochs on Rotten Tomatoes."""
+    rt_eval_rows: int = 1000
+    """Test rows scored at each depth (ignored with ``full``: the whole test split)."""
+    rt_rate: float = 0.5
+    """LayerDrop rate of the classification run."""
+    lm_steps: int = 500
+    """Training steps of each KJV language model."""
+    lm_rate: float = 0.5
+    """LayerDrop rate of the language model."""
+    lm_eval_rows: int = 400
+    """KJV test paragraphs scored at each depth (ignored with ``full``: all of them)."""
+    self_distill: bool = True
+    """Train the LayerDrop runs with self-distillation (sub-networks learn from the full network)."""
+    pattern: str = "every-other"
+    """Which layers a LayerDrop step keeps: ``random`` (the paper) or ``every-other`` (the
+    sub-networks that pruning every-other keeps; see ``docs/training.md``)."""
+    references: bool = False
+    """Also fine-tune MiniLM-L6 pruned every-other to 4 and 3 layers before training: the
+    quality bar's per-depth references (always on with ``full``)."""
+    bf16: bool | None = None
+    """Train under bfloat16 autocast with float32 master weights (``None``: where the CPU or GPU
+    computes bfloat16 natively). Same accuracy within noise, about 0.65x the training time on
+    CPUs with AVX512-BF16 (docs/results.md)."""
+    seed: int = 0
+    """Seed of everything."""
+    progress: bool = True
+    """Show tqdm bars."""
+
+    def __post_init__(self) -> None:
+        check_pattern(self.pattern)  # a bad value fails here, before any training
+
+
+@dataclass(frozen=True)
+class ElasticConfig:
+    """The ``layerdrop elastic`` recipe's settings. Change with ``dataclasses.replace``."""
+
+    model: str = "smollm2-135m"
+    """A causal LM: a bundled name, a local folder or, online, a hub name."""
+    data: str = "kjv"
+    """Text to continue training on (a bundled dataset or a file)."""
+    out: str = "runs/elastic"
+    """Output folder: the training run, ``report.md`` and ``results.json``."""
+    depths: str = "30,20,15"
+    """Comma-separated depths to score before and after (every-other layers); depths above
+    the model's layer count are left out."""
+    rate: float = 0.5
+    """LayerDrop rate of the continued training."""
+    self_distill: bool = True
+    """Train a sampled sub-network toward the full network's predictions too."""
+    steps: int = 100
+    """Optimizer steps of continued training."""
+    batch_size: int = 4
+    """Blocks per step."""
+    max_length: int = 128
+    """Tokens per block."""
+    lr: float = 1e-4
+    """Peak learning rate (AdamW, linear decay after a 10 % warm-up)."""
+    eval_rows: int = 40
+    """Validation paragraphs scored at each depth."""
+    seed: int = 0
+    """Seed of data order and masks."""
+    progress: bool = True
+    """Show tqdm bars."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What ``layerdrop sweep`` measures."""
+
+    model: str
+    """A saved model folder: a classifier, a question-answering model or a causal LM."""
+    data: str
+    """A bundled dataset name or a CSV/TSV/JSONL file; its --split is scored."""
+    out: str
+    """Output folder for sweep.csv, sweep.json, sweep.md and the plots."""
+    split: str = "validation"
+    """Which split each point is scored on: validation, or test for a final table (search and
+    the importance metrics still choose layers on validation rows)."""
+    strategies: str = "every-other"
+    """Comma-separated strategies: every-other, search, block-influence, angular, top, data-driven."""
+    rows: int = 500
+    """Rows of the split scored per point (and test rows for search's final check)."""
+    batch_size: int = 32
+    """Batch size of scoring and of the latency measurement."""
+    max_length: int = 128
+    """Tokens per example (classification) or per block (language model)."""
+    latency_reps: int = 5
+    """Timed forwards per point, every point timed in turn (rounds); the median is reported."""
+    dtype: str = "float32"
+    """Comma-separated precisions to run every point at: float32, bfloat16, int8 (torch's dynamic
+    quantization of the linear layers). Layers are chosen once, at float32; the Pareto front spans
+    every depth and precision."""
+    calibration_rows: int = 64
+    """Rows of calibration data for the importance metrics."""
+    search_budget: int = 200
+    """Most score evaluations a search may spend."""
+    seed: int = 0
+    """Seed of the data splits."""
+    progress: bool = True
+    """Show a tqdm bar."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What ``layerdrop serve`` serves, and its limits. Change with ``dataclasses.replace``."""
+
+    model: str
+    """A saved classifier (``layerdrop train classification``) or causal LM folder, or a bundled name."""
+    depths: str = ""
+    """Comma-separated depths to serve (every-other layers); empty: every depth from 1 to the model's."""
+    strategy: str = "every-other"
+    """How each depth chooses its layers: every-other (a LayerDrop model), or for a model trained without
+    LayerDrop angular / block-influence (calibrated on --data) or search (scored on --data's validation rows)."""
+    data: str = ""
+    """A dataset name or text file whose validation rows calibrate or score --strategy."""
+    sweep: str = ""
+    """A ``layerdrop sweep`` folder or sweep.json whose every-other scores are shown as each depth's quality."""
+    host: str = "127.0.0.1"
+    """Address to bind; 0.0.0.0 exposes the server to the network."""
+    port: int = 8000
+    """Port to listen on."""
+    name: str = ""
+    """The model's name in the API (empty: the folder's name); ``NAME@K`` asks for K layers."""
+    max_body_bytes: int = 1 << 20
+    """Largest request body accepted (413 beyond)."""
+    max_inputs: int = 32
+    """Most texts in one classify request (at most --batch-inputs)."""
+    max_prompt_tokens: int = 1024
+    """Longest prompt accepted, in tokens (422 beyond; also bounded by the model's context)."""
+    max_tokens: int = 256
+    """Largest max_tokens a completion may ask for."""
+    queue_size: int = 16
+    """Requests waiting for the worker before new ones get 503."""
+    batch_inputs: int = 32
+    """Most texts the worker classifies in one forward (requests at one depth are batched)."""
+    batch_wait_ms: float = 5.0
+    """How long the worker waits for more classify requests at the same depth while others are queued
+    (a lone request runs at once)."""
+    profile_reps: int = 3
+    """Timed forwards per point of each depth's start-up profile (the median is kept)."""
+    threads: int = 0
+    """torch threads of the worker (0: torch's default)."""
+
+    def __post_init__(self) -> None:
+        for name in ("port", "max_body_bytes", "max_inputs", "max_prompt_tokens", "max_tokens", "queue_size",
+                     "batch_inputs", "profile_reps"):
+            if getattr(self, name) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.batch_wait_ms < 0 or self.threads < 0:
+            raise InputError("--batch-wait-ms and --threads cannot be negative")
+        if self.max_inputs > self.batch_inputs:
+            raise InputError(f"--max-inputs {self.max_inputs} is over --batch-inputs {self.batch_inputs}: one request "
+                             "must fit in one forward; raise --batch-inputs or lower --max-inputs")
+        if any(not d.strip().isdigit() for d in self.depths.split(",")) and self.depths.strip():
+            raise InputError(f"--depths {self.depths!r}: give comma-separated layer counts, e.g. 6,4,3")

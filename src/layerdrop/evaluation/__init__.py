@@ -1,0 +1,1 @@
+"""Quality and latency at a depth, QA scoring, and the tables and plots that report them."""

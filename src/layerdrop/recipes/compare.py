@@ -1,0 +1,418 @@
+"""``layerdrop compare``: every way to get a smaller model, at every depth, with its cost.
+
+From one pretrained encoder and one labelled dataset (accuracy), or one decoder and one corpus
+(perplexity), it trains and scores, on the same splits and with the same scoring code:
+
+* ``plain-cut``: fine-tune the full model, cut it every-other to each depth;
+* ``layerdrop-cut``: one LayerDrop run (Fan et al. 2020), cut the same way;
+* ``layerdrop-healed``: that run's cut, distilled from its full self (prune-and-heal);
+* ``fixed-depth``: cut the pretrained model first, then fine-tune at the depth;
+* ``distilled``: cut first, then distil from the fine-tuned full model (DistilBERT-style);
+* ``top-dropped``: keep the bottom layers, then fine-tune (Sajjad et al. 2020).
+
+and writes ``compare.md`` (quality, parameters and latency per method and depth, and what serving
+every depth costs each method in training runs and minutes), ``compare.csv``, ``compare.json`` and
+plots of quality against latency and against training time. Every training is a
+``layerdrop train`` or ``layerdrop distill`` run in its own folder, reused when finished and
+continued when not, so the command resumes where it stopped. See docs/comparison.md.
+
+A preset (``gpt2-tiny``, ...) is built once, untrained, with its tokenizer trained on the
+training text, and every method starts from that model: "fine-tune" is then training from
+scratch, and ``top-dropped`` would repeat ``fixed-depth`` from other random layers.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoConfig, AutoTokenizer
+
+from layerdrop.config.args import DistillConfig, TrainConfig, build
+from layerdrop.config.recipes import CompareConfig
+from layerdrop.core.apply import only_layers
+from layerdrop.core.arch import find_layers
+from layerdrop.core.depths import every_other
+from layerdrop.errors import InputError
+from layerdrop.evaluation.measure import DepthResult, higher_is_better, latency_ms, parameters_at, validation_scorers
+from layerdrop.evaluation.report import (
+    format_score,
+    markdown_table,
+    pareto_front,
+    plot_quality_vs_cost,
+    plot_quality_vs_latency,
+)
+from layerdrop.files import atomic_dir, write_json, write_text
+from layerdrop.models import presets
+from layerdrop.models.loading import META_FILE, from_pretrained, load_saved, local_folder, read_meta
+from layerdrop.training.checkpoints import drop_resume_state
+
+from . import distill, train
+from .prune_saved import prune_saved
+from .steps import changed_settings, splits
+
+__all__ = ["METHODS", "CompareResult", "Method", "Row", "plot", "read_report", "run_compare", "tables"]
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of :data:`METHODS`."""
+
+    label: str
+    """How tables and plots name it."""
+    per_depth: bool
+    """Whether it trains one model per depth (else it cuts a full-depth model)."""
+    full: str
+    """The full-depth run it cuts or learns from, and serves full depth with: ``plain`` or ``layerdrop``."""
+    needs_full: bool
+    """Whether its shallower models need that full-depth run (a cut or a teacher), or only a full-depth row does."""
+
+
+METHODS: dict[str, Method] = {
+    "plain-cut": Method("plain, cut", per_depth=False, full="plain", needs_full=True),
+    "layerdrop-cut": Method("LayerDrop, cut", per_depth=False, full="layerdrop", needs_full=True),
+    "layerdrop-healed": Method("LayerDrop, cut and healed", per_depth=True, full="layerdrop", needs_full=True),
+    "fixed-depth": Method("fixed depth (cut, then fine-tuned)", per_depth=True, full="plain", needs_full=False),
+    "distilled": Method("DistilBERT-style (cut, then distilled)", per_depth=True, full="plain", needs_full=True),
+    "top-dropped": Method("top layers dropped, fine-tuned", per_depth=True, full="plain", needs_full=False),
+}
+"""Method name -> how it is shown, whether it trains per depth, and which full-depth run it relies on.
+
+>>> [name for name, m in METHODS.items() if m.full == "layerdrop"]
+['layerdrop-cut', 'layerdrop-healed']
+"""
+
+FULL_RUNS = {"plain": "plain fine-tune (full depth)", "layerdrop": "LayerDrop fine-tune (full depth)"}
+"""The full-depth runs, as the table's full-depth rows name them."""
+
+
+def _label(name: str) -> str:
+    return METHODS[name].label if name in METHODS else FULL_RUNS[name]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One method at one depth."""
+
+    method: str
+    depth: int
+    kept: tuple[int, ...]
+    scores: tuple[float, ...]
+    """Test score (accuracy, or perplexity for a language model) of each seed's model (one for a cut)."""
+    parameters: int
+    latency_ms: float
+    minutes: float
+    """Training minutes of this row's own run (first seed; 0 for a cut of a shared model)."""
+
+    @property
+    def score(self) -> float:
+        return statistics.fmean(self.scores)
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """What ``layerdrop compare`` measured and wrote."""
+
+    out: Path
+    metric: str
+    """``accuracy`` or ``perplexity``: what every row's scores are."""
+    rows: list[Row]
+    full_minutes: dict[str, float]
+    """Training minutes of the full-depth plain and LayerDrop runs."""
+    table: str
+    """compare.md's tables."""
+
+
+def _names(text: str, known: dict[str, Any] | None, what: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise InputError(f"no {what} in {text!r}")
+    unknown = [n for n in names if known is not None and n not in known]
+    if unknown:
+        raise InputError(f"unknown {what} {unknown}; choose from {', '.join(known or ())}")
+    return names
+
+
+def check(cfg: CompareConfig) -> tuple[list[str], list[int], list[int]]:
+    """The methods, depths and seeds ``cfg`` names; ``ValueError`` for a bad one, before anything runs."""
+    methods = _names(cfg.methods, METHODS, "method")
+    try:
+        depths = sorted({int(d) for d in _names(cfg.depths, None, "depth")}, reverse=True)
+        seeds = list(dict.fromkeys(int(s) for s in _names(cfg.seeds, None, "seed")))
+    except ValueError as err:
+        if "invalid literal" in str(err):
+            raise InputError(f"--depths and --seeds take comma-separated integers, like 4,3: {err}") from None
+        raise
+    if min(depths) < 1:
+        raise InputError(f"depths must be at least 1, got {min(depths)}")
+    if cfg.heal_epochs <= 0 or cfg.epochs <= 0:
+        raise InputError("--epochs and --heal-epochs must be above 0")
+    if cfg.max_steps < 0 or cfg.heal_steps < 0:
+        raise InputError("--max-steps and --heal-steps count steps: 0 or more")
+    if cfg.heal_steps and not cfg.max_steps:
+        raise InputError("--heal-steps goes with --max-steps; without it, give --heal-epochs")
+    if cfg.model in presets.PRESETS and cfg.freeze_embeddings:
+        raise InputError(f"--freeze-embeddings keeps pretrained word embeddings; {cfg.model!r} is built from scratch "
+                         "with random ones: compare it without the flag")
+    if cfg.model in presets.PRESETS and "top-dropped" in methods:
+        if cfg.methods != _DEFAULT_METHODS:
+            raise InputError(f"{cfg.model} is trained from scratch, so top-dropped would be fixed-depth from other "
+                             "random layers: leave it out of --methods")
+        methods.remove("top-dropped")
+    return methods, depths, seeds
+
+
+_DEFAULT_METHODS = CompareConfig.methods
+
+
+def task_for(model: str) -> str:
+    """What compare trains ``model`` for: ``clm`` for a decoder (a GPT-2 or Llama preset, a
+    ``*ForCausalLM`` folder), else ``classification``.
+
+    >>> task_for("gpt2-tiny"), task_for("bert-tiny")
+    ('clm', 'classification')
+    """
+    if model in presets.PRESETS:
+        return "clm" if "clm" in presets.PRESETS[model].tasks else "classification"
+    names = from_pretrained(AutoConfig, local_folder(model)).architectures or ()
+    return "clm" if any(n.endswith(("ForCausalLM", "LMHeadModel")) for n in names) else "classification"
+
+
+def _from_scratch(cfg: CompareConfig, task: str, base: TrainConfig, out: Path) -> str:
+    """The untrained preset every method (and every seed) starts from, written once to
+    ``out/init``, its tokenizer trained on the training split as ``layerdrop train`` would."""
+    folder = out / "init"
+    made_from = {"model": cfg.model, "data": cfg.data, "train_rows": cfg.train_rows, "vocab_size": base.vocab_size}
+    if (folder / "config.json").is_file():
+        shown = changed_settings(read_meta(folder).get("compare_init", {}), made_from)
+        if shown:
+            raise InputError(f"{folder} was built for other settings ({shown}): choose another --out")
+        return str(folder)
+    preset = presets.PRESETS[cfg.model]
+    train_split = splits(task, cfg.data, 0, base.inputs)[0]
+    tokenizer = presets.train_tokenizer(train_split.texts, preset.tokenizer_kind, vocab_size=base.vocab_size)
+    model = presets.build(cfg.model, tokenizer, task=task, seed=0)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / META_FILE, {"compare_init": made_from})
+    return str(folder)
+
+
+def _minutes(model_dir: Path) -> float:
+    meta = read_meta(model_dir)
+    return (meta.get("train_seconds", 0.0) + meta.get("teacher_cache_seconds", 0.0)) / 60
+
+
+def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None) -> CompareResult:
+    """Train every method at every depth (or reuse finished runs), score them all on the test split, write the report."""
+    # 1. validate; the settings every training shares; a preset is built once, untrained
+    methods, depths, seeds = check(cfg)
+    task = task_for(cfg.model)
+    out = Path(cfg.out)
+    head_lr = cfg.head_lr if task == "classification" else None  # a decoder's untied output layer is no new head
+    common = dict(data=cfg.data, train_rows=cfg.train_rows or None, eval_rows=cfg.eval_rows or None, epochs=cfg.epochs,
+                  max_steps=cfg.max_steps or -1, batch_size=cfg.batch_size, lr=cfg.lr, head_lr=head_lr,
+                  max_length=cfg.max_length, freeze_embeddings=cfg.freeze_embeddings, progress=cfg.progress,
+                  save_steps=100)
+    base = TrainConfig.from_flat(task=task, model=cfg.model, out="", rate=0.0, **common)
+    start = _from_scratch(cfg, task, base, out) if cfg.model in presets.PRESETS else cfg.model
+    heal = {"epochs": cfg.heal_epochs, "max_steps": (cfg.heal_steps or cfg.max_steps // 2) if cfg.max_steps else -1}
+
+    def finished(model_dir: Path) -> Path:
+        if not cfg.keep_checkpoints:  # the exported model is what the comparison needs; the logs stay
+            drop_resume_state(model_dir.parent / "checkpoints")
+        return model_dir
+
+    def fine_tune(model: str, name: str, seed: int = 0, **layerdrop: Any) -> Path:
+        log(f"training {name}")
+        split = {"split_seed": 0} if seed else {}  # every seed trains and scores on seed 0's split
+        return finished(train.run_or_reuse(base.replace(model=model, out=str(out / name), seed=seed, **split,
+                                                        **layerdrop)))
+
+    def distil(teacher: Path, name: str, depth: int, seed: int, **length: Any) -> Path:
+        log(f"distilling {name}")
+        return finished(distill.run_or_reuse(build(DistillConfig, {
+            **common, "teacher": str(teacher), "out": str(out / name), "depth": depth, "seed": seed, **length,
+            **({"split_seed": 0} if seed else {})})))
+
+    def cut(name: str, depth: int | None = None, keep: list[int] | None = None) -> Path:
+        if not (out / name / META_FILE).is_file():
+            prune_saved(start, out / name, depth=depth, keep=keep)
+        return out / name
+
+    # 2. the full-depth models every cut and teacher comes from
+    plain = fine_tune(start, "plain")
+    needs_ld = any(METHODS[m].full == "layerdrop" for m in methods)
+    ld = fine_tune(start, "layerdrop", rate=cfg.rate, pattern=cfg.pattern, self_distill=cfg.self_distill) \
+        if needs_ld else None
+    model = load_saved(str(plain)).eval()
+    num_layers = len(find_layers(model).layers)
+    depths = [d for d in depths if d <= num_layers]
+    if not depths:
+        raise InputError(f"no depth of --depths is at most the model's {num_layers} layers")
+
+    # 3. one model per method, depth and seed that trains per depth
+    trained: dict[tuple[str, int], list[Path]] = {}
+    for depth in (d for d in depths if d < num_layers):
+        for seed in seeds if depth == min(depths) else seeds[:1]:
+            tag = f"{depth}" + (f"-seed{seed}" if seed else "")
+            runs = {
+                "layerdrop-healed": lambda: distil(ld, f"layerdrop-healed{tag}", depth, seed, **heal),
+                "fixed-depth": lambda: fine_tune(str(cut(f"cut{depth}", depth=depth)), f"fixed{tag}", seed),
+                "distilled": lambda: distil(plain, f"distilled{tag}", depth, seed),
+                "top-dropped": lambda: fine_tune(str(cut(f"bottom{depth}", keep=list(range(depth)))),
+                                                 f"top-dropped{tag}", seed),
+            }
+            for name in methods:
+                if METHODS[name].per_depth:
+                    trained.setdefault((name, depth), []).append(runs[name]())
+
+    # 4. score every row on the same test rows; latency and size per depth
+    log("scoring")
+    tokenizer = from_pretrained(AutoTokenizer, local_folder(str(plain)))
+    scorers = validation_scorers(model, tokenizer, cfg.data, rows=cfg.eval_rows or 10**9, batch_size=cfg.batch_size,
+                                 max_length=cfg.max_length)
+    batch = scorers.calibration[0]
+    full_runs = {"plain": plain, **({"layerdrop": ld} if ld else {})}
+    full_minutes = {name: _minutes(folder) for name, folder in full_runs.items()}
+    full_models = {"plain": model, **({"layerdrop": load_saved(str(ld)).eval()} if ld else {})}
+    rows: list[Row] = []
+    for depth in depths:
+        kept = every_other(num_layers, depth)
+        with only_layers(model, kept):
+            ms = latency_ms(model, batch, reps=cfg.latency_reps)
+        size = parameters_at(model, kept)
+        cuts = {}  # the full-depth runs cut to this depth, scored once
+        for run_name, full_model in full_models.items():
+            with only_layers(full_model, kept):
+                cuts[run_name] = scorers.test(full_model)
+        if depth == num_layers:  # the full-depth runs themselves, once each
+            rows += [Row(run_name, depth, kept, (cuts[run_name],), size, ms, full_minutes[run_name])
+                     for run_name in full_runs]
+            continue
+        for name in methods:
+            method = METHODS[name]
+            if not method.per_depth:
+                scores: tuple[float, ...] = (cuts[method.full],)
+                shown_kept, minutes = kept, 0.0
+            else:
+                folders = trained[(name, depth)]
+                scores = tuple(scorers.test(load_saved(str(f)).eval()) for f in folders)
+                shown_kept = tuple(range(depth)) if name == "top-dropped" else kept
+                minutes = _minutes(folders[0])
+            rows.append(Row(name, depth, shown_kept, scores, size, ms, minutes))
+
+    # 5. write the report
+    table = _report(cfg, out, scorers.metric, rows, full_minutes, num_layers)
+    return CompareResult(out=out, metric=scorers.metric, rows=rows, full_minutes=full_minutes, table=table)
+
+
+def _serving(rows: list[Row], methods: list[str], metric: str, full_minutes: dict[str, float], num_layers: int
+             ) -> list[list[Any]]:
+    """Per method: the training runs and minutes that serve every depth of the table, and its quality
+    at each (at full depth, that of the full run it relies on)."""
+    depths = sorted({r.depth for r in rows}, reverse=True)
+    by = {(r.method, r.depth): r for r in rows}
+    out = []
+    for name in methods:
+        method = METHODS[name]
+        mine = {d: by[(method.full, d) if d == num_layers else (name, d)] for d in depths}
+        uses_full = method.needs_full or num_layers in depths
+        runs = int(uses_full) + sum(1 for d in depths if method.per_depth and d < num_layers)
+        minutes = (full_minutes[method.full] if uses_full else 0.0) + sum(
+            mine[d].minutes for d in depths if d < num_layers)
+        out.append([method.label, runs, f"{minutes:.1f}", *[format_score(mine[d].score, metric) for d in depths]])
+    return out
+
+
+def tables(rows: list[Row], metric: str, full_minutes: dict[str, float], num_layers: int) -> str:
+    """The report's Markdown: one row per method and depth, then what serving every depth costs each method
+    (``num_layers``: the full model's depth, which the rows need not include)."""
+    methods = list(dict.fromkeys(r.method for r in rows if r.method in METHODS))
+    full_ms = max(r.latency_ms for r in rows if r.depth == max(x.depth for x in rows))
+    front = set(pareto_front([(r.latency_ms, r.score) for r in rows], higher_is_better=higher_is_better(metric)))
+    header = ["method", "depth", "layers kept", f"test {metric}", "seeds", "parameters", "ms per batch",
+              "× full", "training (min)", "Pareto"]
+    md_rows = [[_label(r.method), r.depth, ", ".join(map(str, r.kept)), format_score(r.score, metric),
+                " / ".join(format_score(s, metric).removesuffix(" %") for s in r.scores) if len(r.scores) > 1 else "",
+                f"{r.parameters / 1e6:.1f}M", f"{r.latency_ms:.1f}", f"{r.latency_ms / full_ms:.2f}",
+                "(cut)" if r.method in METHODS and not METHODS[r.method].per_depth else f"{r.minutes:.1f}",
+                "★" if i in front else ""]
+               for i, r in enumerate(rows)]
+    depths = sorted({r.depth for r in rows}, reverse=True)
+    serving = markdown_table(["method", "training runs", "training minutes", *[f"at {d}" for d in depths]],
+                             _serving(rows, methods, metric, full_minutes, num_layers))
+    minutes = ", ".join(f"{k} {v:.1f} min" for k, v in full_minutes.items())
+    return (markdown_table(header, md_rows) + "\nWhat serving every depth of the table costs each method "
+            f"(full-depth runs: {minutes}):\n\n" + serving)
+
+
+def plot(rows: list[Row], metric: str, full_minutes: dict[str, float], path: str | Path, *,
+         against: str = "latency", title: str = "") -> Path:
+    """Quality against latency (``against="latency"``) or against the training minutes each point needs,
+    its full-depth run included (``"training"``), one series per method."""
+    names = list(dict.fromkeys(r.method for r in rows))
+    if against == "latency":
+        series = {_label(m): [DepthResult(r.depth, r.kept, r.score, r.parameters, r.latency_ms)
+                              for r in rows if r.method == m] for m in names}
+        return plot_quality_vs_latency(series, metric, path, title=title)
+    if against != "training":
+        raise InputError(f"against={against!r}: choose latency or training")
+
+    def cost(r: Row) -> float:  # with the full-depth run the model needs
+        method = METHODS.get(r.method)
+        needs = method is not None and (method.needs_full or not method.per_depth)
+        return r.minutes + (full_minutes[method.full] if needs else 0.0)  # type: ignore[union-attr]
+    return plot_quality_vs_cost({_label(m): [(cost(r), r.score, r.depth) for r in rows if r.method == m]
+                                 for m in names}, path, metric=metric, title=title)
+
+
+def read_report(path: str | Path) -> tuple[list[Row], str, dict[str, float], int, str]:
+    """The rows, metric, full-depth minutes, the full model's depth and the plot title of a ``compare.json``
+    (the file or its run folder)."""
+    path = Path(path)
+    data = json.loads((path / "compare.json" if path.is_dir() else path).read_text())
+    fields = [f.name for f in dataclasses.fields(Row)]
+    rows = [Row(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in fields})
+            for r in data["rows"]]
+    num_layers = data.get("layers", max(r.depth for r in rows))  # older reports: their depths included the full one
+    return rows, data["metric"], data["full_minutes"], num_layers, _title(data["config"]["model"], data["config"]["data"])
+
+
+def _title(model: str, data: str) -> str:
+    return f"{Path(model).name} on {data}"
+
+
+def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_minutes: dict[str, float],
+            num_layers: int) -> str:
+    table = tables(rows, metric, full_minutes, num_layers)
+    batch = "the first validation batch"
+    better = "higher" if higher_is_better(metric) else "lower"
+    write_text(out / "compare.md", f"# layerdrop compare: `{cfg.model}` on `{cfg.data}`\n\n"
+               f"{metric.capitalize()} on the test split ({cfg.eval_rows or 'all'} rows; {better} is better); "
+               f"latency: median of {cfg.latency_reps} forwards of {batch} ({cfg.batch_size} examples, up to "
+               f"{cfg.max_length} tokens); ★: Pareto front of {metric} against latency over all rows; training minutes: "
+               f"the Trainer's wall time (for a distillation also its teacher's cached logits).\n\n{table}")
+    buf = io.StringIO()
+    csv.writer(buf).writerows([["method", "depth", "kept", metric, f"seed_{metric}", "parameters", "latency_ms",
+                                "training_minutes"],
+                               *[[r.method, r.depth, " ".join(map(str, r.kept)), round(r.score, 6),
+                                  " ".join(f"{s:.6f}" for s in r.scores), r.parameters, round(r.latency_ms, 3),
+                                  round(r.minutes, 2)] for r in rows]])
+    write_text(out / "compare.csv", buf.getvalue())
+    write_json(out / "compare.json", {"config": dataclasses.asdict(cfg), "metric": metric, "full_minutes": full_minutes,
+                                      "layers": num_layers, "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
+                                      "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    title = _title(cfg.model, cfg.data)
+    plot(rows, metric, full_minutes, out / "quality_vs_latency.png", title=title)
+    plot(rows, metric, full_minutes, out / "quality_vs_training.png", against="training", title=title)
+    return table

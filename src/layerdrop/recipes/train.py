@@ -1,0 +1,284 @@
+"""The ``layerdrop train`` recipe: validate, load data, load the model, LayerDrop, encode, train, evaluate, export.
+
+:func:`run` reads top to bottom; :func:`run_or_reuse` skips a finished run and continues an
+unfinished one. The Trainer components it uses (callback, trainer, losses, checkpoint
+markers) are in :mod:`layerdrop.training.trainer`; the settings in :mod:`layerdrop.config.args`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from layerdrop.config.args import TrainConfig
+from layerdrop.core.apply import LayerDropSettings, apply, remove
+from layerdrop.core.learned import DATA_DRIVEN_ONE_PROCESS, attach_rate_learner, record_learned_rates
+from layerdrop.core.masklog import MASK_FILE, MaskLogCallback
+from layerdrop.core.rates import SCHEDULES, layer_rates
+from layerdrop.errors import ExistingOutput, InputError
+from layerdrop.models.loading import (
+    AUTO_CLASSES,
+    META_FILE,
+    NATIVE,
+    POOLINGS,
+    Classifier,
+    from_pretrained,
+    model_folder,
+    read_meta,
+)
+from layerdrop.training.callback import attach
+from layerdrop.training.checkpoints import MarkCheckpointComplete, last_complete_checkpoint
+from layerdrop.training.trainer import LayerDropTrainer
+
+from .steps import (
+    Rows,
+    changed_settings,
+    check_fresh,
+    check_inputs,
+    encoder,
+    export,
+    full_depth_metrics,
+    splits,
+    training_arguments,
+)
+
+__all__ = [
+    "TASKS",
+    "TrainResult",
+    "check",
+    "load_model",
+    "run",
+    "run_or_reuse",
+]
+
+TASKS = tuple(AUTO_CLASSES)
+"""What ``layerdrop train`` trains."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished ``layerdrop train`` run produced."""
+
+    out: Path
+    """The output folder."""
+    model_dir: Path
+    """The exported model (plain HF folder, plus the classifier head for classification)."""
+    metrics: dict[str, float]
+    """Validation and test metrics at full depth."""
+    steps: int
+    """Optimizer steps taken in total."""
+    seconds: float
+    """Wall time of this call."""
+    resumed_from: Path | None
+    """The checkpoint this run continued from, if any."""
+    main_process: bool = True
+    """Whether this process wrote the files; under several processes only rank 0 does."""
+
+
+def check(cfg: TrainConfig) -> None:
+    """Raise ``ValueError`` for any setting ``run`` would reject, before anything is loaded."""
+    ld, opt, inputs = cfg.layerdrop, cfg.optim, cfg.inputs
+    if cfg.task not in TASKS:
+        raise InputError(f"unknown task {cfg.task!r}; choose one of {list(TASKS)}")
+    if ld.schedule not in SCHEDULES:
+        raise InputError(f"unknown rate schedule {ld.schedule!r}; choose one of {list(SCHEDULES)}")
+    check_inputs(cfg.task, opt, inputs)
+    if ld.data_driven and (ld.rate <= 0 or ld.granularity != "layer"):
+        raise InputError("--data-driven learns per-layer rates that average --rate: it needs --rate > 0 "
+                         "and --granularity layer")
+    if ld.rate > 0:
+        layer_rates(1, ld.rate, per_layer=ld.per_layer)  # the rate and its profile
+    LayerDropSettings((0.0,), granularity=ld.granularity, pattern=ld.pattern)  # and how they combine
+    if cfg.task == "classification" and cfg.pooling not in (*POOLINGS, NATIVE):
+        raise InputError(f"unknown pooling {cfg.pooling!r}; choose one of {[*POOLINGS, NATIVE]}")
+    if ld.data_driven and int(os.environ.get("WORLD_SIZE", "1")) > 1:  # set by torchrun and accelerate launch
+        raise InputError(DATA_DRIVEN_ONE_PROCESS)
+    if ld.data_driven and ld.pattern != "random":
+        raise InputError("--data-driven learns which layers to drop; --pattern every-other fixes where the kept "
+                         "layers go. Use one or the other.")
+    from layerdrop.models.presets import PRESETS
+
+    if opt.freeze_embeddings and cfg.model in PRESETS:
+        raise InputError(f"--freeze-embeddings keeps pretrained word embeddings; {cfg.model!r} is built from scratch "
+                         "with random ones: train it without the flag")
+    if ld.self_distill and ld.rate <= 0:
+        raise InputError("--self-distill trains LayerDrop sub-networks: it needs --rate > 0")
+    if cfg.task == "qa" and opt.label_smoothing > 0:
+        raise InputError("--label-smoothing applies to classification, not to qa's start/end positions")
+    if cfg.record_masks and ld.rate <= 0:
+        raise InputError("--record-masks records the masks LayerDrop draws: it needs --rate > 0")
+
+
+def _recorded(cfg: TrainConfig) -> dict[str, Any]:
+    """The flat ``trained_with`` record of ``layerdrop.json``: every setting but those that do not
+    change the model (``progress``, ``record_masks``)."""
+    return {k: v for k, v in cfg.flat().items() if k not in ("progress", "record_masks")}
+
+
+def run_or_reuse(cfg: TrainConfig) -> Path:
+    """The exported model of ``cfg``: reused if ``cfg.out`` already holds this finished run,
+    continued from the last complete checkpoint if it holds an unfinished one, else trained.
+
+    A finished run with other settings is a ``FileExistsError``; ``resume`` and ``out`` do not
+    count, and a setting the run's record lacks (added in a later version) counts as its default.
+    """
+    out = Path(cfg.out)
+    if (out / "model" / META_FILE).is_file():
+        defaults = _recorded(TrainConfig(task=cfg.task, model=cfg.model, data=cfg.data, out=cfg.out))
+        trained = {**defaults, **(read_meta(out / "model").get("trained_with") or {})}
+        trained, wanted = json.loads(json.dumps([trained, _recorded(cfg)]))  # as JSON stores it: tuples become lists
+        ignored = ("resume", "out")  # a continued run, or a run folder moved elsewhere, is the same run
+        shown = changed_settings({k: v for k, v in trained.items() if k not in ignored},
+                                 {k: v for k, v in wanted.items() if k not in ignored})
+        if shown:
+            raise ExistingOutput(f"{out} holds a run with other settings ({shown}); choose another --out or delete it")
+        return out / "model"
+    resume = last_complete_checkpoint(out / "checkpoints") is not None
+    return run(cfg.replace(resume=resume)).model_dir
+
+
+def _dropout_overrides(config: Any, p: float) -> dict[str, float]:
+    names = [k for k, v in config.to_dict().items()
+             if isinstance(v, float) and "layerdrop" not in k
+             and (k.endswith("dropout") or k.endswith("dropout_prob") or k.endswith("_pdrop"))]
+    return {k: p for k in names}
+
+
+def load_model(cfg: TrainConfig, label_names: Sequence[str] | None, texts: Sequence[str]) -> tuple[nn.Module, Any]:
+    """The model and tokenizer ``cfg`` trains: a preset built on ``texts``, or a saved model.
+
+    A classifier is a :class:`Classifier` on the bare encoder, or with ``--pooling native`` the
+    architecture's own ``*ForSequenceClassification``, its labels named in the config.
+    """
+    from layerdrop.models import presets
+
+    dropout = cfg.optim.dropout
+    classify, native = cfg.task == "classification", cfg.task == "classification" and cfg.pooling == NATIVE
+    labels = list(label_names or ("0", "1")) if classify else []
+    names = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
+    auto_class = AutoModelForSequenceClassification if native else AUTO_CLASSES[cfg.task]
+    if cfg.model in presets.PRESETS:
+        preset = presets.PRESETS[cfg.model]
+        if cfg.tokenizer in (None, "train"):
+            tokenizer = presets.train_tokenizer(texts, preset.tokenizer_kind, vocab_size=cfg.vocab_size)
+        else:
+            tokenizer = presets.borrow_tokenizer(cfg.tokenizer)
+        overrides = {}
+        if dropout is not None:
+            overrides = _dropout_overrides(AutoConfig.for_model(preset.model_type, **preset.config), dropout)
+        model = presets.build(cfg.model, tokenizer, task=cfg.task, num_labels=len(labels) or None, seed=cfg.seed,
+                              auto_class=auto_class, **overrides)
+        if native:  # our own new model: its labels are named here
+            model.config.id2label, model.config.label2id = names["id2label"], names["label2id"]
+        return (Classifier(model, len(labels), cfg.pooling) if classify and not native else model), tokenizer
+
+    path = model_folder(cfg.model)
+    tokenizer = from_pretrained(AutoTokenizer, path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    overrides = _dropout_overrides(from_pretrained(AutoConfig, path), dropout) if dropout is not None else {}
+    if native:  # a decoder's head finds each row's last token by the pad id
+        overrides.update(names, num_labels=len(labels), pad_token_id=tokenizer.pad_token_id)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)  # new weights (a head) are seeded without touching the caller's RNG
+        model = from_pretrained(auto_class, path, **overrides)
+        dense = getattr(getattr(model.base_model, "pooler", None), "dense", None)
+        if native and isinstance(dense, nn.Linear) and not dense.weight.any():
+            # a checkpoint without a pooler (e5-small's is zeros): new weights, seeded, as BERT initialises them
+            nn.init.normal_(dense.weight, std=getattr(model.config, "initializer_range", 0.02))
+            nn.init.zeros_(dense.bias)
+        if classify and not native:
+            model = Classifier(model, len(labels), cfg.pooling)
+    return model, tokenizer
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    """Train ``cfg.model`` with LayerDrop on ``cfg.data``; evaluate; export to ``cfg.out/model``."""
+    # 1. validate everything before loading anything
+    check(cfg)
+    ld, inputs = cfg.layerdrop, cfg.inputs
+    layerdrop_on = ld.rate > 0
+    classify, qa = cfg.task == "classification", cfg.task == "qa"
+    start = time.time()
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    resume_from = last_complete_checkpoint(ckpt_dir) if cfg.resume else None
+    check_fresh(ckpt_dir, cfg.resume)
+
+    # 2. data
+    train_split, valid_split, test_split = splits(cfg.task, cfg.data, cfg.seed, inputs)
+
+    # 3. model
+    vocabulary_text = (*train_split.texts, *train_split.questions) if qa else train_split.texts
+    model, tokenizer = load_model(cfg, train_split.label_names if classify else None, vocabulary_text)
+    if cfg.optim.freeze_embeddings:
+        (model.encoder if isinstance(model, Classifier) else model).get_input_embeddings().requires_grad_(False)
+
+    # 4. LayerDrop: every setting this recipe owns is passed, so none is inherited from a saved record
+    learner = None
+    if layerdrop_on:
+        apply(model, ld.rate, per_layer=ld.per_layer, seed=cfg.seed, granularity=ld.granularity, pattern=ld.pattern,
+              min_layers=1, rescale=False)  # the two this recipe does not expose: their defaults, not a record's
+        if ld.data_driven:
+            learner = attach_rate_learner(model, seed=cfg.seed)
+    else:  # a record inherited from the loaded folder would claim that this run used LayerDrop
+        remove(model)
+
+    # 5. encode
+    evaluated = {"valid": valid_split, "test": test_split} if cfg.evaluate else {}
+    encode, collator = encoder(cfg.task, tokenizer, inputs, cfg.progress)
+    train_rows, _ = encode(train_split, "train")
+    evals = {name: encode(split, name) for name, split in evaluated.items()}
+
+    # 6. Trainer
+    trainer = LayerDropTrainer(
+        model=model, args=training_arguments(cfg.optim, ckpt_dir, seed=cfg.seed, save_steps=cfg.save_steps,
+                                             logging_steps=cfg.logging_steps, progress=cfg.progress,
+                                             layerdrop_on=layerdrop_on),
+        train_dataset=Rows(train_rows),
+        data_collator=collator, callbacks=[MarkCheckpointComplete()], self_distill=ld.self_distill,
+        distill_weight=ld.distill_weight, distill_temperature=ld.distill_temperature, head_lr=cfg.optim.head_lr,
+        rate_learner=learner, rate_lr=ld.rate_lr,
+    )
+    if layerdrop_on:
+        callback = attach(trainer, schedule=ld.schedule, warmup_steps=ld.rate_warmup_steps, gamma=ld.pld_gamma)
+        if resume_from:
+            callback.restore(resume_from)
+        if cfg.record_masks:  # written before a checkpoint is marked complete, so a resume finds every mask
+            callbacks = trainer.callback_handler.callbacks
+            marker = next(i for i, c in enumerate(callbacks) if isinstance(c, MarkCheckpointComplete))
+            callbacks.insert(marker, MaskLogCallback(out / MASK_FILE, resume=resume_from is not None))
+    trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+
+    # 7. evaluate at full depth
+    metrics = full_depth_metrics(trainer, model.eval(), cfg.task, evals, evaluated, collator, long_doc=inputs.long_doc,
+                                 batch_size=max(cfg.optim.batch_size, 64))
+
+    # 8. export, atomically (under several ranks, rank 0 writes the files)
+    main_process = trainer.is_world_process_zero()
+    if main_process:
+        _export(cfg, model, tokenizer, metrics, learner, train_split.label_names if classify else None,
+                train_seconds=trained.metrics["train_runtime"])
+    return TrainResult(out=out, model_dir=out / "model", metrics=metrics, steps=trainer.state.global_step,
+                       seconds=time.time() - start, resumed_from=resume_from, main_process=main_process)
+
+
+def _export(cfg: TrainConfig, model: nn.Module, tokenizer: Any, metrics: dict[str, float], learner: Any,
+            label_names: Sequence[str] | None, *, train_seconds: float) -> None:
+    """Export the run with its ``layerdrop.json`` record; ``train_seconds`` is the training time of
+    the invocation that finished the run (a resumed run's earlier invocations are not in it)."""
+    meta: dict[str, Any] = {"trained_with": _recorded(cfg), "metrics": metrics, "train_seconds": round(train_seconds, 1)}
+    if learner is not None:  # into the config too, so the data-driven strategy finds them
+        meta["learned_rates"] = list(record_learned_rates(model))
+    if label_names:
+        meta["label_names"] = list(label_names)
+    export(Path(cfg.out), model, tokenizer, cfg.task, meta, metrics, cfg.inputs.max_length)

@@ -1,0 +1,149 @@
+"""The served model: loaded once, and a view of its weights for every served depth.
+
+A model trained with LayerDrop (Fan et al. 2020, "Reducing Transformer Depth on Demand with
+Structured Dropout") works at every depth, so each depth is a *view* of the same weights
+(:func:`layerdrop.view`: the every-other layers, or a strategy's, no parameter copied).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from torch import nn
+from transformers import AutoTokenizer
+
+from layerdrop.config.recipes import ServeConfig
+from layerdrop.core.arch import find_layers
+from layerdrop.core.depths import every_other
+from layerdrop.cut.prune import view
+from layerdrop.errors import InputError
+from layerdrop.evaluation.measure import parameters_at
+from layerdrop.models.loading import BUNDLED_MODELS, from_pretrained, is_classifier, load_saved, local_folder, read_meta
+
+__all__ = ["Served", "load_served", "served_name"]
+
+
+@dataclass(frozen=True)
+class Served:
+    """A loaded model and its served depths: one view per depth, all sharing the model's weights."""
+
+    name: str
+    task: Literal["classification", "generation"]
+    model: nn.Module
+    tokenizer: Any
+    views: dict[int, nn.Module]
+    """Depth -> a weight-sharing view running the every-other layers of that depth."""
+    kept: dict[int, tuple[int, ...]]
+    parameters: dict[int, int]
+    quality: dict[int, float | None]
+    """Depth -> the recorded quality (``None`` where nothing was measured)."""
+    metric: str | None
+    data: str | None
+    """What :attr:`quality` measured, and on which data."""
+    labels: tuple[str, ...] = ()
+    max_length: int = 512
+    """Tokens per input: a classifier's trained length, or a generator's context."""
+
+
+def load_served(cfg: ServeConfig) -> Served:
+    """Load ``cfg.model`` and build its views; a folder that is not a model is a clear error."""
+    model = load_saved(cfg.model).eval()
+    folder = local_folder(cfg.model)
+    tokenizer = from_pretrained(AutoTokenizer, folder)
+    site = find_layers(model)
+    num_layers = len(site.layers)
+    if is_classifier(model):
+        task: Literal["classification", "generation"] = "classification"
+    elif site.arch is not None and site.arch.decoder and hasattr(model, "generate"):
+        task = "generation"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        raise InputError(f"{cfg.model} is neither a classifier (layerdrop train classification) nor a causal LM: "
+                         "serve has nothing to answer with")
+    depths = sorted({int(d) for d in cfg.depths.split(",") if d.strip()} if cfg.depths else range(1, num_layers + 1),
+                    reverse=True)
+    if not depths or depths[-1] < 1 or depths[0] > num_layers:
+        raise InputError(f"--depths {cfg.depths!r}: choose depths from 1 to the model's {num_layers} layers")
+    kept = _choose_layers(cfg, model, tokenizer, depths, num_layers)
+    meta = read_meta(folder) if Path(folder).is_dir() else {}
+    quality, metric, data = _recorded_quality(cfg.sweep, meta, num_layers, depths, folder)
+    config = model.config
+    if task == "classification":
+        id2label = getattr(config, "id2label", None) or {}
+        n = model.head.out_features if hasattr(model, "head") else config.num_labels
+        labels = tuple(meta.get("label_names") or [id2label.get(i, f"LABEL_{i}") for i in range(n)])
+        length = (meta.get("trained_with") or {}).get("max_length") or min(tokenizer.model_max_length, 512)
+    else:
+        labels = ()
+        length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
+    name = cfg.name or served_name(cfg.model, folder)
+    return Served(name=name, task=task, model=model, tokenizer=tokenizer,
+                  views={d: model if d == num_layers else view(model, keep=kept[d]) for d in depths}, kept=kept,
+                  parameters={d: parameters_at(model, kept[d]) for d in depths}, quality=quality, metric=metric,
+                  data=data, labels=labels, max_length=int(length))
+
+
+def _choose_layers(cfg: ServeConfig, model: nn.Module, tokenizer: Any, depths: Sequence[int], num_layers: int
+                   ) -> dict[int, tuple[int, ...]]:
+    """The layers each depth keeps: every-other, or the ``--strategy`` calibrated on ``--data``'s validation rows.
+    A view must keep layer 0 (a KV cache's length is read there)."""
+    if cfg.strategy == "every-other":
+        return {d: every_other(num_layers, d) for d in depths}
+    from layerdrop.cut.scored import choose_with, strategy_scorers
+    from layerdrop.cut.strategies import lookup
+
+    if lookup(cfg.strategy).needs_data and not cfg.data:
+        raise InputError(f"--strategy {cfg.strategy} needs calibration data: pass --data (a dataset name or text "
+                         "file), whose validation rows score or calibrate the choice")
+    if cfg.sweep:
+        raise InputError("--sweep records every-other layers; with --strategy, leave --sweep out")
+    scorers = strategy_scorers(model, tokenizer, cfg.data) if cfg.data else None
+    kept = {d: choose_with(cfg.strategy, model, d, scorers).kept for d in depths}
+    for d, layers in kept.items():
+        if layers[0] != 0:
+            raise InputError(f"--strategy {cfg.strategy} drops layer 0 at depth {d} ({list(layers)}); a served depth must "
+                             "keep it: choose other --depths or another strategy")
+    return kept
+
+
+def served_name(model: str, folder: str) -> str:
+    """The name a model is served under: a bundled name as given (not its cache folder), else the folder's
+    name, or its parent's for a run's ``model`` folder.
+
+    >>> served_name("smollm2-135m", "/cache/smollm2-135m-0.1.2"), served_name("runs/rt/model", "runs/rt/model")
+    ('smollm2-135m', 'rt')
+    """
+    path = Path(folder)
+    if model in BUNDLED_MODELS:
+        return model
+    return path.parent.name if path.name == "model" and path.parent.name else path.name or model
+
+
+def _recorded_quality(sweep: str, meta: dict[str, Any], num_layers: int, depths: Sequence[int], folder: str
+                      ) -> tuple[dict[int, float | None], str | None, str | None]:
+    """Each depth's quality from a sweep's every-other points, else the full depth's test score recorded
+    in ``layerdrop.json``; ``None`` for every depth with no measurement."""
+    quality: dict[int, float | None] = dict.fromkeys(depths)
+    if sweep:
+        path = Path(sweep)
+        record = json.loads((path / "sweep.json" if path.is_dir() else path).read_text())
+        points = {p["depth"]: p["score"] for p in record["points"].get("every-other", [])}
+        if not points:
+            raise InputError(f"{sweep} has no every-other points: run layerdrop sweep with --strategies every-other")
+        swept = Path(local_folder(record["config"]["model"]))
+        if max(points) != num_layers or (swept.is_dir() and swept.resolve() != Path(folder).resolve()):
+            raise InputError(f"--sweep {sweep} measured {record['config']['model']} ({max(points)} layers), not this "
+                             f"model ({folder}, {num_layers} layers): sweep this model (layerdrop sweep MODEL "
+                             "--strategies every-other) or leave --sweep out")
+        return {d: points.get(d) for d in depths}, record["metric"], record["config"]["data"]
+    metrics = meta.get("metrics") or {}
+    for key in ("test_accuracy", "test_perplexity", "test_f1"):
+        if key in metrics and num_layers in quality:
+            quality[num_layers] = metrics[key]
+            return quality, key.removeprefix("test_"), (meta.get("trained_with") or {}).get("data")
+    return quality, None, None

@@ -1,0 +1,54 @@
+"""Checkpoint housekeeping: a checkpoint counts as written only once it is marked complete, a run
+resumes from the newest complete one, and a finished run's checkpoints give their disk back."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from layerdrop.files import write_json
+
+__all__ = ["CHECKPOINT_DONE", "MarkCheckpointComplete", "drop_resume_state", "last_complete_checkpoint"]
+
+CHECKPOINT_DONE = "layerdrop-complete.json"
+"""Written last into a checkpoint folder: only checkpoints that have it are resumed from."""
+
+
+class MarkCheckpointComplete(TrainerCallback):
+    """After ``Trainer`` has written a checkpoint, mark it complete (atomically)."""
+
+    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+        if args.should_save:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                write_json(folder / CHECKPOINT_DONE, {"global_step": state.global_step})
+
+
+def drop_resume_state(folder: str | Path) -> int:
+    """Free the disk a finished run's checkpoints take: each ``checkpoint-N`` under ``folder`` keeps
+    only its log (``trainer_state.json``) and is no longer complete, so nothing resumes from it.
+    The run's exported model is elsewhere (``model/``). Returns the bytes freed."""
+    freed = 0
+    for checkpoint in Path(folder).glob("checkpoint-*"):
+        (checkpoint / CHECKPOINT_DONE).unlink(missing_ok=True)  # first: a half-emptied checkpoint is never resumed
+        for path in sorted(checkpoint.rglob("*"), reverse=True):  # files before the folders that hold them
+            if path.name == "trainer_state.json" and path.parent == checkpoint:
+                continue
+            if path.is_dir():
+                path.rmdir()
+            else:
+                freed += path.stat().st_size
+                path.unlink()
+    return freed
+
+
+def last_complete_checkpoint(folder: str | Path) -> Path | None:
+    """The newest ``checkpoint-N`` under ``folder`` that was completely written."""
+    found = []
+    for p in Path(folder).glob("checkpoint-*"):
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / CHECKPOINT_DONE).is_file():
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
