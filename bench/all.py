@@ -31,6 +31,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "ddp": [],
     "generate": ["--prompts", "4"],  # varied prompts: acceptance over a set, not over one loop
     "serve": ["smollm2-135m", "--data", "kjv", "--depths", "30,20,15"],
+    "cuda": [],  # skipped where there is no CUDA device
 }
 """Every benchmark script (bench/<name>.py) and the arguments it always gets."""
 
