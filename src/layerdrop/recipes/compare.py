@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from torch import nn
 from transformers import AutoConfig, AutoTokenizer
 
 from layerdrop.config.args import DistillConfig, TrainConfig, build
@@ -278,13 +279,26 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
 
     # 4. score every row on the same test rows; latency and size per depth
     log("scoring")
-    tokenizer = from_pretrained(AutoTokenizer, local_folder(str(plain)))
+    rows, metric, full_minutes = _score(cfg, model, {"plain": plain, **({"layerdrop": ld} if ld else {})}, trained,
+                                        methods, depths)
+
+    # 5. write the report
+    table = _report(cfg, out, metric, rows, full_minutes, num_layers)
+    return CompareResult(out=out, metric=metric, rows=rows, full_minutes=full_minutes, table=table)
+
+
+def _score(cfg: CompareConfig, model: nn.Module, full_runs: dict[str, Path], trained: dict[tuple[str, int], list[Path]],
+           methods: list[str], depths: list[int]) -> tuple[list[Row], str, dict[str, float]]:
+    """Every row of the comparison, scored on the same test rows, with each depth's latency and size:
+    the full-depth runs (``model`` is the plain one, loaded) cut to each depth, and the runs trained per depth."""
+    num_layers = len(find_layers(model).layers)
+    tokenizer = from_pretrained(AutoTokenizer, local_folder(str(full_runs["plain"])))
     scorers = validation_scorers(model, tokenizer, cfg.data, rows=cfg.eval_rows or 10**9, batch_size=cfg.batch_size,
                                  max_length=cfg.max_length)
     batch = scorers.calibration[0]
-    full_runs = {"plain": plain, **({"layerdrop": ld} if ld else {})}
     full_minutes = {name: _minutes(folder) for name, folder in full_runs.items()}
-    full_models = {"plain": model, **({"layerdrop": load_saved(str(ld)).eval()} if ld else {})}
+    full_models = {name: model if name == "plain" else load_saved(str(folder)).eval()
+                   for name, folder in full_runs.items()}
     rows: list[Row] = []
     for depth in depths:
         kept = every_other(num_layers, depth)
@@ -310,10 +324,7 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
                 shown_kept = tuple(range(depth)) if name == "top-dropped" else kept
                 minutes = _minutes(folders[0])
             rows.append(Row(name, depth, shown_kept, scores, size, ms, minutes))
-
-    # 5. write the report
-    table = _report(cfg, out, scorers.metric, rows, full_minutes, num_layers)
-    return CompareResult(out=out, metric=scorers.metric, rows=rows, full_minutes=full_minutes, table=table)
+    return rows, scorers.metric, full_minutes
 
 
 def _serving(rows: list[Row], methods: list[str], metric: str, full_minutes: dict[str, float], num_layers: int
