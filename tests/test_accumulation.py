@@ -28,12 +28,13 @@ class _Grads(TrainerCallback):
 
 def _rows(task: str) -> list[dict[str, torch.Tensor]]:
     ids = tokens(batch=ROWS, length=6, seed=3)
-    if task == "clm":  # rows of different lengths: the micro-batches hold different numbers of tokens
+    if task == "clm":  # rows padded to 6 tokens: the micro-batches hold different numbers of real tokens
         rows = []
         for i in range(ROWS):
-            labels = ids[i].clone()
-            labels[6 - i % 4:] = -100
-            rows.append({"input_ids": ids[i], "labels": labels})
+            real = 6 - (i * 3) % 5  # 6, 3, 5, 2, 4, 6, 3, 5 real tokens
+            mask = (torch.arange(6) < real).long()
+            rows.append({"input_ids": ids[i] * mask, "attention_mask": mask,
+                         "labels": ids[i].masked_fill(mask == 0, -100)})
         return rows
     if task == "qa":
         return [{"input_ids": ids[i], "start_positions": torch.tensor(i % 3),
@@ -61,27 +62,34 @@ PATHS = {
     "causal-lm": ("clm", lambda: layerdrop.apply(make("gpt2"), rate=0.0), LayerDropTrainer, {}),
     "causal-lm-self-distilled": ("clm", lambda: layerdrop.apply(make("gpt2"), rate=0.0), LayerDropTrainer,
                                  {"self_distill": True}),
+    "causal-lm-teacher": ("clm", lambda: layerdrop.prune(make("gpt2"), depth=2), LayerDropTrainer,
+                          {"teacher": make("gpt2").eval(), "task_weight": 0.5, "cos_weight": 0.5,
+                           "hidden_weight": 0.5, "hidden_layers": ((1, 1),)}),
     "qa": ("qa", lambda: layerdrop.apply(_qa_model(), rate=0.0), LayerDropTrainer, {}),
 }
+SMOOTHED = ("plain", "causal-lm", "causal-lm-self-distilled", "causal-lm-teacher")
+"""Paths also run with label smoothing (HF's smoother, shifted for a causal LM)."""
 
 
-def _step(tmp_path, path: str, batch: int, accumulate: int) -> tuple[float, dict[str, torch.Tensor]]:
+def _step(tmp_path, path: str, batch: int, accumulate: int, smoothing: float = 0.0
+          ) -> tuple[float, dict[str, torch.Tensor]]:
     task, build, trainer_class, options = PATHS[path]
     grads = _Grads()
     args = TrainingArguments(output_dir=str(tmp_path / f"{batch}x{accumulate}"), max_steps=1, report_to=[],
                              per_device_train_batch_size=batch, gradient_accumulation_steps=accumulate,
                              save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1,
-                             learning_rate=1e-3, max_grad_norm=0.0, remove_unused_columns=False)
+                             learning_rate=1e-3, max_grad_norm=0.0, remove_unused_columns=False,
+                             label_smoothing_factor=smoothing)
     trainer = trainer_class(model=build().train(), args=args, train_dataset=_rows(task), callbacks=[grads],
                             **options)
     trainer.train()
     return trainer.state.log_history[0]["loss"], grads.grads
 
 
-@pytest.mark.parametrize("path", sorted(PATHS))
-def test_accumulated_micro_batches_give_the_loss_and_gradients_of_one_batch(tmp_path, path):
-    whole_loss, whole = _step(tmp_path, path, batch=ROWS, accumulate=1)
-    split_loss, split = _step(tmp_path, path, batch=ROWS // 2, accumulate=2)
+@pytest.mark.parametrize("path, smoothing", [(p, 0.0) for p in sorted(PATHS)] + [(p, 0.1) for p in SMOOTHED])
+def test_accumulated_micro_batches_give_the_loss_and_gradients_of_one_batch(tmp_path, path, smoothing):
+    whole_loss, whole = _step(tmp_path, path, batch=ROWS, accumulate=1, smoothing=smoothing)
+    split_loss, split = _step(tmp_path, path, batch=ROWS // 2, accumulate=2, smoothing=smoothing)
     assert split_loss == pytest.approx(whole_loss, rel=1e-3)
     assert whole and whole.keys() == split.keys()
     for name in whole:

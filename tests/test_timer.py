@@ -54,7 +54,8 @@ def test_the_servers_profiles_are_timed_with_the_device_synchronised(fake_cuda, 
 
     served = load_served(ServeConfig(model=save_tiny_classifier(tmp_path, minilm_tokenizer), depths="2,1"))
     profile_depths(served, reps=2)
-    assert fake_cuda and len(fake_cuda) % 2 == 0  # 2 depths x 3 lengths x 2 reps, each forward between two
+    lengths = len({min(n, served.max_length) for n in (8, 32, 96)})
+    assert fake_cuda == ["sync"] * (2 * 2 * lengths * 2)  # 2 depths x lengths x 2 reps, each between two syncs
 
 
 @pytest.mark.parametrize("measure", ["latency", "perplexity"])

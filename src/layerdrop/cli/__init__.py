@@ -36,8 +36,6 @@ COMMANDS: dict[str, Command] = {
 """Subcommand name -> function and positional parameters, in the order ``--help`` lists them."""
 
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``layerdrop`` parser with every subcommand."""
     return parser.build_parser(COMMANDS)

@@ -178,7 +178,7 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
     from layerdrop.core.apply import trained_with_layerdrop
     from layerdrop.core.arch import find_layers
     from layerdrop.core.depths import check_depth
-    from layerdrop.cut.scored import choose_with, strategy_scorers
+    from layerdrop.cut.scored import check_data, choose_with, strategy_scorers
     from layerdrop.models.loading import from_pretrained, load_saved, local_folder
     from layerdrop.serving.generate import generate as run
 
@@ -191,6 +191,7 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
     if (adaptive_draft or draft_confidence) and speculative is None:
         option = "--adaptive-draft" if adaptive_draft else "--draft-confidence"
         raise InputError(f"{option} changes the draft of --speculative: pass --speculative K too")
+    check_data(strategy, data)
     lm = load_saved(model).eval()
     tokenizer = from_pretrained(AutoTokenizer, local_folder(model))
     keep = None

@@ -72,7 +72,7 @@ def applied(model: nn.Module) -> tuple[nn.Module, LayerDropState]:
     """Like :func:`find_state`, but raise ``ValueError`` saying what to do when LayerDrop is not applied."""
     found = find_state(model)
     if found is None:
-        raise InputError("LayerDrop is not applied to this model; call layerdrop.apply(model, rate=...) first "
+        raise ValueError("LayerDrop is not applied to this model; call layerdrop.apply(model, rate=...) first "
                          "(on every rank, with the same seed, when training on several processes)")
     return found
 

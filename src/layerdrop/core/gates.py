@@ -168,7 +168,7 @@ class _HeadMask:
             return None
         x = args[0]  # (B, T, H*d)
         if x.shape[-1] % self.num_heads:
-            raise InputError(f"head masking: the input width {x.shape[-1]} of {type(module).__name__} "
+            raise ValueError(f"head masking: the input width {x.shape[-1]} of {type(module).__name__} "
                              f"does not split into {self.num_heads} heads")
         mask = scale[self.index].to(device=x.device, dtype=x.dtype)  # (H,)
         heads = x.unflatten(-1, (self.num_heads, -1))  # (B, T, H, d)

@@ -50,7 +50,7 @@ def capped_rates(logits: torch.Tensor, mean: float, cap: float) -> torch.Tensor:
     Differentiable in ``logits``.
     """
     if not 0 <= mean <= cap:
-        raise InputError(f"the mean rate {mean} must be between 0 and the cap {cap}")
+        raise ValueError(f"the mean rate {mean} must be between 0 and the cap {cap}")
     n = logits.shape[0]
     capped = torch.zeros(n, dtype=torch.bool, device=logits.device)
     rates = n * mean * logits.softmax(0)
@@ -192,7 +192,7 @@ def record_learned_rates(model: nn.Module) -> tuple[float, ...]:
     """Write the attached scorer's current rates into ``model.config`` (for saving) and return them."""
     learner = _learner(model)
     if learner is None:
-        raise InputError("no learned rates to record: call layerdrop.attach_rate_learner(model) and train first")
+        raise ValueError("no learned rates to record: call layerdrop.attach_rate_learner(model) and train first")
     rates = tuple(round(float(r), 6) for r in learner.rates())
     setattr(model.config, LEARNED_KEY, list(rates))
     return rates

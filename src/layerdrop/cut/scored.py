@@ -14,10 +14,18 @@ from layerdrop.evaluation.measure import Scorers, validation_scorers
 
 from .strategies import Choice, choose, lookup
 
-__all__ = ["choose_with", "strategy_scorers"]
+__all__ = ["check_data", "choose_with", "strategy_scorers"]
 
-NEEDS = {"score": "a validation score", "batches": "calibration batches"}
+NEEDS = {"score": "data (a validation score)", "batches": "calibration data"}
 """How a strategy's need for data is named in an error."""
+
+
+def check_data(strategy: str, data: str | None) -> None:
+    """Refuse, before anything is loaded, a strategy that needs data when no ``--data`` was given."""
+    needs = lookup(strategy).needs
+    if needs is not None and not data:
+        raise InputError(f"--strategy {strategy} needs {NEEDS[needs]}: pass --data (data=), a dataset name or file "
+                         "whose validation rows score or calibrate the choice")
 
 
 def strategy_scorers(model: nn.Module, tokenizer: Any, data: str, *, rows: int = 64) -> Scorers:
@@ -32,10 +40,8 @@ def choose_with(strategy: str, model: nn.Module, depth: int, scorers: Scorers | 
     """:func:`~layerdrop.cut.strategies.choose` with what ``strategy`` needs taken from ``scorers``
     (search: the validation score, its direction, the test score recorded; the importance metrics: the
     calibration batches); a strategy that needs data without ``scorers`` is an error naming ``--data``."""
+    check_data(strategy, "given" if scorers is not None else None)
     row = lookup(strategy)
-    if row.needs is not None and scorers is None:
-        raise InputError(f"strategy {strategy!r} needs data ({NEEDS[row.needs]}): pass --data (data=), a dataset "
-                         "name or file")
     if scorers is None:
         return choose(strategy, model, depth)
     options: dict[str, Any] = {}

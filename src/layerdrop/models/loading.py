@@ -370,8 +370,8 @@ def load_classifier(folder: str | Path) -> Classifier:
     head_file = _head_file(folder)
     if head_file is None:
         raise MissingInput(f"{folder} is not a layerdrop classifier (expected {META_FILE} and "
-                                f"{DENSE_DIR}/model.safetensors beside the encoder); load_saved() loads any saved "
-                                "model, a --pooling native classifier included")
+                           f"{DENSE_DIR}/model.safetensors beside the encoder); load_saved() loads any saved "
+                           "model, a --pooling native classifier included")
     meta = read_meta(folder)
     try:
         head = {k.removeprefix("linear."): v for k, v in load_file(head_file).items()}

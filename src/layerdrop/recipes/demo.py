@@ -125,7 +125,7 @@ def _classification(cfg: DemoConfig, out: Path, sizes: dict[str, Any], minutes: 
         tc = _rt_config(cfg, sizes, out / _slug("rt", rate, cfg.pattern), "minilm-l6", rate)
         model_dir = run_or_reuse(tc)
         minutes[f"classification, {label}"] = _train_minutes(model_dir)
-        model = load_classifier(model_dir).eval()
+        model = load_classifier(model_dir)
         score, batch = _rt_test(cfg, sizes, tc, model_dir)
         series[label] = depth_sweep(model, score, latency_batch=batch, progress=cfg.progress,
                                     desc=f"depths ({label})")
@@ -146,8 +146,8 @@ def _references(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> list[Depth
             prune_saved(local_folder("minilm-l6"), base, depth=depth)
         tc = _rt_config(cfg, sizes, out / f"rt-reference-depth{depth}", str(base), 0.0)
         model_dir = run_or_reuse(tc)
-        model = load_classifier(model_dir).eval()
-        score = _rt_test(cfg, sizes, tc, model_dir)[0](model.eval())
+        model = load_classifier(model_dir)
+        score = _rt_test(cfg, sizes, tc, model_dir)[0](model)
         n_params = sum(p.numel() for p in model.parameters())
         results.append(DepthResult(depth, every_other(6, depth), score, n_params))
     return results

@@ -11,8 +11,7 @@ from transformers import AutoTokenizer
 
 from layerdrop.core.apply import only_layers, trained_with_layerdrop
 from layerdrop.cut.prune import PRUNING_KEY, n_params, prune
-from layerdrop.cut.scored import choose_with
-from layerdrop.cut.strategies import lookup
+from layerdrop.cut.scored import check_data, choose_with
 from layerdrop.errors import InputError
 from layerdrop.evaluation.eval_mode import require_eval
 from layerdrop.evaluation.measure import validation_scorers
@@ -71,8 +70,8 @@ def prune_saved(
         raise InputError("pass --depth K (depth=K, layers chosen by the strategy) or --keep 0,2,5 (keep=[...])")
     if keep is not None:
         depth = None
-    elif lookup(strategy).needs_data and data is None:  # before loading anything
-        choose_with(strategy, nn.Module(), 1, None)
+    else:
+        check_data(strategy, data)  # before loading anything
     path = local_folder(source)
     if model is None:
         model = load_saved(source).eval()  # ours: scored in eval mode

@@ -84,7 +84,7 @@ def check_fresh(ckpt_dir: Path, resume: bool) -> None:
     """Refuse to start over a run's checkpoints unless it is resumed."""
     if not resume and ckpt_dir.is_dir() and any(ckpt_dir.glob("checkpoint-*")):
         raise ExistingOutput(f"{ckpt_dir} already holds checkpoints: pass --resume to continue that run, "
-                              "or choose another --out")
+                             "or choose another --out")
 
 
 def splits(task: str, name: str, seed: int, inputs: DataArgs) -> tuple[Any, Any, Any]:

@@ -148,9 +148,10 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
 @torch.no_grad()
 def interleaved_latency_ms(points: Sequence[tuple[nn.Module, Sequence[int]]], batch: dict[str, torch.Tensor],
                            reps: int) -> list[float]:
-    """Median wall milliseconds of one forward on ``batch`` of each model (as it is: eval mode is the
-    caller's) with only the given layers, timed in rounds (:func:`~layerdrop.evaluation.timer.time_ms`) (one forward of each point per round, after a warm-up round), so that the
-    machine's drift touches every point alike."""
+    """Median milliseconds of one forward on ``batch`` of each model (as it is: eval mode is the caller's)
+    with only the given layers (:func:`~layerdrop.evaluation.timer.time_ms`, the device synchronised),
+    timed in rounds of one forward of each point, after a warm-up round, so that the machine's drift
+    touches every point alike."""
     times: list[list[float]] = [[] for _ in points]
     for round_ in range(1 + reps):
         for i, (model, kept) in enumerate(points):

@@ -49,7 +49,7 @@ def fit(depth: int, samples: Sequence[tuple[int, float]], per_new_token_ms: floa
     (4.0, 0.5, 28.0)
     """
     if not samples:
-        raise InputError("fit needs at least one (tokens, ms) sample")
+        raise ValueError("fit needs at least one (tokens, ms) sample")
     n = len(samples)
     mean_t = sum(t for t, _ in samples) / n
     mean_ms = sum(ms for _, ms in samples) / n
@@ -103,14 +103,14 @@ def margin(ratios: Sequence[float], quantile: float = 0.95, outliers: int = 2) -
     1.5
     >>> margin([0.5, 0.6])
     1.0
-    >>> margin([1.0] * 30 + [20.0, 30.0])  # two outliers in 32: not the margin
-    1.0
+    >>> margin([1.0] * 30 + [20.0, 30.0]), margin([4.4])  # two outliers in 32, or one answer: not the margin
+    (1.0, 1.0)
     """
-    if not ratios:
+    if len(ratios) <= outliers:  # as many answers as outliers left out: nothing to go by yet
         return 1.0
     ordered = sorted(ratios)
     index = min(math.ceil(quantile * len(ordered)) - 1, len(ordered) - 1 - outliers)
-    return max(1.0, ordered[max(index, 0)])
+    return max(1.0, ordered[index])
 
 
 def choose_depth(profiles: Mapping[int, Profile], budget_ms: float, *, wait_ms: float, tokens: int,
@@ -131,7 +131,7 @@ def choose_depth(profiles: Mapping[int, Profile], budget_ms: float, *, wait_ms: 
     (3, 15.0)
     """
     if not profiles:
-        raise InputError("no depth is profiled yet")
+        raise ValueError("no depth is profiled yet")
     own = {d: p.predict(tokens, new_tokens) + overhead_ms for d, p in profiles.items()}
     for depth in sorted(own, reverse=True):
         if (wait_ms + own[depth]) * margin <= budget_ms:

@@ -36,7 +36,7 @@ class Served:
     model: nn.Module
     tokenizer: Any
     views: dict[int, nn.Module]
-    """Depth -> a weight-sharing view running the every-other layers of that depth."""
+    """Depth -> a weight-sharing view running that depth's layers (:attr:`kept`: every-other, or the strategy's)."""
     kept: dict[int, tuple[int, ...]]
     parameters: dict[int, int]
     quality: dict[int, float | None]
@@ -94,12 +94,9 @@ def _choose_layers(cfg: ServeConfig, model: nn.Module, tokenizer: Any, depths: S
     A view must keep layer 0 (a KV cache's length is read there)."""
     if cfg.strategy == "every-other":
         return {d: every_other(num_layers, d) for d in depths}
-    from layerdrop.cut.scored import choose_with, strategy_scorers
-    from layerdrop.cut.strategies import lookup
+    from layerdrop.cut.scored import check_data, choose_with, strategy_scorers
 
-    if lookup(cfg.strategy).needs_data and not cfg.data:
-        raise InputError(f"--strategy {cfg.strategy} needs calibration data: pass --data (a dataset name or text "
-                         "file), whose validation rows score or calibrate the choice")
+    check_data(cfg.strategy, cfg.data)
     if cfg.sweep:
         raise InputError("--sweep records every-other layers; with --strategy, leave --sweep out")
     scorers = strategy_scorers(model, tokenizer, cfg.data) if cfg.data else None

@@ -165,6 +165,8 @@ class Worker:
             try:
                 results: list[Any] = self._run(live) if live else []
                 error: BaseException | None = None
+                if len(results) != len(live):  # a bug in the runner must fail its requests, not the worker
+                    raise RuntimeError(f"the runner answered {len(results)} of {len(live)} jobs")
             except Exception as err:  # one request's failure must not end the worker
                 results, error = [None] * len(live), err
                 if isinstance(err, Cancelled) and self._stopping:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -25,6 +25,10 @@ from layerdrop.evaluation.qa import without_targets
 from .losses import cosine_loss, hidden_loss, output_kd_loss
 
 __all__ = ["TEACHER_LOGITS", "LayerDropTrainer"]
+
+Kind = Literal["items", "tokens", "rows"]
+"""What a loss term averages over: the task's items, the real tokens, or the rows."""
+KINDS: tuple[Kind, ...] = ("items", "tokens", "rows")
 
 TEACHER_LOGITS = "teacher_logits"
 """A training row's key for its teacher's logits computed beforehand: :class:`LayerDropTrainer` then
@@ -87,69 +91,93 @@ class LayerDropTrainer(Trainer):
         self.head_lr = head_lr
         self.rate_learner = rate_learner
         self.rate_lr = rate_lr
+        self._step_counts: dict[Kind, torch.Tensor] | None = None
+        """The current step's count of each kind of item over its micro-batches."""
 
     loss_is_scaled_for_ga = True
-    """Every path's loss is scaled for gradient accumulation here (:meth:`_accumulated`), never by the model."""
+    """Every path's loss is scaled for gradient accumulation here (:meth:`_share`), never by the model."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs)
         if self.teacher is not None:
-            loss, outputs = self._teacher_loss(model, inputs)
+            terms, outputs, signal = self._teacher_terms(model, inputs)
         elif self.self_distill:
-            loss, outputs = self._self_distill_loss(model, inputs)
-        else:
-            loss, outputs = super().compute_loss(model, inputs, True)  # the batch's mean: no num_items_in_batch
-            if self.rate_learner is not None:
-                loss = loss + self.rate_learner.policy_loss(loss)
-        loss = self._accumulated(loss, inputs, num_items_in_batch)
+            terms, outputs, signal = self._self_distill_terms(model, inputs)
+        else:  # HF's own loss (label smoothing included), the batch's mean: no num_items_in_batch
+            task, outputs = super().compute_loss(model, dict(inputs), True)
+            terms, signal = [(1.0, task, "items")], task
+        counted = num_items_in_batch is not None
+        loss = sum(weight * term * self._share(inputs, kind, counted) for weight, term, kind in terms)
+        if self.rate_learner is not None:  # a per-forward surrogate: scaled like a forward, by 1 / k
+            loss = loss + self.rate_learner.policy_loss(signal) / self._micro_batches()
         return (loss, outputs) if return_outputs else loss
 
-    def _accumulated(self, loss: torch.Tensor, inputs: dict[str, Any], num_items_in_batch: Any) -> torch.Tensor:
-        """This micro-batch's share of the accumulated step's loss, so that ``k`` micro-batches of ``b``
-        rows give the loss and gradients of one batch of ``k·b``: ``loss`` is a mean over this batch's
-        items (rows, or the tokens a language model predicts), weighted by their share of the step's
-        ``num_items_in_batch``; without that count (no ``labels``: QA), by ``1 / k``."""
-        if num_items_in_batch is None or "labels" not in inputs:
-            return loss / getattr(self, "current_gradient_accumulation_steps", 1)  # set by the training loop
-        share = self._items(inputs["labels"]) / num_items_in_batch
+    def _micro_batches(self) -> int:
+        return getattr(self, "current_gradient_accumulation_steps", 1)  # set by the training loop
+
+    def _share(self, inputs: dict[str, Any], kind: Kind, counted: bool) -> torch.Tensor | float:
+        """This micro-batch's share of the step for a loss term averaged over its ``kind`` of items, so
+        that ``k`` micro-batches of ``b`` rows give the loss and gradients of one batch of ``k·b`` rows:
+        its count of those items over the step's (:meth:`_get_num_items_in_batch`); ``1 / k`` when the
+        step was not counted (a loss computed outside the training loop)."""
+        if not counted or self._step_counts is None:
+            return 1.0 / self._micro_batches()
+        share = self._count(inputs, kind) / self._step_counts[kind]
         if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             share = share * self.accelerator.num_processes  # the count is the sum over ranks; DDP averages
-        return loss * share
+        return share
 
-    def _items(self, labels: torch.Tensor) -> torch.Tensor:
-        """How many predictions ``labels`` score: a causal LM predicts token t+1 from t, so ``labels[:, 1:]``."""
+    def _count(self, batch: dict[str, Any], kind: Kind) -> torch.Tensor:
+        """How many items of ``kind`` ``batch`` holds: ``items`` are what the task loss averages over (a
+        causal LM's predicted tokens, ``labels[:, 1:]``; a classifier's rows; QA's rows), ``tokens`` the
+        real tokens the per-token distillation losses average over, ``rows`` the rows."""
+        ids = batch["input_ids"]
+        if kind == "rows" or (kind == "items" and "labels" not in batch):
+            return torch.tensor(ids.shape[0], device=ids.device)
+        if kind == "tokens":
+            mask = batch.get("attention_mask")
+            return mask.sum() if mask is not None else torch.tensor(ids.numel(), device=ids.device)
+        labels = batch["labels"]
         name = self.accelerator.unwrap_model(self.model)._get_name()
         shifted = getattr(self, "_loss_shifts_labels", False) or name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
         return (labels[..., 1:] if shifted else labels).ne(-100).sum()
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
-        """The step's count of items over its micro-batches, by :meth:`_items`'s rule (HF's ``Trainer``
-        counts a causal LM's unshifted labels unless the model names its loss type, and only for models
-        whose ``forward`` takes ``**kwargs``)."""
-        if not batch_samples or "labels" not in batch_samples[0]:
+        """Count the step's items of every kind over its micro-batches (kept for :meth:`_share`), and
+        return its task items: HF's ``Trainer`` would count a causal LM's unshifted labels unless the
+        model names its loss type, and only for models whose ``forward`` takes ``**kwargs``."""
+        if not batch_samples:
             return None
-        count = sum(self._items(batch["labels"]) for batch in batch_samples).to(device)
+        counts = torch.stack([torch.stack([self._count(b, kind).to(device) for kind in KINDS])
+                              for b in batch_samples]).sum(0)  # (3,)
         if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
-            count = self.accelerator.gather(count).sum()
-        return count
+            counts = self.accelerator.gather(counts[None]).sum(0)  # (ranks, 3) -> (3,)
+        self._step_counts = dict(zip(KINDS, counts, strict=True))
+        return counts[0]
 
-    def _self_distill_loss(self, model, inputs):  # type: ignore[no-untyped-def]
-        """The full network learns the task; the sub-network LayerDrop samples learns its predictions."""
+    def _task(self, model: nn.Module, outputs: Any, labels: torch.Tensor | None) -> torch.Tensor:
+        """The task loss: the model's, or with label smoothing HF's smoother (shifted for a causal LM)."""
+        if labels is None:
+            return outputs.loss
+        name = self.accelerator.unwrap_model(model)._get_name()
+        return self.label_smoother(outputs, labels, shift_labels=name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+    def _self_distill_terms(self, model, inputs):  # type: ignore[no-untyped-def]
+        """The full network learns the task; the sub-network LayerDrop samples learns its predictions
+        (per token for a language model, its real tokens only)."""
         module, state = applied(model)
         inputs = dict(inputs)
         labels = inputs.pop("labels") if self.label_smoother is not None else None
         with only_layers(module, range(len(state.settings.rates))):
             full = model(**inputs)  # the whole network, on the task
-        task = self.label_smoother(full, labels) if labels is not None else full.loss
         sub = model(**{k: v for k, v in inputs.items() if k != "labels"})  # a sampled sub-network
-        distill = output_kd_loss(sub, full, self.distill_temperature)
-        loss = task + self.distill_weight * distill
-        if self.rate_learner is not None:  # the sub-network's gap to the full one, free of data noise
-            loss = loss + self.rate_learner.policy_loss(distill)
-        return loss, full
+        distill = output_kd_loss(sub, full, self.distill_temperature, inputs.get("attention_mask"))
+        terms = [(1.0, self._task(model, full, labels), "items"),
+                 (self.distill_weight, distill, _kd_kind(full))]
+        return terms, full, distill  # the rates learn from the sub-network's gap, free of data noise
 
-    def _teacher_loss(self, model, inputs):  # type: ignore[no-untyped-def]
+    def _teacher_terms(self, model, inputs):  # type: ignore[no-untyped-def]
         """The task and the teacher's soft targets (and, optionally, its hidden states)."""
         inputs = dict(inputs)
         labels = inputs.pop("labels") if self.label_smoother is not None else None
@@ -165,17 +193,21 @@ class LayerDropTrainer(Trainer):
             with torch.no_grad():
                 teacher = self.teacher(**without_targets(inputs), **extra)
         student = model(**inputs, **extra)
-        task = self.label_smoother(student, labels) if labels is not None else student.loss
+        task = self._task(model, student, labels)
         mask = inputs.get("attention_mask")
-        loss = self.task_weight * task if self.task_weight else 0.0
+        terms: list[tuple[float, torch.Tensor, Kind]] = []
+        if self.task_weight:
+            terms.append((self.task_weight, task, "items"))
         if self.distill_weight:
-            loss = loss + self.distill_weight * output_kd_loss(student, teacher, self.distill_temperature, mask)
+            terms.append((self.distill_weight, output_kd_loss(student, teacher, self.distill_temperature, mask),
+                          _kd_kind(student)))
         if self.cos_weight:
-            loss = loss + self.cos_weight * cosine_loss(student.hidden_states[-1], teacher.hidden_states[-1], mask)
+            terms.append((self.cos_weight, cosine_loss(student.hidden_states[-1], teacher.hidden_states[-1], mask),
+                          "tokens"))
         if self.hidden_weight:
-            loss = loss + self.hidden_weight * hidden_loss(student.hidden_states, teacher.hidden_states,
-                                                           self.hidden_layers, mask)
-        return loss, student
+            terms.append((self.hidden_weight, hidden_loss(student.hidden_states, teacher.hidden_states,
+                                                          self.hidden_layers, mask), "tokens"))
+        return terms, student, task
 
     def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]
         if self.head_lr is None:
@@ -220,3 +252,10 @@ def _check_teacher(teacher: nn.Module, device: torch.device, self_distill: bool)
     if on and on != {torch.device(device)}:
         raise InputError(f"the teacher is on {sorted(map(str, on))}, the trainer on {device}: "
                          f"move it first (teacher.to({str(device)!r}))")
+
+
+def _kd_kind(outputs: Any) -> Kind:
+    """What :func:`~layerdrop.training.losses.output_kd_loss` averages over for these outputs: the real
+    tokens of per-token logits ``(B, T, V)``, else the rows (a classifier's logits, QA's start and end)."""
+    logits = getattr(outputs, "logits", None)
+    return "tokens" if logits is not None and logits.dim() == 3 else "rows"

@@ -3,8 +3,6 @@ the unit of time, as its conventions say)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
@@ -16,7 +14,7 @@ BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, floa
 class Metrics:
     """Answers by route and status, request seconds per depth, the queue, and streams cut short."""
 
-    def __init__(self, queue_length: Callable[[], int] = lambda: 0) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.responses = Counter("layerdrop_responses", "Answers by route and HTTP status.", ["route", "code"],
                                  registry=self.registry)
@@ -28,7 +26,7 @@ class Metrics:
         self.stopped = Counter("layerdrop_generations_stopped", "Generations stopped because their client left.",
                                registry=self.registry)
         self.queue = Gauge("layerdrop_queue_length", "Requests waiting for the worker.", registry=self.registry)
-        self.queue.set_function(queue_length)
+        """Read from the worker at each scrape (``queue.set_function``)."""
 
     def response(self, route: str, status: int) -> None:
         self.responses.labels(route=route, code=str(status)).inc()

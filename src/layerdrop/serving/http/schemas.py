@@ -152,7 +152,8 @@ class DepthsResponse(BaseModel):
     metric: str | None
     data: str | None
     overhead_ms: float
-    """What a request costs besides the queue and its forward (a moving average), added to every prediction."""
+    """What a request costs besides reading its input, the queue and its forward (a moving average), added to
+    every prediction."""
     margin: float
     """A budget must hold the prediction times this (the tail of recent measured/predicted ratios), for a
     request that finds the queue empty."""
