@@ -554,6 +554,24 @@ def test_a_finished_batch_no_longer_counts_as_ahead_when_its_requests_hear_of_it
     assert seen == [(0.0, 0)]
 
 
+def test_a_runner_that_answers_the_wrong_number_of_jobs_fails_them_and_the_worker_goes_on():
+    told = []
+    done = threading.Semaphore(0)
+    answers = iter([[], ["fine"]])  # the first batch gets no answer at all: a bug in the runner
+    worker = Worker(lambda jobs: next(answers))
+
+    def on_done(result, err):
+        told.append((result, type(err).__name__ if err else None))
+        done.release()
+    worker.start()
+    worker.submit(Job("complete", 2, 1.0, None, on_done))
+    assert done.acquire(timeout=10)
+    worker.submit(Job("complete", 2, 1.0, None, on_done))
+    assert done.acquire(timeout=10)
+    worker.stop()
+    assert told == [(None, "RuntimeError"), ("fine", None)]
+
+
 def test_the_queue_is_bounded_and_its_wait_predicted():
     worker = Worker(lambda jobs: [None] * len(jobs), queue_size=2)  # not started: jobs stay queued
     for _ in range(2):
