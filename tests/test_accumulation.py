@@ -51,9 +51,11 @@ def _qa_model() -> torch.nn.Module:
 PATHS = {
     # name: (task, model factory, trainer class, trainer options)
     "plain": ("classification", lambda: layerdrop.apply(make("bert"), rate=0.0), LayerDropTrainer, {}),
-    "classifier": ("classification", lambda: layerdrop.apply(Classifier(make("bert").bert, num_labels=3, dropout=0.0), rate=0.0),
+    "classifier": ("classification",
+                   lambda: layerdrop.apply(Classifier(make("bert").bert, num_labels=3, dropout=0.0), rate=0.0),
                    LayerDropTrainer, {}),
-    "classifier-hf-trainer": ("classification", lambda: Classifier(make("bert").bert, num_labels=3, dropout=0.0), Trainer, {}),
+    "classifier-hf-trainer": ("classification", lambda: Classifier(make("bert").bert, num_labels=3, dropout=0.0),
+                              Trainer, {}),
     "self-distilled": ("classification", lambda: layerdrop.apply(make("bert"), rate=0.0), LayerDropTrainer,
                        {"self_distill": True}),
     "teacher": ("classification", lambda: layerdrop.prune(make("bert"), depth=2), LayerDropTrainer,

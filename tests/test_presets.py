@@ -249,7 +249,8 @@ def test_wrong_task_for_a_preset_lists_the_presets_for_that_task(name, task, val
 
 
 def test_unknown_task_lists_the_tasks(tokenizers):
-    with pytest.raises(ValueError, match="unknown task 'seq2seq'; choose one of \\['classification', 'clm', 'mlm', 'qa'\\]"):
+    with pytest.raises(ValueError,
+                       match="unknown task 'seq2seq'; choose one of \\['classification', 'clm', 'mlm', 'qa'\\]"):
         build("bert-tiny", tokenizers["wordpiece"], task="seq2seq")
     assert set(TASKS) == {"classification", "clm", "mlm", "qa"}
 

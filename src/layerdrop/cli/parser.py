@@ -50,7 +50,7 @@ def _field_docs(cls: type) -> dict[str, str]:
     """The docstrings written under a dataclass's fields."""
     body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
     return {node.target.id: " ".join(str(nxt.value.value).replace("``", "").split())  # type: ignore[attr-defined]
-            for node, nxt in zip(body, body[1:])
+            for node, nxt in zip(body, body[1:], strict=False)  # each node with the next
             if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)}
 
 
@@ -73,7 +73,8 @@ def _leaves(cls: type, group: str | None = None) -> list[_Leaf]:
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
         if dataclasses.is_dataclass(kind):
-            title = (inspect.getdoc(kind) or field.name).splitlines()[0].replace("``", "").rstrip(".")
+            summary = (inspect.getdoc(kind) or field.name).split("\n\n")[0]  # its first paragraph, joined
+            title = " ".join(summary.split()).replace("``", "").rstrip(".")
             out.extend(_leaves(kind, title))
         else:
             out.append(_Leaf(field.name, kind, field.default, docs.get(field.name, ""), group))

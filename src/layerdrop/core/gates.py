@@ -40,7 +40,8 @@ class LayerDropState:
         self.layers_run = 0
         """Layers run (any part of them), summed over all training forwards sampled so far (for logging)."""
         self.scale = 1.0
-        """Multiplier on the configured rates, passed in by a schedule through :func:`layerdrop.core.apply.scale_rates`."""
+        """Multiplier on the configured rates, passed in by a schedule through
+        :func:`layerdrop.core.apply.scale_rates`."""
         self.fixed: tuple[bool, ...] | None = None
         """A sub-network forced by :func:`layerdrop.only_layers`, used in train and eval mode alike."""
         self.learner: Any = None

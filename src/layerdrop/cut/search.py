@@ -96,7 +96,7 @@ def _greedy_path(scorer: _Scorer, num_layers: int, depth: int, progress: bool) -
 def _beam(scorer: _Scorer, num_layers: int, depth: int, width: int, progress: bool) -> tuple[int, ...]:
     """Beam search over the same removals; with the budget spent, finishes the best beam greedily."""
     beam = [tuple(range(num_layers))]
-    for size in tqdm(range(num_layers - 1, depth - 1, -1), desc="beam search", disable=not progress):
+    for _ in tqdm(range(num_layers - 1, depth - 1, -1), desc="beam search", disable=not progress):
         children = sorted({tuple(j for j in parent if j != i) for parent in beam for i in parent})
         scored = [(s, v) for s in children if (v := scorer.get(s)) is not None]
         if not scored:

@@ -279,7 +279,7 @@ def tokenizer(header: E5Header) -> Any:
     if (s["bos"], s["pad"], s["eos"], s["unk"]) != (0, 1, 2, 3):
         raise E5FileError(f"unexpected special token ids {s}: XLM-R has <s>=0 <pad>=1 </s>=2 <unk>=3")
     return XLMRobertaTokenizerFast(
-        vocab=list(zip(p, map(float, header.scores))),
+        vocab=list(zip(p, map(float, header.scores), strict=True)),
         _spm_precompiled_charsmap=precompiled_charsmap(header.normalizer),
         bos_token=p[0], pad_token=p[1], eos_token=p[2], unk_token=p[3], mask_token=p[-1],
         cls_token=p[0], sep_token=p[2], model_max_length=header.dims["max_positions"],

@@ -213,7 +213,8 @@ def _minutes(model_dir: Path) -> float:
 
 
 def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None) -> CompareResult:
-    """Train every method at every depth (or reuse finished runs), score them all on the test split, write the report."""
+    """Train every method at every depth (or reuse finished runs), score them all on the test split, write the
+    report."""
     # 1. validate; the settings every training shares; a preset is built once, untrained
     methods, depths, seeds = check(cfg)
     task = task_for(cfg.model)
@@ -265,12 +266,14 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
     for depth in (d for d in depths if d < num_layers):
         for seed in seeds if depth == min(depths) else seeds[:1]:
             tag = f"{depth}" + (f"-seed{seed}" if seed else "")
-            runs = {
-                "layerdrop-healed": lambda: distil(ld, f"layerdrop-healed{tag}", depth, seed, **heal),
-                "fixed-depth": lambda: fine_tune(str(cut(f"cut{depth}", depth=depth)), f"fixed{tag}", seed),
-                "distilled": lambda: distil(plain, f"distilled{tag}", depth, seed),
-                "top-dropped": lambda: fine_tune(str(cut(f"bottom{depth}", keep=list(range(depth)))),
-                                                 f"top-dropped{tag}", seed),
+            runs = {  # the loop's values bound as defaults: each lambda trains this depth and seed
+                "layerdrop-healed": lambda tag=tag, depth=depth, seed=seed: distil(
+                    ld, f"layerdrop-healed{tag}", depth, seed, **heal),
+                "fixed-depth": lambda tag=tag, depth=depth, seed=seed: fine_tune(
+                    str(cut(f"cut{depth}", depth=depth)), f"fixed{tag}", seed),
+                "distilled": lambda tag=tag, depth=depth, seed=seed: distil(plain, f"distilled{tag}", depth, seed),
+                "top-dropped": lambda tag=tag, depth=depth, seed=seed: fine_tune(
+                    str(cut(f"bottom{depth}", keep=list(range(depth)))), f"top-dropped{tag}", seed),
             }
             for name in methods:
                 if METHODS[name].per_depth:
@@ -385,7 +388,8 @@ def read_report(path: str | Path) -> tuple[list[Row], str, dict[str, float], int
     rows = [Row(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in fields})
             for r in data["rows"]]
     num_layers = data.get("layers", max(r.depth for r in rows))  # older reports: their depths included the full one
-    return rows, data["metric"], data["full_minutes"], num_layers, _title(data["config"]["model"], data["config"]["data"])
+    title = _title(data["config"]["model"], data["config"]["data"])
+    return rows, data["metric"], data["full_minutes"], num_layers, title
 
 
 def _title(model: str, data: str) -> str:
@@ -400,8 +404,9 @@ def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_mi
     write_text(out / "compare.md", f"# layerdrop compare: `{cfg.model}` on `{cfg.data}`\n\n"
                f"{metric.capitalize()} on the test split ({cfg.eval_rows or 'all'} rows; {better} is better); "
                f"latency: median of {cfg.latency_reps} forwards of {batch} ({cfg.batch_size} examples, up to "
-               f"{cfg.max_length} tokens); ★: Pareto front of {metric} against latency over all rows; training minutes: "
-               f"the Trainer's wall time (for a distillation also its teacher's cached logits).\n\n{table}")
+               f"{cfg.max_length} tokens); ★: Pareto front of {metric} against latency over all rows; "
+               f"training minutes: the Trainer's wall time (for a distillation also its teacher's cached "
+               f"logits).\n\n{table}")
     buf = io.StringIO()
     csv.writer(buf).writerows([["method", "depth", "kept", metric, f"seed_{metric}", "parameters", "latency_ms",
                                 "training_minutes"],
@@ -410,7 +415,8 @@ def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_mi
                                   round(r.minutes, 2)] for r in rows]])
     write_text(out / "compare.csv", buf.getvalue())
     write_json(out / "compare.json", {"config": dataclasses.asdict(cfg), "metric": metric, "full_minutes": full_minutes,
-                                      "layers": num_layers, "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
+                                      "layers": num_layers,
+                                      "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
                                       "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
     title = _title(cfg.model, cfg.data)
     plot(rows, metric, full_minutes, out / "quality_vs_latency.png", title=title)

@@ -114,7 +114,8 @@ def task_of(model: nn.Module, role: str = "teacher") -> str:
     if name.endswith("ForMaskedLM"):
         return "mlm"
     raise InputError(f"the {role} is a {name}, which does no task: distil {'from' if role == 'teacher' else 'into'} "
-                     "a model trained for one (a classifier or QA model saved by `layerdrop train`, or a language model)")
+                     "a model trained for one (a classifier or QA model saved by `layerdrop train`, "
+                     "or a language model)")
 
 
 def check_for_task(cfg: DistillConfig, task: str) -> None:
@@ -323,7 +324,8 @@ def _digest(rows: Sequence[dict[str, Any]]) -> str:
 
 
 @torch.no_grad()
-def teacher_logits(teacher: nn.Module, rows: Sequence[dict[str, Any]], collate: Any, batch_size: int = 64) -> torch.Tensor:
+def teacher_logits(teacher: nn.Module, rows: Sequence[dict[str, Any]], collate: Any,
+                   batch_size: int = 64) -> torch.Tensor:
     """The teacher's logits ``(N, C)`` on encoded classification ``rows``, in eval mode."""
     require_eval(teacher, "teacher_logits")
     device = next(teacher.parameters()).device

@@ -116,7 +116,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     bar.close()
     flat = [(key, i, r) for key, results in points.items() for i, r in enumerate(results)]
     timed = interleaved_latency_ms([(at[r.precision], r.kept) for _, _, r in flat], latency_batch, cfg.latency_reps)
-    for (key, i, r), ms in zip(flat, timed):
+    for (key, i, r), ms in zip(flat, timed, strict=True):
         points[key][i] = dataclasses.replace(r, latency_ms=ms)
 
     out = Path(cfg.out)
@@ -149,8 +149,9 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
 def interleaved_latency_ms(points: Sequence[tuple[nn.Module, Sequence[int]]], batch: dict[str, torch.Tensor],
                            reps: int) -> list[float]:
     """Median wall milliseconds of one forward on ``batch`` of each model (as it is: eval mode is the
-    caller's) with only the given layers, timed in rounds (:func:`~layerdrop.evaluation.timer.time_ms`) (one forward of each point per round, after a warm-up round), so that the
-    machine's drift touches every point alike."""
+    caller's) with only the given layers, timed in rounds (:func:`~layerdrop.evaluation.timer.time_ms`) (one
+    forward of each point per round, after a warm-up round), so that the machine's drift touches every point
+    alike."""
     times: list[list[float]] = [[] for _ in points]
     for round_ in range(1 + reps):
         for i, (model, kept) in enumerate(points):
@@ -164,7 +165,8 @@ def interleaved_latency_ms(points: Sequence[tuple[nn.Module, Sequence[int]]], ba
 def tables(points: dict[str, list[DepthResult]], metric: str) -> str:
     """The sweep's Markdown table: one row per strategy and depth, ★ on the Pareto front of quality against latency."""
     flat = [(name, r) for name, results in points.items() for r in results]
-    front = set(pareto_front([(r.latency_ms or 0.0, r.score) for _, r in flat], higher_is_better=higher_is_better(metric)))
+    front = set(pareto_front([(r.latency_ms or 0.0, r.score) for _, r in flat],
+                             higher_is_better=higher_is_better(metric)))
     precision = any(r.precision != "float32" for _, r in flat)  # a column only when there is a choice
     return markdown_table(["strategy", *(["precision"] if precision else []), "depth", "kept", metric, "parameters",
                            "ms / batch", "Pareto"],

@@ -276,7 +276,8 @@ def _export(cfg: TrainConfig, model: nn.Module, tokenizer: Any, metrics: dict[st
             label_names: Sequence[str] | None, *, train_seconds: float) -> None:
     """Export the run with its ``layerdrop.json`` record; ``train_seconds`` is the training time of
     the invocation that finished the run (a resumed run's earlier invocations are not in it)."""
-    meta: dict[str, Any] = {"trained_with": _recorded(cfg), "metrics": metrics, "train_seconds": round(train_seconds, 1)}
+    meta: dict[str, Any] = {"trained_with": _recorded(cfg), "metrics": metrics,
+                            "train_seconds": round(train_seconds, 1)}
     if learner is not None:  # into the config too, so the data-driven strategy finds them
         meta["learned_rates"] = list(record_learned_rates(model))
     if label_names:

@@ -66,7 +66,7 @@ def profile_depths(served: Served, reps: int = 3) -> dict[int, Profile]:
                                 min_new_tokens=new, do_sample=False, pad_token_id=served.tokenizer.pad_token_id)
             greedy(2)  # warm-up
             new = 8
-            total = median_ms(lambda: greedy(new), module, reps=max(1, reps - 1))
+            total = median_ms(lambda: greedy(new), module, reps=max(1, reps - 1))  # noqa: B023 (called in this iteration)
             per_new = max(0.0, (total - fit(depth, samples).predict(8)) / new)
         profiles[depth] = fit(depth, samples, per_new)
     return profiles
@@ -143,7 +143,8 @@ class Engine:
 
     @property
     def ratios(self) -> dict[int, list[float]]:
-        """The fresh measured/predicted ratios, by requests found ahead (:data:`~layerdrop.serving.calibration.AHEAD_MAX` or more together)."""
+        """The fresh measured/predicted ratios, by requests found ahead
+        (:data:`~layerdrop.serving.calibration.AHEAD_MAX` or more together)."""
         return calibration.fresh_ratios(self.calibration, self.clock())
 
     def budget_margin(self, ahead: int = 0) -> float:

@@ -106,8 +106,8 @@ def _choose_layers(cfg: ServeConfig, model: nn.Module, tokenizer: Any, depths: S
     kept = {d: choose_with(cfg.strategy, model, d, scorers).kept for d in depths}
     for d, layers in kept.items():
         if layers[0] != 0:
-            raise InputError(f"--strategy {cfg.strategy} drops layer 0 at depth {d} ({list(layers)}); a served depth must "
-                             "keep it: choose other --depths or another strategy")
+            raise InputError(f"--strategy {cfg.strategy} drops layer 0 at depth {d} ({list(layers)}); "
+                             "a served depth must keep it: choose other --depths or another strategy")
     return kept
 
 
