@@ -204,7 +204,7 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
     if depth is not None and strategy != "every-other":  # the layers, chosen before any output
         check_depth(depth, len(find_layers(lm).layers))
         keep = choose_with(strategy, lm, depth, strategy_scorers(lm, tokenizer, data) if data else None).kept
-    started = []
+    started: list[bool] = []
 
     def show(text: str) -> None:  # the note and the prompt wait for the first token: every check has passed
         if not started:

@@ -121,9 +121,10 @@ def _first_step_scores(scorer: _Scorer, num_layers: int) -> tuple[float, ...] | 
     """Per-layer importance: how much worse the model scores without each layer alone."""
     full = tuple(range(num_layers))
     without = [scorer.cache.get(tuple(j for j in full if j != i)) for i in range(num_layers)]
-    if any(v is None for v in without) or num_layers < 2:
+    scored = [v for v in without if v is not None]
+    if len(scored) < len(without) or num_layers < 2:
         return None
-    return tuple(-scorer.key(v) for v in without)
+    return tuple(-scorer.key(v) for v in scored)
 
 
 def search(

@@ -262,13 +262,16 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
         raise InputError(f"no depth of --depths is at most the model's {num_layers} layers")
 
     # 3. one model per method, depth and seed that trains per depth
+    def healed(tag: str, depth: int, seed: int) -> Path:  # the LayerDrop run cut to depth, then distilled
+        assert ld is not None  # needs_ld: layerdrop-healed's full-depth model is the LayerDrop run
+        return distil(ld, f"layerdrop-healed{tag}", depth, seed, **heal)
+
     trained: dict[tuple[str, int], list[Path]] = {}
     for depth in (d for d in depths if d < num_layers):
         for seed in seeds if depth == min(depths) else seeds[:1]:
             tag = f"{depth}" + (f"-seed{seed}" if seed else "")
             runs = {  # the loop's values bound as defaults: each lambda trains this depth and seed
-                "layerdrop-healed": lambda tag=tag, depth=depth, seed=seed: distil(
-                    ld, f"layerdrop-healed{tag}", depth, seed, **heal),
+                "layerdrop-healed": lambda tag=tag, depth=depth, seed=seed: healed(tag, depth, seed),
                 "fixed-depth": lambda tag=tag, depth=depth, seed=seed: fine_tune(
                     str(cut(f"cut{depth}", depth=depth)), f"fixed{tag}", seed),
                 "distilled": lambda tag=tag, depth=depth, seed=seed: distil(plain, f"distilled{tag}", depth, seed),
@@ -373,8 +376,8 @@ def plot(rows: list[Row], metric: str, full_minutes: dict[str, float], path: str
 
     def cost(r: Row) -> float:  # with the full-depth run the model needs
         method = METHODS.get(r.method)
-        needs = method is not None and (method.needs_full or not method.per_depth)
-        return r.minutes + (full_minutes[method.full] if needs else 0.0)  # type: ignore[union-attr]
+        full = full_minutes[method.full] if method is not None and (method.needs_full or not method.per_depth) else 0.0
+        return r.minutes + full
     return plot_quality_vs_cost({_label(m): [(cost(r), r.score, r.depth) for r in rows if r.method == m]
                                  for m in names}, path, metric=metric, title=title)
 
@@ -385,8 +388,10 @@ def read_report(path: str | Path) -> tuple[list[Row], str, dict[str, float], int
     path = Path(path)
     data = json.loads((path / "compare.json" if path.is_dir() else path).read_text())
     fields = [f.name for f in dataclasses.fields(Row)]
-    rows = [Row(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in fields})
-            for r in data["rows"]]
+    rows: list[Row] = []
+    for r in data["rows"]:
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in fields}
+        rows.append(Row(**values))
     num_layers = data.get("layers", max(r.depth for r in rows))  # older reports: their depths included the full one
     title = _title(data["config"]["model"], data["config"]["data"])
     return rows, data["metric"], data["full_minutes"], num_layers, title

@@ -91,7 +91,8 @@ class LayerDropTrainer(Trainer):
     loss_is_scaled_for_ga = True
     """Every path's loss is scaled for gradient accumulation here (:meth:`_accumulated`), never by the model."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+    def compute_loss(  # type: ignore[no-untyped-def]  # HF Trainer's signature
+            self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs)
         if self.teacher is not None:
@@ -129,19 +130,22 @@ class LayerDropTrainer(Trainer):
         whose ``forward`` takes ``**kwargs``)."""
         if not batch_samples or "labels" not in batch_samples[0]:
             return None
-        count = sum(self._items(batch["labels"]) for batch in batch_samples).to(device)
+        total = sum(self._items(batch["labels"]) for batch in batch_samples)
+        assert isinstance(total, torch.Tensor)  # a sum of tensors: batch_samples is not empty
+        count = total.to(device)
         if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             count = self.accelerator.gather(count).sum()
         return count
 
-    def _self_distill_loss(self, model, inputs):  # type: ignore[no-untyped-def]
+    def _self_distill_loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         """The full network learns the task; the sub-network LayerDrop samples learns its predictions."""
         module, state = applied(model)
         inputs = dict(inputs)
         labels = inputs.pop("labels") if self.label_smoother is not None else None
         with only_layers(module, range(len(state.settings.rates))):
             full = model(**inputs)  # the whole network, on the task
-        task = self.label_smoother(full, labels) if labels is not None else full.loss
+        smoother = self.label_smoother  # not None when it took the labels
+        task = smoother(full, labels) if smoother is not None and labels is not None else full.loss
         sub = model(**{k: v for k, v in inputs.items() if k != "labels"})  # a sampled sub-network
         distill = output_kd_loss(sub, full, self.distill_temperature)
         loss = task + self.distill_weight * distill
@@ -149,7 +153,7 @@ class LayerDropTrainer(Trainer):
             loss = loss + self.rate_learner.policy_loss(distill)
         return loss, full
 
-    def _teacher_loss(self, model, inputs):  # type: ignore[no-untyped-def]
+    def _teacher_loss(self, model: nn.Module, inputs: dict[str, Any]) -> tuple[torch.Tensor | float, Any]:
         """The task and the teacher's soft targets (and, optionally, its hidden states)."""
         inputs = dict(inputs)
         labels = inputs.pop("labels") if self.label_smoother is not None else None
@@ -162,10 +166,12 @@ class LayerDropTrainer(Trainer):
         if cached is not None:
             teacher: Any = SimpleNamespace(logits=cached)
         else:
+            assert self.teacher is not None  # compute_loss comes here only with a teacher
             with torch.no_grad():
                 teacher = self.teacher(**without_targets(inputs), **extra)
         student = model(**inputs, **extra)
-        task = self.label_smoother(student, labels) if labels is not None else student.loss
+        smoother = self.label_smoother  # not None when it took the labels
+        task = smoother(student, labels) if smoother is not None and labels is not None else student.loss
         mask = inputs.get("attention_mask")
         loss = self.task_weight * task if self.task_weight else 0.0
         if self.distill_weight:
@@ -177,7 +183,7 @@ class LayerDropTrainer(Trainer):
                                                            self.hidden_layers, mask)
         return loss, student
 
-    def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]
+    def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]  # HF Trainer's signature
         if self.head_lr is None:
             super().create_optimizer(model)
         else:
@@ -187,8 +193,9 @@ class LayerDropTrainer(Trainer):
                                             "weight_decay": 0.0})
         return self.optimizer
 
-    def _create_head_lr_optimizer(self, model=None) -> None:  # type: ignore[no-untyped-def]
+    def _create_head_lr_optimizer(self, model: nn.Module | None = None) -> None:
         model = model if model is not None else self.model
+        assert model is not None  # the Trainer's model: create_optimizer runs once it has one
         decay = set(self.get_decay_parameter_names(model))
         base = getattr(model, "base_model_prefix", "")
         base = f"{base}." if base and hasattr(model, base) else None  # a *For... model's body
