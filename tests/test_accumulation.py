@@ -21,7 +21,8 @@ class _Grads(TrainerCallback):
     def __init__(self) -> None:
         self.grads: dict[str, torch.Tensor] = {}
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+    def on_pre_optimizer_step(  # type: ignore[no-untyped-def]  # HF hook's signature
+            self, args, state, control, model=None, **kwargs):
         if not self.grads:
             self.grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 

@@ -38,7 +38,7 @@ def _texts(splits: Splits) -> list[tuple[str, ...]]:
 
 def _error_for(path: Path | str, **kwargs: object) -> str:
     with pytest.raises(DataError) as info:
-        load(path, **kwargs)  # type: ignore[arg-type]
+        load(path, **kwargs)  # type: ignore[arg-type]  # each caller passes options of load's own types
     return str(info.value)
 
 

@@ -273,9 +273,9 @@ def test_bad_overrides_are_clear_errors(tokenizers):
 
 def test_presets_are_read_only():
     with pytest.raises(TypeError):
-        PRESETS["gpt2-tiny"].config["n_layer"] = 2  # type: ignore[index]
+        PRESETS["gpt2-tiny"].config["n_layer"] = 2  # type: ignore[index]  # read-only: what the test checks
     with pytest.raises(TypeError):
-        presets.PRESETS["mine"] = PRESETS["gpt2-tiny"]  # type: ignore[index]
+        presets.PRESETS["mine"] = PRESETS["gpt2-tiny"]  # type: ignore[index]  # read-only: what the test checks
 
 
 # --------------------------------------------------------------------------------------
