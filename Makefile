@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/data.txt
 setup: $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench experiments examples
+	$(VENV)/bin/mypy src
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

@@ -74,7 +74,8 @@ def main() -> int:
         print(f"[{name}: {'ok' if code == 0 else f'FAILED (exit {code})'}, {took:.0f} s]", flush=True)
         if code:
             failed.append(name)
-    print(f"\n{len(names) - len(failed)} of {len(names)} benchmarks ran in {(time.perf_counter() - begin) / 60:.1f} min; "
+    minutes = (time.perf_counter() - begin) / 60
+    print(f"\n{len(names) - len(failed)} of {len(names)} benchmarks ran in {minutes:.1f} min; "
           f"figures in {a.out}/" + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -105,7 +105,7 @@ def main() -> None:
             times[name].append(step(name))
 
     same_masks = masks["whole"] == masks["eager"] == masks["regional"]
-    gap = {k: max(abs(x - y) for x, y in zip(losses[k], losses["eager"])) for k in ("whole", "regional")}
+    gap = {k: max(abs(x - y) for x, y in zip(losses[k], losses["eager"], strict=True)) for k in ("whole", "regional")}
     med = {k: statistics.median(v) for k, v in times.items()}
     compiles = {"whole": whole_counter.frame_count, "regional": regional_counter.frame_count}
     limit = torch._dynamo.config.recompile_limit

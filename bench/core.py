@@ -239,26 +239,27 @@ def main() -> None:
     opts = {r: torch.optim.AdamW(m.parameters(), lr=1e-5) for r, m in models.items()}
     runs: dict[float, list[int]] = {r: [] for r in rates}
 
-    def step(rate: float) -> Callable[[], float]:
-        state = layerdrop.state_of(models[rate])
+    def step(model: torch.nn.Module, opt: torch.optim.Optimizer, ran: list[int]) -> Callable[[], float]:
+        # the model and optimizer come as arguments, so that deleting ``models`` and ``opts`` below frees them
+        state = layerdrop.state_of(model)
 
         def run() -> float:
             before = state.layers_run
             start = time.perf_counter()
-            _train_step(models[rate], opts[rate], batch)
+            _train_step(model, opt, batch)
             took = time.perf_counter() - start
-            runs[rate].append(state.layers_run - before)
+            ran.append(state.layers_run - before)
             return took
         return run
-    train = _interleaved({r: step(r) for r in rates}, a.steps)
+    train = _interleaved({r: step(models[r], opts[r], runs[r]) for r in rates}, a.steps)
     runs = {r: v[-a.steps:] for r, v in runs.items()}  # the timed steps only
     del models, opts
     parts = _parts(_model(a.hidden).train(), batch, max(3, a.steps))
 
     # 2. The gates' overhead at rate 0.
     plain, zero = _model(a.hidden).train(), layerdrop.apply(_model(a.hidden), rate=0.0).train()
-    overhead = _interleaved({"plain": _timed(lambda: _no_grad(plain, batch)),
-                             "rate0": _timed(lambda: _no_grad(zero, batch))}, a.reps)
+    overhead = _interleaved({"plain": _timed(lambda m=plain: _no_grad(m, batch)),  # bound: ``plain`` is deleted below
+                             "rate0": _timed(lambda m=zero: _no_grad(m, batch))}, a.reps)
     tiny_plain, tiny_zero = _model(64).train(), layerdrop.apply(_model(64), rate=0.0).train()
     tiny_batch = {"input_ids": batch["input_ids"][:1, :8]}
     tiny = _interleaved({"plain": _timed(lambda: _no_grad(tiny_plain, tiny_batch)),
@@ -329,12 +330,14 @@ def main() -> None:
         print(f"peak RSS of {a.memory_steps} steps, rate {r:<4}        : "
               f"{peaks[r]['peak_above_start'] / 2**20:8.1f} MiB above the built model "
               f"(weights {peaks[r]['weights'] / 2**20:.0f} MiB; a fresh process)")
-    print(f"peak RSS, rate 0.5 over rate 0         : {peaks[0.5]['peak_above_start'] / peaks[0.0]['peak_above_start']:8.2f}x")
+    print(f"peak RSS, rate 0.5 over rate 0         : "
+          f"{peaks[0.5]['peak_above_start'] / peaks[0.0]['peak_above_start']:8.2f}x")
     print(f"fp32 matmul peak (2048^3)              : {peak_flops / 1e9:8.1f} GFLOP/s ({_spread(evals['matmul'])} ms)")
     for name, label in (("full", "full 12 layers  "), ("pruned6", "pruned to 6     ")):
         rate = flops[name] / _med(evals[name])
         print(f"eval forward, {label}         : {1000 * _med(evals[name]):8.1f} ms ({_spread(evals[name])}), "
-              f"{flops[name] / 1e9:.1f} GFLOP, {rate / 1e9:.1f} GFLOP/s = {100 * rate / peak_flops:.0f} % of the matmul peak")
+              f"{flops[name] / 1e9:.1f} GFLOP, {rate / 1e9:.1f} GFLOP/s = {100 * rate / peak_flops:.0f} % "
+              "of the matmul peak")
     print(f"pruned-6 latency relative to full      : {_med(evals['pruned6']) / _med(evals['full']):8.2f}x")
 
     if a.json:
@@ -344,7 +347,8 @@ def main() -> None:
             "machine": platform.machine(), "torch": torch.__version__, "threads": a.threads,
             "settings": {"hidden": a.hidden, "batch": a.batch, "seq": a.seq, "steps": a.steps, "reps": a.reps},
             "train_step_ms": {str(r): ms[r] for r in rates},
-            "speed_up": {str(r): measured[r] for r in rates[1:]}, "ideal_speed_up": {str(r): ideal[r] for r in rates[1:]},
+            "speed_up": {str(r): measured[r] for r in rates[1:]},
+            "ideal_speed_up": {str(r): ideal[r] for r in rates[1:]},
             "parts_ms": {k: 1000 * v for k, v in parts.items()},
             "layers_run": {str(r): statistics.mean(runs[r]) for r in rates},
             "overhead_rate0": _med(overhead["rate0"]) / _med(overhead["plain"]) - 1,

@@ -26,7 +26,6 @@ import platform
 import socket
 import statistics
 import time
-from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
@@ -52,7 +51,8 @@ def _touch(model: nn.Module) -> torch.Tensor:
     """Zero times one element of each skipped layer's parameters: puts them in the graph, cheaply."""
     state = layerdrop.state_of(model)
     layers = layerdrop.find_layers(model).layers
-    firsts = [p.flatten()[0] for layer, kept in zip(layers, state.keep) if not kept for p in layer.parameters()]
+    firsts = [p.flatten()[0] for layer, kept in zip(layers, state.keep, strict=True) if not kept
+              for p in layer.parameters()]
     return torch.stack(firsts).sum() * 0.0 if firsts else torch.zeros(())
 
 
@@ -82,8 +82,10 @@ def _worker(rank: int, port: int, a: argparse.Namespace) -> None:
         variants[name] = (ddp, torch.optim.AdamW(ddp.parameters(), lr=1e-5, weight_decay=0.01), touch)
     g = torch.Generator().manual_seed(1 + rank)  # each rank its own data, as in data parallelism
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
-    run: Callable[[str, dict[str, torch.Tensor]], tuple[float, float]] = (
-        lambda k, batch: _step(variants[k][0], variants[k][1], batch, variants[k][2]))
+
+    def run(k: str, batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+        return _step(variants[k][0], variants[k][1], batch, variants[k][2])
+
     for i in range(a.warmup + a.steps):
         batch = {"input_ids": torch.randint(5, 1000, (a.batch, a.seq), generator=g),
                  "labels": torch.randint(0, 2, (a.batch,), generator=g)}

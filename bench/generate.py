@@ -31,8 +31,9 @@ spends some time per step on its own machinery, which a bare loop does not, so f
 decoding is also timed as a bare loop (one forward per token, the same KV cache), and the
 speed-up is given over both.
 
-    python bench/generate.py [--quick] [--json out.json] [--model smollm2-135m] [--prompts 16] [--adaptive] [--new-tokens 64] [--depths 30,20,15]
-                             [--speculative 15,20] [--draft-tokens 4] [--no-repeat-ngram 3] [--runs 3] [--threads 1]
+    python bench/generate.py [--quick] [--json out.json] [--model smollm2-135m] [--prompts 16] [--adaptive]
+                             [--new-tokens 64] [--depths 30,20,15] [--speculative 15,20] [--draft-tokens 4]
+                             [--no-repeat-ngram 3] [--runs 3] [--threads 1]
 
 ``--model`` is a local folder, a bundled name (``smollm2-135m``: converted once from GGUF into a
 cached folder, about 20 s the first time), or ``random``: a tiny randomly initialised Llama, for
@@ -153,7 +154,8 @@ def main() -> None:
     p.add_argument("--prompt", default=PROMPT, help="the prompt, when --prompts is 1")
     p.add_argument("--prompts", type=int, default=1,
                    help="more than 1: that many varied prompts, the first 12 words of test texts of --prompt-data")
-    p.add_argument("--prompt-data", default="kjv,20newsgroups", help="comma-separated corpora the prompts alternate over")
+    p.add_argument("--prompt-data", default="kjv,20newsgroups",
+                   help="comma-separated corpora the prompts alternate over")
     p.add_argument("--adaptive", action="store_true", help="also time each draft with an adaptive draft length")
     p.add_argument("--confidence", type=float, default=0.0,
                    help="also time each draft ending a round after a token it gives less than this probability "
@@ -225,20 +227,22 @@ def main() -> None:
     prompt_tokens = [len(tokenizer(p).input_ids) for p in prompts]
     print(f"# bench/generate.py{' --quick' if a.quick else ''}: {a.model} ({model.config.model_type}, {num_layers} "
           f"layers), {len(prompts)} prompt(s) of {min(prompt_tokens)}-{max(prompt_tokens)} tokens, {a.new_tokens} new "
-          f"tokens each, greedy{f' with no repeated {a.no_repeat_ngram}-gram' if a.no_repeat_ngram else ''}, KV cache, {a.threads} threads, torch {torch.__version__}, {platform.machine()}, "
+          f"tokens each, greedy{f' with no repeated {a.no_repeat_ngram}-gram' if a.no_repeat_ngram else ''}, "
+          f"KV cache, {a.threads} threads, torch {torch.__version__}, {platform.machine()}, "
           f"median of {a.runs}")
     print(f"{'full-depth greedy text':<38}: {100 * repeated:.0f} % of its 4-grams repeated (mean over the prompts; "
           f"{100 * max(shares, default=float('nan')):.0f} % at most; a loop repeats most of them)")
     for d in sorted({*depths, num_layers}, reverse=True):
         label = f"depth {d}{' (full)' if d == num_layers else ''}, HF generate"
         print(f"{label:<38}: {rate(f'depth {d}'):8.1f} tokens/s")
-    bare_same = all(b.text.startswith(r.text) for b, r in zip(results["bare"][0], reference))  # it does not stop at EOS
+    # it does not stop at EOS
+    bare_same = all(b.text.startswith(r.text) for b, r in zip(results["bare"][0], reference, strict=True))
     print(f"{f'depth {num_layers} (full), bare loop':<38}: {rate('bare'):8.1f} tokens/s "
           f"(same text as HF generate: {'yes' if bare_same else 'NO'})")
     speculative = {}
     for name in [n for n in variants if n.startswith("speculative")]:
         runs = results[name]
-        same = all(g.token_ids == r.token_ids for run in runs for g, r in zip(run, reference))
+        same = all(g.token_ids == r.token_ids for run in runs for g, r in zip(run, reference, strict=True))
         drafted, accepted = sum(g.drafted for g in runs[0]), sum(g.accepted for g in runs[0])
         speed = rate(name)
         k, schedule = int(name.split()[1]), name.split()[2] if len(name.split()) > 2 else ""
@@ -291,7 +295,8 @@ def main() -> None:
         write_json(a.json, {
             "script": "bench/generate.py", "quick": a.quick, "date": time.strftime("%Y-%m-%d"),
             "torch": torch.__version__, "threads": a.threads, "model": a.model, "layers": num_layers,
-            "new_tokens": a.new_tokens, "runs": a.runs, "no_repeat_ngram": a.no_repeat_ngram, "tokens_per_s": {name: rate(name) for name in variants},
+            "new_tokens": a.new_tokens, "runs": a.runs, "no_repeat_ngram": a.no_repeat_ngram,
+            "tokens_per_s": {name: rate(name) for name in variants},
             "prompts": len(prompts), "repeated_4grams": repeated, "speculative": speculative, "costs": costs,
             "draft_memory_mib": {"rss": rss_draft - rss, "own_parameters": own},
         })

@@ -126,7 +126,8 @@ def main() -> None:
 
     port = _free_port()
     command = [sys.executable, "-m", "layerdrop.cli", "serve", a.model, "--port", str(port),
-               "--queue-size", str(a.queue_size), "--max-tokens", str(max(a.max_tokens, 16)), "--threads", str(a.threads)]
+               "--queue-size", str(a.queue_size), "--max-tokens", str(max(a.max_tokens, 16)),
+               "--threads", str(a.threads)]
     if a.depths:
         command += ["--depths", a.depths]
     a.out.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@ Distils TEACHER into its every-other cut to --depth for --steps steps twice, wit
 logits computed once (``--cache-teacher``, the default) and with the teacher run each step
 (``--no-cache-teacher``), and prints the seconds of each part. Results: docs/benchmarks.md.
 
-    python bench/teacher_cache.py [TEACHER] [--data DATASET] [--quick] [--json out.json] [--depth 3] [--steps 60] [--rows 1600] [--freeze-embeddings] [--out runs/teacher-cache]
+    python bench/teacher_cache.py [TEACHER] [--data DATASET] [--quick] [--json out.json] [--depth 3] [--steps 60]
+                                  [--rows 1600] [--freeze-embeddings] [--out runs/teacher-cache]
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def main() -> None:
         train = float(json.loads((result.model_dir / "layerdrop.json").read_text())["train_seconds"])
         results[cache] = (result.cache_seconds, train)
     print(f"# bench/teacher_cache.py: {a.teacher} cut to {a.depth} layers, {a.rows} rows, {a.steps} steps of "
-          f"{a.batch} x {a.length} tokens, {torch.get_num_threads()} threads, torch {torch.__version__}, {platform.machine()}")
+          f"{a.batch} x {a.length} tokens, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"{platform.machine()}")
     print("| teacher | computing its logits (s) | per step (s) | one epoch of these rows (s) |")
     print("|---|---|---|---|")
     steps_per_epoch = -(-a.rows // a.batch)
@@ -79,7 +81,8 @@ def main() -> None:
         write_json(a.json, {"script": "bench/teacher_cache.py", "quick": a.quick, "date": time.strftime("%Y-%m-%d"),
                             "torch": torch.__version__, "threads": torch.get_num_threads(), "teacher": a.teacher,
                             "depth": a.depth, "rows": a.rows, "steps": a.steps, "batch": [a.batch, a.length],
-                            **{("cached" if cache else "live"): {"teacher_logits_s": once, "per_step_s": train / a.steps}
+                            **{("cached" if cache else "live"): {"teacher_logits_s": once,
+                                                                 "per_step_s": train / a.steps}
                                for cache, (once, train) in results.items()}})
 
 

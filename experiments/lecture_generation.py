@@ -11,7 +11,8 @@ text). Sampling: temperature 1, top-p 0.95, seed i for prompt i.
 Writes OUT/generation.json after every depth; run again with the same settings to continue where
 it stopped (a depth already there is not measured again).
 
-    python experiments/lecture_generation.py runs/lecture/gen-kjv --model runs/kjv/model --depths 6,4,3,2 --speculative 2,3
+    python experiments/lecture_generation.py runs/lecture/gen-kjv --model runs/kjv/model --depths 6,4,3,2 \\
+        --speculative 2,3
     python experiments/lecture_generation.py runs/lecture/gen-smollm2 --model smollm2-135m --depths 30,20,15 \\
         --speculative 15 --prompts 4 --eval-rows 40
 """
@@ -106,7 +107,8 @@ def main() -> None:
                 runs = [generate(model, tokenizer, q, max_new_tokens=a.new_tokens, speculative=k) for q in prompts]
                 rate = statistics.median(r.tokens_per_second for r in runs)
                 row["speculative"].append({
-                    "draft_depth": k, "acceptance": sum(r.accepted for r in runs) / max(1, sum(r.drafted for r in runs)),
+                    "draft_depth": k,
+                    "acceptance": sum(r.accepted for r in runs) / max(1, sum(r.drafted for r in runs)),
                     "tokens_per_second": rate, "speed_up": rate / row["greedy"]["tokens_per_second"]})
         row["seconds"] = round(time.time() - start, 1)
         rows[depth] = row

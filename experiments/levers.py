@@ -1,4 +1,5 @@
-"""Quality-bar levers: one Rotten Tomatoes run (or, with ``--task lm``, one KJV LM run) of the demo's recipe, with changes.
+"""Quality-bar levers: one Rotten Tomatoes run (or, with ``--task lm``, one KJV LM run) of the demo's recipe,
+with changes.
 
 Trains MiniLM-L6 exactly as ``layerdrop demo --full`` trains its LayerDrop run (all training
 rows, 2 epochs, batch 32, learning rate 5e-5, head 1e-3, 64 tokens, mean pooling, rate 0.5,
@@ -13,7 +14,8 @@ Prints one line of scores and writes ``OUT/sweep.json`` (with the optimizer step
 curve from the final checkpoint's log). A finished run in ``OUT/rt`` is
 reused and an unfinished one resumed, so re-running the same command continues it.
 
-    python experiments/levers.py OUT [name=value ...] [--task classification|lm] [--size full|demo] [--split test|valid] [--threads N]
+    python experiments/levers.py OUT [name=value ...] [--task classification|lm] [--size full|demo]
+                                 [--split test|valid] [--threads N]
 
     python experiments/levers.py runs/levers/every-other pattern=every-other
     python experiments/levers.py runs/levers/every-other-3ep pattern=every-other epochs=3
@@ -102,8 +104,8 @@ def main() -> None:
     last = last_complete_checkpoint(model_dir.parent / "checkpoints")  # the final one: its log is the whole run's
     state = json.loads((last / "trainer_state.json").read_text()) if last else {}
     steps = state.get("global_step")
-    write_json(args.out / "sweep.json", {"config": cfg.flat(), "task": args.task, "size": args.size, "split": args.split,
-                                         "minutes": (time.time() - start) / 60,
+    write_json(args.out / "sweep.json", {"config": cfg.flat(), "task": args.task, "size": args.size,
+                                         "split": args.split, "minutes": (time.time() - start) / 60,
                                          "train_seconds": meta.get("train_seconds"), "steps": steps,
                                          "loss_curve": [[h["step"], h["loss"]] for h in state.get("log_history", [])
                                                         if "loss" in h],

@@ -21,7 +21,8 @@ class _Grads(TrainerCallback):
     def __init__(self) -> None:
         self.grads: dict[str, torch.Tensor] = {}
 
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+    def on_pre_optimizer_step(  # type: ignore[no-untyped-def]  # HF hook's signature
+            self, args, state, control, model=None, **kwargs):
         if not self.grads:
             self.grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -52,9 +53,11 @@ def _qa_model() -> torch.nn.Module:
 PATHS = {
     # name: (task, model factory, trainer class, trainer options)
     "plain": ("classification", lambda: layerdrop.apply(make("bert"), rate=0.0), LayerDropTrainer, {}),
-    "classifier": ("classification", lambda: layerdrop.apply(Classifier(make("bert").bert, num_labels=3, dropout=0.0), rate=0.0),
+    "classifier": ("classification",
+                   lambda: layerdrop.apply(Classifier(make("bert").bert, num_labels=3, dropout=0.0), rate=0.0),
                    LayerDropTrainer, {}),
-    "classifier-hf-trainer": ("classification", lambda: Classifier(make("bert").bert, num_labels=3, dropout=0.0), Trainer, {}),
+    "classifier-hf-trainer": ("classification", lambda: Classifier(make("bert").bert, num_labels=3, dropout=0.0),
+                              Trainer, {}),
     "self-distilled": ("classification", lambda: layerdrop.apply(make("bert"), rate=0.0), LayerDropTrainer,
                        {"self_distill": True}),
     "teacher": ("classification", lambda: layerdrop.prune(make("bert"), depth=2), LayerDropTrainer,

@@ -18,7 +18,8 @@ def compared(tmp_path_factory, minilm_tokenizer):
     folder = tmp_path_factory.mktemp("bert")
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
-                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)).save_pretrained(folder)
+                         num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=64)).save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
     data = write_reviews(tmp_path_factory.mktemp("data") / "reviews.csv")
     cfg = CompareConfig(model=str(folder), data=data, out=str(tmp_path_factory.mktemp("compare")), depths="4,2",
@@ -50,9 +51,9 @@ def test_the_report_gives_the_cost_of_serving_every_depth(compared):
     md = (result.out / "compare.md").read_text()
     assert "What serving every depth of the table costs" in md and "★" in md
     serving = md.split("costs each method")[1]
-    line = next(l for l in serving.splitlines() if l.startswith("| LayerDrop, cut and healed"))
+    line = next(row for row in serving.splitlines() if row.startswith("| LayerDrop, cut and healed"))
     assert line.split("|")[2].strip() == "2"  # the LayerDrop run and one heal
-    line = next(l for l in serving.splitlines() if l.startswith("| fixed depth"))
+    line = next(row for row in serving.splitlines() if row.startswith("| fixed depth"))
     assert line.split("|")[2].strip() == "2"  # full depth is in the table: the plain run, and one per depth
     data = json.loads((result.out / "compare.json").read_text())
     assert len(data["rows"]) == len(result.rows) and (result.out / "compare.csv").is_file()
@@ -120,7 +121,7 @@ def test_a_decoder_is_compared_by_perplexity_every_method_from_one_untrained_sta
     md = (result.out / "compare.md").read_text()
     assert "test perplexity" in md and "lower is better" in md
     best = min(result.rows, key=lambda r: (r.score, r.latency_ms))
-    line = next(l for l in md.splitlines() if l.startswith("|") and f"| {best.score:.2f} |" in l)
+    line = next(row for row in md.splitlines() if row.startswith("|") and f"| {best.score:.2f} |" in row)
     assert "★" in line  # the lowest perplexity is on the Pareto front
     with pytest.raises(ValueError, match="built for other settings .*train_rows"):
         run_compare(dataclasses.replace(cfg, train_rows=32))  # the untrained start was built from 64 rows

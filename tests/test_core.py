@@ -70,7 +70,7 @@ def test_skipped_layers_get_no_gradient(arch_name):
         keep = model.layerdrop_state.mask.keep
         if not all(keep):
             break
-    for layer, kept in zip(layers, keep):
+    for layer, kept in zip(layers, keep, strict=True):
         grads = [p.grad for p in layer.parameters()]
         assert all(g is not None for g in grads) if kept else all(g is None for g in grads)
 
@@ -470,4 +470,4 @@ def test_top_level_names_resolve_lazily_and_the_cutting_module_is_a_module():
     for name in layerdrop.__all__:
         assert getattr(layerdrop, name) is not None
     with pytest.raises(AttributeError):
-        layerdrop.no_such_name
+        _ = layerdrop.no_such_name

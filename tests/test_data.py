@@ -38,7 +38,7 @@ def _texts(splits: Splits) -> list[tuple[str, ...]]:
 
 def _error_for(path: Path | str, **kwargs: object) -> str:
     with pytest.raises(DataError) as info:
-        load(path, **kwargs)  # type: ignore[arg-type]
+        load(path, **kwargs)  # type: ignore[arg-type]  # each caller passes options of load's own types
     return str(info.value)
 
 
@@ -124,7 +124,7 @@ def test_kjv_is_an_unlabelled_corpus_split_into_contiguous_blocks() -> None:
 def test_chinese_sentiment_is_deduplicated_with_neg_pos_labels() -> None:
     s = load("chinese-sentiment")
     assert s.train.label_names == ("neg", "pos")
-    rows = [(t, y) for d in _all(s) for t, y in zip(d.texts, d.labels or ())]
+    rows = [(t, y) for d in _all(s) for t, y in zip(d.texts, d.labels or (), strict=True)]
     assert len(rows) == 17363
     assert len({t for t, _ in rows}) == len(rows)  # no duplicate texts, none in both classes
     assert Counter(y for _, y in rows) == {0: 9031, 1: 8332}
@@ -260,27 +260,27 @@ def test_csv_string_labels_map_to_ids_in_sorted_order(tmp_path: Path) -> None:
     path = _write(tmp_path / "a.csv", "label,text\npos,good\nneg,bad\nmeh,so-so\npos,great\n")
     s = load(path, valid_fraction=0.0, test_fraction=0.0)
     assert s.train.label_names == ("meh", "neg", "pos")
-    assert dict(zip(s.train.texts, s.train.labels or ())) == {"good": 2, "bad": 1, "so-so": 0, "great": 2}
+    assert dict(zip(s.train.texts, s.train.labels or (), strict=True)) == {"good": 2, "bad": 1, "so-so": 0, "great": 2}
 
 
 def test_csv_int_labels_are_class_ids(tmp_path: Path) -> None:
     path = _write(tmp_path / "a.csv", "text,label\nzero,0\ntwo,2\n")
     s = load(path, valid_fraction=0.0, test_fraction=0.0)
     assert s.train.label_names == ("0", "1", "2")
-    assert dict(zip(s.train.texts, s.train.labels or ())) == {"zero": 0, "two": 2}
+    assert dict(zip(s.train.texts, s.train.labels or (), strict=True)) == {"zero": 0, "two": 2}
 
 
 def test_label_names_fix_the_id_of_each_string_label(tmp_path: Path) -> None:
     path = _write(tmp_path / "a.csv", "text,label\ngood,pos\nbad,neg\n")
     s = load(path, label_names=["pos", "neg"], valid_fraction=0.0, test_fraction=0.0)
     assert s.train.label_names == ("pos", "neg")
-    assert dict(zip(s.train.texts, s.train.labels or ())) == {"good": 0, "bad": 1}
+    assert dict(zip(s.train.texts, s.train.labels or (), strict=True)) == {"good": 0, "bad": 1}
 
 
 def test_label_names_name_integer_labels(tmp_path: Path) -> None:
     path = _write(tmp_path / "a.jsonl", '{"text": "good", "label": 1}\n{"text": "bad", "label": 0}\n')
     s = load(path, label_names=["neg", "pos"], valid_fraction=0.0, test_fraction=0.0)
-    assert dict(zip(s.train.texts, s.train.labels or ())) == {"good": 1, "bad": 0}
+    assert dict(zip(s.train.texts, s.train.labels or (), strict=True)) == {"good": 1, "bad": 0}
 
 
 def test_tsv_with_custom_columns_and_quoted_multiline_text(tmp_path: Path) -> None:
@@ -300,7 +300,7 @@ def test_jsonl_string_and_int_labels(tmp_path: Path) -> None:
     path = _write(tmp_path / "i.jsonl", "\n".join(json.dumps(r) for r in rows))
     s = load(path)
     assert s.train.label_names == ("0", "1", "2")
-    assert all(int(t[1:]) % 3 == y for d in _all(s) for t, y in zip(d.texts, d.labels or ()))
+    assert all(int(t[1:]) % 3 == y for d in _all(s) for t, y in zip(d.texts, d.labels or (), strict=True))
 
 
 def test_label_column_none_loads_an_unlabelled_corpus(tmp_path: Path) -> None:
@@ -345,7 +345,7 @@ def test_hf_datasets_folder_keeps_its_validation_split_and_class_label_names(tmp
     s = load(tmp_path / "hf", seed=1)
     assert sorted(s.valid.texts) == ["v0", "v1", "v2"]  # the folder's own split, not carved from train
     assert s.train.label_names == ("neg", "pos")
-    assert dict(zip(s.valid.texts, s.valid.labels)) == {"v0": 1, "v1": 1, "v2": 0}
+    assert dict(zip(s.valid.texts, s.valid.labels, strict=True)) == {"v0": 1, "v1": 1, "v2": 0}
     assert len(s.train) + len(s.test) == 20 and not set(s.test.texts) & set(s.train.texts)
 
 

@@ -33,7 +33,8 @@ def teacher(tmp_path_factory, minilm_tokenizer, reviews):
     folder = tmp_path_factory.mktemp("bert")
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=minilm_tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
-                         num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)).save_pretrained(folder)
+                         num_attention_heads=2, intermediate_size=64,
+                         max_position_embeddings=128)).save_pretrained(folder)
     minilm_tokenizer.save_pretrained(folder)
     out = tmp_path_factory.mktemp("teacher")
     return str(train_or_reuse(TrainConfig.from_flat(task="classification", model=str(folder), data=reviews,
@@ -146,7 +147,8 @@ def test_a_finished_run_is_reused_an_unfinished_one_resumes_and_other_settings_a
         run_or_reuse(cfg.replace(alpha_kd=1.0))
 
 
-def test_the_teacher_cache_and_the_cut_are_reused_only_for_the_same_teacher_data_and_encoding(teacher, reviews, tmp_path):
+def test_the_teacher_cache_and_the_cut_are_reused_only_for_the_same_teacher_data_and_encoding(
+        teacher, reviews, tmp_path):
     out = tmp_path / "d"
     first = run(_config(teacher, reviews, out, depth=2, max_steps=10))
     assert first.cache_seconds > 0

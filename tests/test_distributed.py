@@ -114,10 +114,10 @@ def _train(rank: int, out: str, scenario: str) -> None:
                 loss.backward()
             masks.append(state.mask.keep)
             losses.append(loss.item())
-            used = [u or k for u, k in zip(used, state.mask.keep)]
+            used = [u or k for u, k in zip(used, state.mask.keep, strict=True)]
         # As in one process: a layer skipped in every micro-step has no gradient at all.
         grads_as_in_one_process.append(all(
-            all((p.grad is not None) == u for p in layer.parameters()) for layer, u in zip(layers, used)))
+            all((p.grad is not None) == u for p in layer.parameters()) for layer, u in zip(layers, used, strict=True)))
         optimizer.step()
     params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in model.parameters()]
     torch.save({"masks": masks, "losses": losses, "grads": grads_as_in_one_process, "params": _flat(params)},

@@ -39,7 +39,7 @@ def _q4_0(x: np.ndarray) -> tuple[bytes, np.ndarray]:
     inv = np.where(d != 0, 1 / d.astype(np.float32), 0)
     q = np.clip(np.round(blocks * inv[:, None]) + 8, 0, 15).astype(np.uint8)
     packed = q[:, :16] | (q[:, 16:] << 4)
-    raw = b"".join(dd.tobytes() + row.tobytes() for dd, row in zip(d, packed))
+    raw = b"".join(dd.tobytes() + row.tobytes() for dd, row in zip(d, packed, strict=True))
     decoded = (q.astype(np.float32) - 8) * d.astype(np.float32)[:, None]
     return raw, decoded.reshape(x.shape)
 

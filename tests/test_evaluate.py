@@ -85,7 +85,8 @@ def test_plots_are_written_as_png(tmp_path):
     for plot, name in ((plot_quality_vs_depth, "d.png"), (plot_quality_vs_latency, "l.png")):
         path = plot(series, "accuracy", tmp_path / name)
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    path = plot_layer_importance({"block influence": [0.1, 0.5, 0.2], "learned rate": [3.0, 1.0, 2.0]}, tmp_path / "i.png")
+    path = plot_layer_importance({"block influence": [0.1, 0.5, 0.2], "learned rate": [3.0, 1.0, 2.0]},
+                                 tmp_path / "i.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

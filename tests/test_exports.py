@@ -37,7 +37,8 @@ CLIENT = textwrap.dedent("""
         if client == "pipeline":
             from transformers import pipeline
             classify = pipeline("text-classification", model=folder, device="cpu")
-            out[folder] = [{r["label"]: r["score"] for r in rows} for rows in classify(texts, top_k=None, truncation=True)]
+            out[folder] = [{r["label"]: r["score"] for r in rows}
+                           for rows in classify(texts, top_k=None, truncation=True)]
         else:
             import torch
             from sentence_transformers import SentenceTransformer
@@ -104,7 +105,7 @@ def _layerdrop_predictions(folder):
     rows, _ = encode_classification(tokenizer, TextDataset("t", TEXTS, None, None), MAX_LENGTH)
     with torch.no_grad():
         logits = model(**DataCollatorWithPadding(tokenizer, return_tensors="pt")(rows)).logits  # (N, C)
-    return [dict(zip(names, row.tolist())) for row in torch.softmax(logits, -1)]
+    return [dict(zip(names, row.tolist(), strict=True)) for row in torch.softmax(logits, -1)]
 
 
 @pytest.mark.parametrize("stage", ["trained", "pruned"])
@@ -113,7 +114,7 @@ def test_a_standard_client_predicts_what_layerdrop_predicts(kind, stage, exports
     folder = exports[kind][stage]
     ours, theirs = _layerdrop_predictions(folder), client_predictions[folder]
     assert [set(p) for p in theirs] == [{"neg", "pos"}] * len(TEXTS)
-    for mine, client in zip(ours, theirs):
+    for mine, client in zip(ours, theirs, strict=True):
         assert client == pytest.approx(mine, abs=1e-5)
     assert len({round(p["pos"], 4) for p in ours}) > 1  # the texts differ, so the comparison could fail
 

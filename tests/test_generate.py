@@ -300,7 +300,7 @@ def test_a_confidence_threshold_drafts_less_and_keeps_the_greedy_output(decoders
 
 def test_speculative_decoding_reports_consistent_acceptance(decoders, tok):
     rejections = 0
-    for name, model in decoders.items():
+    for model in decoders.values():
         result = generate(model, tok, "in the beginning", max_new_tokens=12, speculative=2, draft_tokens=3)
         assert 0 <= result.accepted <= result.drafted <= 3 * result.new_tokens
         assert result.drafted > 0 and result.seconds > 0 and result.tokens_per_second > 0
@@ -408,7 +408,7 @@ def test_generate_cli_bans_repeated_ngrams_with_or_without_a_draft(saved_lm, cap
     assert "--no-repeat-ngram must be 0" in capsys.readouterr().err
 
 
-# --------------------------------------------------------------------------- generation at a depth shares the model (issue 12, bug 2)
+# ---------------------------------------- generation at a depth shares the model (issue 12, bug 2)
 
 
 def _snapshot(model):
@@ -453,7 +453,7 @@ def test_generation_at_a_depth_copies_nothing(decoders, tok, monkeypatch):
     deepcopy = copy.deepcopy
     copied = []
 
-    def watching(obj, memo=None, _nil=[]):
+    def watching(obj, memo=None, _nil=None):  # copy.deepcopy's parameters
         if isinstance(obj, (torch.nn.Module, torch.Tensor)):
             copied.append(type(obj).__name__)
         return deepcopy(obj, memo)

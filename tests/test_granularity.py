@@ -78,11 +78,11 @@ def _head_hooks(model):
 
 def _drop_sublayers_by_hand(name, plain, sublayer_keep):
     """Make ``plain`` compute what layerdrop computes for ``sublayer_keep``, by other means."""
-    for layer, keep in zip(_layers(plain), sublayer_keep):
+    for layer, keep in zip(_layers(plain), sublayer_keep, strict=True):
         if not any(keep):  # nothing of the layer runs: the whole layer is skipped
             layer.register_forward_hook(lambda module, args, out: args[0])
         elif name in _LAST_PROJECTION:
-            for path, kept in zip(_LAST_PROJECTION[name], keep):
+            for path, kept in zip(_LAST_PROJECTION[name], keep, strict=True):
                 if not kept:
                     projection = layer.get_submodule(path)
                     with torch.no_grad():
@@ -90,7 +90,7 @@ def _drop_sublayers_by_hand(name, plain, sublayer_keep):
                         if projection.bias is not None:
                             projection.bias.zero_()
         else:
-            for path, kept in zip(_PASS_THROUGH, keep):
+            for path, kept in zip(_PASS_THROUGH, keep, strict=True):
                 if not kept:
                     layer.get_submodule(path).register_forward_hook(_PASS_THROUGH[path])
     return plain
@@ -99,7 +99,7 @@ def _drop_sublayers_by_hand(name, plain, sublayer_keep):
 def _zero_heads_by_hand(plain, head_keep, scale=None):
     """Zero the input columns of each output projection that carry a dropped head."""
     arch = _arch(plain)
-    for i, (layer, keep) in enumerate(zip(_layers(plain), head_keep)):
+    for i, (layer, keep) in enumerate(zip(_layers(plain), head_keep, strict=True)):
         projection = layer.get_submodule(arch.head_proj)
         width = projection.weight.shape[1] if isinstance(projection, nn.Linear) else projection.weight.shape[0]
         d = width // HEADS
@@ -126,7 +126,7 @@ def test_dropped_sublayer_is_never_called_while_the_other_runs(arch_name):
         model(input_ids=tokens())
         state = model.layerdrop_state
         for i, keep in enumerate(state.mask.sublayers):
-            assert [after > b for after, b in zip(counts[i], before[i])] == list(keep), (i, keep)
+            assert [after > b for after, b in zip(counts[i], before[i], strict=True)] == list(keep), (i, keep)
             assert state.mask.keep[i] == any(keep)
             if any(keep) and not all(keep):
                 mixed.add(keep)
@@ -210,8 +210,8 @@ def test_gradient_reaches_only_sublayers_that_ran(arch_name):
         if any(k[0] != k[1] for k in keep):
             break
     sublayers = _arch(model).sublayers
-    for layer, layer_keep in zip(_layers(model), keep):
-        for sublayer, kept in zip(sublayers, layer_keep):
+    for layer, layer_keep in zip(_layers(model), keep, strict=True):
+        for sublayer, kept in zip(sublayers, layer_keep, strict=True):
             grads = [p.grad for path in sublayer.covers for p in layer.get_submodule(path).parameters()]
             assert grads and all((g is not None) == kept for g in grads), (sublayer.name, kept)
 
@@ -272,8 +272,8 @@ def test_sublayer_rescale_scales_kept_sublayer_outputs_in_training():
     out = logits(model, ids)
     keep = model.layerdrop_state.mask.sublayers
     plain = _drop_sublayers_by_hand("llama", make("llama").eval(), keep)
-    for layer, layer_keep in zip(_layers(plain), keep):
-        for path, kept in zip(_LAST_PROJECTION["llama"], layer_keep):
+    for layer, layer_keep in zip(_layers(plain), keep, strict=True):
+        for path, kept in zip(_LAST_PROJECTION["llama"], layer_keep, strict=True):
             if kept:
                 with torch.no_grad():
                     layer.get_submodule(path).weight /= 1 - rate

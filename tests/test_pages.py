@@ -89,7 +89,8 @@ def test_a_page_is_rebuilt_from_its_runs_and_its_prose_kept(tmp_path, runs):
     assert "stale table" not in text
     sweep = json.loads((runs / "runs/sweep/sweep.json").read_text())
     for point in sweep["points"]["every-other"]:
-        assert f"| every-other | {point['depth']} | {' '.join(map(str, point['kept']))} | {point['score']:.2f} |" in text
+        kept = " ".join(map(str, point["kept"]))
+        assert f"| every-other | {point['depth']} | {kept} | {point['score']:.2f} |" in text
     assert "| rate0.2 | 84.0 % | 79.0 % | 3.00 | 0.400 | 0.700 |" in text
     assert "| rate0.5 | 83.0 % | 81.0 % | 2.70 |" in text
     assert "| 6 | 41.50 | 120.0 | 0.450 | 0.200 | 110.0 | 0.900 |  |" in text  # nan: no 4-grams, left blank
@@ -137,7 +138,8 @@ def test_a_malformed_block_is_named(block, message, runs, tmp_path):
 
 
 def test_the_marker_quoted_in_prose_is_left_alone(runs):
-    page = "Write `<!-- layerdrop:KIND RUN -->` above a table.\n<!-- layerdrop:sweep runs/sweep -->\nold\n<!-- /layerdrop -->\n"
+    page = ("Write `<!-- layerdrop:KIND RUN -->` above a table.\n<!-- layerdrop:sweep runs/sweep -->\nold\n"
+            "<!-- /layerdrop -->\n")
     text = refresh_text(page, runs, page_dir=None).text
     assert text.startswith("Write `<!-- layerdrop:KIND RUN -->` above a table.\n") and "| every-other |" in text
 
@@ -193,7 +195,8 @@ def test_the_importance_block_tabulates_and_draws_each_strategys_layer_scores(tm
 
 def test_an_importance_block_over_a_sweep_without_scores_says_which_strategies_have_them(tmp_path):
     (tmp_path / "runs/eo").mkdir(parents=True)
-    (tmp_path / "runs/eo/sweep.json").write_text(json.dumps({"records": {"every-other": [{"depth": 2, "scores": None}]}}))
+    (tmp_path / "runs/eo/sweep.json").write_text(
+        json.dumps({"records": {"every-other": [{"depth": 2, "scores": None}]}}))
     with pytest.raises(ValueError, match="data-driven or block-influence"):
         refresh_text("<!-- layerdrop:importance runs/eo image=a.png -->\n<!-- /layerdrop -->\n", tmp_path,
                      page_dir=None)

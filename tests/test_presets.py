@@ -249,7 +249,8 @@ def test_wrong_task_for_a_preset_lists_the_presets_for_that_task(name, task, val
 
 
 def test_unknown_task_lists_the_tasks(tokenizers):
-    with pytest.raises(ValueError, match="unknown task 'seq2seq'; choose one of \\['classification', 'clm', 'mlm', 'qa'\\]"):
+    with pytest.raises(ValueError,
+                       match="unknown task 'seq2seq'; choose one of \\['classification', 'clm', 'mlm', 'qa'\\]"):
         build("bert-tiny", tokenizers["wordpiece"], task="seq2seq")
     assert set(TASKS) == {"classification", "clm", "mlm", "qa"}
 
@@ -272,9 +273,9 @@ def test_bad_overrides_are_clear_errors(tokenizers):
 
 def test_presets_are_read_only():
     with pytest.raises(TypeError):
-        PRESETS["gpt2-tiny"].config["n_layer"] = 2  # type: ignore[index]
+        PRESETS["gpt2-tiny"].config["n_layer"] = 2  # type: ignore[index]  # read-only: what the test checks
     with pytest.raises(TypeError):
-        presets.PRESETS["mine"] = PRESETS["gpt2-tiny"]  # type: ignore[index]
+        presets.PRESETS["mine"] = PRESETS["gpt2-tiny"]  # type: ignore[index]  # read-only: what the test checks
 
 
 # --------------------------------------------------------------------------------------

@@ -130,7 +130,7 @@ def test_every_other_keeps_both_ends_and_spreads_evenly():
             assert kept[0] == 0
             if depth > 1:
                 assert kept[-1] == num_layers - 1
-            gaps = [b - a for a, b in zip(kept, kept[1:])]
+            gaps = [b - a for a, b in zip(kept, kept[1:], strict=False)]  # neighbours: kept[1:] is one shorter
             assert not gaps or max(gaps) - min(gaps) <= 1
 
 
@@ -163,7 +163,7 @@ def test_depth_and_keep_are_exclusive():
         layerdrop.prune(make("bert"))
 
 
-# --------------------------------------------------------------------------- pruning never touches its input (issue 12, bug 2)
+# -------------------------------------------------- pruning never touches its input (issue 12, bug 2)
 
 
 def _tree(model):
@@ -188,7 +188,7 @@ def test_pruning_leaves_the_layer_list_intact_even_while_it_copies(monkeypatch, 
     deepcopy = copy.deepcopy
     seen = []
 
-    def watching(obj, memo=None, _nil=[]):  # runs at every step of the copy
+    def watching(obj, memo=None, _nil=None):  # runs at every step of the copy
         now = layerdrop.find_layers(model)
         seen.append(now.layers is site.layers and list(now.layers) == blocks)
         return deepcopy(obj, memo)

@@ -24,7 +24,7 @@ def test_exponential_rates_start_at_zero_and_end_at_the_rate():
     r = exponential_rates(0.4, 5)
     assert r[0] == 0.0 and r[-1] == pytest.approx(0.4)
     assert r[2] == pytest.approx(0.4 * (math.sqrt(2) - 1))
-    assert all(a < b for a, b in zip(r, r[1:]))
+    assert all(a < b for a, b in zip(r, r[1:], strict=False))  # neighbours: r[1:] is one shorter
 
 
 def test_exponential_rates_of_a_single_layer_is_the_rate():

@@ -193,7 +193,8 @@ def test_the_command_serves_until_interrupted(lm_dir):
             except httpx.TransportError:
                 time.sleep(0.05)
         body = httpx.post(f"http://127.0.0.1:{port}/v1/completions", timeout=30,
-                          json={"model": f"{Path(lm_dir).name}@2", "prompt": "In the beginning", "max_tokens": 3}).json()
+                          json={"model": f"{Path(lm_dir).name}@2", "prompt": "In the beginning",
+                                "max_tokens": 3}).json()
         assert body["layerdrop"]["depth"] == 2
     finally:
         process.send_signal(signal.SIGINT)

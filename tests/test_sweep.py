@@ -90,7 +90,7 @@ def test_sweep_runs_every_depth_at_every_precision_on_one_pareto_front(tmp_path,
     for name, precision in (("every-other bfloat16", "bfloat16"), ("every-other int8", "int8")):
         assert [(r.depth, r.kept, r.precision) for r in result.points[name]] == [
             (r.depth, r.kept, precision) for r in base]  # the same layers, chosen once
-        assert all(abs(r.score - b.score) <= 0.25 for r, b in zip(result.points[name], base))
+        assert all(abs(r.score - b.score) <= 0.25 for r, b in zip(result.points[name], base, strict=True))
     table = (tmp_path / "sweep.md").read_text()
     assert "| precision |" in table and "| int8 |" in table and "★" in table
     rows = list(csv.reader((tmp_path / "sweep.csv").open()))
@@ -106,9 +106,10 @@ def test_sweep_latency_times_every_point_in_turn():
 
     calls = []
     models = [make("llama").eval(), make("llama").eval()]
-    for name, model in zip("ab", models):
+    for name, model in zip("ab", models, strict=True):
         for i, block in enumerate(find_layers(model).layers):
-            block.mlp.register_forward_hook(lambda *_, name=name, i=i: calls.append((name, i)))  # runs if the block does
+            # runs if the block does
+            block.mlp.register_forward_hook(lambda *_, name=name, i=i: calls.append((name, i)))
     points = [(models[0], [0, 2]), (models[1], [1]), (models[0], [3])]
     ms = interleaved_latency_ms(points, {"input_ids": tokens()}, reps=2)
     assert len(ms) == 3 and all(t > 0 for t in ms)

@@ -252,7 +252,7 @@ def test_long_doc_makes_overlapping_windows(tmp_path, bert_dir, reviews):
     rows, doc_of = encode_classification(tok, split, max_length=8, stride=2)
     assert len(rows) > len(split) and sorted(set(doc_of)) == list(range(len(split)))
     assert all(len(r["input_ids"]) <= 8 for r in rows)
-    assert all(r["labels"] == split.labels[d] for r, d in zip(rows, doc_of))
+    assert all(r["labels"] == split.labels[d] for r, d in zip(rows, doc_of, strict=True))
 
 
 @pytest.mark.parametrize("data_driven", [False, True])
@@ -457,7 +457,8 @@ def test_freeze_embeddings_keeps_the_word_embeddings_and_trains_the_rest(tmp_pat
 
     run(_quick(task="classification", model=bert_dir, data=reviews, out=str(tmp_path / "f"), freeze_embeddings=True,
                max_steps=2))
-    before, after = load_file(f"{bert_dir}/model.safetensors"), load_file(tmp_path / "f" / "model" / "model.safetensors")
+    before = load_file(f"{bert_dir}/model.safetensors")
+    after = load_file(tmp_path / "f" / "model" / "model.safetensors")
     word, query = "embeddings.word_embeddings.weight", "encoder.layer.0.attention.self.query.weight"
     assert torch.equal(after[word], before[word])
     assert not torch.equal(after[query], before[query])

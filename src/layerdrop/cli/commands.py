@@ -56,7 +56,8 @@ def prune(model: str, out: str, depth: int | None = None, keep: str | None = Non
         out: Output folder; written atomically.
         depth: Number of layers to keep, chosen by --strategy.
         keep: Comma-separated 0-based layer indices to keep instead, e.g. 0,2,5.
-        strategy: every-other, search, block-influence, angular, top or data-driven (search and the importance metrics need --data; data-driven needs a model trained with --data-driven).
+        strategy: every-other, search, block-influence, angular, top or data-driven (search and the importance
+            metrics need --data; data-driven needs a model trained with --data-driven).
         data: Dataset name or file: the validation split scores the choice (and calibrates the importance metrics).
         rows: Validation rows used with --data.
     """
@@ -109,12 +110,13 @@ def sweep(config: SweepConfig) -> int:
     """Measure quality, latency and parameters at every depth for each layer-choice strategy.
 
     MODEL is a saved classifier (accuracy), QA model (F1) or causal LM (perplexity);
-    --data is scored on its validation split (--split test for a final table). Writes sweep.csv, sweep.json, sweep.md and
-    PNG plots (quality against depth, against latency with the Pareto front,
+    --data is scored on its validation split (--split test for a final table). Writes sweep.csv,
+    sweep.json, sweep.md and PNG plots (quality against depth, against latency with the Pareto front,
     and per-layer importance) to --out.
 
     Example:
-      layerdrop sweep runs/rt/model --data rotten-tomatoes --strategies every-other,search,block-influence --out runs/rt-sweep
+      layerdrop sweep runs/rt/model --data rotten-tomatoes --strategies every-other,search,block-influence \\
+        --out runs/rt-sweep
     """
     from layerdrop.recipes.sweep import run_sweep
 
@@ -167,10 +169,15 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
         speculative: Self-speculative decoding with a draft of this many (every-other) layers; greedy only.
             With --depth D too, the draft is K layers of the D-layer model, and the text is that model's.
         draft_tokens: Tokens the draft proposes per verification (with --speculative).
-        adaptive_draft: Adapt the draft length round by round: 2 more after a fully accepted round, 1 fewer after a rejection (--draft-tokens starts it).
-        draft_confidence: End a round's drafting after a token the draft gives a probability below this (0 is off; HF's default for assisted decoding is 0.4); --draft-tokens is then the most a round drafts.
-        no_repeat_ngram: Never repeat an n-gram of this size (prompt included), so greedy text cannot loop; 0 is off. Works with --speculative.
-        strategy: How --depth chooses its layers: every-other, search, angular, block-influence, top or data-driven (search, angular and block-influence need --data; search scores each candidate on its validation rows).
+        adaptive_draft: Adapt the draft length round by round: 2 more after a fully accepted round, 1 fewer
+            after a rejection (--draft-tokens starts it).
+        draft_confidence: End a round's drafting after a token the draft gives a probability below this (0 is
+            off; HF's default for assisted decoding is 0.4); --draft-tokens is then the most a round drafts.
+        no_repeat_ngram: Never repeat an n-gram of this size (prompt included), so greedy text cannot loop; 0 is
+            off. Works with --speculative.
+        strategy: How --depth chooses its layers: every-other, search, angular, block-influence, top or
+            data-driven (search, angular and block-influence need --data; search scores each candidate on its
+            validation rows).
         data: Dataset name or text file whose validation rows calibrate --strategy.
     """
     from transformers import AutoTokenizer
@@ -198,7 +205,7 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
     if depth is not None and strategy != "every-other":  # the layers, chosen before any output
         check_depth(depth, len(find_layers(lm).layers))
         keep = choose_with(strategy, lm, depth, strategy_scorers(lm, tokenizer, data) if data else None).kept
-    started = []
+    started: list[bool] = []
 
     def show(text: str) -> None:  # the note and the prompt wait for the first token: every check has passed
         if not started:
@@ -220,8 +227,8 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
         note += (f"; speculative: draft of {result.draft_depth} layers, {result.accepted} of {result.drafted} "
                  f"drafted tokens accepted ({100 * result.acceptance_rate:.0f} %)")
     layers = f" (layers {', '.join(map(str, result.kept))})" if result.kept is not None else ""
-    print(f"[{result.new_tokens} tokens at depth {result.depth}{layers}, {result.tokens_per_second:.1f} tokens/s{note}]",
-          file=sys.stderr)
+    print(f"[{result.new_tokens} tokens at depth {result.depth}{layers}, "
+          f"{result.tokens_per_second:.1f} tokens/s{note}]", file=sys.stderr)
     return 0
 
 
@@ -303,7 +310,8 @@ def serve(config: ServeConfig) -> int:
     Examples:
       layerdrop serve out/demo/rt-layerdrop0.5-every-other/model --sweep runs/rt-sweep
       layerdrop serve smollm2-135m --depths 30,24,20 --strategy angular --data kjv --port 8001
-      curl -s localhost:8000/v1/classify -H 'Content-Type: application/json' -d '{"input": "a wonderful film", "latency_ms": 50}'
+      curl -s localhost:8000/v1/classify -H 'Content-Type: application/json' \\
+        -d '{"input": "a wonderful film", "latency_ms": 50}'
     """
     from layerdrop.recipes.serve import run
 

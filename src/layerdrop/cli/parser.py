@@ -48,10 +48,13 @@ def _arg_docs(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
 
 def _field_docs(cls: type) -> dict[str, str]:
     """The docstrings written under a dataclass's fields."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
-    return {node.target.id: " ".join(str(nxt.value.value).replace("``", "").split())  # type: ignore[attr-defined]
-            for node, nxt in zip(body, body[1:])
-            if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)}
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(tree, ast.ClassDef)  # the source of a class
+    body = tree.body
+    return {node.target.id: " ".join(str(nxt.value.value).replace("``", "").split())
+            for node, nxt in zip(body, body[1:], strict=False)  # each node with the next
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)  # a field: `name: type`
+            and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +75,9 @@ def _leaves(cls: type, group: str | None = None) -> list[_Leaf]:
     out: list[_Leaf] = []
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
-        if dataclasses.is_dataclass(kind):
-            title = (inspect.getdoc(kind) or field.name).splitlines()[0].replace("``", "").rstrip(".")
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            summary = (inspect.getdoc(kind) or field.name).split("\n\n")[0]  # its first paragraph, joined
+            title = " ".join(summary.split()).replace("``", "").rstrip(".")
             out.extend(_leaves(kind, title))
         else:
             out.append(_Leaf(field.name, kind, field.default, docs.get(field.name, ""), group))
@@ -108,7 +112,7 @@ def _add_command(sub: Any, name: str, command: Command) -> None:
     hints = typing.get_type_hints(command.function)
     for param in inspect.signature(command.function).parameters.values():
         hint = hints[param.name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             leaves = _leaves(hint)
             parser.set_defaults(_config=(param.name, hint))
         else:

@@ -210,13 +210,15 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DistillArgs:
-    """The distillation loss: each term's weight (DistilBERT's task-specific values by default), and the teacher's cache."""
+    """The distillation loss: each term's weight (DistilBERT's task-specific values by default), and the
+    teacher's cache."""
 
     alpha_kd: float = 0.5
     """Weight of the soft-target loss: KL to the teacher's predictions at --temperature, times T^2
     (for question answering, on start and end logits). DistilBERT's SQuAD distillation: 0.5."""
     alpha_task: float = 0.5
-    """Weight of the task's own loss on the labels (next token for a language model). DistilBERT's SQuAD distillation: 0.5."""
+    """Weight of the task's own loss on the labels (next token for a language model). DistilBERT's SQuAD
+    distillation: 0.5."""
     temperature: float = 2.0
     """Softmax temperature of the soft targets (DistilBERT: 2)."""
     alpha_cos: float = 0.0

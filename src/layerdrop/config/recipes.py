@@ -30,7 +30,8 @@ class CompareConfig:
     methods: str = "plain-cut,layerdrop-cut,layerdrop-healed,fixed-depth,distilled,top-dropped"
     """Comma-separated methods: plain-cut, layerdrop-cut, layerdrop-healed, fixed-depth, distilled, top-dropped."""
     seeds: str = "0"
-    """Comma-separated seeds of every training at the shallowest depth (the noisiest); the first seed trains the rest."""
+    """Comma-separated seeds of every training at the shallowest depth (the noisiest); the first seed trains
+    the rest."""
     rate: float = 0.5
     """LayerDrop rate of the LayerDrop run."""
     pattern: str = "every-other"

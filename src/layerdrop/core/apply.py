@@ -87,8 +87,9 @@ def trained_with_layerdrop(model: nn.Module) -> bool:
     was never trained to run with layers missing, and cut without retraining it usually loses
     much of its quality."""
     recorded = _recorded(model)
-    return (bool(recorded) and recorded.get("granularity", "layer") == "layer"
-            and any(rate > 0 for rate in recorded.get("rates", ())))
+    if not recorded:
+        return False
+    return recorded.get("granularity", "layer") == "layer" and any(rate > 0 for rate in recorded.get("rates", ()))
 
 
 def apply(
@@ -122,9 +123,10 @@ def apply(
         seed, min_layers, rescale, layers, granularity, pattern: The
             :class:`LayerDropSettings` fields of those names.
     """
-    given = {name: value for name, value in (("seed", seed), ("min_layers", min_layers), ("rescale", rescale),
-                                             ("layers", layers), ("granularity", granularity),
-                                             ("pattern", pattern)) if value is not None}
+    given: dict[str, Any] = {name: value for name, value in (("seed", seed), ("min_layers", min_layers),
+                                                             ("rescale", rescale), ("layers", layers),
+                                                             ("granularity", granularity), ("pattern", pattern))
+                             if value is not None}
     recorded = _recorded(model)
     base = LayerDropSettings.from_dict(recorded) if recorded else None
     site = find_layers(model, given.get("layers", base.layers if base else None))
@@ -184,7 +186,7 @@ def only_layers(model: nn.Module, keep: Sequence[int], *, layers: str | None = N
     """
     state = state_of(model)
     temporary = state is None
-    if temporary:
+    if state is None:
         path = layers
         num_layers = len(find_layers(model, path).layers)
         state = install(model, LayerDropSettings(rates=(0.0,) * num_layers, layers=path))

@@ -273,7 +273,7 @@ def check_trainer_setup(args: Any, model: nn.Module) -> None:
     if not find_unused or args.ddp_static_graph:
         raise InputError(
             "this Trainer sets up DDP without find_unused_parameters (or with a static graph), which fails on the "
-            "layers LayerDrop skips. Add the callback with layerdrop.training.callback.attach(trainer), which sets DDP up, "
-            "or pass TrainingArguments(ddp_find_unused_parameters=True)"
+            "layers LayerDrop skips. Add the callback with layerdrop.training.callback.attach(trainer), "
+            "which sets DDP up, or pass TrainingArguments(ddp_find_unused_parameters=True)"
         )
     _refuse_reentrant(model)

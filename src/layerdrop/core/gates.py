@@ -40,7 +40,8 @@ class LayerDropState:
         self.layers_run = 0
         """Layers run (any part of them), summed over all training forwards sampled so far (for logging)."""
         self.scale = 1.0
-        """Multiplier on the configured rates, passed in by a schedule through :func:`layerdrop.core.apply.scale_rates`."""
+        """Multiplier on the configured rates, passed in by a schedule through
+        :func:`layerdrop.core.apply.scale_rates`."""
         self.fixed: tuple[bool, ...] | None = None
         """A sub-network forced by :func:`layerdrop.only_layers`, used in train and eval mode alike."""
         self.learner: Any = None
@@ -224,7 +225,7 @@ def _sublayer_target(layer: nn.Module, sublayer: Sublayer) -> tuple[nn.Module, s
     found = getattr(owner, attr, None)
     if isinstance(found, nn.Module):
         return found, "forward"
-    if not callable(found):
+    if owner is None or not callable(found):  # no owner: nothing found on it either
         raise InputError(f"{type(layer).__name__} has no submodule or method {sublayer.path!r} "
                          f"(the {sublayer.name} sublayer of its architecture row)")
     return owner, attr
@@ -279,16 +280,19 @@ def install(model: nn.Module, settings: LayerDropSettings) -> LayerDropState:
                          f"{settings.granularity!r} would put gates inside the compiled code, where every mask "
                          "recompiles: use granularity='layer' on a compiled model")
     state = LayerDropState(settings, site.path, parts)
+    arch = site.arch  # a row, at the finer granularities: granularity_parts refused a site without one
     gates = []
     for i, layer in enumerate(site.layers):
         gates.append(_Gate(layer, "forward", state, i))
         if settings.granularity == "sublayer":
-            for j, sublayer in enumerate(site.arch.sublayers):
+            assert arch is not None
+            for j, sublayer in enumerate(arch.sublayers):
                 owner, name = _sublayer_target(layer, sublayer)
                 gates.append(_Gate(owner, name, state, i, part=j, sublayer=sublayer))
     projections = []
     if settings.granularity == "head":
-        projections = [_head_projection(layer, site.arch.head_proj) for layer in site.layers]
+        assert arch is not None and arch.head_proj is not None  # granularity_parts checked the head_proj column
+        projections = [_head_projection(layer, arch.head_proj) for layer in site.layers]
     for gate in gates:
         setattr(gate.owner, gate.name, gate)
     for i, projection in enumerate(projections):
@@ -298,7 +302,7 @@ def install(model: nn.Module, settings: LayerDropSettings) -> LayerDropState:
     for module in {id(model): model, id(site.owner): site.owner}.values():
         module.register_forward_pre_hook(_BeginPass(state))
         module.register_forward_hook(_EndPass(state), always_call=True)
-    model.layerdrop_state = state
+    model.layerdrop_state = state  # type: ignore[assignment]  # Module.__setattr__ types values as tensors or modules
     return state
 
 

@@ -81,6 +81,11 @@ class RateLearner(nn.Module):
         seed: Initialisation of the scorers.
     """
 
+    mean_score: torch.Tensor
+    """Buffer ``(L,)``: the running mean score of each layer, which sets the rates."""
+    baseline: torch.Tensor
+    """Buffer ``()``: the running mean loss the policy gradient is measured against; NaN until the first loss."""
+
     def __init__(self, num_layers: int, hidden_size: int, rate: float, *, width: int = 32,
                  momentum: float = 0.95, max_rate: float = 0.9, seed: int = 0) -> None:
         super().__init__()

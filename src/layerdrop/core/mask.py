@@ -54,6 +54,7 @@ class Mask:
         """Whether layer ``index`` (or its sublayer ``part``) runs."""
         if part is None:
             return self.keep[index]
+        assert self.sublayers is not None  # a part is asked only by the gates of granularity "sublayer"
         return self.sublayers[index][part]
 
     def rate(self, index: int) -> float:
@@ -157,14 +158,14 @@ def draw_mask(
             keep = arrange_like_pruning(keep)
         return Mask(keep=tuple(keep.tolist()), rates=drawn, sampled=True)
     kept = sample_part_mask(rates, parts, generator, min_layers, min_parts=1 if granularity == "head" else 0)
-    keep = tuple(kept.any(1).tolist())
+    layer_keep = tuple(kept.any(1).tolist())
     if granularity == "sublayer":
-        return Mask(keep=keep, sublayers=_rows(kept), rates=drawn, sampled=True)
+        return Mask(keep=layer_keep, sublayers=_rows(kept), rates=drawn, sampled=True)
     scale = kept.to(torch.float64)  # (L, H)
     if rescale:
         scale = scale / (1.0 - rates)[:, None]
     head_scale = None if bool((scale == 1.0).all()) else scale  # all ones: the hooks have nothing to do
-    return Mask(keep=keep, heads=_rows(kept), head_scale=head_scale, rates=drawn, sampled=True)
+    return Mask(keep=layer_keep, heads=_rows(kept), head_scale=head_scale, rates=drawn, sampled=True)
 
 
 def fixed_mask(keep: Sequence[bool], *, granularity: str = "layer", parts: int = 1,

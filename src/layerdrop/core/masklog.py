@@ -113,8 +113,10 @@ class MaskRecorder:
             return start
         keep = torch.tensor([r[2] for r in self._rows], dtype=torch.bool)  # (n, L)
         parts = None if self._parts is None else torch.tensor([r[3] for r in self._rows], dtype=torch.bool)
-        return MaskLog(keep=torch.cat([start.keep, keep]),
-                       parts=None if parts is None else torch.cat([start.parts, parts]),  # type: ignore[list-item]
+        if parts is not None:
+            assert start.parts is not None  # the start log has this model's layout: __init__ checked it
+            parts = torch.cat([start.parts, parts])
+        return MaskLog(keep=torch.cat([start.keep, keep]), parts=parts,
                        draw=torch.cat([start.draw, torch.tensor([r[0] for r in self._rows], dtype=torch.int64)]),
                        step=torch.cat([start.step, torch.tensor([r[1] for r in self._rows], dtype=torch.int64)]),
                        granularity=start.granularity, pattern=start.pattern)
@@ -172,11 +174,12 @@ class MaskLogCallback(TrainerCallback):
         self.resume = resume
         self.recorder: MaskRecorder | None = None
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+    def on_train_begin(  # type: ignore[no-untyped-def]  # HF hook's signature
+            self, args, state, control, model=None, **kwargs):
         start = load_mask_log(self.path) if self.resume and self.path.is_file() else None
         self.recorder = record_masks(model, start)
 
-    def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]  # HF hook's signature
         if self.recorder is not None:
             self.recorder.step = state.global_step
 
@@ -184,10 +187,10 @@ class MaskLogCallback(TrainerCallback):
         if self.recorder is not None and args.should_save:
             save_mask_log(self.path, self.recorder.log())
 
-    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]  # HF hook's signature
         self._write(args)
 
-    def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]  # HF hook's signature
         self._write(args)
         if self.recorder is not None:
             self.recorder.remove()

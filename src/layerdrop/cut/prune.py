@@ -31,7 +31,7 @@ PRUNING_KEY = "layerdrop_pruning"
 def _renumber(layer: nn.Module, index: int) -> None:
     for module in layer.modules():
         if isinstance(module.__dict__.get("layer_idx"), int):
-            module.layer_idx = index
+            module.layer_idx = index  # type: ignore[assignment]  # Module.__setattr__ types values as tensors or modules
 
 
 def _prune_config(config: Any, keep: tuple[int, ...], num_layers: int, per_layer: tuple[str, ...]) -> None:
@@ -80,7 +80,11 @@ def prune(
     num_layers = len(site.layers)
     if (depth is None) == (keep is None):
         raise InputError("pass exactly one of depth=K or keep=[indices]")
-    kept = every_other(num_layers, depth) if depth is not None else check_keep(keep, num_layers)
+    if depth is not None:
+        kept = every_other(num_layers, depth)
+    else:
+        assert keep is not None  # exactly one of the two, checked above
+        kept = check_keep(keep, num_layers)
 
     pruned = _copy_keeping(model, site.layers, kept)
     uninstall(pruned)
@@ -127,14 +131,20 @@ def view(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | No
     num_layers = len(site.layers)
     if (depth is None) == (keep is None):
         raise InputError("pass exactly one of depth=K or keep=[indices]")
-    kept = every_other(num_layers, depth) if depth is not None else check_keep(keep, num_layers)
+    if depth is not None:
+        kept = every_other(num_layers, depth)
+    else:
+        assert keep is not None  # exactly one of the two, checked above
+        kept = check_keep(keep, num_layers)
     if kept[0] != 0:
         raise InputError(f"a view must keep layer 0 (a KV cache's length is read there), got keep={list(kept)}")
     *parents, leaf = site.path.split(".")
     shell = _shell(model)
     node, original = shell, model
     for name in parents:
-        original = original._modules[name]
+        child = original._modules[name]
+        assert child is not None  # a module on the path to the block list find_layers found
+        original = child
         node._modules[name] = node = _shell(original)
     shorter = node._modules[leaf] = nn.ModuleList([site.layers[i] for i in kept])
     shorter.training = site.layers.training  # not .train(): that would switch the model's own blocks

@@ -96,7 +96,7 @@ def _greedy_path(scorer: _Scorer, num_layers: int, depth: int, progress: bool) -
 def _beam(scorer: _Scorer, num_layers: int, depth: int, width: int, progress: bool) -> tuple[int, ...]:
     """Beam search over the same removals; with the budget spent, finishes the best beam greedily."""
     beam = [tuple(range(num_layers))]
-    for size in tqdm(range(num_layers - 1, depth - 1, -1), desc="beam search", disable=not progress):
+    for _ in tqdm(range(num_layers - 1, depth - 1, -1), desc="beam search", disable=not progress):
         children = sorted({tuple(j for j in parent if j != i) for parent in beam for i in parent})
         scored = [(s, v) for s in children if (v := scorer.get(s)) is not None]
         if not scored:
@@ -121,9 +121,10 @@ def _first_step_scores(scorer: _Scorer, num_layers: int) -> tuple[float, ...] | 
     """Per-layer importance: how much worse the model scores without each layer alone."""
     full = tuple(range(num_layers))
     without = [scorer.cache.get(tuple(j for j in full if j != i)) for i in range(num_layers)]
-    if any(v is None for v in without) or num_layers < 2:
+    scored = [v for v in without if v is not None]
+    if len(scored) < len(without) or num_layers < 2:
         return None
-    return tuple(-scorer.key(v) for v in without)
+    return tuple(-scorer.key(v) for v in scored)
 
 
 def search(

@@ -8,7 +8,8 @@
 
 Modules: :mod:`.splits` (datasets and the split rules), :mod:`.bundled` (the corpora
 table), :mod:`.readers` (user files), :mod:`.encode` (texts to model inputs; imports
-transformers), :mod:`.squad` (SQuAD-format question answering files and their windows). The rules and sources are in ``docs/datasets.md``.
+transformers), :mod:`.squad` (SQuAD-format question answering files and their windows). The rules and
+sources are in ``docs/datasets.md``.
 """
 
 from __future__ import annotations

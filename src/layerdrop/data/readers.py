@@ -213,9 +213,9 @@ def _read_jsonl(path: Path, text_column: str, label_column: str | None) -> _RawR
 def _dataset(name: str, rows: _RawRows, label_names: Sequence[str] | None, unit: str) -> TextDataset:
     """The rows as a dataset, their labels resolved to class ids."""
     if rows.labels is None:
-        return TextDataset(name, rows.texts, None, None)
+        return TextDataset(name, tuple(rows.texts), None, None)
     ids, names = _resolve_labels(rows.labels, rows.where, label_names, unit=unit)
-    return TextDataset(name, rows.texts, ids, names)
+    return TextDataset(name, tuple(rows.texts), ids, names)
 
 
 def _load_hf_folder(

@@ -10,7 +10,7 @@ the scorers of a saved model on a dataset, for ``layerdrop prune`` and ``layerdr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,7 +68,8 @@ def parameters_at(model: nn.Module, kept: Sequence[int], layers: str | None = No
     return sum(p.numel() for p in model.parameters()) - dropped
 
 
-def _batches(rows: Sequence[dict[str, Any]], size: int, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]):
+def _batches(rows: Sequence[dict[str, Any]], size: int,
+             collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> Iterator[dict[str, Any]]:
     for i in range(0, len(rows), size):
         yield collate(list(rows[i:i + size]))
 
@@ -285,14 +286,15 @@ def _qa_scorers(model: nn.Module, tokenizer: Any, data: str, rows: int, batch_si
     """:func:`validation_scorers` of a question-answering model: F1 on questions (windows pooled)."""
     from transformers import DataCollatorWithPadding
 
-    from layerdrop.data import encode_qa, load_qa
+    from layerdrop.data import QADataset, encode_qa, load_qa
 
     from .qa import qa_scores, without_targets
 
     splits = load_qa(data, seed=seed)
+    valid, test = splits.valid, splits.test
+    assert isinstance(valid, QADataset) and isinstance(test, QADataset)  # load_qa splits questions
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    parts = {name: split.subset(range(min(rows, len(split)))) for name, split in (("valid", splits.valid),
-                                                                                   ("test", splits.test))}
+    parts = {name: split.subset(range(min(rows, len(split)))) for name, split in (("valid", valid), ("test", test))}
     encoded = {name: encode_qa(tokenizer, part, max_length, min(32, max_length // 4), desc=name)
                for name, part in parts.items()}
 

@@ -148,7 +148,7 @@ def best_answer(
                 if s <= e < s + max_answer_length:
                     score = float(start[s] + end[e])
                     if score > best:
-                        best, best_span = score, (offsets[s][0], offsets[e][1])  # type: ignore[index]
+                        best, best_span = score, (offsets[s][0], offsets[e][1])
     if with_null and (best == float("-inf") or null - best > null_threshold):
         return ""
     return context[best_span[0]:best_span[1]]

@@ -75,6 +75,7 @@ def cost_table(series: Mapping[str, Sequence[DepthResult]], metric: str, timed: 
     rows = []
     for d in depths:
         r = clock[d]
+        assert r.latency_ms is not None and full_ms is not None  # ``timed`` names a series timed at every depth
         rows.append([d, ", ".join(map(str, r.kept)), f"{r.parameters / 1e6:.1f}M", f"{r.latency_ms:.1f}",
                      f"{r.latency_ms / full_ms:.2f}×",
                      *[format_score(by[n][d].score, metric) if d in by[n] else "–" for n in series]])
@@ -95,7 +96,7 @@ def pareto_front(points: Sequence[tuple[float, float]], *, higher_is_better: boo
     return front
 
 
-def _pyplot():
+def _pyplot() -> Any:  # matplotlib.pyplot
     try:
         import matplotlib
 

@@ -221,7 +221,8 @@ def hf_config(header: E5Header) -> Any:
         num_attention_heads=d["heads"], intermediate_size=d["intermediate"], hidden_act="gelu",
         max_position_embeddings=d["max_positions"], type_vocab_size=d["type_vocab"], layer_norm_eps=d["eps"],
         pad_token_id=s["pad"], bos_token_id=s["bos"], eos_token_id=s["eos"], architectures=["BertModel"],
-        tokenizer_class="XLMRobertaTokenizer",
+        # not in BertConfig's typed signature: PreTrainedConfig keeps any other keyword as an attribute
+        tokenizer_class="XLMRobertaTokenizer",  # type: ignore[call-arg]  # an extra attribute, as above
     )
 
 
@@ -232,7 +233,8 @@ def precompiled_charsmap(normalizer: Mapping[int, tuple[int, ...]]) -> bytes:
     Every node gets its own base (so a lookup never lands on another node's child),
     and the array stays under 2**21 units (so every offset fits the short encoding).
     """
-    outputs, trie = bytearray(), {}
+    outputs = bytearray()
+    trie: dict[int | None, Any] = {}  # UTF-8 byte -> child node; None -> a leaf's output offset
     for cp in sorted(normalizer):
         node = trie
         for byte in chr(cp).encode("utf-8"):
@@ -273,13 +275,14 @@ def precompiled_charsmap(normalizer: Mapping[int, tuple[int, ...]]) -> bytes:
 def tokenizer(header: E5Header) -> Any:
     """XLM-RoBERTa's fast tokenizer (transformers' own class) on the file's unigram
     vocabulary, with the file's normaliser as its ``Precompiled`` charsmap."""
-    from transformers import XLMRobertaTokenizerFast
+    # transformers 5 resolves the *TokenizerFast names at run time (aliases of the tokenizers-backed classes)
+    from transformers import XLMRobertaTokenizerFast  # type: ignore[attr-defined]  # a run-time alias
 
     s, p = header.specials, header.pieces
     if (s["bos"], s["pad"], s["eos"], s["unk"]) != (0, 1, 2, 3):
         raise E5FileError(f"unexpected special token ids {s}: XLM-R has <s>=0 <pad>=1 </s>=2 <unk>=3")
     return XLMRobertaTokenizerFast(
-        vocab=list(zip(p, map(float, header.scores))),
+        vocab=list(zip(p, map(float, header.scores), strict=True)),
         _spm_precompiled_charsmap=precompiled_charsmap(header.normalizer),
         bos_token=p[0], pad_token=p[1], eos_token=p[2], unk_token=p[3], mask_token=p[-1],
         cls_token=p[0], sep_token=p[2], model_max_length=header.dims["max_positions"],

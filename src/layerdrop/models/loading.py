@@ -125,7 +125,8 @@ def _convert_gguf(folder: str, file: str, target: Path) -> None:
 
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    model.hf_quantizer = None  # the weights are plain float32 tensors already
+    model.hf_quantizer = None  # type: ignore[assignment]  # Module.__setattr__ types values as tensors or modules
+    # (the weights are plain float32 tensors already)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(target)

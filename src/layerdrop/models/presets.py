@@ -238,7 +238,7 @@ def train_tokenizer(
         raise InputError(f"unknown tokenizer kind {kind!r}; choose one of {sorted(TOKENIZER_KINDS)}")
     if isinstance(texts, str):
         raise TypeError("texts must be an iterable of strings, not one string")
-    length = len(texts) if hasattr(texts, "__len__") else None  # type: ignore[arg-type]
+    length = len(texts) if hasattr(texts, "__len__") else None  # type: ignore[arg-type]  # hasattr: it is Sized
     if kind == "wordpiece":
         tok = _train_wordpiece(texts, vocab_size, True if lowercase is None else lowercase, length)
         return PreTrainedTokenizerFast(
@@ -367,4 +367,5 @@ def build(
     config = config_class(**settings)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return (auto_class or AUTO_CLASSES[task]).from_config(config)
+        auto: Any = auto_class or AUTO_CLASSES[task]  # an HF auto class (AUTO_CLASSES holds them as plain types)
+        return auto.from_config(config)

@@ -214,7 +214,8 @@ def _minutes(model_dir: Path) -> float:
 
 
 def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None) -> CompareResult:
-    """Train every method at every depth (or reuse finished runs), score them all on the test split, write the report."""
+    """Train every method at every depth (or reuse finished runs), score them all on the test split, write the
+    report."""
     # 1. validate; the settings every training shares; a preset is built once, untrained
     methods, depths, seeds = check(cfg)
     task = task_for(cfg.model)
@@ -262,16 +263,21 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
         raise InputError(f"no depth of --depths is at most the model's {num_layers} layers")
 
     # 3. one model per method, depth and seed that trains per depth
+    def healed(tag: str, depth: int, seed: int) -> Path:  # the LayerDrop run cut to depth, then distilled
+        assert ld is not None  # needs_ld: layerdrop-healed's full-depth model is the LayerDrop run
+        return distil(ld, f"layerdrop-healed{tag}", depth, seed, **heal)
+
     trained: dict[tuple[str, int], list[Path]] = {}
     for depth in (d for d in depths if d < num_layers):
         for seed in seeds if depth == min(depths) else seeds[:1]:
             tag = f"{depth}" + (f"-seed{seed}" if seed else "")
-            runs = {
-                "layerdrop-healed": lambda: distil(ld, f"layerdrop-healed{tag}", depth, seed, **heal),
-                "fixed-depth": lambda: fine_tune(str(cut(f"cut{depth}", depth=depth)), f"fixed{tag}", seed),
-                "distilled": lambda: distil(plain, f"distilled{tag}", depth, seed),
-                "top-dropped": lambda: fine_tune(str(cut(f"bottom{depth}", keep=list(range(depth)))),
-                                                 f"top-dropped{tag}", seed),
+            runs = {  # the loop's values bound as defaults: each lambda trains this depth and seed
+                "layerdrop-healed": lambda tag=tag, depth=depth, seed=seed: healed(tag, depth, seed),
+                "fixed-depth": lambda tag=tag, depth=depth, seed=seed: fine_tune(
+                    str(cut(f"cut{depth}", depth=depth)), f"fixed{tag}", seed),
+                "distilled": lambda tag=tag, depth=depth, seed=seed: distil(plain, f"distilled{tag}", depth, seed),
+                "top-dropped": lambda tag=tag, depth=depth, seed=seed: fine_tune(
+                    str(cut(f"bottom{depth}", keep=list(range(depth)))), f"top-dropped{tag}", seed),
             }
             for name in methods:
                 if METHODS[name].per_depth:
@@ -381,8 +387,8 @@ def plot(rows: list[Row], metric: str, full_minutes: dict[str, float], path: str
 
     def cost(r: Row) -> float:  # with the full-depth run the model needs
         method = METHODS.get(r.method)
-        needs = method is not None and (method.needs_full or not method.per_depth)
-        return r.minutes + (full_minutes[method.full] if needs else 0.0)  # type: ignore[union-attr]
+        full = full_minutes[method.full] if method is not None and (method.needs_full or not method.per_depth) else 0.0
+        return r.minutes + full
     return plot_quality_vs_cost({_label(m): [(cost(r), r.score, r.depth) for r in rows if r.method == m]
                                  for m in names}, path, metric=metric, title=title)
 
@@ -393,10 +399,13 @@ def read_report(path: str | Path) -> tuple[list[Row], str, dict[str, float], int
     path = Path(path)
     data = json.loads((path / "compare.json" if path.is_dir() else path).read_text())
     fields = [f.name for f in dataclasses.fields(Row)]
-    rows = [Row(**{k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in fields})
-            for r in data["rows"]]
+    rows: list[Row] = []
+    for r in data["rows"]:
+        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in fields}
+        rows.append(Row(**values))
     num_layers = data.get("layers", max(r.depth for r in rows))  # older reports: their depths included the full one
-    return rows, data["metric"], data["full_minutes"], num_layers, _title(data["config"]["model"], data["config"]["data"])
+    title = _title(data["config"]["model"], data["config"]["data"])
+    return rows, data["metric"], data["full_minutes"], num_layers, title
 
 
 def _title(model: str, data: str) -> str:
@@ -411,8 +420,9 @@ def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_mi
     write_text(out / "compare.md", f"# layerdrop compare: `{cfg.model}` on `{cfg.data}`\n\n"
                f"{metric.capitalize()} on the test split ({cfg.eval_rows or 'all'} rows; {better} is better); "
                f"latency: median of {cfg.latency_reps} forwards of {batch} ({cfg.batch_size} examples, up to "
-               f"{cfg.max_length} tokens); ★: Pareto front of {metric} against latency over all rows; training minutes: "
-               f"the Trainer's wall time (for a distillation also its teacher's cached logits).\n\n{table}")
+               f"{cfg.max_length} tokens); ★: Pareto front of {metric} against latency over all rows; "
+               f"training minutes: the Trainer's wall time (for a distillation also its teacher's cached "
+               f"logits).\n\n{table}")
     buf = io.StringIO()
     csv.writer(buf).writerows([["method", "depth", "kept", metric, f"seed_{metric}", "parameters", "latency_ms",
                                 "training_minutes"],
@@ -421,7 +431,8 @@ def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_mi
                                   round(r.minutes, 2)] for r in rows]])
     write_text(out / "compare.csv", buf.getvalue())
     write_json(out / "compare.json", {"config": dataclasses.asdict(cfg), "metric": metric, "full_minutes": full_minutes,
-                                      "layers": num_layers, "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
+                                      "layers": num_layers,
+                                      "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
                                       "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
     title = _title(cfg.model, cfg.data)
     plot(rows, metric, full_minutes, out / "quality_vs_latency.png", title=title)

@@ -80,7 +80,8 @@ def _native_bf16() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     cpu = getattr(torch, "cpu", None)  # private probes, present in torch 2.x; absent means "don't know"
-    return any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return any(getattr(cpu, probe, lambda: False)()
+               for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 def _bf16(cfg: DemoConfig) -> bool:
@@ -285,7 +286,8 @@ def _quality_bar(cls: dict[str, list[DepthResult]], lm: dict[str, list[DepthResu
 
 def _precision(cfg: DemoConfig) -> str:
     if not _bf16(cfg):
-        return "Training in float32" + (" (this machine does not compute bfloat16 natively)." if cfg.bf16 is None else ".")
+        return "Training in float32" + (" (this machine does not compute bfloat16 natively)."
+                                        if cfg.bf16 is None else ".")
     return ("Training under bfloat16 autocast with float32 master weights"
             + (" (on by default where the CPU or GPU computes bfloat16 natively: same accuracy within noise, "
                "about two thirds of the float32 training time; docs/results.md)." if cfg.bf16 is None else "."))

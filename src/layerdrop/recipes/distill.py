@@ -22,13 +22,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import safetensors
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import AutoTokenizer, Trainer
+from transformers import AutoTokenizer, PreTrainedModel, Trainer
 
 from layerdrop.config.args import DistillConfig
 from layerdrop.core.apply import remove
@@ -113,8 +113,8 @@ def task_of(model: nn.Module, role: str = "teacher") -> str:
         return "clm"
     if name.endswith("ForMaskedLM"):
         return "mlm"
-    raise InputError(f"the {role} is a {name}, which does no task: distil {'from' if role == 'teacher' else 'into'} "
-                     "a model trained for one (a classifier or QA model saved by `layerdrop train`, or a language model)")
+    raise InputError(f"the {role} is a {name}, which does no task: distil {'from' if role == 'teacher' else 'into'} a "
+                     "model trained for one (a classifier or QA model saved by `layerdrop train`, or a language model)")
 
 
 def check_for_task(cfg: DistillConfig, task: str) -> None:
@@ -195,8 +195,8 @@ def _label_names(model: nn.Module, folder: str) -> list[str] | None:
     return None
 
 
-def _num_labels(model: nn.Module) -> int:
-    return model.head.out_features if isinstance(model, Classifier) else model.config.num_labels
+def _num_labels(model: nn.Module) -> int | None:  # None only for a config without labels, as HF types it
+    return model.head.out_features if isinstance(model, Classifier) else cast(PreTrainedModel, model).config.num_labels
 
 
 def _check_labels(teacher: nn.Module, teacher_dir: str, data_names: Sequence[str] | None,
@@ -236,9 +236,10 @@ def _student(cfg: DistillConfig, teacher: nn.Module, task: str, data_names: Sequ
                              "has at most the teacher's layers")
         initial = Path(cfg.out) / "initial-student"
         needs_data = lookup(cfg.strategy).needs_data
-        wanted = {"source": str(cfg.teacher), "strategy": cfg.strategy, "data": cfg.data if needs_data else None,
-                  "calibration_rows": cfg.calibration_rows if needs_data else None, "seed": cfg.seed,
-                  "teacher_files": teacher_files}
+        wanted: dict[str, Any] = {"source": str(cfg.teacher), "strategy": cfg.strategy,
+                                  "data": cfg.data if needs_data else None,
+                                  "calibration_rows": cfg.calibration_rows if needs_data else None, "seed": cfg.seed,
+                                  "teacher_files": teacher_files}
         record = read_meta(initial).get("pruning") if (initial / META_FILE).is_file() else None
         if not record or {k: record.get(k) for k in wanted} != wanted or len(record["kept_layers"]) != cfg.depth:
             # the cut is chosen once; a resumed run reuses it
@@ -246,7 +247,7 @@ def _student(cfg: DistillConfig, teacher: nn.Module, task: str, data_names: Sequ
                                  data=wanted["data"], rows=cfg.calibration_rows, model=teacher,
                                  extra={k: v for k, v in wanted.items() if k not in ("source", "strategy")})
         return load_saved(str(initial)), _teacher_indices(teacher, record["kept_layers"]), record
-    student_dir = model_folder(cfg.student)  # type: ignore[arg-type]
+    student_dir = model_folder(cfg.student)  # type: ignore[arg-type]  # check(cfg): --student when no --depth
     _check_tokenizers(tokenizer, from_pretrained(AutoTokenizer, local_folder(student_dir)), student_dir)
     student = load_saved(student_dir)
     if task_of(student, "student") != task:
@@ -293,7 +294,7 @@ def _check_shapes(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, ta
             raise InputError(f"--alpha-cos and --alpha-hidden compare hidden states, but the teacher is {widths[0]} "
                              f"wide and the student {widths[1]}: drop them, or give a student of the teacher's width")
     if task in ("clm", "mlm"):
-        sizes = [m.get_output_embeddings().weight.shape[0] for m in (teacher, student)]
+        sizes = [cast(PreTrainedModel, m).get_output_embeddings().weight.shape[0] for m in (teacher, student)]
         if sizes[0] != sizes[1]:
             raise InputError(f"the teacher predicts over {sizes[0]} tokens, the student over {sizes[1]}: soft targets "
                              "need the same output vocabulary")
@@ -323,7 +324,8 @@ def _digest(rows: Sequence[dict[str, Any]]) -> str:
 
 
 @torch.no_grad()
-def teacher_logits(teacher: nn.Module, rows: Sequence[dict[str, Any]], collate: Any, batch_size: int = 64) -> torch.Tensor:
+def teacher_logits(teacher: nn.Module, rows: Sequence[dict[str, Any]], collate: Any,
+                   batch_size: int = 64) -> torch.Tensor:
     """The teacher's logits ``(N, C)`` on encoded classification ``rows``, in eval mode."""
     require_eval(teacher, "teacher_logits")
     device = next(teacher.parameters()).device
@@ -394,7 +396,8 @@ def run(cfg: DistillConfig) -> DistillResult:
         delattr(student.config, LEARNED_KEY)
     student.train().requires_grad_(True)
     if cfg.optim.freeze_embeddings:
-        (student.encoder if isinstance(student, Classifier) else student).get_input_embeddings().requires_grad_(False)
+        hf_model = student.encoder if isinstance(student, Classifier) else cast(PreTrainedModel, student)
+        hf_model.get_input_embeddings().requires_grad_(False)
 
     # 5. encode; the teacher's logits once, where they can stand in for the teacher
     evaluated = {"valid": valid_split, "test": test_split} if cfg.evaluate else {}

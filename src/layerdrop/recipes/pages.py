@@ -54,7 +54,8 @@ class Block:
 def find_blocks(text: str) -> list[Block]:
     """The blocks of a page, in order.
 
-    >>> page = "Intro.\\n<!-- layerdrop:masks runs/a/masks.safetensors image=img/a.png -->\\nold\\n<!-- /layerdrop -->\\n"
+    >>> page = ("Intro.\\n<!-- layerdrop:masks runs/a/masks.safetensors image=img/a.png -->\\nold\\n"
+    ...         "<!-- /layerdrop -->\\n")
     >>> [(b.kind, b.source, dict(b.options), page[slice(*b.span)]) for b in find_blocks(page)]
     [('masks', 'runs/a/masks.safetensors', {'image': 'img/a.png'}, 'old\\n')]
     """
@@ -255,7 +256,8 @@ def _levers_loss(sources: list[Path], options: Mapping[str, str], page_dir: Path
 
 
 def _generation(sources: list[Path], options: Mapping[str, str], page_dir: Path | None) -> str:
-    """``experiments/lecture_generation.py``: perplexity, speed and repetition per depth, then self-speculative decoding.
+    """``experiments/lecture_generation.py``: perplexity, speed and repetition per depth, then self-speculative
+    decoding.
 
     Several runs (a glob, ``runs=`` to order them) share one table with a column naming each run.
     """

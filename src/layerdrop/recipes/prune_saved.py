@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from torch import nn
 from transformers import AutoTokenizer
@@ -26,6 +26,9 @@ from layerdrop.models.loading import (
     read_meta,
     save_classifier,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["prune_saved"]
 
@@ -107,7 +110,7 @@ def prune_saved(
         if isinstance(small, Classifier):
             save_classifier(small, tmp, extra=meta)
         else:
-            small.save_pretrained(tmp)
+            cast("PreTrainedModel", small).save_pretrained(tmp)  # a saved HF model, cut
             write_json(tmp / META_FILE, meta)
         try:
             tokenizer = from_pretrained(AutoTokenizer, path)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ from layerdrop.evaluation.qa import qa_scores
 from layerdrop.files import atomic_dir, write_json
 from layerdrop.models.loading import META_FILE, Classifier, save_classifier
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
 __all__ = ["LR_SCHEDULES", "Encode", "Rows", "changed_settings", "check_fresh", "check_inputs", "encoder", "export",
            "full_depth_metrics", "splits", "training_arguments"]
 
@@ -31,7 +35,7 @@ Encode = Callable[[Any, str], tuple[list[dict[str, Any]], Any]]
 """``encode(split, name)`` -> the encoded rows and, per row, where it came from (text or question)."""
 
 
-class Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
+class Rows(torch.utils.data.Dataset):
     """A list of encoded rows as a ``Dataset``."""
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
@@ -116,16 +120,16 @@ def encoder(task: str, tokenizer: Any, inputs: DataArgs, progress: bool) -> tupl
     if task == "classification":
         stride = inputs.stride if inputs.long_doc is not None else None
 
-        def encode(split: Any, name: str) -> tuple[list[dict[str, Any]], Any]:
+        def encode_texts(split: Any, name: str) -> tuple[list[dict[str, Any]], Any]:
             return encode_classification(tokenizer, split, inputs.max_length, stride, progress=progress,
                                          desc=f"tokenizing {name}")
-        return encode, DataCollatorWithPadding(tokenizer)
+        return encode_texts, DataCollatorWithPadding(tokenizer)
     if task == "qa":
-        def encode(split: Any, name: str) -> tuple[list[dict[str, Any]], Any]:
+        def encode_windows(split: Any, name: str) -> tuple[list[dict[str, Any]], Any]:
             windows = encode_qa(tokenizer, split, inputs.max_length, inputs.stride, progress=progress,
                                 desc=f"tokenizing {name}")
             return (windows.trainable() if name == "train" else windows.rows), windows
-        return encode, DataCollatorWithPadding(tokenizer)
+        return encode_windows, DataCollatorWithPadding(tokenizer)
 
     def encode(split: Any, name: str) -> tuple[list[dict[str, Any]], Any]:
         return encode_lm(tokenizer, split.texts, inputs.max_length, progress=progress, desc=f"tokenizing {name}"), []
@@ -197,7 +201,7 @@ def export(out: Path, model: nn.Module, tokenizer: Any, task: str, meta: dict[st
         if isinstance(model, Classifier):
             save_classifier(model, tmp, extra=meta, max_length=max_length)
         else:
-            model.save_pretrained(tmp)
+            cast("PreTrainedModel", model).save_pretrained(tmp)  # not a Classifier: an HF model
             write_json(tmp / META_FILE, {"task": task, **meta})
         if task == "classification":  # clients that truncate (pipeline's truncation=True) cut where training did
             tokenizer.model_max_length = max_length

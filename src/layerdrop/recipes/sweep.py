@@ -116,7 +116,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     bar.close()
     flat = [(key, i, r) for key, results in points.items() for i, r in enumerate(results)]
     timed = interleaved_latency_ms([(at[r.precision], r.kept) for _, _, r in flat], latency_batch, cfg.latency_reps)
-    for (key, i, r), ms in zip(flat, timed):
+    for (key, i, r), ms in zip(flat, timed, strict=True):
         points[key][i] = dataclasses.replace(r, latency_ms=ms)
 
     out = Path(cfg.out)
@@ -165,7 +165,8 @@ def interleaved_latency_ms(points: Sequence[tuple[nn.Module, Sequence[int]]], ba
 def tables(points: dict[str, list[DepthResult]], metric: str) -> str:
     """The sweep's Markdown table: one row per strategy and depth, ★ on the Pareto front of quality against latency."""
     flat = [(name, r) for name, results in points.items() for r in results]
-    front = set(pareto_front([(r.latency_ms or 0.0, r.score) for _, r in flat], higher_is_better=higher_is_better(metric)))
+    front = set(pareto_front([(r.latency_ms or 0.0, r.score) for _, r in flat],
+                             higher_is_better=higher_is_better(metric)))
     precision = any(r.precision != "float32" for _, r in flat)  # a column only when there is a choice
     return markdown_table(["strategy", *(["precision"] if precision else []), "depth", "kept", metric, "parameters",
                            "ms / batch", "Pareto"],

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -50,6 +50,9 @@ from .steps import (
     splits,
     training_arguments,
 )
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
     "TASKS",
@@ -164,15 +167,17 @@ def load_model(cfg: TrainConfig, label_names: Sequence[str] | None, texts: Seque
     dropout = cfg.optim.dropout
     classify, native = cfg.task == "classification", cfg.task == "classification" and cfg.pooling == NATIVE
     labels = list(label_names or ("0", "1")) if classify else []
-    names = {"id2label": dict(enumerate(labels)), "label2id": {name: i for i, name in enumerate(labels)}}
+    names: dict[str, Any] = {"id2label": dict(enumerate(labels)),
+                             "label2id": {name: i for i, name in enumerate(labels)}}
     auto_class = AutoModelForSequenceClassification if native else AUTO_CLASSES[cfg.task]
     if cfg.model in presets.PRESETS:
         preset = presets.PRESETS[cfg.model]
         if cfg.tokenizer in (None, "train"):
-            tokenizer = presets.train_tokenizer(texts, preset.tokenizer_kind, vocab_size=cfg.vocab_size)
+            tokenizer: PreTrainedTokenizerBase = presets.train_tokenizer(texts, preset.tokenizer_kind,
+                                                                         vocab_size=cfg.vocab_size)
         else:
             tokenizer = presets.borrow_tokenizer(cfg.tokenizer)
-        overrides = {}
+        overrides: dict[str, Any] = {}
         if dropout is not None:
             overrides = _dropout_overrides(AutoConfig.for_model(preset.model_type, **preset.config), dropout)
         model = presets.build(cfg.model, tokenizer, task=cfg.task, num_labels=len(labels) or None, seed=cfg.seed,
@@ -196,8 +201,8 @@ def load_model(cfg: TrainConfig, label_names: Sequence[str] | None, texts: Seque
             # a checkpoint without a pooler (e5-small's is zeros): new weights, seeded, as BERT initialises them
             nn.init.normal_(dense.weight, std=getattr(model.config, "initializer_range", 0.02))
             nn.init.zeros_(dense.bias)
-        if classify and not native:
-            model = Classifier(model, len(labels), cfg.pooling)
+        if classify and not native:  # its head is drawn under the seed too
+            return Classifier(model, len(labels), cfg.pooling), tokenizer
     return model, tokenizer
 
 
@@ -221,7 +226,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     vocabulary_text = (*train_split.texts, *train_split.questions) if qa else train_split.texts
     model, tokenizer = load_model(cfg, train_split.label_names if classify else None, vocabulary_text)
     if cfg.optim.freeze_embeddings:
-        (model.encoder if isinstance(model, Classifier) else model).get_input_embeddings().requires_grad_(False)
+        hf_model = model.encoder if isinstance(model, Classifier) else cast("PreTrainedModel", model)
+        hf_model.get_input_embeddings().requires_grad_(False)
 
     # 4. LayerDrop: every setting this recipe owns is passed, so none is inherited from a saved record
     learner = None
@@ -276,7 +282,8 @@ def _export(cfg: TrainConfig, model: nn.Module, tokenizer: Any, metrics: dict[st
             label_names: Sequence[str] | None, *, train_seconds: float) -> None:
     """Export the run with its ``layerdrop.json`` record; ``train_seconds`` is the training time of
     the invocation that finished the run (a resumed run's earlier invocations are not in it)."""
-    meta: dict[str, Any] = {"trained_with": _recorded(cfg), "metrics": metrics, "train_seconds": round(train_seconds, 1)}
+    meta: dict[str, Any] = {"trained_with": _recorded(cfg), "metrics": metrics,
+                            "train_seconds": round(train_seconds, 1)}
     if learner is not None:  # into the config too, so the data-driven strategy finds them
         meta["learned_rates"] = list(record_learned_rates(model))
     if label_names:

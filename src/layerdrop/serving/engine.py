@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -24,6 +24,9 @@ from .generate import generate
 from .latency import Profile, fit, observe
 from .served import Served
 from .worker import Cancelled, Job
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin
 
 __all__ = ["Completion", "Engine", "profile_depths"]
 
@@ -62,11 +65,12 @@ def profile_depths(served: Served, reps: int = 3) -> dict[int, Profile]:
             ids = torch.full((1, 8), token, dtype=torch.long)  # (1, 8)
 
             def greedy(new: int) -> None:
-                module.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,  # noqa: B023
-                                min_new_tokens=new, do_sample=False, pad_token_id=served.tokenizer.pad_token_id)
+                lm = cast("GenerationMixin", module)  # noqa: B023 (called in this iteration); a causal LM's view
+                lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,  # noqa: B023
+                            min_new_tokens=new, do_sample=False, pad_token_id=served.tokenizer.pad_token_id)
             greedy(2)  # warm-up
             new = 8
-            total = median_ms(lambda: greedy(new), module, reps=max(1, reps - 1))
+            total = median_ms(lambda: greedy(new), module, reps=max(1, reps - 1))  # noqa: B023 (called in this iteration)
             per_new = max(0.0, (total - fit(depth, samples).predict(8)) / new)
         profiles[depth] = fit(depth, samples, per_new)
     return profiles
@@ -143,7 +147,8 @@ class Engine:
 
     @property
     def ratios(self) -> dict[int, list[float]]:
-        """The fresh measured/predicted ratios, by requests found ahead (:data:`~layerdrop.serving.calibration.AHEAD_MAX` or more together)."""
+        """The fresh measured/predicted ratios, by requests found ahead
+        (:data:`~layerdrop.serving.calibration.AHEAD_MAX` or more together)."""
         return calibration.fresh_ratios(self.calibration, self.clock())
 
     def budget_margin(self, ahead: int = 0) -> float:

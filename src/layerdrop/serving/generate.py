@@ -13,7 +13,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -29,6 +29,9 @@ from layerdrop.core.apply import check_keep
 from layerdrop.core.arch import find_layers
 from layerdrop.cut.prune import prune, view
 from layerdrop.errors import InputError
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin, PreTrainedModel
 
 __all__ = ["Generation", "adapt_draft_tokens", "generate"]
 
@@ -131,7 +134,8 @@ def _speculative(
         return torch.stack([ban(seq[:, :first + j], logits[:, j]) for j in range(logits.shape[1])], dim=1)
 
     # Both caches have a slot per original layer: the draft's blocks fill theirs by their own layer_idx.
-    full_cache, draft_cache = DynamicCache(config=model.config), DynamicCache(config=model.config)
+    config = cast("PreTrainedModel", model).config
+    full_cache, draft_cache = DynamicCache(config=config), DynamicCache(config=config)
     logits = model(input_ids=ids, cache=full_cache, use_cache=True, logits_to_keep=1).logits
     seq = torch.cat([ids, allowed(logits[:, -1:], ids).argmax(-1)], dim=1)  # (1, T + 1)
     drafted = accepted = 0
@@ -315,7 +319,7 @@ def generate(
         kwargs["streamer"] = _Stream(tokenizer, on_text)
     with torch.random.fork_rng(), torch.no_grad():
         torch.manual_seed(seed)
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
+        out = cast("GenerationMixin", model).generate(ids, attention_mask=torch.ones_like(ids), **kwargs)
     new = out[0, ids.shape[1]:]
     text = _cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
     return Generation(text=text, new_tokens=int(new.shape[0]), depth=len(find_layers(model).layers),

@@ -140,7 +140,8 @@ def choose_depth(profiles: Mapping[int, Profile], budget_ms: float, *, wait_ms: 
     idle = margin if idle_margin is None else idle_margin
     if smallest * idle > budget_ms:
         least = math.ceil(smallest * idle)
-        raise BudgetError(f"no depth can answer within {budget_ms:g} ms: the fastest ({min(own, key=own.get)} layers) "
+        fastest = min(own, key=own.__getitem__)
+        raise BudgetError(f"no depth can answer within {budget_ms:g} ms: the fastest ({fastest} layers) "
                           f"is predicted to take {smallest:.0f} ms for this input"
                           + (f", {least} ms with the margin recent requests needed" if idle > 1 else "")
                           + f"; ask for at least {least} ms", busy=False, smallest_ms=smallest, retry_after_s=0)

@@ -11,7 +11,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from torch import nn
 from transformers import AutoTokenizer
@@ -22,7 +22,18 @@ from layerdrop.core.depths import every_other
 from layerdrop.cut.prune import view
 from layerdrop.errors import InputError
 from layerdrop.evaluation.measure import parameters_at
-from layerdrop.models.loading import BUNDLED_MODELS, from_pretrained, is_classifier, load_saved, local_folder, read_meta
+from layerdrop.models.loading import (
+    BUNDLED_MODELS,
+    Classifier,
+    from_pretrained,
+    is_classifier,
+    load_saved,
+    local_folder,
+    read_meta,
+)
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["Served", "load_served", "served_name"]
 
@@ -75,7 +86,12 @@ def load_served(cfg: ServeConfig) -> Served:
     config = model.config
     if task == "classification":
         id2label = getattr(config, "id2label", None) or {}
-        n = model.head.out_features if hasattr(model, "head") else config.num_labels
+        if isinstance(model, Classifier):
+            n = model.head.out_features
+        else:  # an HF *ForSequenceClassification
+            num_labels = cast("PreTrainedModel", model).config.num_labels
+            assert num_labels is not None  # a config names its labels (PreTrainedConfig makes 2 when given none)
+            n = num_labels
         labels = tuple(meta.get("label_names") or [id2label.get(i, f"LABEL_{i}") for i in range(n)])
         length = (meta.get("trained_with") or {}).get("max_length") or min(tokenizer.model_max_length, 512)
     else:
@@ -103,8 +119,8 @@ def _choose_layers(cfg: ServeConfig, model: nn.Module, tokenizer: Any, depths: S
     kept = {d: choose_with(cfg.strategy, model, d, scorers).kept for d in depths}
     for d, layers in kept.items():
         if layers[0] != 0:
-            raise InputError(f"--strategy {cfg.strategy} drops layer 0 at depth {d} ({list(layers)}); a served depth must "
-                             "keep it: choose other --depths or another strategy")
+            raise InputError(f"--strategy {cfg.strategy} drops layer 0 at depth {d} ({list(layers)}); "
+                             "a served depth must keep it: choose other --depths or another strategy")
     return kept
 
 

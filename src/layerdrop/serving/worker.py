@@ -41,11 +41,11 @@ class Job:
     """Its own predicted service time, without the wait."""
     payload: Any
     """What the run function needs (texts, or a prompt and its settings)."""
-    on_done: Callable[[Any, BaseException | None], None]
+    on_done: Callable[[Any, BaseException | None], object]
     """Called from the worker thread with the result, or with the error that ended the job."""
     size: int = 1
     """Inputs it holds (texts of a classify request), counted against the batch size."""
-    on_text: Callable[[str], None] | None = None
+    on_text: Callable[[str], object] | None = None
     """Streaming: called from the worker thread with each new piece of text."""
     cancelled: threading.Event = field(default_factory=threading.Event)
     submitted: float = field(default_factory=time.perf_counter)
@@ -163,7 +163,7 @@ class Worker:
                     _tell(job, None, Cancelled("cancelled before it ran"))
             begin = time.perf_counter()
             try:
-                results: list[Any] = self._run(live) if live else []
+                results: Sequence[Any] = self._run(live) if live else []
                 error: BaseException | None = None
                 if len(results) != len(live):  # a bug in the runner must fail its requests, not the worker
                     raise RuntimeError(f"the runner answered {len(results)} of {len(live)} jobs")

@@ -94,10 +94,12 @@ class LayerDropCallback(TrainerCallback, ExportableState):
         return applied(self._model)[1]
 
     def _set_scale(self, step: int) -> None:
-        module, _ = applied(self._model)  # type: ignore[arg-type]
+        assert self._model is not None  # on_train_begin set it, and Trainer calls it before any step
+        module, _ = applied(self._model)
         scale_rates(module, schedule_factor(self.schedule, step, warmup_steps=self.warmup_steps, gamma=self.gamma))
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):  # type: ignore[no-untyped-def]
+    def on_train_begin(  # type: ignore[no-untyped-def]  # HF hook's signature
+            self, args, state, control, model=None, **kwargs):
         self._model = model
         module, ld = applied(model)
         if self.rng is not None:
@@ -112,20 +114,20 @@ class LayerDropCallback(TrainerCallback, ExportableState):
             check_trainer_setup(args, model)
             self._watch = watch(module, every=self.check_every)
 
-    def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_train_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]  # HF hook's signature
         if self._watch is not None:
             self._watch.remove()
             self._watch = None
 
-    def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_step_begin(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]  # HF hook's signature
         self._set_scale(state.global_step)
 
-    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_step_end(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]  # HF hook's signature
         learner = self._state().learner
         if learner is not None:  # Trainer zeroes only the model's gradients
             learner.zero_grad(set_to_none=True)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]
+    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[no-untyped-def]  # HF hook's signature
         if logs is None or self._model is None or not any(k in logs for k in ("loss", "train_loss")):
             return
         ld = self._state()
@@ -141,7 +143,7 @@ class LayerDropCallback(TrainerCallback, ExportableState):
         if state.log_history:
             state.log_history[-1].update(extra)
 
-    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]  # HF hook's signature
         learner = self._state().learner if self._model is not None else None
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if learner is not None and args.should_save and folder.is_dir():

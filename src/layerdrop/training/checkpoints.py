@@ -19,7 +19,7 @@ CHECKPOINT_DONE = "layerdrop-complete.json"
 class MarkCheckpointComplete(TrainerCallback):
     """After ``Trainer`` has written a checkpoint, mark it complete (atomically)."""
 
-    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]
+    def on_save(self, args, state, control, **kwargs):  # type: ignore[no-untyped-def]  # HF hook's signature
         if args.should_save:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if folder.is_dir():

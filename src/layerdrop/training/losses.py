@@ -14,7 +14,8 @@ __all__ = ["cosine_loss", "hidden_loss", "hidden_pairs", "kd_loss", "output_kd_l
 
 
 def _real(mask: torch.Tensor | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``tensors`` ``(B, T, ...)`` at the positions where ``mask`` ``(B, T)`` is true, ``(N, ...)``; all of them without a mask."""
+    """``tensors`` ``(B, T, ...)`` at the positions where ``mask`` ``(B, T)`` is true, ``(N, ...)``; all of
+    them without a mask."""
     return tensors if mask is None else tuple(t[mask.bool()] for t in tensors)
 
 

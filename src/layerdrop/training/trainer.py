@@ -97,7 +97,8 @@ class LayerDropTrainer(Trainer):
     loss_is_scaled_for_ga = True
     """Every path's loss is scaled for gradient accumulation here (:meth:`_share`), never by the model."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
+    def compute_loss(  # type: ignore[no-untyped-def]  # HF Trainer's signature
+            self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs)
         if self.teacher is not None:
@@ -158,12 +159,14 @@ class LayerDropTrainer(Trainer):
 
     def _task(self, model: nn.Module, outputs: Any, labels: torch.Tensor | None) -> torch.Tensor:
         """The task loss: the model's, or with label smoothing HF's smoother (shifted for a causal LM)."""
-        if labels is None:
+        smoother = self.label_smoother  # not None when it took the labels
+        if labels is None or smoother is None:
             return outputs.loss
         name = self.accelerator.unwrap_model(model)._get_name()
-        return self.label_smoother(outputs, labels, shift_labels=name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+        return smoother(outputs, labels, shift_labels=name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
-    def _self_distill_terms(self, model, inputs):  # type: ignore[no-untyped-def]
+    def _self_distill_terms(self, model: nn.Module, inputs: dict[str, Any]
+                            ) -> tuple[list[tuple[float, torch.Tensor, Kind]], Any, torch.Tensor]:
         """The full network learns the task; the sub-network LayerDrop samples learns its predictions
         (per token for a language model, its real tokens only)."""
         module, state = applied(model)
@@ -177,7 +180,8 @@ class LayerDropTrainer(Trainer):
                  (self.distill_weight, distill, _kd_kind(full))]
         return terms, full, distill  # the rates learn from the sub-network's gap, free of data noise
 
-    def _teacher_terms(self, model, inputs):  # type: ignore[no-untyped-def]
+    def _teacher_terms(self, model: nn.Module, inputs: dict[str, Any]
+                       ) -> tuple[list[tuple[float, torch.Tensor, Kind]], Any, torch.Tensor]:
         """The task and the teacher's soft targets (and, optionally, its hidden states)."""
         inputs = dict(inputs)
         labels = inputs.pop("labels") if self.label_smoother is not None else None
@@ -190,6 +194,7 @@ class LayerDropTrainer(Trainer):
         if cached is not None:
             teacher: Any = SimpleNamespace(logits=cached)
         else:
+            assert self.teacher is not None  # compute_loss comes here only with a teacher
             with torch.no_grad():
                 teacher = self.teacher(**without_targets(inputs), **extra)
         student = model(**inputs, **extra)
@@ -209,7 +214,7 @@ class LayerDropTrainer(Trainer):
                                                           self.hidden_layers, mask), "tokens"))
         return terms, student, task
 
-    def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]
+    def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]  # HF Trainer's signature
         if self.head_lr is None:
             super().create_optimizer(model)
         else:
@@ -219,8 +224,9 @@ class LayerDropTrainer(Trainer):
                                             "weight_decay": 0.0})
         return self.optimizer
 
-    def _create_head_lr_optimizer(self, model=None) -> None:  # type: ignore[no-untyped-def]
+    def _create_head_lr_optimizer(self, model: nn.Module | None = None) -> None:
         model = model if model is not None else self.model
+        assert model is not None  # the Trainer's model: create_optimizer runs once it has one
         decay = set(self.get_decay_parameter_names(model))
         base = getattr(model, "base_model_prefix", "")
         base = f"{base}." if base and hasattr(model, base) else None  # a *For... model's body

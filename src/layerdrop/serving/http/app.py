@@ -60,9 +60,10 @@ def create_app(served: Served, cfg: ServeConfig) -> FastAPI:
     app.state.service = Service(served, cfg, engine, worker, metrics)
     app.state.engine, app.state.worker, app.state.metrics = engine, worker, metrics
     task = classify.router if served.task == "classification" else completions.router  # its own task's route only
-    paths = frozenset({*(route.path for router in (task, info.router) for route in router.routes),  # type: ignore[attr-defined]
-                       app.openapi_url, app.docs_url, app.redoc_url} - {None})
-    app.add_middleware(Edge, limit=cfg.max_body_bytes, metrics=metrics, paths=paths)  # type: ignore[arg-type]
+    # every route of an APIRouter is an APIRoute, with a path; Starlette types them as BaseRoute, without one
+    routes = {route.path for router in (task, info.router) for route in router.routes}  # type: ignore[attr-defined]
+    paths = frozenset(routes | {p for p in (app.openapi_url, app.docs_url, app.redoc_url) if p is not None})
+    app.add_middleware(Edge, limit=cfg.max_body_bytes, metrics=metrics, paths=paths)
     own = "/v1/completions" if served.task == "generation" else "/v1/classify"
 
     def count(request: Request) -> None:  # a 500 is answered outside Edge: counted here

@@ -131,7 +131,7 @@ class Service:
 
 def service(request: Request) -> Service:
     """The app's :class:`Service` (a FastAPI dependency)."""
-    return request.app.state.service  # type: ignore[no-any-return]
+    return request.app.state.service
 
 
 def _depth_named(served: Served, model: str | None, depth: int | None) -> int | None:
