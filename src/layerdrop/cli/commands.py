@@ -284,7 +284,7 @@ def demo(config: DemoConfig) -> int:
     (a) fine-tunes MiniLM-L6 on Rotten Tomatoes without and with LayerDrop and
     prunes both to every depth; (b) trains a small GPT-2-style LM on the King
     James Bible without and with LayerDrop; (c) writes plots, a Markdown report
-    and pruned checkpoints to --out. About 22 minutes on 2 quiet CPU cores (measured on a fresh
+    and pruned checkpoints to --out. About 15 minutes on 2 quiet CPU cores (measured on a fresh
     clone, see the README); --full runs the full-size quality-bar experiment instead.
     """
     from layerdrop.recipes.demo import run_demo

@@ -75,7 +75,7 @@ class CompareConfig:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Sizes of the demo. The defaults take about 22 minutes on 2 quiet CPU cores (the README); ``full`` is the
+    """Sizes of the demo. The defaults take about 15 minutes on 2 quiet CPU cores (the README); ``full`` is the
     quality-bar run."""
 
     out: str = "out/demo"
