@@ -78,13 +78,7 @@ def prune(
         layers = state.path
     site = find_layers(model, layers)
     num_layers = len(site.layers)
-    if (depth is None) == (keep is None):
-        raise InputError("pass exactly one of depth=K or keep=[indices]")
-    if depth is not None:
-        kept = every_other(num_layers, depth)
-    else:
-        assert keep is not None  # exactly one of the two, checked above
-        kept = check_keep(keep, num_layers)
+    kept = _kept(num_layers, depth, keep)
 
     pruned = _copy_keeping(model, site.layers, kept)
     uninstall(pruned)
@@ -95,6 +89,15 @@ def prune(
         per_layer = site.arch.per_layer_config if site.arch else ()
         _prune_config(config, kept, num_layers, per_layer)
     return pruned
+
+
+def _kept(num_layers: int, depth: int | None, keep: Sequence[int] | None) -> tuple[int, ...]:
+    """The layers of ``depth`` (every-other) or ``keep``, exactly one of which is given."""
+    if depth is not None and keep is None:
+        return every_other(num_layers, depth)
+    if keep is not None and depth is None:
+        return check_keep(keep, num_layers)
+    raise InputError("pass exactly one of depth=K or keep=[indices]")
 
 
 def _copy_keeping(model: nn.Module, blocks: nn.ModuleList, kept: tuple[int, ...]) -> nn.Module:
@@ -129,13 +132,7 @@ def view(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | No
     """
     site = find_layers(model)
     num_layers = len(site.layers)
-    if (depth is None) == (keep is None):
-        raise InputError("pass exactly one of depth=K or keep=[indices]")
-    if depth is not None:
-        kept = every_other(num_layers, depth)
-    else:
-        assert keep is not None  # exactly one of the two, checked above
-        kept = check_keep(keep, num_layers)
+    kept = _kept(num_layers, depth, keep)
     if kept[0] != 0:
         raise InputError(f"a view must keep layer 0 (a KV cache's length is read there), got keep={list(kept)}")
     *parents, leaf = site.path.split(".")
