@@ -607,3 +607,19 @@ def test_a_constant_learning_rate_schedule_warms_up_then_holds(tmp_path, bert_di
     state = json.loads((result.out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
     rates = [h["learning_rate"] for h in state["log_history"] if "learning_rate" in h]
     assert rates[0] < 1e-3 and rates[-2:] == [1e-3, 1e-3]
+
+
+def test_a_presets_classifier_is_the_same_model_in_every_run():
+    """A from-scratch preset's pooled head is drawn under --seed, like its body: the same command gives
+    the same model (and logs the same loss) run after run."""
+    from layerdrop.config.args import TrainConfig
+    from layerdrop.recipes.train import load_model
+
+    cfg = TrainConfig.from_flat(task="classification", model="bert-tiny", data="x", out="o", seed=3)
+    texts = [f"a {w} film, number {i}" for i in range(40) for w in ("good", "bad")]
+    first, second = (load_model(cfg, ["neg", "pos"], texts)[0] for _ in range(2))
+    torch.manual_seed(123)  # whatever the global RNG holds between runs
+    third = load_model(cfg, ["neg", "pos"], texts)[0]
+    for model in (second, third):
+        assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), model.state_dict().values(),
+                                                      strict=True))

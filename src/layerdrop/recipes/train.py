@@ -184,7 +184,11 @@ def load_model(cfg: TrainConfig, label_names: Sequence[str] | None, texts: Seque
                               auto_class=auto_class, **overrides)
         if native:  # our own new model: its labels are named here
             model.config.id2label, model.config.label2id = names["id2label"], names["label2id"]
-        return (Classifier(model, len(labels), cfg.pooling) if classify and not native else model), tokenizer
+        if not classify or native:
+            return model, tokenizer
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)  # its head is drawn under the seed too, as a pretrained model's is
+            return Classifier(model, len(labels), cfg.pooling), tokenizer
 
     path = model_folder(cfg.model)
     tokenizer = from_pretrained(AutoTokenizer, path)
