@@ -130,16 +130,18 @@ class Engine:
             return {d: calibration.relaxed(p, self.startup_profiles[d], now - self.observed_at[d])
                     if d in self.observed_at and d in self.startup_profiles else p for d, p in self.profiles.items()}
 
+    def _reading_at(self, now: float) -> Profile:
+        """The reading profile in force at ``now``: as last observed, relaxing toward start-up without news."""
+        return calibration.relaxed(self.reading, self.startup_reading, now - self.read_at)
+
     def reading_ms(self, chars: int) -> float:
         """Predicted milliseconds to read (tokenize) ``chars`` characters of input."""
-        profile = calibration.relaxed(self.reading, self.startup_reading, self.clock() - self.read_at)
-        return profile.predict(chars)
+        return self._reading_at(self.clock()).predict(chars)
 
     def observe_reading(self, chars: int, ms: float) -> None:
         now = self.clock()
         with self._lock:
-            current = calibration.relaxed(self.reading, self.startup_reading, now - self.read_at)
-            self.reading, self.read_at = observe(current, chars, 0, ms), now
+            self.reading, self.read_at = observe(self._reading_at(now), chars, 0, ms), now
 
     @property
     def overhead_ms(self) -> float:

@@ -140,9 +140,12 @@ class LayerDropTrainer(Trainer):
             mask = batch.get("attention_mask")
             return mask.sum() if mask is not None else torch.tensor(ids.numel(), device=ids.device)
         labels = batch["labels"]
+        return (labels[..., 1:] if self._shifts_labels() else labels).ne(-100).sum()
+
+    def _shifts_labels(self) -> bool:
+        """Whether the model is a causal LM, whose loss predicts token t+1 from t (``labels[:, 1:]``)."""
         name = self.accelerator.unwrap_model(self.model)._get_name()
-        shifted = getattr(self, "_loss_shifts_labels", False) or name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
-        return (labels[..., 1:] if shifted else labels).ne(-100).sum()
+        return getattr(self, "_loss_shifts_labels", False) or name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
 
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> torch.Tensor | None:
         """Count the step's items of every kind over its micro-batches (kept for :meth:`_share`), and
@@ -157,13 +160,12 @@ class LayerDropTrainer(Trainer):
         self._step_counts = dict(zip(KINDS, counts, strict=True))
         return counts[0]
 
-    def _task(self, model: nn.Module, outputs: Any, labels: torch.Tensor | None) -> torch.Tensor:
+    def _task(self, outputs: Any, labels: torch.Tensor | None) -> torch.Tensor:
         """The task loss: the model's, or with label smoothing HF's smoother (shifted for a causal LM)."""
         smoother = self.label_smoother  # not None when it took the labels
         if labels is None or smoother is None:
             return outputs.loss
-        name = self.accelerator.unwrap_model(model)._get_name()
-        return smoother(outputs, labels, shift_labels=name in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+        return smoother(outputs, labels, shift_labels=self._shifts_labels())
 
     def _self_distill_terms(self, model: nn.Module, inputs: dict[str, Any]
                             ) -> tuple[list[tuple[float, torch.Tensor, Kind]], Any, torch.Tensor]:
@@ -176,7 +178,7 @@ class LayerDropTrainer(Trainer):
             full = model(**inputs)  # the whole network, on the task
         sub = model(**{k: v for k, v in inputs.items() if k != "labels"})  # a sampled sub-network
         distill = output_kd_loss(sub, full, self.distill_temperature, inputs.get("attention_mask"))
-        terms = [(1.0, self._task(model, full, labels), "items"),
+        terms = [(1.0, self._task(full, labels), "items"),
                  (self.distill_weight, distill, _kd_kind(full))]
         return terms, full, distill  # the rates learn from the sub-network's gap, free of data noise
 
@@ -198,7 +200,7 @@ class LayerDropTrainer(Trainer):
             with torch.no_grad():
                 teacher = self.teacher(**without_targets(inputs), **extra)
         student = model(**inputs, **extra)
-        task = self._task(model, student, labels)
+        task = self._task(student, labels)
         mask = inputs.get("attention_mask")
         terms: list[tuple[float, torch.Tensor, Kind]] = []
         if self.task_weight:
