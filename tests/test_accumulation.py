@@ -50,6 +50,9 @@ def _qa_model() -> torch.nn.Module:
                                                attention_probs_dropout_prob=0.0, max_position_embeddings=64))
 
 
+DEPTHS = {2: (0, 1), 1: (0,)}
+"""Named depths of a 4-layer model (layerdrop train --depths 4,2,1 with the top strategy)."""
+
 PATHS = {
     # name: (task, model factory, trainer class, trainer options)
     "plain": ("classification", lambda: layerdrop.apply(make("bert"), rate=0.0), LayerDropTrainer, {}),
@@ -69,8 +72,17 @@ PATHS = {
                           {"teacher": make("gpt2").eval(), "task_weight": 0.5, "cos_weight": 0.5,
                            "hidden_weight": 0.5, "hidden_layers": ((1, 1),)}),
     "qa": ("qa", lambda: layerdrop.apply(_qa_model(), rate=0.0), LayerDropTrainer, {}),
+    "depths": ("classification", lambda: make("bert"), LayerDropTrainer, {"depths": DEPTHS}),
+    "depths-teacher": ("classification", lambda: make("bert"), LayerDropTrainer,
+                       {"depths": DEPTHS, "teacher": make("bert").eval(), "hidden_weight": 0.5}),
+    "causal-lm-depths": ("clm", lambda: make("gpt2"), LayerDropTrainer,
+                         {"depths": DEPTHS, "task_weight": 0.5, "distill_weight": 0.5, "distill_temperature": 2.0,
+                          "hidden_weight": 0.5}),
+    "qa-depths": ("qa", _qa_model, LayerDropTrainer, {"depths": DEPTHS}),
+    "depths-sandwich": ("classification", lambda: make("bert"), LayerDropTrainer,
+                        {"depths": {3: (0, 1, 2), 2: (0, 1), 1: (0,)}, "each_step": "sandwich", "sandwich": 1}),
 }
-SMOOTHED = ("plain", "causal-lm", "causal-lm-self-distilled", "causal-lm-teacher")
+SMOOTHED = ("plain", "causal-lm", "causal-lm-self-distilled", "causal-lm-teacher", "causal-lm-depths")
 """Paths also run with label smoothing (HF's smoother, shifted for a causal LM)."""
 
 

@@ -31,9 +31,10 @@ def compared(tmp_path_factory, minilm_tokenizer):
 def test_every_method_is_scored_at_every_depth_and_the_shallowest_with_each_seed(compared):
     cfg, result = compared
     by = {(r.method, r.depth): r for r in result.rows}
-    assert set(by) == {(m, 2) for m in METHODS} | {("plain", 4), ("layerdrop", 4)}  # full depth: each full run once
-    assert all(len(by[(m, 2)].scores) == 2 for m in METHODS if METHODS[m].per_depth)  # two seeds
+    assert set(by) == {(m, 2) for m in METHODS} | {("plain", 4), ("layerdrop", 4), ("elastic", 4)}  # each full run
+    assert all(len(by[(m, 2)].scores) == 2 for m in METHODS if METHODS[m].per_depth or m == "elastic")  # two seeds
     assert by[("top-dropped", 2)].kept == (0, 1) and by[("fixed-depth", 2)].kept == (0, 3)
+    assert by[("elastic", 2)].kept == (0, 1) and by[("layerdrop-cut", 2)].kept == (0, 3)  # its recorded layers
     assert by[("distilled", 2)].minutes > 0 and by[("plain-cut", 2)].minutes == 0
     second = json.loads((result.out / "fixed2-seed1" / "model" / "layerdrop.json").read_text())["trained_with"]
     assert second["seed"] == 1 and second["split_seed"] == 0  # another seed, the same test rows
@@ -55,6 +56,8 @@ def test_the_report_gives_the_cost_of_serving_every_depth(compared):
     assert line.split("|")[2].strip() == "2"  # the LayerDrop run and one heal
     line = next(row for row in serving.splitlines() if row.startswith("| fixed depth"))
     assert line.split("|")[2].strip() == "2"  # full depth is in the table: the plain run, and one per depth
+    line = next(row for row in serving.splitlines() if row.startswith("| one elastic run"))
+    assert line.split("|")[2].strip() == "1"  # one run serves every depth
     data = json.loads((result.out / "compare.json").read_text())
     assert len(data["rows"]) == len(result.rows) and (result.out / "compare.csv").is_file()
     assert (result.out / "quality_vs_latency.png").stat().st_size > 0
@@ -82,8 +85,8 @@ def test_a_second_run_reuses_every_training(compared):
 
 @pytest.mark.parametrize("field, value, message", [
     ("methods", "plain-cut,magic", "unknown method"),
-    ("depths", "4,x", "comma-separated integers"),
-    ("depths", "0", "at least 1"),
+    ("depths", "4,x", "whole numbers"),
+    ("depths", "0", "outside"),
     ("heal_epochs", 0.0, "above 0"),
     ("max_steps", -1, "0 or more"),
     ("heal_steps", 10, "goes with --max-steps"),

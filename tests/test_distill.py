@@ -198,13 +198,13 @@ def test_a_language_model_heals_its_cut_by_logit_distillation(tiny_lm_dir, tmp_p
 def test_transformers_placeholder_labels_match_any_data_with_as_many_classes(teacher, reviews, tmp_path):
     from transformers import BertForSequenceClassification
 
-    from layerdrop.recipes.distill import _label_names
+    from layerdrop.training.teachers import label_names
 
     model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
                                                      num_attention_heads=2, intermediate_size=8, num_labels=2))
-    assert _label_names(model, str(tmp_path)) is None
+    assert label_names(model, str(tmp_path)) is None
     model.config.id2label = {0: "neg", 1: "pos"}
-    assert _label_names(model, str(tmp_path)) == ["neg", "pos"]
+    assert label_names(model, str(tmp_path)) == ["neg", "pos"]
 
 
 # --------------------------------------------------------------------------- bad input

@@ -40,7 +40,7 @@ def test_elastic_scores_before_and_after_and_exports_a_plain_model(tmp_path, tin
     assert lines[0].startswith("scoring") and "LayerDrop 0.5" in lines[1]
 
 
-@pytest.mark.parametrize(("depths", "message"), [("x", "whole numbers"), ("0,2", "from 1 up"), ("9", "exceeds")])
+@pytest.mark.parametrize(("depths", "message"), [("x", "whole numbers"), ("0,2", "outside"), ("9", "exceeds")])
 def test_bad_depths_are_explained(tmp_path, tiny_lm_dir, verses, depths, message):
     with pytest.raises(ValueError, match=message):
         run_elastic(_cfg(tiny_lm_dir, verses, tmp_path, depths=depths))

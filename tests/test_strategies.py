@@ -225,7 +225,7 @@ def test_every_other_choice_wraps_the_paper_rule() -> None:
 
 
 def test_strategies_table_names_every_strategy() -> None:
-    assert set(STRATEGIES) == {"every-other", "search", "block-influence", "angular", "top", "data-driven"}
+    assert set(STRATEGIES) == {"every-other", "search", "block-influence", "angular", "top", "data-driven", "trained"}
     assert [name for name, row in STRATEGIES.items() if row.needs_data] == ["search", "block-influence", "angular"]
 
 

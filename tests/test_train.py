@@ -550,11 +550,19 @@ _RECORD_BEFORE_GROUPS = {
     "stride": 32, "train_rows": None, "eval_rows": None, "tokenizer": None, "vocab_size": 8000, "save_steps": 200,
     "logging_steps": 20, "resume": False, "evaluate": True, "progress": True,
 }
-_ADDED_SINCE = {"freeze_embeddings": False, "split_seed": None, "record_masks": False}
+_ADDED_SINCE = {"freeze_embeddings": False, "split_seed": None, "record_masks": False, "depths": None,
+                "strategy": "top", "each_step": "all", "sandwich": 1, "teacher": None, "alpha_kd": 0.5,
+                "alpha_task": 0.5, "temperature": 2.0, "alpha_hidden": 0.0}
 
 
 def test_grouped_config_keeps_the_flat_record_of_earlier_runs():
-    assert TrainConfig(task="a", model="b", data="c", out="d").flat() == {**_RECORD_BEFORE_GROUPS, **_ADDED_SINCE}
+    from layerdrop.recipes.train import _recorded
+
+    cfg = TrainConfig(task="a", model="b", data="c", out="d")
+    assert cfg.flat() == {**_RECORD_BEFORE_GROUPS, **_ADDED_SINCE, "rate": None}  # None: 0.2, or 0 with --depths
+    recorded = {k: v for k, v in {**_RECORD_BEFORE_GROUPS, **_ADDED_SINCE}.items() if k not in ("progress",
+                                                                                                "record_masks")}
+    assert _recorded(cfg) == recorded  # what layerdrop.json records: the rate the run used
 
 
 def test_from_flat_puts_each_setting_in_its_group_and_round_trips():

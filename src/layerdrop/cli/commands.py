@@ -44,7 +44,7 @@ def train(config: TrainConfig) -> int:
 
 
 def prune(model: str, out: str, depth: int | None = None, keep: str | None = None,
-          strategy: str = "every-other", data: str | None = None, rows: int = 500) -> int:
+          strategy: str = "", data: str | None = None, rows: int = 500) -> int:
     """Cut a saved model to fewer layers and write a plain Hugging Face checkpoint.
 
     Also writes layerdrop.json: the kept layers, the strategy and how it chose,
@@ -56,8 +56,9 @@ def prune(model: str, out: str, depth: int | None = None, keep: str | None = Non
         out: Output folder; written atomically.
         depth: Number of layers to keep, chosen by --strategy.
         keep: Comma-separated 0-based layer indices to keep instead, e.g. 0,2,5.
-        strategy: every-other, search, block-influence, angular, top or data-driven (search and the importance
-            metrics need --data; data-driven needs a model trained with --data-driven).
+        strategy: every-other, search, block-influence, angular, top, data-driven or trained (search and the
+            importance metrics need --data; data-driven needs a model trained with --data-driven). Empty: the
+            model's own, the layers it was trained to serve (layerdrop train --depths), else every-other.
         data: Dataset name or file: the validation split scores the choice (and calibrates the importance metrics).
         rows: Validation rows used with --data.
     """
@@ -149,7 +150,7 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
              stop: str | None = None, seed: int = 0, speculative: int | None = None,
              draft_tokens: int = 4, adaptive_draft: bool = False, draft_confidence: float = 0.0,
              no_repeat_ngram: int = 0,
-             strategy: str = "every-other", data: str | None = None) -> int:
+             strategy: str = "", data: str | None = None) -> int:
     """Generate text with a causal LM cut to --depth layers, streaming tokens as they come.
 
     With --speculative K, a K-layer sub-network of the model (the same weights)
@@ -175,9 +176,9 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
             off; HF's default for assisted decoding is 0.4); --draft-tokens is then the most a round drafts.
         no_repeat_ngram: Never repeat an n-gram of this size (prompt included), so greedy text cannot loop; 0 is
             off. Works with --speculative.
-        strategy: How --depth chooses its layers: every-other, search, angular, block-influence, top or
-            data-driven (search, angular and block-influence need --data; search scores each candidate on its
-            validation rows).
+        strategy: How --depth chooses its layers: every-other, search, angular, block-influence, top, data-driven
+            or trained (search, angular and block-influence need --data; search scores each candidate on its
+            validation rows). Empty: the model's own, the layers it was trained to serve, else every-other.
         data: Dataset name or text file whose validation rows calibrate --strategy.
     """
     from transformers import AutoTokenizer
@@ -186,10 +187,11 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
     from layerdrop.core.arch import find_layers
     from layerdrop.core.depths import check_depth
     from layerdrop.cut.scored import check_data, choose_with, strategy_scorers
+    from layerdrop.cut.strategies import own_strategy
     from layerdrop.models.loading import from_pretrained, load_saved, local_folder
     from layerdrop.serving.generate import generate as run
 
-    if strategy != "every-other" and depth is None:
+    if strategy and depth is None:
         raise InputError(f"--strategy {strategy} chooses the layers of --depth: pass --depth too")
     if not 0 <= draft_confidence < 1:
         raise InputError(f"--draft-confidence must be a probability from 0 (off) to below 1, got {draft_confidence}")
@@ -198,11 +200,13 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
     if (adaptive_draft or draft_confidence) and speculative is None:
         option = "--adaptive-draft" if adaptive_draft else "--draft-confidence"
         raise InputError(f"{option} changes the draft of --speculative: pass --speculative K too")
-    check_data(strategy, data)
+    if strategy:
+        check_data(strategy, data)
     lm = load_saved(model).eval()
     tokenizer = from_pretrained(AutoTokenizer, local_folder(model))
+    strategy = strategy or own_strategy(lm)
     keep = None
-    if depth is not None and strategy != "every-other":  # the layers, chosen before any output
+    if depth is not None and strategy != own_strategy(lm):  # the layers, chosen before any output
         check_depth(depth, len(find_layers(lm).layers))
         keep = choose_with(strategy, lm, depth, strategy_scorers(lm, tokenizer, data) if data else None).kept
     started: list[bool] = []

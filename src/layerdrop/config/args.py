@@ -20,15 +20,17 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DataArgs", "DistillArgs", "DistillConfig", "LayerDropArgs", "OptimArgs", "TrainConfig", "build", "flatten"]
+__all__ = ["EACH_STEP", "DataArgs", "DepthArgs", "DistillArgs", "DistillConfig", "LayerDropArgs", "OptimArgs",
+           "TrainConfig", "build", "flatten"]
 
 
 @dataclass(frozen=True)
 class LayerDropArgs:
     """How ``layerdrop train`` drops layers, and the training options that exist for LayerDrop."""
 
-    rate: float = 0.2
-    """LayerDrop rate (0 trains without LayerDrop)."""
+    rate: float | None = None
+    """LayerDrop rate (0 trains without LayerDrop). By default 0.2, or 0 with --depths, which trains named
+    sub-networks in place of random ones."""
     per_layer: str = "uniform"
     """Rate profile over depth: uniform, linear or exponential."""
     granularity: str = "layer"
@@ -54,6 +56,45 @@ class LayerDropArgs:
     data-driven pruning); then prune with ``--strategy data-driven``."""
     rate_lr: float = 5e-3
     """Learning rate of the data-driven rates' scorer."""
+
+
+EACH_STEP = ("all", "sandwich")
+"""Which of ``--depths`` a training step runs: every one, or the sandwich (the smallest and ``--sandwich``
+others drawn at random)."""
+
+
+@dataclass(frozen=True)
+class DepthArgs:
+    """Training for the depths to be served (one elastic run): each step trains the full network and a
+    sub-network at each named depth, each learning from a teacher."""
+
+    depths: str | None = None
+    """Depths to serve, comma-separated (6,4,3; the full one is always trained). Each step the full network
+    learns the task and each depth's sub-network learns --alpha-task x the task + --alpha-kd x the soft
+    targets of the full network in the same step (or of --teacher). Replaces random dropping: --rate is not
+    used. The model records each depth's layers, so prune, view, sweep and serve keep the same ones."""
+    strategy: str = "top"
+    """How each of --depths chooses its layers, a row of the strategy table: top (the first k layers, nested:
+    depth k continues depth j's computation), every-other, or angular / block-influence (calibrated on
+    --data's validation rows before training)."""
+    each_step: str = "all"
+    """Which of --depths a step trains besides the full network: all, or sandwich (the smallest and
+    --sandwich others drawn at random; BigNAS)."""
+    sandwich: int = 1
+    """With --each-step sandwich: how many of the other depths, drawn at random each step, also train."""
+    teacher: str | None = None
+    """A fine-tuned model folder (same tokenizer, labels and task) that every depth, the full one included,
+    learns from instead of the full network in the same step (DynaBERT)."""
+    alpha_kd: float = 0.5
+    """Weight of each depth's soft-target loss: KL to the teacher's predictions at --temperature, times T^2."""
+    alpha_task: float = 0.5
+    """Weight of each depth's task loss (the full network's, too, when --teacher teaches it)."""
+    temperature: float = 2.0
+    """Softmax temperature of the soft targets with --depths."""
+    alpha_hidden: float = 0.0
+    """Weight of hidden-state matching with --depths: the output of a depth's j-th layer against the
+    teacher's layer it stands for ((j + 1) x L / depth; TinyBERT's and DynaBERT's uniform mapping), as
+    normalised hidden states."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +171,7 @@ def flatten(config: Any) -> dict[str, Any]:
     return out
 
 
-_GROUPS = {"layerdrop": LayerDropArgs, "optim": OptimArgs, "inputs": DataArgs}
+_GROUPS = {"layerdrop": LayerDropArgs, "served": DepthArgs, "optim": OptimArgs, "inputs": DataArgs}
 """Group field of :class:`TrainConfig` -> its dataclass."""
 
 
@@ -176,6 +217,8 @@ class TrainConfig:
     """Show tqdm bars."""
     layerdrop: LayerDropArgs = field(default_factory=LayerDropArgs)
     """LayerDrop settings."""
+    served: DepthArgs = field(default_factory=DepthArgs)
+    """Training for named depths."""
     optim: OptimArgs = field(default_factory=OptimArgs)
     """Optimisation settings."""
     inputs: DataArgs = field(default_factory=DataArgs)

@@ -26,12 +26,14 @@ class CompareConfig:
     out: str = "runs/compare"
     """Output folder: each method's runs, compare.md, compare.csv, compare.json and the plots."""
     depths: str = "4,3"
-    """Comma-separated depths to compare (every-other layers); the model's own depth adds the full models' row."""
-    methods: str = "plain-cut,layerdrop-cut,layerdrop-healed,fixed-depth,distilled,top-dropped"
-    """Comma-separated methods: plain-cut, layerdrop-cut, layerdrop-healed, fixed-depth, distilled, top-dropped."""
+    """Comma-separated depths to compare (cut every-other, or at the layers a run recorded); the model's own depth
+    adds the full models' row."""
+    methods: str = "plain-cut,layerdrop-cut,layerdrop-healed,fixed-depth,distilled,top-dropped,elastic"
+    """Comma-separated methods: plain-cut, layerdrop-cut, layerdrop-healed, fixed-depth, distilled, top-dropped,
+    elastic (one run trained for every depth of --depths: layerdrop train --depths)."""
     seeds: str = "0"
-    """Comma-separated seeds of every training at the shallowest depth (the noisiest); the first seed trains
-    the rest."""
+    """Comma-separated seeds of every training at the shallowest depth (the noisiest; for the elastic method,
+    one whole run per seed); the first seed trains the rest."""
     rate: float = 0.5
     """LayerDrop rate of the LayerDrop run."""
     pattern: str = "every-other"
@@ -164,8 +166,9 @@ class SweepConfig:
     split: str = "validation"
     """Which split each point is scored on: validation, or test for a final table (search and
     the importance metrics still choose layers on validation rows)."""
-    strategies: str = "every-other"
-    """Comma-separated strategies: every-other, search, block-influence, angular, top, data-driven."""
+    strategies: str = ""
+    """Comma-separated strategies: every-other, search, block-influence, angular, top, data-driven, trained
+    (empty: the model's own, trained for a model trained with --depths, else every-other)."""
     rows: int = 500
     """Rows of the split scored per point (and test rows for search's final check)."""
     batch_size: int = 32
@@ -195,14 +198,17 @@ class ServeConfig:
     model: str
     """A saved classifier (``layerdrop train classification``) or causal LM folder, or a bundled name."""
     depths: str = ""
-    """Comma-separated depths to serve (every-other layers); empty: every depth from 1 to the model's."""
-    strategy: str = "every-other"
-    """How each depth chooses its layers: every-other (a LayerDrop model), or for a model trained without
-    LayerDrop angular / block-influence (calibrated on --data) or search (scored on --data's validation rows)."""
+    """Comma-separated depths to serve; empty: every depth from 1 to the model's."""
+    strategy: str = ""
+    """How each depth chooses its layers. Empty: the model's own (the layers it was trained to serve at
+    each depth, for a model trained with --depths; else every-other, for a LayerDrop model). For a model
+    trained without LayerDrop: angular / block-influence (calibrated on --data) or search (scored on
+    --data's validation rows)."""
     data: str = ""
     """A dataset name or text file whose validation rows calibrate or score --strategy."""
     sweep: str = ""
-    """A ``layerdrop sweep`` folder or sweep.json whose every-other scores are shown as each depth's quality."""
+    """A ``layerdrop sweep`` folder or sweep.json whose scores for the served strategy are shown as each depth's
+    quality."""
     host: str = "127.0.0.1"
     """Address to bind; 0.0.0.0 exposes the server to the network."""
     port: int = 8000

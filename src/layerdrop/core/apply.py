@@ -27,6 +27,7 @@ from layerdrop.config.settings import (
 from layerdrop.errors import InputError
 
 from .arch import find_layers
+from .depths import recorded_depths
 from .gates import LayerDropState, granularity_parts, install, state_of, uninstall
 from .mask import arrange_like_pruning, sample_keep_mask, sample_part_mask
 from .rates import layer_rates, validate_rates
@@ -82,10 +83,12 @@ def _recorded(model: nn.Module) -> dict[str, Any] | None:
 
 
 def trained_with_layerdrop(model: nn.Module) -> bool:
-    """Whether ``model``'s config records LayerDrop of whole layers with some rate above 0:
-    :func:`apply` writes the record, ``save_pretrained`` and pruning keep it. A model without one
-    was never trained to run with layers missing, and cut without retraining it usually loses
-    much of its quality."""
+    """Whether ``model``'s config records training at named depths (``layerdrop train --depths``), or LayerDrop
+    of whole layers with some rate above 0: training writes the record, ``save_pretrained`` and pruning keep
+    it. A model without one was never trained to run with layers missing, and cut without retraining it
+    usually loses much of its quality."""
+    if recorded_depths(getattr(model, "config", None)):  # trained at named depths (layerdrop train --depths)
+        return True
     recorded = _recorded(model)
     if not recorded:
         return False

@@ -18,7 +18,7 @@ from torch import nn
 
 from layerdrop.core.apply import CONFIG_KEY, check_keep, state_of, uninstall
 from layerdrop.core.arch import find_layers
-from layerdrop.core.depths import every_other
+from layerdrop.core.depths import DEPTHS_KEY, layers_at, remove_depth_record, renumbered_record
 from layerdrop.core.learned import LEARNED_KEY
 from layerdrop.errors import InputError
 
@@ -52,6 +52,12 @@ def _prune_config(config: Any, keep: tuple[int, ...], num_layers: int, per_layer
     learned = getattr(config, LEARNED_KEY, None)
     if learned and len(learned) == num_layers:
         setattr(config, LEARNED_KEY, [learned[i] for i in keep])
+    if getattr(config, DEPTHS_KEY, None):
+        record = renumbered_record(config, keep)
+        if record is None:
+            remove_depth_record(config)
+        else:
+            setattr(config, DEPTHS_KEY, record)
 
 
 def prune(
@@ -65,7 +71,8 @@ def prune(
 
     Args:
         model: The model to cut; LayerDrop may or may not be applied.
-        depth: How many layers to keep, chosen by :func:`every_other`.
+        depth: How many layers to keep: those the model was trained to serve at that depth
+            (:func:`~layerdrop.core.depths.layers_at`), else every-other.
         keep: The 0-based indices to keep instead (any order; duplicates are an error).
         layers: Path of the block list, for architectures outside the table.
 
@@ -78,7 +85,7 @@ def prune(
         layers = state.path
     site = find_layers(model, layers)
     num_layers = len(site.layers)
-    kept = _kept(num_layers, depth, keep)
+    kept = _kept(num_layers, depth, keep, getattr(model, "config", None))
 
     pruned = _copy_keeping(model, site.layers, kept)
     uninstall(pruned)
@@ -91,10 +98,11 @@ def prune(
     return pruned
 
 
-def _kept(num_layers: int, depth: int | None, keep: Sequence[int] | None) -> tuple[int, ...]:
-    """The layers of ``depth`` (every-other) or ``keep``, exactly one of which is given."""
+def _kept(num_layers: int, depth: int | None, keep: Sequence[int] | None, config: Any) -> tuple[int, ...]:
+    """The layers of ``depth`` (those ``config`` records for it, else every-other) or ``keep``, exactly one of
+    which is given."""
     if depth is not None and keep is None:
-        return every_other(num_layers, depth)
+        return layers_at(config, num_layers, depth)
     if keep is not None and depth is None:
         return check_keep(keep, num_layers)
     raise InputError("pass exactly one of depth=K or keep=[indices]")
@@ -119,7 +127,8 @@ def _copy_keeping(model: nn.Module, blocks: nn.ModuleList, kept: tuple[int, ...]
 
 
 def view(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | None = None) -> nn.Module:
-    """A view of ``model`` that runs only ``depth`` of its layers (or ``keep``), sharing everything.
+    """A view of ``model`` that runs only ``depth`` of its layers (or ``keep``), sharing everything; ``depth``
+    keeps the layers the model was trained to serve at it, else every-other, as :func:`prune` does.
 
     The modules on the path to the block list are shallow copies (so the view can hold its own,
     shorter list); every block, embedding, norm and head is the model's own module, so no
@@ -132,7 +141,7 @@ def view(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | No
     """
     site = find_layers(model)
     num_layers = len(site.layers)
-    kept = _kept(num_layers, depth, keep)
+    kept = _kept(num_layers, depth, keep, getattr(model, "config", None))
     if kept[0] != 0:
         raise InputError(f"a view must keep layer 0 (a KV cache's length is read there), got keep={list(kept)}")
     *parents, leaf = site.path.split(".")

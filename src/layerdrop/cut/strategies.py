@@ -13,6 +13,8 @@ the importance metrics it scores layers with in :mod:`layerdrop.cut.importance`
 ((0, 3, 5), (0, 1, 2))
 >>> {name: row.needs for name, row in STRATEGIES.items() if row.needs_data}
 {'search': 'score', 'block-influence': 'batches', 'angular': 'batches'}
+>>> choose("trained", model, 3, layers="blocks").kept, own_strategy(model)  # nothing recorded: every-other
+((0, 3, 5), 'every-other')
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Literal, Protocol
 
 from torch import nn
 
-from layerdrop.core.depths import check_depth, every_other
+from layerdrop.core.depths import check_depth, every_other, layers_at, recorded_depths
 from layerdrop.core.learned import recorded_learned_rates
 from layerdrop.errors import InputError
 
@@ -44,6 +46,7 @@ __all__ = [
     "data_driven_choice",
     "every_other_choice",
     "lookup",
+    "own_strategy",
     "search",
     "search_all_depths",
     "top_layers_choice",
@@ -134,6 +137,14 @@ def _top(model: nn.Module, depth: int, *, score: Score | None = None, batches: I
     return top_layers_choice(num_layers_of(model, layers), depth, **options)
 
 
+def _trained(model: nn.Module, depth: int, *, score: Score | None = None, batches: Iterable[Batch] | None = None,
+             layers: str | None = None, **options: Any) -> Choice:
+    config = getattr(model, "config", None)
+    return Choice(layers_at(config, num_layers_of(model, layers), depth), "trained",
+                  {"rule": "the layers the model was trained to serve at this depth (layerdrop train --depths), "
+                           "else its recorded rule's, else every-other", "recorded": depth in recorded_depths(config)})
+
+
 def _data_driven(model: nn.Module, depth: int, *, score: Score | None = None, batches: Iterable[Batch] | None = None,
                  layers: str | None = None, **options: Any) -> Choice:
     return data_driven_choice(recorded_learned_rates(model), depth, **options)
@@ -186,10 +197,18 @@ STRATEGIES: dict[str, Strategy] = {
     "angular": Strategy(_calibrated(angular_distance_choice, "angular"), "batches",
                         "drop the contiguous block of least angular distance (Gromov et al. 2024)"),
     "top": Strategy(_top, None, "drop the top layers (Sajjad et al. 2020)"),
+    "trained": Strategy(_trained, None, "the layers the model was trained to serve at each depth "
+                                        "(layerdrop train --depths), else every-other"),
     "data-driven": Strategy(_data_driven, None,
                             "keep the layers with the lowest learned rates (train with --data-driven)"),
 }
 """Strategy name -> the function that chooses, what it needs from data, and a description."""
+
+
+def own_strategy(model: nn.Module) -> str:
+    """The strategy a model's cuts use when none is named: ``trained`` for a model trained for named depths
+    (``layerdrop train --depths``), else ``every-other``."""
+    return "trained" if recorded_depths(getattr(model, "config", None)) else "every-other"
 
 
 def lookup(name: str) -> Strategy:

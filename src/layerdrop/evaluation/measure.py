@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from layerdrop.core.apply import only_layers
 from layerdrop.core.arch import find_layers
-from layerdrop.core.depths import every_other
+from layerdrop.core.depths import layers_at
 from layerdrop.errors import InputError
 
 from .eval_mode import require_eval
@@ -175,18 +175,20 @@ def depth_sweep(
     score: Callable[[nn.Module], float],
     *,
     depths: Sequence[int] | None = None,
-    choose: Callable[[int, int], Sequence[int]] = every_other,
+    choose: Callable[[int, int], Sequence[int]] | None = None,
     latency_batch: dict[str, torch.Tensor] | None = None,
     latency_reps: int = 10,
     layers: str | None = None,
     progress: bool = False,
     desc: str = "depths",
 ) -> list[DepthResult]:
-    """Score ``model`` at each depth (default 1..L) with the layers ``choose(L, depth)`` keeps."""
+    """Score ``model`` at each depth (default 1..L) with the layers ``choose(L, depth)`` keeps (by default those
+    the model was trained to serve at that depth, else every-other: :func:`~layerdrop.core.depths.layers_at`)."""
     num_layers = len(find_layers(model, layers).layers)
+    config = getattr(model, "config", None)
     results = []
     for depth in tqdm(list(depths or range(1, num_layers + 1)), desc=desc, disable=not progress):
-        kept = tuple(choose(num_layers, depth))
+        kept = tuple(choose(num_layers, depth) if choose is not None else layers_at(config, num_layers, depth))
         with only_layers(model, kept, layers=layers):
             value = score(model)
             ms = latency_ms(model, latency_batch, reps=latency_reps) if latency_batch is not None else None

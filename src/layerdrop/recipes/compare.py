@@ -8,7 +8,9 @@ From one pretrained encoder and one labelled dataset (accuracy), or one decoder 
 * ``layerdrop-healed``: that run's cut, distilled from its full self (prune-and-heal);
 * ``fixed-depth``: cut the pretrained model first, then fine-tune at the depth;
 * ``distilled``: cut first, then distil from the fine-tuned full model (DistilBERT-style);
-* ``top-dropped``: keep the bottom layers, then fine-tune (Sajjad et al. 2020).
+* ``top-dropped``: keep the bottom layers, then fine-tune (Sajjad et al. 2020);
+* ``elastic``: one run trained for every depth of the table (``layerdrop train --depths``), cut to each
+  depth at the layers it recorded.
 
 and writes ``compare.md`` (quality, parameters and latency per method and depth, and what serving
 every depth costs each method in training runs and minutes), ``compare.csv``, ``compare.json`` and
@@ -41,7 +43,7 @@ from layerdrop.config.args import DistillConfig, TrainConfig, build
 from layerdrop.config.recipes import CompareConfig
 from layerdrop.core.apply import only_layers
 from layerdrop.core.arch import find_layers
-from layerdrop.core.depths import every_other
+from layerdrop.core.depths import every_other, layers_at, parse_depths
 from layerdrop.errors import InputError
 from layerdrop.evaluation.measure import DepthResult, higher_is_better, latency_ms, parameters_at, validation_scorers
 from layerdrop.evaluation.report import (
@@ -84,14 +86,16 @@ METHODS: dict[str, Method] = {
     "fixed-depth": Method("fixed depth (cut, then fine-tuned)", per_depth=True, full="plain", needs_full=False),
     "distilled": Method("DistilBERT-style (cut, then distilled)", per_depth=True, full="plain", needs_full=True),
     "top-dropped": Method("top layers dropped, fine-tuned", per_depth=True, full="plain", needs_full=False),
+    "elastic": Method("one elastic run", per_depth=False, full="elastic", needs_full=True),
 }
 """Method name -> how it is shown, whether it trains per depth, and which full-depth run it relies on.
 
->>> [name for name, m in METHODS.items() if m.full == "layerdrop"]
-['layerdrop-cut', 'layerdrop-healed']
+>>> [name for name, m in METHODS.items() if m.full == "layerdrop"], [m for m in METHODS if not METHODS[m].per_depth]
+(['layerdrop-cut', 'layerdrop-healed'], ['plain-cut', 'layerdrop-cut', 'elastic'])
 """
 
-FULL_RUNS = {"plain": "plain fine-tune (full depth)", "layerdrop": "LayerDrop fine-tune (full depth)"}
+FULL_RUNS = {"plain": "plain fine-tune (full depth)", "layerdrop": "LayerDrop fine-tune (full depth)",
+             "elastic": "one elastic run (full depth)"}
 """The full-depth runs, as the table's full-depth rows name them."""
 
 
@@ -107,7 +111,8 @@ class Row:
     depth: int
     kept: tuple[int, ...]
     scores: tuple[float, ...]
-    """Test score (accuracy, or perplexity for a language model) of each seed's model (one for a cut)."""
+    """Test score (accuracy, or perplexity for a language model) of each seed's model (one for a cut, but for
+    the elastic run's seeds at the shallowest depth)."""
     parameters: int
     latency_ms: float
     minutes: float
@@ -145,15 +150,11 @@ def _names(text: str, known: dict[str, Any] | None, what: str) -> list[str]:
 def check(cfg: CompareConfig) -> tuple[list[str], list[int], list[int]]:
     """The methods, depths and seeds ``cfg`` names; ``ValueError`` for a bad one, before anything runs."""
     methods = _names(cfg.methods, METHODS, "method")
+    depths = list(parse_depths(cfg.depths))
     try:
-        depths = sorted({int(d) for d in _names(cfg.depths, None, "depth")}, reverse=True)
         seeds = list(dict.fromkeys(int(s) for s in _names(cfg.seeds, None, "seed")))
-    except ValueError as err:
-        if "invalid literal" in str(err):
-            raise InputError(f"--depths and --seeds take comma-separated integers, like 4,3: {err}") from None
-        raise
-    if min(depths) < 1:
-        raise InputError(f"depths must be at least 1, got {min(depths)}")
+    except ValueError:
+        raise InputError(f"--seeds takes comma-separated integers, like 0,1, got {cfg.seeds!r}") from None
     if cfg.heal_epochs <= 0 or cfg.epochs <= 0:
         raise InputError("--epochs and --heal-epochs must be above 0")
     if cfg.max_steps < 0 or cfg.heal_steps < 0:
@@ -261,13 +262,19 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
     depths = [d for d in depths if d <= num_layers]
     if not depths:
         raise InputError(f"no depth of --depths is at most the model's {num_layers} layers")
+    elastic: Path | None = None
+    trained: dict[tuple[str, int], list[Path]] = {}
+    if "elastic" in methods:  # one run for every depth of the table; its other seeds serve the shallowest
+        named = ",".join(map(str, sorted({num_layers, *depths}, reverse=True)))
+        elastic = fine_tune(start, "elastic", depths=named)
+        trained[("elastic", min(depths))] = [fine_tune(start, f"elastic-seed{seed}", seed, depths=named)
+                                              for seed in seeds[1:] if min(depths) < num_layers]
 
     # 3. one model per method, depth and seed that trains per depth
     def healed(tag: str, depth: int, seed: int) -> Path:  # the LayerDrop run cut to depth, then distilled
         assert ld is not None  # needs_ld: layerdrop-healed's full-depth model is the LayerDrop run
         return distil(ld, f"layerdrop-healed{tag}", depth, seed, **heal)
 
-    trained: dict[tuple[str, int], list[Path]] = {}
     for depth in (d for d in depths if d < num_layers):
         for seed in seeds if depth == min(depths) else seeds[:1]:
             tag = f"{depth}" + (f"-seed{seed}" if seed else "")
@@ -285,8 +292,8 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
 
     # 4. score every row on the same test rows; latency and size per depth
     log("scoring")
-    rows, metric, full_minutes = _score(cfg, model, {"plain": plain, **({"layerdrop": ld} if ld else {})}, trained,
-                                        methods, depths)
+    full_runs = {"plain": plain, **({"layerdrop": ld} if ld else {}), **({"elastic": elastic} if elastic else {})}
+    rows, metric, full_minutes = _score(cfg, model, full_runs, trained, methods, depths)
 
     # 5. write the report
     table = _report(cfg, out, metric, rows, full_minutes, num_layers)
@@ -306,24 +313,27 @@ def _score(cfg: CompareConfig, model: nn.Module, full_runs: dict[str, Path], tra
     full_models = {name: model if name == "plain" else load_saved(str(folder)).eval()
                    for name, folder in full_runs.items()}
     rows: list[Row] = []
+
+    def cut_score(full_model: nn.Module, depth: int) -> float:  # at the layers it records, else every-other
+        with only_layers(full_model, layers_at(full_model.config, num_layers, depth)):
+            return scorers.test(full_model)
+
     for depth in depths:
         kept = every_other(num_layers, depth)
         with only_layers(model, kept):
             ms = latency_ms(model, batch, reps=cfg.latency_reps)
         size = parameters_at(model, kept)
-        cuts = {}  # the full-depth runs cut to this depth, scored once
-        for run_name, full_model in full_models.items():
-            with only_layers(full_model, kept):
-                cuts[run_name] = scorers.test(full_model)
+        cuts = {run_name: cut_score(full_model, depth) for run_name, full_model in full_models.items()}
         if depth == num_layers:  # the full-depth runs themselves, once each
             rows += [Row(run_name, depth, kept, (cuts[run_name],), size, ms, full_minutes[run_name])
                      for run_name in full_runs]
             continue
         for name in methods:
             method = METHODS[name]
-            if not method.per_depth:
-                scores: tuple[float, ...] = (cuts[method.full],)
-                shown_kept, minutes = kept, 0.0
+            if not method.per_depth:  # a cut of its full run (and of the other seeds' runs, where there are some)
+                others = [cut_score(load_saved(str(f)).eval(), depth) for f in trained.get((name, depth), [])]
+                scores: tuple[float, ...] = (cuts[method.full], *others)
+                shown_kept, minutes = layers_at(full_models[method.full].config, num_layers, depth), 0.0
             else:
                 folders = trained[(name, depth)]
                 scores = tuple(scorers.test(load_saved(str(f)).eval()) for f in folders)

@@ -39,13 +39,12 @@ from layerdrop.cut.prune import PRUNING_KEY
 from layerdrop.cut.strategies import lookup
 from layerdrop.errors import InputError
 from layerdrop.evaluation.eval_mode import require_eval
-from layerdrop.evaluation.qa import is_qa_model, without_targets
+from layerdrop.evaluation.qa import without_targets
 from layerdrop.files import write_bytes, write_json
 from layerdrop.models.loading import (
     META_FILE,
     Classifier,
     from_pretrained,
-    is_classifier,
     load_saved,
     local_folder,
     model_folder,
@@ -53,6 +52,7 @@ from layerdrop.models.loading import (
 )
 from layerdrop.training.checkpoints import MarkCheckpointComplete, last_complete_checkpoint
 from layerdrop.training.losses import hidden_pairs
+from layerdrop.training.teachers import check_labels, check_shapes, check_tokenizers, task_of
 from layerdrop.training.trainer import TEACHER_LOGITS, LayerDropTrainer
 
 from .prune_saved import prune_saved
@@ -100,21 +100,6 @@ class DistillResult:
     """Time spent computing the teacher's logits in this call (0 when reused or not cached)."""
     resumed_from: Path | None
     """The checkpoint this run continued from, if any."""
-
-
-def task_of(model: nn.Module, role: str = "teacher") -> str:
-    """The task a trained model does, from its class: ``classification``, ``qa``, ``clm`` or ``mlm``."""
-    name = type(model).__name__
-    if is_classifier(model):
-        return "classification"
-    if is_qa_model(model):
-        return "qa"
-    if name.endswith(("ForCausalLM", "LMHeadModel")):
-        return "clm"
-    if name.endswith("ForMaskedLM"):
-        return "mlm"
-    raise InputError(f"the {role} is a {name}, which does no task: distil {'from' if role == 'teacher' else 'into'} a "
-                     "model trained for one (a classifier or QA model saved by `layerdrop train`, or a language model)")
 
 
 def check_for_task(cfg: DistillConfig, task: str) -> None:
@@ -182,50 +167,6 @@ def run_or_reuse(cfg: DistillConfig) -> Path:
     return run(cfg.replace(resume=last_complete_checkpoint(out / "checkpoints") is not None)).model_dir
 
 
-def _label_names(model: nn.Module, folder: str) -> list[str] | None:
-    """A classifier's class names as its folder records them, else ``None``."""
-    names = read_meta(folder).get("label_names")
-    if names:
-        return list(names)
-    id2label = getattr(getattr(model, "config", None), "id2label", None)
-    if not isinstance(model, Classifier) and id2label:
-        names = [id2label[i] for i in sorted(id2label)]
-        if names != [f"LABEL_{i}" for i in range(len(names))]:  # transformers' placeholders name nothing
-            return names
-    return None
-
-
-def _num_labels(model: nn.Module) -> int | None:  # None only for a config without labels, as HF types it
-    return model.head.out_features if isinstance(model, Classifier) else cast(PreTrainedModel, model).config.num_labels
-
-
-def _check_labels(teacher: nn.Module, teacher_dir: str, data_names: Sequence[str] | None,
-                  student: nn.Module | None = None, student_dir: str | None = None) -> None:
-    """The teacher, the data and a given student must name the same classes, in the same order."""
-    names = _label_names(teacher, teacher_dir)
-    if data_names is not None and names is not None and list(names) != list(data_names):
-        raise InputError(f"the teacher's labels {names} are not the data's {list(data_names)}: distil on the "
-                         "data the teacher was trained for")
-    if data_names is not None and _num_labels(teacher) != len(data_names):
-        raise InputError(f"the teacher predicts {_num_labels(teacher)} classes, the data has {len(data_names)}: "
-                         "distil on the data the teacher was trained for")
-    if student is not None and student_dir is not None:
-        if _num_labels(student) != _num_labels(teacher):
-            raise InputError(f"the student predicts {_num_labels(student)} classes, the teacher "
-                             f"{_num_labels(teacher)}: they need the same label set")
-        theirs = _label_names(student, student_dir)
-        if names is not None and theirs is not None and theirs != names:
-            raise InputError(f"the student's labels {theirs} are not the teacher's {names}: give a student trained "
-                             "on the same labels, or cut one from the teacher with --depth")
-
-
-def _check_tokenizers(teacher: Any, student: Any, student_dir: str) -> None:
-    if teacher.get_vocab() != student.get_vocab():
-        raise InputError(f"{student_dir} has another tokenizer than the teacher ({len(student)} and {len(teacher)} "
-                         "tokens): a student learns the teacher's predictions token for token, so it needs the "
-                         "same tokenizer")
-
-
 def _student(cfg: DistillConfig, teacher: nn.Module, task: str, data_names: Sequence[str] | None,
              tokenizer: Any, teacher_files: str) -> tuple[nn.Module, tuple[int, ...], dict[str, Any] | None]:
     """The student, the teacher layer each of its layers matches, and the pruning record of a cut."""
@@ -248,14 +189,14 @@ def _student(cfg: DistillConfig, teacher: nn.Module, task: str, data_names: Sequ
                                  extra={k: v for k, v in wanted.items() if k not in ("source", "strategy")})
         return load_saved(str(initial)), _teacher_indices(teacher, record["kept_layers"]), record
     student_dir = model_folder(cfg.student)  # type: ignore[arg-type]  # check(cfg): --student when no --depth
-    _check_tokenizers(tokenizer, from_pretrained(AutoTokenizer, local_folder(student_dir)), student_dir)
+    check_tokenizers(tokenizer, from_pretrained(AutoTokenizer, local_folder(student_dir)), student_dir)
     student = load_saved(student_dir)
     if task_of(student, "student") != task:
         raise InputError(f"the student does {task_of(student, 'student')}, the teacher {task}: give a student "
                          "with the teacher's task head")
-    _check_shapes(cfg, teacher, student, task)
+    check_shapes(teacher, student, task, hidden=bool(cfg.distill.alpha_cos or cfg.distill.alpha_hidden))
     if task == "classification":
-        _check_labels(teacher, local_folder(cfg.teacher), data_names, student, local_folder(student_dir))
+        check_labels(teacher, local_folder(cfg.teacher), data_names, student, local_folder(student_dir))
     n_student = len(find_layers(student).layers)
     if n_student > n_teacher:
         raise InputError(f"the student has {n_student} layers, the teacher {n_teacher}: a student deeper than "
@@ -284,20 +225,6 @@ def _matched_layers(teacher: nn.Module, student: nn.Module, n_teacher: int, n_st
     if their_origin == my_origin and set(theirs) <= set(mine):
         return _teacher_indices(teacher, theirs)
     return every_other(n_teacher, n_student)
-
-
-def _check_shapes(cfg: DistillConfig, teacher: nn.Module, student: nn.Module, task: str) -> None:
-    """A given student must predict over the teacher's vocabulary and, for the hidden-state losses, be as wide."""
-    if cfg.distill.alpha_cos or cfg.distill.alpha_hidden:
-        widths = [getattr(m.config, "hidden_size", None) for m in (teacher, student)]
-        if widths[0] != widths[1]:
-            raise InputError(f"--alpha-cos and --alpha-hidden compare hidden states, but the teacher is {widths[0]} "
-                             f"wide and the student {widths[1]}: drop them, or give a student of the teacher's width")
-    if task in ("clm", "mlm"):
-        sizes = [cast(PreTrainedModel, m).get_output_embeddings().weight.shape[0] for m in (teacher, student)]
-        if sizes[0] != sizes[1]:
-            raise InputError(f"the teacher predicts over {sizes[0]} tokens, the student over {sizes[1]}: soft targets "
-                             "need the same output vocabulary")
 
 
 def _cache_pays(cfg: DistillConfig, task: str, rows: int) -> bool:
@@ -383,7 +310,7 @@ def run(cfg: DistillConfig) -> DistillResult:
     train_split, valid_split, test_split = splits(task, cfg.data, cfg.seed, inputs)
     data_names = train_split.label_names if task == "classification" else None
     if task == "classification":
-        _check_labels(teacher, local_folder(cfg.teacher), data_names)
+        check_labels(teacher, local_folder(cfg.teacher), data_names)
 
     # 4. the student: the teacher cut to --depth, or --student
     teacher_files = _fingerprint(local_folder(cfg.teacher))  # the cut and the cache are remade when it changes

@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from layerdrop import data
 from layerdrop.config.args import TrainConfig
 from layerdrop.config.recipes import ElasticConfig
+from layerdrop.core.depths import parse_depths
 from layerdrop.data import lm_eval_blocks
 from layerdrop.errors import InputError
 from layerdrop.evaluation.measure import DepthResult, depth_sweep, perplexity
@@ -52,13 +53,8 @@ class ElasticResult:
 
 
 def _depths(text: str, num_layers: int) -> list[int]:
-    try:
-        depths = sorted({int(d) for d in text.split(",") if d.strip()}, reverse=True)
-    except ValueError:
-        raise InputError(f"--depths must be comma-separated whole numbers, got {text!r}") from None
-    if not depths or min(depths) < 1:
-        raise InputError(f"--depths must be whole numbers from 1 up, got {text!r}")
-    kept = [d for d in depths if d <= num_layers]
+    """The depths of ``text`` that the model has; depths beyond it are left out (one default serves every model)."""
+    kept = [d for d in parse_depths(text) if d <= num_layers]
     if not kept:
         raise InputError(f"every depth in {text!r} exceeds the model's {num_layers} layers")
     return kept

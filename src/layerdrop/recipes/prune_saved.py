@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 from layerdrop.core.apply import only_layers, trained_with_layerdrop
 from layerdrop.cut.prune import PRUNING_KEY, n_params, prune
 from layerdrop.cut.scored import check_data, choose_with
+from layerdrop.cut.strategies import own_strategy
 from layerdrop.errors import InputError
 from layerdrop.evaluation.eval_mode import require_eval
 from layerdrop.evaluation.measure import validation_scorers
@@ -39,7 +40,7 @@ def prune_saved(
     *,
     depth: int | None = None,
     keep: Sequence[int] | None = None,
-    strategy: str = "every-other",
+    strategy: str = "",
     data: str | None = None,
     rows: int = 500,
     search_budget: int = 200,
@@ -55,7 +56,8 @@ def prune_saved(
         out: The output folder.
         depth: Layers to keep, chosen by ``strategy`` (:func:`layerdrop.cut.strategies.choose`).
         keep: The 0-based layers to keep instead (``depth`` and ``strategy`` are then ignored).
-        strategy: A name of :data:`layerdrop.cut.strategies.STRATEGIES`.
+        strategy: A name of :data:`layerdrop.cut.strategies.STRATEGIES`; empty: the model's own
+            (:func:`~layerdrop.cut.strategies.own_strategy`: the layers it was trained to serve, else every-other).
         data: A dataset (name or file) whose validation rows score the choice and calibrate
             the importance metrics (:func:`layerdrop.evaluation.measure.validation_scorers`); search and
             the importance metrics need it.
@@ -73,13 +75,14 @@ def prune_saved(
         raise InputError("pass --depth K (depth=K, layers chosen by the strategy) or --keep 0,2,5 (keep=[...])")
     if keep is not None:
         depth = None
-    else:
+    elif strategy:
         check_data(strategy, data)  # before loading anything
     path = local_folder(source)
     if model is None:
         model = load_saved(source).eval()  # ours: scored in eval mode
     elif data is not None:
         require_eval(model, "prune_saved with data")
+    strategy = strategy or own_strategy(model)
     chosen: dict[str, Any] = {"strategy": "keep"}
     if depth is not None:
         scorers = None

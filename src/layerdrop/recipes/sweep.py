@@ -33,7 +33,7 @@ from layerdrop.core.apply import only_layers
 from layerdrop.core.arch import find_layers
 from layerdrop.cut.precision import at_precision
 from layerdrop.cut.precision import lookup as lookup_precision
-from layerdrop.cut.strategies import STRATEGIES, Choice, choose, lookup, search_all_depths
+from layerdrop.cut.strategies import STRATEGIES, Choice, choose, lookup, own_strategy, search_all_depths
 from layerdrop.errors import InputError
 from layerdrop.evaluation.measure import DepthResult, higher_is_better, parameters_at, validation_scorers
 from layerdrop.evaluation.report import (
@@ -68,7 +68,7 @@ class SweepResult:
 def run_sweep(cfg: SweepConfig) -> SweepResult:
     """Measure every strategy at every depth; write the tables and plots."""
     names = [s.strip() for s in cfg.strategies.split(",") if s.strip()]
-    if not names:
+    if cfg.strategies.strip() and not names:
         raise InputError(f"no strategy in {cfg.strategies!r}; choose from {', '.join(STRATEGIES)}")
     for name in names:
         lookup(name)
@@ -78,6 +78,7 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     if not precisions or len(set(precisions)) < len(precisions):
         raise InputError(f"--dtype {cfg.dtype!r}: give one or more different precisions, e.g. float32,bfloat16,int8")
     model = load_saved(cfg.model).eval()
+    names = names or [own_strategy(model)]  # none named: the layers its cuts use
     tokenizer = from_pretrained(AutoTokenizer, local_folder(cfg.model))
     scorers = validation_scorers(model, tokenizer, cfg.data, rows=cfg.rows, batch_size=cfg.batch_size,
                                  max_length=cfg.max_length, calibration_rows=cfg.calibration_rows, seed=cfg.seed)

@@ -7,6 +7,7 @@ markers) are in :mod:`layerdrop.training.trainer`; the settings in :mod:`layerdr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -19,8 +20,11 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from layerdrop.config.args import TrainConfig
-from layerdrop.core.apply import LayerDropSettings, apply, remove
+from layerdrop.config.args import EACH_STEP, DepthArgs, TrainConfig
+from layerdrop.config.settings import DEFAULT_RATE
+from layerdrop.core.apply import LayerDropSettings, apply, only_layers, remove
+from layerdrop.core.arch import find_layers
+from layerdrop.core.depths import RULES, parse_depths, record_depths, remove_depth_record
 from layerdrop.core.learned import DATA_DRIVEN_ONE_PROCESS, attach_rate_learner, record_learned_rates
 from layerdrop.core.masklog import MASK_FILE, MaskLogCallback
 from layerdrop.core.rates import SCHEDULES, layer_rates
@@ -32,11 +36,14 @@ from layerdrop.models.loading import (
     POOLINGS,
     Classifier,
     from_pretrained,
+    load_saved,
+    local_folder,
     model_folder,
     read_meta,
 )
 from layerdrop.training.callback import attach
 from layerdrop.training.checkpoints import MarkCheckpointComplete, last_complete_checkpoint
+from layerdrop.training.teachers import check_labels, check_shapes, check_tokenizers, task_of
 from layerdrop.training.trainer import LayerDropTrainer
 
 from .steps import (
@@ -59,6 +66,7 @@ __all__ = [
     "TrainResult",
     "check",
     "load_model",
+    "rate_of",
     "run",
     "run_or_reuse",
 ]
@@ -87,19 +95,28 @@ class TrainResult:
     """Whether this process wrote the files; under several processes only rank 0 does."""
 
 
+def rate_of(cfg: TrainConfig) -> float:
+    """The LayerDrop rate ``cfg`` trains with: ``--rate``, else 0.2, or 0 with ``--depths`` (which trains named
+    sub-networks in place of random ones)."""
+    if cfg.layerdrop.rate is not None:
+        return cfg.layerdrop.rate
+    return 0.0 if cfg.served.depths is not None else DEFAULT_RATE
+
+
 def check(cfg: TrainConfig) -> None:
     """Raise ``ValueError`` for any setting ``run`` would reject, before anything is loaded."""
     ld, opt, inputs = cfg.layerdrop, cfg.optim, cfg.inputs
+    rate = rate_of(cfg)
     if cfg.task not in TASKS:
         raise InputError(f"unknown task {cfg.task!r}; choose one of {list(TASKS)}")
     if ld.schedule not in SCHEDULES:
         raise InputError(f"unknown rate schedule {ld.schedule!r}; choose one of {list(SCHEDULES)}")
     check_inputs(cfg.task, opt, inputs)
-    if ld.data_driven and (ld.rate <= 0 or ld.granularity != "layer"):
+    if ld.data_driven and (rate <= 0 or ld.granularity != "layer"):
         raise InputError("--data-driven learns per-layer rates that average --rate: it needs --rate > 0 "
                          "and --granularity layer")
-    if ld.rate > 0:
-        layer_rates(1, ld.rate, per_layer=ld.per_layer)  # the rate and its profile
+    if rate > 0:
+        layer_rates(1, rate, per_layer=ld.per_layer)  # the rate and its profile
     LayerDropSettings((0.0,), granularity=ld.granularity, pattern=ld.pattern)  # and how they combine
     if cfg.task == "classification" and cfg.pooling not in (*POOLINGS, NATIVE):
         raise InputError(f"unknown pooling {cfg.pooling!r}; choose one of {[*POOLINGS, NATIVE]}")
@@ -113,18 +130,54 @@ def check(cfg: TrainConfig) -> None:
     if opt.freeze_embeddings and cfg.model in PRESETS:
         raise InputError(f"--freeze-embeddings keeps pretrained word embeddings; {cfg.model!r} is built from scratch "
                          "with random ones: train it without the flag")
-    if ld.self_distill and ld.rate <= 0:
+    if cfg.served.depths is not None:
+        _check_depths(cfg)
+    elif cfg.served != DepthArgs():
+        given = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(DepthArgs)
+                 if getattr(cfg.served, f.name) != f.default]
+        raise InputError(f"{', '.join(given)} set how named depths train: give them with --depths (e.g. --depths "
+                         "6,4,3), or leave them out")
+    if ld.self_distill and rate <= 0:
         raise InputError("--self-distill trains LayerDrop sub-networks: it needs --rate > 0")
     if cfg.task == "qa" and opt.label_smoothing > 0:
         raise InputError("--label-smoothing applies to classification, not to qa's start/end positions")
-    if cfg.record_masks and ld.rate <= 0:
+    if cfg.record_masks and rate <= 0:
         raise InputError("--record-masks records the masks LayerDrop draws: it needs --rate > 0")
+
+
+def _check_depths(cfg: TrainConfig) -> None:
+    """The settings of training for named depths (``--depths``), before anything is loaded."""
+    from layerdrop.cut.strategies import lookup
+
+    served, ld = cfg.served, cfg.layerdrop
+    assert served.depths is not None
+    parse_depths(served.depths)
+    if ld.rate:
+        raise InputError("--depths trains the named depths' sub-networks in place of LayerDrop's random ones: "
+                         "leave --rate out")
+    if ld.self_distill or ld.data_driven:
+        raise InputError("--depths has its own distillation and layer choice: leave --self-distill and "
+                         "--data-driven out")
+    if served.each_step not in EACH_STEP:
+        raise InputError(f"--each-step {served.each_step!r}: choose one of {', '.join(EACH_STEP)}")
+    if served.sandwich < 0:
+        raise InputError(f"--sandwich {served.sandwich}: how many other depths a step draws, 0 or more")
+    if lookup(served.strategy).needs == "score" or served.strategy in ("data-driven", "trained"):
+        raise InputError(f"--strategy {served.strategy} chooses layers from a trained model, and --depths chooses "
+                         "them before training: choose top, every-other, angular or block-influence")
+    if served.temperature <= 0:
+        raise InputError(f"--temperature must be above 0, got {served.temperature}")
+    weights = {"alpha_kd": served.alpha_kd, "alpha_task": served.alpha_task, "alpha_hidden": served.alpha_hidden}
+    if any(v < 0 for v in weights.values()) or not any(weights.values()):
+        raise InputError(f"--alpha-kd, --alpha-task and --alpha-hidden are 0 or more, and one above 0; got {weights}")
+    if served.teacher is not None:
+        model_folder(served.teacher)  # a missing folder, or one without config.json, is named now
 
 
 def _recorded(cfg: TrainConfig) -> dict[str, Any]:
     """The flat ``trained_with`` record of ``layerdrop.json``: every setting but those that do not
-    change the model (``progress``, ``record_masks``)."""
-    return {k: v for k, v in cfg.flat().items() if k not in ("progress", "record_masks")}
+    change the model (``progress``, ``record_masks``), with the rate the run used."""
+    return {**{k: v for k, v in cfg.flat().items() if k not in ("progress", "record_masks")}, "rate": rate_of(cfg)}
 
 
 def run_or_reuse(cfg: TrainConfig) -> Path:
@@ -215,7 +268,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     # 1. validate everything before loading anything
     check(cfg)
     ld, inputs = cfg.layerdrop, cfg.inputs
-    layerdrop_on = ld.rate > 0
+    rate = rate_of(cfg)
+    layerdrop_on = rate > 0
     classify, qa = cfg.task == "classification", cfg.task == "qa"
     start = time.time()
     out = Path(cfg.out)
@@ -236,12 +290,20 @@ def run(cfg: TrainConfig) -> TrainResult:
     # 4. LayerDrop: every setting this recipe owns is passed, so none is inherited from a saved record
     learner = None
     if layerdrop_on:
-        apply(model, ld.rate, per_layer=ld.per_layer, seed=cfg.seed, granularity=ld.granularity, pattern=ld.pattern,
+        apply(model, rate, per_layer=ld.per_layer, seed=cfg.seed, granularity=ld.granularity, pattern=ld.pattern,
               min_layers=1, rescale=False)  # the two this recipe does not expose: their defaults, not a record's
         if ld.data_driven:
             learner = attach_rate_learner(model, seed=cfg.seed)
     else:  # a record inherited from the loaded folder would claim that this run used LayerDrop
         remove(model)
+
+    # 4b. named depths: each one's layers, recorded in the model (an explicit --depths replaces a record)
+    depths = _depth_layers(cfg, model, tokenizer) if cfg.served.depths is not None else {}
+    if depths:
+        num_layers = len(find_layers(model).layers)
+        record_depths(model.config, {num_layers: tuple(range(num_layers)), **depths}, cfg.served.strategy)
+    else:  # a record inherited from the loaded folder would claim that this run trained those depths
+        remove_depth_record(getattr(model, "config", None))
 
     # 5. encode
     evaluated = {"valid": valid_split, "test": test_split} if cfg.evaluate else {}
@@ -249,15 +311,21 @@ def run(cfg: TrainConfig) -> TrainResult:
     train_rows, _ = encode(train_split, "train")
     evals = {name: encode(split, name) for name, split in evaluated.items()}
 
-    # 6. Trainer
+    # 6. Trainer: LayerDrop's losses, or the named depths' (each learning from the teacher)
+    args = training_arguments(cfg.optim, ckpt_dir, seed=cfg.seed, save_steps=cfg.save_steps,
+                              logging_steps=cfg.logging_steps, progress=cfg.progress, layerdrop_on=layerdrop_on)
+    served = cfg.served
+    losses: dict[str, Any] = dict(self_distill=ld.self_distill, distill_weight=ld.distill_weight,
+                                  distill_temperature=ld.distill_temperature)
+    if depths:
+        teacher = _teacher(cfg, model, tokenizer, train_split.label_names if classify else None, args.device)
+        losses = dict(depths=depths, each_step=served.each_step, sandwich=served.sandwich, teacher=teacher,
+                      task_weight=served.alpha_task, distill_weight=served.alpha_kd,
+                      distill_temperature=served.temperature, hidden_weight=served.alpha_hidden)
     trainer = LayerDropTrainer(
-        model=model, args=training_arguments(cfg.optim, ckpt_dir, seed=cfg.seed, save_steps=cfg.save_steps,
-                                             logging_steps=cfg.logging_steps, progress=cfg.progress,
-                                             layerdrop_on=layerdrop_on),
-        train_dataset=Rows(train_rows),
-        data_collator=collator, callbacks=[MarkCheckpointComplete()], self_distill=ld.self_distill,
-        distill_weight=ld.distill_weight, distill_temperature=ld.distill_temperature, head_lr=cfg.optim.head_lr,
-        rate_learner=learner, rate_lr=ld.rate_lr,
+        model=model, args=args, train_dataset=Rows(train_rows), data_collator=collator,
+        callbacks=[MarkCheckpointComplete()], head_lr=cfg.optim.head_lr, rate_learner=learner, rate_lr=ld.rate_lr,
+        **losses,
     )
     if layerdrop_on:
         callback = attach(trainer, schedule=ld.schedule, warmup_steps=ld.rate_warmup_steps, gamma=ld.pld_gamma)
@@ -269,9 +337,15 @@ def run(cfg: TrainConfig) -> TrainResult:
             callbacks.insert(marker, MaskLogCallback(out / MASK_FILE, resume=resume_from is not None))
     trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
-    # 7. evaluate at full depth
-    metrics = full_depth_metrics(trainer, model.eval(), cfg.task, evals, evaluated, collator, long_doc=inputs.long_doc,
-                                 batch_size=max(cfg.optim.batch_size, 64))
+    # 7. evaluate at full depth, and at each named depth
+    def scores() -> dict[str, float]:
+        return full_depth_metrics(trainer, model.eval(), cfg.task, evals, evaluated, collator,
+                                  long_doc=inputs.long_doc, batch_size=max(cfg.optim.batch_size, 64))
+
+    metrics = scores()
+    for depth, kept in depths.items():
+        with only_layers(model, kept):
+            metrics.update({f"{name}_at_{depth}": value for name, value in scores().items()})
 
     # 8. export, atomically (under several ranks, rank 0 writes the files)
     main_process = trainer.is_world_process_zero()
@@ -280,6 +354,51 @@ def run(cfg: TrainConfig) -> TrainResult:
                 train_seconds=trained.metrics["train_runtime"])
     return TrainResult(out=out, model_dir=out / "model", metrics=metrics, steps=trainer.state.global_step,
                        seconds=time.time() - start, resumed_from=resume_from, main_process=main_process)
+
+
+def _depth_layers(cfg: TrainConfig, model: nn.Module, tokenizer: Any) -> dict[int, tuple[int, ...]]:
+    """The layers of each named depth below the full one, by ``--strategy`` (calibrated ones on the
+    validation rows of ``--data``); every depth keeps layer 0, as a served view must."""
+    served = cfg.served
+    assert served.depths is not None
+    site = find_layers(model)
+    num_layers = len(site.layers)
+    shallower = [d for d in parse_depths(served.depths, num_layers) if d < num_layers]
+    if not shallower:
+        raise InputError(f"--depths {served.depths!r} names only the full depth ({num_layers} layers): name the "
+                         f"shallower depths to serve too, like {num_layers},{max(num_layers * 2 // 3, 1)},"
+                         f"{max(num_layers // 2, 1)}")
+    if served.strategy in RULES:
+        return {d: RULES[served.strategy](num_layers, d) for d in shallower}
+    from layerdrop.cut.scored import choose_with, strategy_scorers
+
+    scorers = strategy_scorers(model, tokenizer, cfg.data)
+    kept = {d: choose_with(served.strategy, model, d, scorers).kept for d in shallower}
+    dropped = {d: list(layers) for d, layers in kept.items() if layers[0] != 0}
+    if dropped:
+        raise InputError(f"--strategy {served.strategy} drops layer 0 at depth(s) {dropped}; a served depth keeps it "
+                         "(a view of the model, and a decoder's KV cache, read it there): choose top or every-other")
+    return kept
+
+
+def _teacher(cfg: TrainConfig, model: nn.Module, tokenizer: Any, label_names: Sequence[str] | None,
+             device: Any) -> nn.Module | None:
+    """``--teacher``, frozen in eval mode on ``device``, once it is known to do this run's task with its labels,
+    tokenizer and output vocabulary (and width, to match hidden states); ``None`` without one (the full network
+    teaches in the same step)."""
+    if cfg.served.teacher is None:
+        return None
+    folder = local_folder(cfg.served.teacher)
+    teacher = load_saved(cfg.served.teacher).eval().to(device).requires_grad_(False)
+    task = task_of(teacher)
+    if task != cfg.task:
+        raise InputError(f"the teacher {cfg.served.teacher} does {task}, this run {cfg.task}: give a teacher "
+                         f"trained for {cfg.task}")
+    check_tokenizers(from_pretrained(AutoTokenizer, folder), tokenizer, cfg.model)
+    if label_names is not None:
+        check_labels(teacher, folder, label_names)
+    check_shapes(teacher, model, task, hidden=cfg.served.alpha_hidden > 0)
+    return teacher
 
 
 def _export(cfg: TrainConfig, model: nn.Module, tokenizer: Any, metrics: dict[str, float], learner: Any,

@@ -205,7 +205,7 @@ def generate(
     *,
     depth: int | None = None,
     keep: Sequence[int] | None = None,
-    strategy: str = "every-other",
+    strategy: str = "",
     batches: Sequence[dict[str, torch.Tensor]] | None = None,
     max_new_tokens: int = 64,
     temperature: float = 0.0,
@@ -223,8 +223,9 @@ def generate(
     """Continue ``prompt`` with ``model`` cut to ``depth`` layers (or to ``keep``).
 
     ``strategy`` chooses the ``depth`` layers (a row of :data:`layerdrop.cut.strategies.STRATEGIES`;
-    ``angular`` and ``block-influence`` need calibration ``batches``, and cut a model trained
-    without LayerDrop far better than every-other does).
+    empty: the model's own, the layers it was trained to serve, else every-other; ``angular`` and
+    ``block-influence`` need calibration ``batches``, and cut a model trained without LayerDrop far
+    better than every-other does). The draft of ``speculative`` is :func:`layerdrop.view`'s.
 
     ``temperature=0`` is greedy decoding; otherwise sampling with ``top_k`` /
     ``top_p``, seeded by ``seed`` without touching the caller's global RNG.
@@ -274,10 +275,11 @@ def generate(
     if (adaptive_draft or draft_confidence) and speculative is None:
         option = "adaptive_draft" if adaptive_draft else "draft_confidence"
         raise InputError(f"{option} changes the draft of speculative decoding: pass speculative=K too")
-    if depth is not None and keep is None:  # the strategy's layers (every-other by default)
-        from layerdrop.cut.strategies import choose
+    if depth is not None and keep is None:  # the strategy's layers (the model's own by default)
+        from layerdrop.cut.strategies import choose, lookup, own_strategy
 
-        if strategy != "every-other" and any(module.training for module in model.modules()):
+        strategy = strategy or own_strategy(model)
+        if lookup(strategy).needs_data and any(module.training for module in model.modules()):
             model = copy.deepcopy(model).eval()  # scoring switches to eval: ours, not the caller's
         keep = choose(strategy, model, depth, batches=batches).kept
     kept = None if keep is None else check_keep(keep, len(find_layers(model).layers))

@@ -2,7 +2,8 @@
 
 A model trained with LayerDrop (Fan et al. 2020, "Reducing Transformer Depth on Demand with
 Structured Dropout") works at every depth, so each depth is a *view* of the same weights
-(:func:`layerdrop.view`: the every-other layers, or a strategy's, no parameter copied).
+(:func:`layerdrop.view`: the layers the model was trained to serve, every-other, or a strategy's; no
+parameter copied).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from transformers import AutoTokenizer
 
 from layerdrop.config.recipes import ServeConfig
 from layerdrop.core.arch import find_layers
-from layerdrop.core.depths import every_other
+from layerdrop.core.depths import parse_depths
 from layerdrop.cut.prune import view
+from layerdrop.cut.strategies import lookup, own_strategy
 from layerdrop.errors import InputError
 from layerdrop.evaluation.measure import parameters_at
 from layerdrop.models.loading import (
@@ -47,7 +49,7 @@ class Served:
     model: nn.Module
     tokenizer: Any
     views: dict[int, nn.Module]
-    """Depth -> a weight-sharing view running that depth's layers (:attr:`kept`: every-other, or the strategy's)."""
+    """Depth -> a weight-sharing view running that depth's layers (:attr:`kept`: the strategy's)."""
     kept: dict[int, tuple[int, ...]]
     parameters: dict[int, int]
     quality: dict[int, float | None]
@@ -76,13 +78,11 @@ def load_served(cfg: ServeConfig) -> Served:
     else:
         raise InputError(f"{cfg.model} is neither a classifier (layerdrop train classification) nor a causal LM: "
                          "serve has nothing to answer with")
-    depths = sorted({int(d) for d in cfg.depths.split(",") if d.strip()} if cfg.depths else range(1, num_layers + 1),
-                    reverse=True)
-    if not depths or depths[-1] < 1 or depths[0] > num_layers:
-        raise InputError(f"--depths {cfg.depths!r}: choose depths from 1 to the model's {num_layers} layers")
-    kept = _choose_layers(cfg, model, tokenizer, depths, num_layers)
+    depths = list(parse_depths(cfg.depths, num_layers) if cfg.depths else range(num_layers, 0, -1))
+    strategy = cfg.strategy or own_strategy(model)
+    kept = _choose_layers(cfg, strategy, model, tokenizer, depths)
     meta = read_meta(folder) if Path(folder).is_dir() else {}
-    quality, metric, data = _recorded_quality(cfg.sweep, meta, num_layers, depths, folder)
+    quality, metric, data = _recorded_quality(cfg.sweep, strategy, meta, num_layers, depths, folder)
     config = model.config
     if task == "classification":
         id2label = getattr(config, "id2label", None) or {}
@@ -104,22 +104,23 @@ def load_served(cfg: ServeConfig) -> Served:
                   data=data, labels=labels, max_length=int(length))
 
 
-def _choose_layers(cfg: ServeConfig, model: nn.Module, tokenizer: Any, depths: Sequence[int], num_layers: int
+def _choose_layers(cfg: ServeConfig, strategy: str, model: nn.Module, tokenizer: Any, depths: Sequence[int]
                    ) -> dict[int, tuple[int, ...]]:
-    """The layers each depth keeps: every-other, or the ``--strategy`` calibrated on ``--data``'s validation rows.
-    A view must keep layer 0 (a KV cache's length is read there)."""
-    if cfg.strategy == "every-other":
-        return {d: every_other(num_layers, d) for d in depths}
+    """The layers each depth keeps by ``strategy``: one that needs no data (every-other, the layers the model was
+    trained to serve, ...), or one calibrated or scored on ``--data``'s validation rows. A view must keep layer 0
+    (a KV cache's length is read there)."""
     from layerdrop.cut.scored import check_data, choose_with, strategy_scorers
 
-    check_data(cfg.strategy, cfg.data)
-    if cfg.sweep:
-        raise InputError("--sweep records every-other layers; with --strategy, leave --sweep out")
-    scorers = strategy_scorers(model, tokenizer, cfg.data) if cfg.data else None
-    kept = {d: choose_with(cfg.strategy, model, d, scorers).kept for d in depths}
+    check_data(strategy, cfg.data)
+    needs_data = lookup(strategy).needs_data
+    if cfg.sweep and needs_data:
+        raise InputError(f"--sweep measured its own choice of layers; --strategy {strategy} chooses again here: "
+                         "leave --sweep out")
+    scorers = strategy_scorers(model, tokenizer, cfg.data) if needs_data and cfg.data else None
+    kept = {d: choose_with(strategy, model, d, scorers).kept for d in depths}
     for d, layers in kept.items():
         if layers[0] != 0:
-            raise InputError(f"--strategy {cfg.strategy} drops layer 0 at depth {d} ({list(layers)}); "
+            raise InputError(f"--strategy {strategy} drops layer 0 at depth {d} ({list(layers)}); "
                              "a served depth must keep it: choose other --depths or another strategy")
     return kept
 
@@ -137,26 +138,28 @@ def served_name(model: str, folder: str) -> str:
     return path.parent.name if path.name == "model" and path.parent.name else path.name or model
 
 
-def _recorded_quality(sweep: str, meta: dict[str, Any], num_layers: int, depths: Sequence[int], folder: str
-                      ) -> tuple[dict[int, float | None], str | None, str | None]:
-    """Each depth's quality from a sweep's every-other points, else the full depth's test score recorded
-    in ``layerdrop.json``; ``None`` for every depth with no measurement."""
+def _recorded_quality(sweep: str, strategy: str, meta: dict[str, Any], num_layers: int, depths: Sequence[int],
+                      folder: str) -> tuple[dict[int, float | None], str | None, str | None]:
+    """Each depth's quality from a sweep's points for ``strategy``, else the test scores recorded in
+    ``layerdrop.json`` (the full depth's, and each named depth's); ``None`` for every depth with no measurement."""
     quality: dict[int, float | None] = dict.fromkeys(depths)
     if sweep:
         path = Path(sweep)
         record = json.loads((path / "sweep.json" if path.is_dir() else path).read_text())
-        points = {p["depth"]: p["score"] for p in record["points"].get("every-other", [])}
+        points = {p["depth"]: p["score"] for p in record["points"].get(strategy, [])}
         if not points:
-            raise InputError(f"{sweep} has no every-other points: run layerdrop sweep with --strategies every-other")
+            raise InputError(f"{sweep} has no {strategy} points, the layers served here: run layerdrop sweep "
+                             f"with --strategies {strategy}")
         swept = Path(local_folder(record["config"]["model"]))
         if max(points) != num_layers or (swept.is_dir() and swept.resolve() != Path(folder).resolve()):
             raise InputError(f"--sweep {sweep} measured {record['config']['model']} ({max(points)} layers), not this "
                              f"model ({folder}, {num_layers} layers): sweep this model (layerdrop sweep MODEL "
-                             "--strategies every-other) or leave --sweep out")
+                             f"--strategies {strategy}) or leave --sweep out")
         return {d: points.get(d) for d in depths}, record["metric"], record["config"]["data"]
     metrics = meta.get("metrics") or {}
     for key in ("test_accuracy", "test_perplexity", "test_f1"):
-        if key in metrics and num_layers in quality:
-            quality[num_layers] = metrics[key]
-            return quality, key.removeprefix("test_"), (meta.get("trained_with") or {}).get("data")
+        if key in metrics:  # the full depth's, and each named depth's of a run trained with --depths
+            scores = {num_layers: metrics[key], **{d: metrics.get(f"{key}_at_{d}") for d in depths if d < num_layers}}
+            return ({d: scores.get(d) for d in depths}, key.removeprefix("test_"),
+                    (meta.get("trained_with") or {}).get("data"))
     return quality, None, None

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["cosine_loss", "hidden_loss", "hidden_pairs", "kd_loss", "output_kd_loss"]
+__all__ = ["cosine_loss", "hidden_loss", "hidden_pairs", "kd_loss", "output_kd_loss", "stand_for_pairs"]
 
 
 def _real(mask: torch.Tensor | None, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -74,3 +74,18 @@ def hidden_pairs(kept: Sequence[int]) -> tuple[tuple[int, int], ...]:
     ((1, 1), (2, 3), (3, 5), (4, 8), (5, 10))
     """
     return tuple((i + 1, k + 1) for i, k in enumerate(kept[:-1]))
+
+
+def stand_for_pairs(kept: Sequence[int], num_layers: int, teacher_layers: int) -> tuple[tuple[int, int], ...]:
+    """Which ``hidden_states`` :func:`hidden_loss` pairs for a sub-network that runs the layers ``kept`` of a
+    ``num_layers``-layer model (its ``hidden_states`` counted as the whole model's: a skipped layer passes its
+    input on) against a teacher of ``teacher_layers`` layers: the output of its ``j``-th layer against that of
+    the teacher's layer ``(j + 1) * L / depth`` stands for (TinyBERT's and DynaBERT's uniform mapping), and its
+    last state, after any final norm, against the teacher's.
+
+    >>> stand_for_pairs((0, 1, 2), 6, 6), stand_for_pairs((0, 3, 5), 6, 6)
+    (((1, 2), (2, 4), (6, 6)), ((1, 2), (4, 4), (6, 6)))
+    """
+    depth = len(kept)
+    return (*((k + 1, (j + 1) * teacher_layers // depth) for j, k in enumerate(kept[:-1])),
+            (num_layers, teacher_layers))

@@ -1,6 +1,6 @@
 """``LayerDropTrainer``: Hugging Face ``Trainer`` with LayerDrop's training options (self-distillation,
-distillation from a teacher, a head learning rate, data-driven rates), each loss exact under
-gradient accumulation.
+distillation from a teacher, training for named depths, a head learning rate, data-driven rates), each
+loss exact under gradient accumulation.
 
 Components only: the ``layerdrop train`` recipe that uses it is :mod:`layerdrop.recipes.train`.
 See ``docs/training.md``.
@@ -8,7 +8,7 @@ See ``docs/training.md``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, Literal
 
@@ -17,12 +17,13 @@ from torch import nn
 from transformers import Trainer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from layerdrop.config.args import EACH_STEP
 from layerdrop.core.apply import applied, only_layers
 from layerdrop.core.learned import RateLearner
 from layerdrop.errors import InputError
 from layerdrop.evaluation.qa import without_targets
 
-from .losses import cosine_loss, hidden_loss, output_kd_loss
+from .losses import cosine_loss, hidden_loss, output_kd_loss, stand_for_pairs
 
 __all__ = ["TEACHER_LOGITS", "LayerDropTrainer"]
 
@@ -61,25 +62,42 @@ class LayerDropTrainer(Trainer):
         rate_learner: The scorer of data-driven rates (:func:`layerdrop.attach_rate_learner`); it is
             not part of the model, so it gets its own optimizer parameter group.
         rate_lr: Learning rate of ``rate_learner``.
+        depths: Training for named depths (one elastic run): depth -> the layers it keeps. Each step
+            the full network runs, and the sub-network of each depth :meth:`depths_at` names for the
+            step; each sub-network learns ``task_weight`` x the task + ``distill_weight`` x
+            :func:`output_kd_loss` at ``distill_temperature`` + ``hidden_weight`` x :func:`hidden_loss`
+            toward the teacher: ``teacher`` if given (which then teaches the full network the same
+            way), else the full network of the same step (in-place distillation; it learns the task).
+        each_step: With ``depths``: ``"all"`` of them each step, or ``"sandwich"``: the smallest and
+            ``sandwich`` others drawn at random, the draw seeded by the step.
+        sandwich: With ``each_step="sandwich"``: how many other depths are drawn each step.
     """
 
     def __init__(self, *args: Any, self_distill: bool = False, distill_weight: float = 1.0,
                  distill_temperature: float = 1.0, head_lr: float | None = None,
                  rate_learner: RateLearner | None = None, rate_lr: float = 5e-3, teacher: nn.Module | None = None,
                  task_weight: float = 1.0, cos_weight: float = 0.0, hidden_weight: float = 0.0,
-                 hidden_layers: Sequence[tuple[int, int]] = (), **kwargs: Any) -> None:
+                 hidden_layers: Sequence[tuple[int, int]] = (), depths: Mapping[int, Sequence[int]] | None = None,
+                 each_step: Literal["all", "sandwich"] = "all", sandwich: int = 1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if teacher is not None:
             _check_teacher(teacher, self.args.device, self_distill)
+        if teacher is not None or depths:
             if distill_temperature <= 0:
                 raise InputError(f"the distillation temperature must be above 0, got {distill_temperature}")
             if max(distill_weight, task_weight, cos_weight, hidden_weight) <= 0:
                 raise InputError("every loss weight is 0 (task, distill, cos, hidden): the student would learn nothing")
+        if depths:
+            _check_depths(depths, each_step, sandwich, self_distill, cos_weight)
+        elif teacher is not None:
             if hidden_weight > 0 and not hidden_layers:
                 raise InputError("hidden_weight needs hidden_layers: the (student, teacher) hidden-state pairs "
                                  "to match (layerdrop.training.losses.hidden_pairs(kept) for a cut student)")
         elif cos_weight or hidden_weight:
             raise InputError("cos_weight and hidden_weight match a teacher's hidden states: pass teacher=")
+        self.depths = {int(d): tuple(kept) for d, kept in (depths or {}).items()}
+        self.each_step = each_step
+        self.sandwich = sandwich
         self.teacher = teacher
         self.task_weight = task_weight
         self.cos_weight = cos_weight
@@ -101,7 +119,9 @@ class LayerDropTrainer(Trainer):
             self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if not model.training:
             return super().compute_loss(model, inputs, return_outputs)
-        if self.teacher is not None:
+        if self.depths:
+            terms, outputs, signal = self._depth_terms(model, inputs)
+        elif self.teacher is not None:
             terms, outputs, signal = self._teacher_terms(model, inputs)
         elif self.self_distill:
             terms, outputs, signal = self._self_distill_terms(model, inputs)
@@ -182,6 +202,62 @@ class LayerDropTrainer(Trainer):
                  (self.distill_weight, distill, _kd_kind(full))]
         return terms, full, distill  # the rates learn from the sub-network's gap, free of data noise
 
+    def depths_at(self, step: int) -> tuple[int, ...]:
+        """The named depths that train at optimizer step ``step``, deepest first: all of them, or the
+        sandwich's smallest and ``sandwich`` others drawn by a generator seeded with the run's seed and
+        the step, so every micro-batch of a step, and a resumed run, draws the same ones."""
+        depths = sorted(self.depths, reverse=True)
+        if self.each_step == "all" or len(depths) <= self.sandwich + 1:
+            return tuple(depths)
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step)
+        others = depths[:-1]
+        drawn = torch.randperm(len(others), generator=generator)[:self.sandwich].tolist()
+        return (*sorted((others[i] for i in drawn), reverse=True), depths[-1])
+
+    def _depth_terms(self, model: nn.Module, inputs: dict[str, Any]
+                     ) -> tuple[list[tuple[float, torch.Tensor, Kind]], Any, torch.Tensor]:
+        """The full network and this step's named depths, each learning from the teacher: ``teacher``, else
+        the full network in the same step (whose own loss is then the task)."""
+        inputs = dict(inputs)
+        labels = inputs.pop("labels") if self.label_smoother is not None else None
+        extra = {"output_hidden_states": True} if self.hidden_weight > 0 else {}
+        module = self.accelerator.unwrap_model(model)
+        full = model(**inputs, **extra)  # every layer
+        terms: list[tuple[float, torch.Tensor, Kind]]
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher = self.teacher(**without_targets(inputs), **extra)
+            terms = self._learn(full, teacher, labels, inputs, None)
+        else:  # in-place: the full network learns the task and teaches the sub-networks
+            teacher = full
+            terms = [(1.0, self._task(full, labels), "items")]
+        for depth in self.depths_at(self.state.global_step):
+            kept = self.depths[depth]
+            with only_layers(module, kept):
+                sub = model(**inputs, **extra)
+            terms += self._learn(sub, teacher, labels, inputs, kept)
+        return terms, full, terms[0][1]
+
+    def _learn(self, student: Any, teacher: Any, labels: torch.Tensor | None, inputs: dict[str, Any],
+               kept: Sequence[int] | None) -> list[tuple[float, torch.Tensor, Kind]]:
+        """A network's terms toward ``teacher`` with ``depths``: the task, the soft targets, and (with
+        ``hidden_weight``) the hidden states of its layers ``kept`` (``None``: all) against those the
+        teacher's layers they stand for give."""
+        mask = inputs.get("attention_mask")
+        terms: list[tuple[float, torch.Tensor, Kind]] = []
+        if self.task_weight:
+            terms.append((self.task_weight, self._task(student, labels), "items"))
+        if self.distill_weight:
+            terms.append((self.distill_weight, output_kd_loss(student, teacher, self.distill_temperature, mask),
+                          _kd_kind(student)))
+        if self.hidden_weight:
+            num_layers = len(student.hidden_states) - 1
+            pairs = stand_for_pairs(kept if kept is not None else range(num_layers), num_layers,
+                                    len(teacher.hidden_states) - 1)
+            terms.append((self.hidden_weight, hidden_loss(student.hidden_states, teacher.hidden_states, pairs, mask),
+                          "tokens"))
+        return terms
+
     def _teacher_terms(self, model: nn.Module, inputs: dict[str, Any]
                        ) -> tuple[list[tuple[float, torch.Tensor, Kind]], Any, torch.Tensor]:
         """The task and the teacher's soft targets (and, optionally, its hidden states)."""
@@ -260,6 +336,21 @@ def _check_teacher(teacher: nn.Module, device: torch.device, self_distill: bool)
     if on and on != {torch.device(device)}:
         raise InputError(f"the teacher is on {sorted(map(str, on))}, the trainer on {device}: "
                          f"move it first (teacher.to({str(device)!r}))")
+
+
+def _check_depths(depths: Mapping[int, Sequence[int]], each_step: str, sandwich: int, self_distill: bool,
+                  cos_weight: float) -> None:
+    """Refuse named-depth settings that cannot train."""
+    if self_distill:
+        raise InputError("self_distill samples LayerDrop sub-networks, depths trains named ones: choose one")
+    if cos_weight:
+        raise InputError("with depths, match hidden states with hidden_weight (cos_weight is distillation's)")
+    if each_step not in EACH_STEP:
+        raise InputError(f"each_step={each_step!r}: choose one of {', '.join(map(repr, EACH_STEP))}")
+    if each_step == "sandwich" and sandwich < 0:
+        raise InputError(f"sandwich={sandwich}: how many other depths a step draws, 0 or more")
+    if any(not kept for kept in depths.values()):
+        raise InputError(f"depths={dict(depths)}: give every named depth its layers, at least one (depth -> kept)")
 
 
 def _kd_kind(outputs: Any) -> Kind:
