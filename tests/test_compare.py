@@ -31,7 +31,7 @@ def compared(tmp_path_factory, minilm_tokenizer):
 def test_every_method_is_scored_at_every_depth_and_the_shallowest_with_each_seed(compared):
     cfg, result = compared
     by = {(r.method, r.depth): r for r in result.rows}
-    assert set(by) == {(m, 2) for m in METHODS} | {("plain", 4), ("layerdrop", 4), ("elastic", 4)}  # each full run
+    assert set(by) == {(m, 2) for m in METHODS} | {("plain", 4), ("layerdrop", 4), ("elastic-full", 4)}  # each full run
     assert all(len(by[(m, 2)].scores) == 2 for m in METHODS if METHODS[m].per_depth or m == "elastic")  # two seeds
     assert by[("top-dropped", 2)].kept == (0, 1) and by[("fixed-depth", 2)].kept == (0, 3)
     assert by[("elastic", 2)].kept == (0, 1) and by[("layerdrop-cut", 2)].kept == (0, 3)  # its recorded layers
@@ -113,7 +113,8 @@ def compared_lm(tmp_path_factory):
 def test_a_decoder_is_compared_by_perplexity_every_method_from_one_untrained_start(compared_lm):
     cfg, result = compared_lm
     assert result.metric == "perplexity" and all(r.score > 1 for r in result.rows)
-    assert {r.method for r in result.rows} == {"plain", "layerdrop", *(m for m in METHODS if m != "top-dropped")}
+    assert {r.method for r in result.rows} == {"plain", "layerdrop", "elastic-full",
+                                               *(m for m in METHODS if m != "top-dropped")}
     init = str(result.out / "init")
     for run in ("plain", "layerdrop"):
         assert json.loads((result.out / run / "model" / "layerdrop.json").read_text())["trained_with"]["model"] == init

@@ -86,7 +86,7 @@ METHODS: dict[str, Method] = {
     "fixed-depth": Method("fixed depth (cut, then fine-tuned)", per_depth=True, full="plain", needs_full=False),
     "distilled": Method("DistilBERT-style (cut, then distilled)", per_depth=True, full="plain", needs_full=True),
     "top-dropped": Method("top layers dropped, fine-tuned", per_depth=True, full="plain", needs_full=False),
-    "elastic": Method("one elastic run", per_depth=False, full="elastic", needs_full=True),
+    "elastic": Method("one elastic run", per_depth=False, full="elastic-full", needs_full=True),
 }
 """Method name -> how it is shown, whether it trains per depth, and which full-depth run it relies on.
 
@@ -95,7 +95,7 @@ METHODS: dict[str, Method] = {
 """
 
 FULL_RUNS = {"plain": "plain fine-tune (full depth)", "layerdrop": "LayerDrop fine-tune (full depth)",
-             "elastic": "one elastic run (full depth)"}
+             "elastic-full": "one elastic run (full depth)"}
 """The full-depth runs, as the table's full-depth rows name them."""
 
 
@@ -292,7 +292,7 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
 
     # 4. score every row on the same test rows; latency and size per depth
     log("scoring")
-    full_runs = {"plain": plain, **({"layerdrop": ld} if ld else {}), **({"elastic": elastic} if elastic else {})}
+    full_runs = {"plain": plain, **({"layerdrop": ld} if ld else {}), **({"elastic-full": elastic} if elastic else {})}
     rows, metric, full_minutes = _score(cfg, model, full_runs, trained, methods, depths)
 
     # 5. write the report
