@@ -378,7 +378,7 @@ def tables(rows: list[Row], metric: str, full_minutes: dict[str, float], num_lay
     depths = sorted({r.depth for r in rows}, reverse=True)
     serving = markdown_table(["method", "training runs", "training minutes", *[f"at {d}" for d in depths]],
                              _serving(rows, methods, metric, full_minutes, num_layers))
-    minutes = ", ".join(f"{k} {v:.1f} min" for k, v in full_minutes.items())
+    minutes = ", ".join(f"{k.removesuffix('-full')} {v:.1f} min" for k, v in full_minutes.items())
     return (markdown_table(header, md_rows) + "\nWhat serving every depth of the table costs each method "
             f"(full-depth runs: {minutes}):\n\n" + serving)
 
