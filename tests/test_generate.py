@@ -74,6 +74,12 @@ def test_sampling_follows_the_temperature_and_the_seed(lm, tok):
     assert cold == [greedy.text] * 3  # temperature -> 0 is greedy decoding
 
 
+def test_a_temperature_too_small_to_divide_by_decodes_greedily(lm, tok):
+    """Schemathesis found it: logits / 3e-158 overflow to infinities, whose softmax is NaN, and sampling failed."""
+    greedy = generate(lm, tok, "let there be", max_new_tokens=4)
+    assert generate(lm, tok, "let there be", max_new_tokens=4, temperature=3.2e-158).text == greedy.text
+
+
 def test_stop_strings_end_generation(lm, tok):
     free = generate(lm, tok, "the light", max_new_tokens=8)
     first_word = free.text.split()[0]

@@ -33,7 +33,11 @@ from layerdrop.errors import InputError
 if TYPE_CHECKING:
     from transformers import GenerationMixin, PreTrainedModel
 
-__all__ = ["Generation", "adapt_draft_tokens", "generate"]
+__all__ = ["GREEDY_BELOW", "Generation", "adapt_draft_tokens", "generate"]
+
+GREEDY_BELOW = 1e-5
+"""Temperatures below this decode greedily, sampling's limit as the temperature goes to 0: dividing the
+logits by a temperature near 0 would overflow to infinities, and their softmax to NaN."""
 
 
 @dataclass(frozen=True)
@@ -227,7 +231,7 @@ def generate(
     ``block-influence`` need calibration ``batches``, and cut a model trained without LayerDrop far
     better than every-other does). The draft of ``speculative`` is :func:`layerdrop.view`'s.
 
-    ``temperature=0`` is greedy decoding; otherwise sampling with ``top_k`` /
+    ``temperature=0`` (or below :data:`GREEDY_BELOW`) is greedy decoding; otherwise sampling with ``top_k`` /
     ``top_p``, seeded by ``seed`` without touching the caller's global RNG.
     ``stop`` strings end generation (the stop string is cut from the text).
     ``on_text`` receives the text as it is produced. A prompt longer than the
@@ -263,7 +267,7 @@ def generate(
         raise InputError("the prompt is empty: pass some text to continue")
     if max_new_tokens < 1:
         raise InputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if speculative is not None and temperature > 0:
+    if speculative is not None and temperature >= GREEDY_BELOW:
         raise InputError("speculative decoding here is greedy: use temperature 0 (the default) with speculative")
     if isinstance(draft_tokens, bool) or not isinstance(draft_tokens, int) or draft_tokens < 1:
         raise InputError(f"draft_tokens must be a positive integer, got {draft_tokens!r}")
@@ -311,7 +315,7 @@ def generate(
                               "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                               else tokenizer.eos_token_id,
                               "no_repeat_ngram_size": no_repeat_ngram}  # 0 overrides the model's generation_config
-    if temperature > 0:
+    if temperature >= GREEDY_BELOW:
         kwargs.update(do_sample=True, temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0)
     else:
         kwargs.update(do_sample=False)
