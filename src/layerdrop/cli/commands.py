@@ -204,11 +204,11 @@ def generate(model: str, prompt: str, depth: int | None = None, max_new_tokens: 
         check_data(strategy, data)
     lm = load_saved(model).eval()
     tokenizer = from_pretrained(AutoTokenizer, local_folder(model))
-    strategy = strategy or own_strategy(lm)
     keep = None
-    if depth is not None and strategy != own_strategy(lm):  # the layers, chosen before any output
+    if depth is not None and strategy:  # a named strategy's layers, chosen before any output
         check_depth(depth, len(find_layers(lm).layers))
         keep = choose_with(strategy, lm, depth, strategy_scorers(lm, tokenizer, data) if data else None).kept
+    strategy = strategy or own_strategy(lm)
     started: list[bool] = []
 
     def show(text: str) -> None:  # the note and the prompt wait for the first token: every check has passed

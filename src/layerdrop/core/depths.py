@@ -118,10 +118,15 @@ def layers_at(config: Any, num_layers: int, depth: int) -> tuple[int, ...]:
 def record_depths(config: Any, kept: Mapping[int, Sequence[int]], strategy: str | None) -> None:
     """Write into ``config`` the layers of each depth a model is trained to serve, and the strategy that chose
     them (``None`` when they came from elsewhere)."""
+    setattr(config, DEPTHS_KEY, _record(kept, strategy))
+
+
+def _record(kept: Mapping[int, Sequence[int]], strategy: str | None) -> dict[str, Any]:
+    """The JSON form of a depth record: each depth's layers, deepest first, and the strategy when known."""
     record: dict[str, Any] = {"kept": {str(d): list(layers) for d, layers in sorted(kept.items(), reverse=True)}}
     if strategy is not None:
         record["strategy"] = strategy
-    setattr(config, DEPTHS_KEY, record)
+    return record
 
 
 def remove_depth_record(config: Any) -> None:
@@ -150,7 +155,4 @@ def renumbered_record(config: Any, keep: Sequence[int]) -> dict[str, Any] | None
     strategy = (getattr(config, DEPTHS_KEY, None) or {}).get("strategy")
     rule = RULES.get(strategy) if strategy is not None else None
     fits = rule is not None and all(list(rule(len(keep), d)) == layers for d, layers in kept.items())
-    record: dict[str, Any] = {"kept": {str(d): layers for d, layers in sorted(kept.items(), reverse=True)}}
-    if fits:
-        record["strategy"] = strategy
-    return record
+    return _record(kept, strategy if fits else None)

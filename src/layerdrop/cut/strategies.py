@@ -25,7 +25,7 @@ from typing import Any, Literal, Protocol
 
 from torch import nn
 
-from layerdrop.core.depths import check_depth, every_other, layers_at, recorded_depths
+from layerdrop.core.depths import bottom, check_depth, every_other, layers_at, recorded_depths
 from layerdrop.core.learned import recorded_learned_rates
 from layerdrop.errors import InputError
 
@@ -79,8 +79,7 @@ def data_driven_choice(rates: Sequence[float], depth: int) -> Choice:
 
 def top_layers_choice(num_layers: int, depth: int) -> Choice:
     """Sajjad et al. 2020 baseline: drop the top ``L - depth`` layers, keep ``0..depth-1``."""
-    check_depth(depth, num_layers)
-    return Choice(tuple(range(depth)), "top", {"rule": "drop the top L - depth layers",
+    return Choice(bottom(num_layers, depth), "top", {"rule": "drop the top L - depth layers",
                                                "num_layers": num_layers, "depth": depth})
 
 

@@ -24,7 +24,7 @@ from layerdrop.config.args import EACH_STEP, DepthArgs, TrainConfig
 from layerdrop.config.settings import DEFAULT_RATE
 from layerdrop.core.apply import LayerDropSettings, apply, only_layers, remove
 from layerdrop.core.arch import find_layers
-from layerdrop.core.depths import RULES, parse_depths, record_depths, remove_depth_record
+from layerdrop.core.depths import parse_depths, record_depths, remove_depth_record
 from layerdrop.core.learned import DATA_DRIVEN_ONE_PROCESS, attach_rate_learner, record_learned_rates
 from layerdrop.core.masklog import MASK_FILE, MaskLogCallback
 from layerdrop.core.rates import SCHEDULES, layer_rates
@@ -368,11 +368,10 @@ def _depth_layers(cfg: TrainConfig, model: nn.Module, tokenizer: Any) -> dict[in
         raise InputError(f"--depths {served.depths!r} names only the full depth ({num_layers} layers): name the "
                          f"shallower depths to serve too, like {num_layers},{max(num_layers * 2 // 3, 1)},"
                          f"{max(num_layers // 2, 1)}")
-    if served.strategy in RULES:
-        return {d: RULES[served.strategy](num_layers, d) for d in shallower}
     from layerdrop.cut.scored import choose_with, strategy_scorers
+    from layerdrop.cut.strategies import lookup
 
-    scorers = strategy_scorers(model, tokenizer, cfg.data)
+    scorers = strategy_scorers(model, tokenizer, cfg.data) if lookup(served.strategy).needs_data else None
     kept = {d: choose_with(served.strategy, model, d, scorers).kept for d in shallower}
     dropped = {d: list(layers) for d, layers in kept.items() if layers[0] != 0}
     if dropped:
