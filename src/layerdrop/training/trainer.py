@@ -222,12 +222,13 @@ class LayerDropTrainer(Trainer):
         labels = inputs.pop("labels") if self.label_smoother is not None else None
         extra = {"output_hidden_states": True} if self.hidden_weight > 0 else {}
         module = self.accelerator.unwrap_model(model)
+        mask = inputs.get("attention_mask")
         full = model(**inputs, **extra)  # every layer
         terms: list[tuple[float, torch.Tensor, Kind]]
         if self.teacher is not None:
             with torch.no_grad():
                 teacher = self.teacher(**without_targets(inputs), **extra)
-            terms = self._learn(full, teacher, labels, inputs, None)
+            terms = self._learn(full, teacher, labels, mask, self._stand_for(full, teacher, None))
         else:  # in-place: the full network learns the task and teaches the sub-networks
             teacher = full
             terms = [(1.0, self._task(full, labels), "items")]
@@ -235,28 +236,35 @@ class LayerDropTrainer(Trainer):
             kept = self.depths[depth]
             with only_layers(module, kept):
                 sub = model(**inputs, **extra)
-            terms += self._learn(sub, teacher, labels, inputs, kept)
+            terms += self._learn(sub, teacher, labels, mask, self._stand_for(sub, teacher, kept))
         return terms, full, terms[0][1]
 
-    def _learn(self, student: Any, teacher: Any, labels: torch.Tensor | None, inputs: dict[str, Any],
-               kept: Sequence[int] | None) -> list[tuple[float, torch.Tensor, Kind]]:
-        """A network's terms toward ``teacher`` with ``depths``: the task, the soft targets, and (with
-        ``hidden_weight``) the hidden states of its layers ``kept`` (``None``: all) against those the
-        teacher's layers they stand for give."""
-        mask = inputs.get("attention_mask")
+    def _learn(self, student: Any, teacher: Any, labels: torch.Tensor | None, mask: torch.Tensor | None,
+               pairs: Sequence[tuple[int, int]]) -> list[tuple[float, torch.Tensor, Kind]]:
+        """A network's weighted terms toward ``teacher``: the task, the soft targets, DistilBERT's cosine loss on
+        the last hidden states, and :func:`hidden_loss` over the (student, teacher) ``hidden_states`` ``pairs``."""
         terms: list[tuple[float, torch.Tensor, Kind]] = []
         if self.task_weight:
             terms.append((self.task_weight, self._task(student, labels), "items"))
         if self.distill_weight:
             terms.append((self.distill_weight, output_kd_loss(student, teacher, self.distill_temperature, mask),
                           _kd_kind(student)))
+        if self.cos_weight:
+            terms.append((self.cos_weight, cosine_loss(student.hidden_states[-1], teacher.hidden_states[-1], mask),
+                          "tokens"))
         if self.hidden_weight:
-            num_layers = len(student.hidden_states) - 1
-            pairs = stand_for_pairs(kept if kept is not None else range(num_layers), num_layers,
-                                    len(teacher.hidden_states) - 1)
             terms.append((self.hidden_weight, hidden_loss(student.hidden_states, teacher.hidden_states, pairs, mask),
                           "tokens"))
         return terms
+
+    def _stand_for(self, student: Any, teacher: Any, kept: Sequence[int] | None) -> tuple[tuple[int, int], ...]:
+        """With ``hidden_weight``, the hidden-state pairs of a network running the layers ``kept`` (``None``: all)
+        against the teacher's layers they stand for (:func:`stand_for_pairs`); none without it."""
+        if not self.hidden_weight:
+            return ()
+        num_layers = len(student.hidden_states) - 1
+        return stand_for_pairs(kept if kept is not None else range(num_layers), num_layers,
+                               len(teacher.hidden_states) - 1)
 
     def _teacher_terms(self, model: nn.Module, inputs: dict[str, Any]
                        ) -> tuple[list[tuple[float, torch.Tensor, Kind]], Any, torch.Tensor]:
@@ -276,20 +284,8 @@ class LayerDropTrainer(Trainer):
             with torch.no_grad():
                 teacher = self.teacher(**without_targets(inputs), **extra)
         student = model(**inputs, **extra)
-        task = self._task(student, labels)
-        mask = inputs.get("attention_mask")
-        terms: list[tuple[float, torch.Tensor, Kind]] = []
-        if self.task_weight:
-            terms.append((self.task_weight, task, "items"))
-        if self.distill_weight:
-            terms.append((self.distill_weight, output_kd_loss(student, teacher, self.distill_temperature, mask),
-                          _kd_kind(student)))
-        if self.cos_weight:
-            terms.append((self.cos_weight, cosine_loss(student.hidden_states[-1], teacher.hidden_states[-1], mask),
-                          "tokens"))
-        if self.hidden_weight:
-            terms.append((self.hidden_weight, hidden_loss(student.hidden_states, teacher.hidden_states,
-                                                          self.hidden_layers, mask), "tokens"))
+        terms = self._learn(student, teacher, labels, inputs.get("attention_mask"), self.hidden_layers)
+        task = terms[0][1] if self.task_weight else self._task(student, labels)  # the rate learner's signal
         return terms, student, task
 
     def create_optimizer(self, model=None):  # type: ignore[no-untyped-def]  # HF Trainer's signature
