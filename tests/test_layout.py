@@ -17,7 +17,8 @@ PACKAGE = Path(layerdrop.__file__).parent
 RECIPES = {"recipes", "cli"}
 """The folder of recipes (each composes components into one command) and the command line;
 everything else is a component."""
-FOLDERS = {"cli", "config", "core", "cut", "data", "evaluation", "models", "recipes", "serving", "training"}
+FOLDERS = {"cli", "config", "core", "cut", "data", "evaluation", "exits", "models", "recipes", "serving",
+           "training"}
 """The rooms of the package (the README's "Code layout"); only ``__init__``, ``files`` and ``errors`` live beside
 them."""
 LONG = 450

@@ -40,7 +40,7 @@ _PUBLIC = {
 }
 """The user's verbs: name -> the module that defines it."""
 
-_FOLDERS = ("config", "core", "cut", "data", "evaluation", "models", "recipes", "serving", "training")
+_FOLDERS = ("config", "core", "cut", "data", "evaluation", "exits", "models", "recipes", "serving", "training")
 """The subpackages, each reached as ``layerdrop.<folder>`` on first use (the README's "Code layout")."""
 
 __all__ = sorted([*_PUBLIC, *_FOLDERS])

@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 from layerdrop.config.args import DistillConfig, TrainConfig
-from layerdrop.config.recipes import CompareConfig, DemoConfig, ElasticConfig, ServeConfig, SweepConfig
+from layerdrop.config.recipes import CompareConfig, DemoConfig, ElasticConfig, ExitsConfig, ServeConfig, SweepConfig
 from layerdrop.errors import InputError
 
-__all__ = ["compare", "demo", "distill", "elastic", "generate", "prune", "report", "serve", "sweep", "train"]
+__all__ = ["compare", "demo", "distill", "elastic", "exits", "generate", "prune", "report", "serve", "sweep",
+           "train"]
 
 
 def train(config: TrainConfig) -> int:
@@ -124,6 +125,33 @@ def sweep(config: SweepConfig) -> int:
     result = run_sweep(config)
     print(result.table)
     print(f"sweep: {result.out / 'sweep.md'}")
+    return 0
+
+
+def exits(config: ExitsConfig) -> int:
+    """Calibrate early exit with a guarantee: easy inputs leave at a shallow depth, and the accuracy lost is
+    at most --max-drop points with probability --confidence.
+
+    MODEL is a classifier trained with --depths (its depths are the exits; nested ones, --strategy top,
+    continue each other's computation). Each rule's threshold is chosen on --data's validation rows and
+    measured on its test rows (accuracy, realised drop, mean layers, where rows leave, batch throughput
+    against full depth). The rule that runs fewest layers is recorded in MODEL's config.json, so serve's
+    "depth": "auto" and layerdrop.exits.exit_predict use it. Writes exits.md, exits.json and
+    exit_depths.png to --out.
+
+    Example:
+      layerdrop exits runs/rt-elastic/model --data rotten-tomatoes --max-drop 0.5 --out runs/rt-exits
+    """
+    from layerdrop.recipes.exits import run_exits
+
+    result = run_exits(config)
+    print(result.table)
+    if result.recorded is None:
+        print(f"no rule kept a drop of at most {config.max_drop:g} points on the validation rows; nothing recorded "
+              "(try a larger --max-drop or a lower --confidence)", file=sys.stderr)
+    elif config.record:
+        print(f"recorded: {result.recorded.rule} in {Path(config.model) / 'config.json'}")
+    print(f"exits: {result.out / 'exits.md'}")
     return 0
 
 

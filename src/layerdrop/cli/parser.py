@@ -129,7 +129,7 @@ def _add_command(sub: Any, name: str, command: Command) -> None:
     parser.set_defaults(_function=command.function)
 
 
-RUN_MODELS = ("train", "prune", "distill", "sweep", "generate", "elastic", "compare", "demo")
+RUN_MODELS = ("train", "prune", "distill", "sweep", "exits", "generate", "elastic", "compare", "demo")
 """Subcommands that run models, and so take ``--threads`` (``serve`` has its own, for its worker)."""
 
 

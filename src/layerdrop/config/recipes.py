@@ -1,4 +1,4 @@
-"""The settings of the commands beyond training: ``compare``, ``demo``, ``elastic``, ``sweep`` and
+"""The settings of the commands beyond training: ``compare``, ``demo``, ``elastic``, ``exits``, ``sweep`` and
 ``serve``. Frozen dataclasses importable without torch, like :mod:`layerdrop.config.args` (which
 holds training's and distillation's)."""
 
@@ -10,7 +10,7 @@ from layerdrop.errors import InputError
 
 from .settings import check_pattern
 
-__all__ = ["CompareConfig", "DemoConfig", "ElasticConfig", "ServeConfig", "SweepConfig"]
+__all__ = ["CompareConfig", "DemoConfig", "ElasticConfig", "ExitsConfig", "ServeConfig", "SweepConfig"]
 
 
 @dataclass(frozen=True)
@@ -149,6 +149,45 @@ class ElasticConfig:
     """Validation paragraphs scored at each depth."""
     seed: int = 0
     """Seed of data order and masks."""
+    progress: bool = True
+    """Show tqdm bars."""
+
+
+@dataclass(frozen=True)
+class ExitsConfig:
+    """What ``layerdrop exits`` calibrates and measures. Change with ``dataclasses.replace``."""
+
+    model: str
+    """A saved classifier (``layerdrop train classification``), best one trained with --depths: its served depths
+    are the exits, and nested ones (--strategy top) continue each other's computation."""
+    data: str
+    """The labelled dataset it was trained on: calibrated on its validation rows, measured on its test rows."""
+    out: str
+    """Output folder for exits.md, exits.json and the exit-depth histogram."""
+    rules: str = "max-prob,entropy,patience"
+    """Comma-separated exit rules: max-prob, entropy (DeeBERT), patience (PABEE). Each is calibrated; the one
+    that runs fewest layers on the validation rows is recorded."""
+    max_drop: float = 0.5
+    """Accuracy points early exit may lose against full depth (delta), guaranteed with --confidence; the drop the
+    record uses for a request that names none."""
+    more_drops: str = "0.25,1,2"
+    """Further drops (points, comma-separated) calibrated, measured and recorded, for requests that name one."""
+    confidence: float = 0.9
+    """Probability, over the validation rows drawn, that the expected loss is at most --max-drop."""
+    depths: str = ""
+    """Comma-separated exits; empty: the depths the model was trained to serve (--depths), and the full one."""
+    record: bool = True
+    """Write the chosen rule and threshold into MODEL's config.json, where serve and exit_predict find them."""
+    rows: int = 0
+    """Validation and test rows each (0: all)."""
+    batch_size: int = 32
+    """Rows per batch, of scoring and of the throughput measurement."""
+    max_length: int = 0
+    """Tokens per text (0: the length the model was trained at)."""
+    timing_batches: int = 4
+    """Test batches timed for throughput, full depth and each rule at each drop in turn, per round."""
+    latency_reps: int = 3
+    """Timed rounds; the sum of each round is compared and the median round reported."""
     progress: bool = True
     """Show tqdm bars."""
 

@@ -22,7 +22,7 @@ from layerdrop.core.depths import DEPTHS_KEY, layers_at, remove_depth_record, re
 from layerdrop.core.learned import LEARNED_KEY
 from layerdrop.errors import InputError
 
-__all__ = ["PRUNING_KEY", "prune", "view"]
+__all__ = ["PRUNING_KEY", "prune", "view", "with_blocks"]
 
 PRUNING_KEY = "layerdrop_pruning"
 """Name of the ``model.config`` attribute that records a pruning."""
@@ -144,6 +144,14 @@ def view(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | No
     kept = _kept(num_layers, depth, keep, getattr(model, "config", None))
     if kept[0] != 0:
         raise InputError(f"a view must keep layer 0 (a KV cache's length is read there), got keep={list(kept)}")
+    return with_blocks(model, [site.layers[i] for i in kept])
+
+
+def with_blocks(model: nn.Module, blocks: Sequence[nn.Module]) -> nn.Module:
+    """A shell of ``model`` whose block list is ``blocks``: the modules on the path to the list are shallow
+    copies, everything else (``blocks`` included) is shared, and ``model`` is untouched. :func:`view` passes
+    some of the model's own blocks; early exit puts a stand-in for the layers already run before the rest."""
+    site = find_layers(model)
     *parents, leaf = site.path.split(".")
     shell = _shell(model)
     node, original = shell, model
@@ -152,7 +160,7 @@ def view(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | No
         assert child is not None  # a module on the path to the block list find_layers found
         original = child
         node._modules[name] = node = _shell(original)
-    shorter = node._modules[leaf] = nn.ModuleList([site.layers[i] for i in kept])
+    shorter = node._modules[leaf] = nn.ModuleList(blocks)
     shorter.training = site.layers.training  # not .train(): that would switch the model's own blocks
     return shell
 

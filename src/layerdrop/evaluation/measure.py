@@ -33,6 +33,7 @@ __all__ = [
     "calibration_batches",
     "depth_sweep",
     "distinct_n",
+    "encoded_rows",
     "higher_is_better",
     "latency_ms",
     "parameters_at",
@@ -234,6 +235,18 @@ def _encoded(classifier: bool, tokenizer: Any, split: Any, max_length: int, name
         return lm_eval_blocks(tokenizer, split.texts, max_length, name)
     rows, _ = encode_classification(tokenizer, split, max_length, desc=name)
     return rows, DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+
+def encoded_rows(tokenizer: Any, data: str, *, seed: int = 0, max_length: int = 128, rows: int | None = None
+                 ) -> tuple[dict[str, list[dict[str, Any]]], Callable[[list[dict[str, Any]]], dict[str, Any]]]:
+    """The validation (``"valid"``) and test rows of a labelled dataset, tokenized (the first ``rows`` of each,
+    or all), split by ``seed`` as training split it; and their collator."""
+    from layerdrop.data import load
+
+    splits = load(data, seed=seed, label_column="label")
+    encoded = {name: _encoded(True, tokenizer, split.subset(range(min(rows or len(split), len(split)))), max_length,
+                              name) for name, split in (("valid", splits.valid), ("test", splits.test))}
+    return {name: examples for name, (examples, _) in encoded.items()}, encoded["test"][1]
 
 
 def validation_scorers(

@@ -23,6 +23,7 @@ __all__ = [
     "format_score",
     "markdown_table",
     "pareto_front",
+    "plot_exit_depths",
     "plot_layer_importance",
     "plot_loss_curves",
     "plot_masks",
@@ -188,6 +189,22 @@ def plot_loss_curves(curves: Mapping[str, Sequence[Sequence[float]]], path: str 
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss")
     return _finish(plt, fig, ax, path, title)
+
+
+def plot_exit_depths(shares: Mapping[str, Mapping[int, float]], path: str | Path, *, title: str = "") -> Path:
+    """Grouped bars of the share of rows leaving at each exit depth, one colour per exit rule:
+    ``shares[rule][depth]`` in [0, 1]."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    depths = sorted({d for by in shares.values() for d in by})
+    width = 0.8 / max(len(shares), 1)
+    for k, (name, by) in enumerate(shares.items()):
+        ax.bar([i + k * width for i in range(len(depths))], [100 * by.get(d, 0.0) for d in depths], width=width,
+               label=name)
+    ax.set_xticks([i + width * (len(shares) - 1) / 2 for i in range(len(depths))], [str(d) for d in depths])
+    ax.set_xlabel("exit depth (layers run)")
+    ax.set_ylabel("rows leaving there (%)")
+    return _finish(plt, fig, ax, path, title, grid_axis="y")
 
 
 def plot_layer_importance(scores: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "") -> Path:

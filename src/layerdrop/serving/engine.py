@@ -17,6 +17,8 @@ import torch
 
 from layerdrop.config.recipes import ServeConfig
 from layerdrop.evaluation.timer import median_ms, time_ms
+from layerdrop.exits.rules import lookup
+from layerdrop.exits.run import early_exit
 
 from . import calibration
 from .calibration import Calibration
@@ -27,6 +29,8 @@ from .worker import Cancelled, Job
 
 if TYPE_CHECKING:
     from transformers import GenerationMixin
+
+    from layerdrop.models.loading import Classifier
 
 __all__ = ["Completion", "Engine", "profile_depths"]
 
@@ -180,13 +184,22 @@ class Engine:
         if jobs[0].kind == "classify":  # payloads are token ids, tokenized (and charged) by the request
             ids = [row for job in jobs for row in job.payload]
             batch = self.served.tokenizer.pad({"input_ids": ids}, return_tensors="pt")
-            out: list[torch.Tensor] = []
-            ms = time_ms(lambda: out.append(module(**batch).logits.float().softmax(-1)), module)  # (B, C)
             tokens = int(batch["input_ids"].numel())
-            self.observe(depth, tokens, 0, ms)
-            probs, results, i = out[0], [], 0
+            threshold = jobs[0].threshold
+            stages = [s for s in self.served.exit_stages if s.depth <= depth] if threshold is not None else []
+            if stages:  # early exit up to the deepest exit the budget allows; no one depth's time: not observed
+                assert self.served.exits is not None and threshold is not None  # exit_stages come with exits
+                exited = early_exit(cast("Classifier", self.served.model), batch, stages,
+                                    lookup(self.served.exits.rule), threshold)
+                probs, depths = exited.logits.softmax(-1), exited.depth.tolist()  # (B, C), (B,)
+            else:
+                out: list[torch.Tensor] = []
+                ms = time_ms(lambda: out.append(module(**batch).logits.float().softmax(-1)), module)  # (B, C)
+                self.observe(depth, tokens, 0, ms)
+                probs, depths = out[0], [depth] * len(ids)
+            results, i = [], 0
             for job in jobs:
-                results.append((probs[i:i + job.size].tolist(), tokens))
+                results.append((probs[i:i + job.size].tolist(), tokens, depths[i:i + job.size]))
                 i += job.size
             return results
         (job,) = jobs

@@ -24,6 +24,7 @@ from layerdrop.cut.prune import view
 from layerdrop.cut.strategies import lookup, own_strategy
 from layerdrop.errors import InputError
 from layerdrop.evaluation.measure import parameters_at
+from layerdrop.exits import Exits, Stage, check_served, recorded_exits, stages_of
 from layerdrop.models.loading import (
     BUNDLED_MODELS,
     Classifier,
@@ -60,6 +61,12 @@ class Served:
     labels: tuple[str, ...] = ()
     max_length: int = 512
     """Tokens per input: a classifier's trained length, or a generator's context."""
+    exits: Exits | None = None
+    """The calibrated early exit the model records (``layerdrop exits``), for ``"depth": "auto"``."""
+    exit_stages: tuple[Stage, ...] = ()
+    """The stages that run :attr:`exits` (empty when there are none, or :attr:`exits_error`)."""
+    exits_error: str | None = None
+    """Why ``"depth": "auto"`` cannot be served, when it cannot."""
 
 
 def load_served(cfg: ServeConfig) -> Served:
@@ -98,10 +105,27 @@ def load_served(cfg: ServeConfig) -> Served:
         labels = ()
         length = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or 2048
     name = cfg.name or served_name(cfg.model, folder)
+    exits, stages, why = _exits(model, depths) if task == "classification" else (None, (), None)
     return Served(name=name, task=task, model=model, tokenizer=tokenizer,
                   views={d: model if d == num_layers else view(model, keep=kept[d]) for d in depths}, kept=kept,
                   parameters={d: parameters_at(model, kept[d]) for d in depths}, quality=quality, metric=metric,
-                  data=data, labels=labels, max_length=int(length))
+                  data=data, labels=labels, max_length=int(length), exits=exits, exit_stages=stages,
+                  exits_error=why)
+
+
+def _exits(model: nn.Module, depths: Sequence[int]) -> tuple[Exits | None, tuple[Stage, ...], str | None]:
+    """The model's calibrated exits, their stages, and why they cannot be served (``None`` when they can)."""
+    exits = recorded_exits(getattr(model, "config", None))
+    if exits is None:
+        return None, (), ("this model records no calibrated exits: run layerdrop exits MODEL --data DATA, then "
+                          "serve it again")
+    if not isinstance(model, Classifier):
+        return exits, (), "early exit needs a layerdrop classifier (layerdrop train classification)"
+    try:
+        check_served(exits, depths)
+    except InputError as err:
+        return exits, (), str(err)
+    return exits, stages_of(model, exits), None
 
 
 def _choose_layers(cfg: ServeConfig, strategy: str, model: nn.Module, tokenizer: Any, depths: Sequence[int]

@@ -53,6 +53,9 @@ class Job:
     """When its batch started and ended (``time.perf_counter``), set by the worker."""
     ahead: int = 0
     """Jobs waiting or running when it was queued (a running batch counts once), set by the worker."""
+    threshold: float | None = None
+    """A classify job's early-exit threshold (``"depth": "auto"``; its depth is the deepest it may run), or
+    ``None``; batched only with jobs of the same."""
 
 
 class Worker:
@@ -136,7 +139,7 @@ class Worker:
             deadline = time.perf_counter() + self.batch_wait_ms / 1000
             while first.kind == "classify" and size < self.batch_size and not self._stopping:
                 same = next((j for j in self._jobs if j.kind == "classify" and j.depth == first.depth
-                             and size + j.size <= self.batch_size), None)
+                             and j.threshold == first.threshold and size + j.size <= self.batch_size), None)
                 if same is not None:
                     self._jobs.remove(same)
                     batch.append(same)

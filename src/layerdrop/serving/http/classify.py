@@ -19,7 +19,8 @@ router = APIRouter()
 
 @router.post("/v1/classify", response_model=ClassifyResponse, responses=ERRORS)
 async def classify(body: ClassifyRequest, request: Request, svc: Service = Depends(service)) -> ClassifyResponse:  # noqa: B008
-    """Classify one text or a list of texts at a depth, or at the deepest that fits latency_ms."""
+    """Classify one text or a list of texts at a depth, at the deepest that fits latency_ms, or each at its own
+    depth ("auto": calibrated early exit)."""
     start = svc.clock()
     svc.ready_or_503()
     served = svc.served
@@ -32,16 +33,16 @@ async def classify(body: ClassifyRequest, request: Request, svc: Service = Depen
     read_ms = (svc.clock() - read) * 1000
     tokens = len(ids) * max(map(len, ids))  # padded to the longest, as the forward runs
     pick = svc.pick(body.model, body.depth, body.latency_ms, tokens=tokens, new_tokens=0,
-                    chars=sum(map(len, texts)), read_ms=read_ms)
+                    chars=sum(map(len, texts)), read_ms=read_ms, max_drop=body.max_drop)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[Any] = loop.create_future()
-    job = Job("classify", pick.depth, pick.own_ms, ids, settle(loop, done), size=len(texts))
+    job = Job("classify", pick.depth, pick.own_ms, ids, settle(loop, done), size=len(texts), threshold=pick.threshold)
     svc.submit(job)
-    probs, _ = await svc.answer(job, done, request)
+    probs, _, depths = await svc.answer(job, done, request)
     data = []
-    for i, row in enumerate(probs):
+    for i, (row, depth) in enumerate(zip(probs, depths, strict=True)):
         best = max(range(len(row)), key=row.__getitem__)
         data.append(Classification(index=i, label=served.labels[best], score=row[best],
-                                   scores=dict(zip(served.labels, row, strict=True))))
+                                   scores=dict(zip(served.labels, row, strict=True)), depth=depth))
     return ClassifyResponse(model=f"{served.name}@{pick.depth}", data=data, tokens=tokens,
                             layerdrop=svc.served_by(pick, start, job))

@@ -52,7 +52,8 @@ def install_error_handlers(app: FastAPI, not_found_hint: str, on_internal: objec
         if tuple(first.get("loc", ())) == ("body",) and first.get("type") in ("model_attributes_type", "dict_type"):
             return error_response(400, "the body must be a JSON object, sent with Content-Type: application/json")
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error_response(422, f"{where or 'body'}: {first.get('msg', 'invalid')}", where or None)
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")  # a validator's own words
+        return error_response(422, f"{where or 'body'}: {message}", where or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:

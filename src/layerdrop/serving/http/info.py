@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ..calibration import AHEAD_MAX
-from .schemas import ERRORS, DepthInfo, DepthProfile, DepthsResponse, ModelCard, ModelList
+from .schemas import ERRORS, DepthInfo, DepthProfile, DepthsResponse, ExitsInfo, ModelCard, ModelList
 from .service import Service, service
 
 __all__ = ["router"]
@@ -31,7 +31,11 @@ async def depths(svc: Service = Depends(service)) -> DepthsResponse:  # noqa: B0
         depths=[DepthInfo(depth=d, layers=list(served.kept[d]), parameters=served.parameters[d],
                           profile=DepthProfile(**{k: round(v, 4) for k, v in dataclasses.asdict(profiles[d]).items()
                                                   if k != "depth"}) if d in profiles else None,
-                          quality=served.quality[d]) for d in served.views])
+                          quality=served.quality[d]) for d in served.views],
+        exits=None if served.exits is None else ExitsInfo(
+            rule=served.exits.rule, depths=list(served.exits.depths), max_drops=[d for d, _ in served.exits.thresholds],
+            max_drop=served.exits.max_drop, confidence=served.exits.confidence, data=served.exits.data,
+            available=served.exits_error is None, why=served.exits_error))
 
 
 @router.get("/v1/models", response_model=ModelList)

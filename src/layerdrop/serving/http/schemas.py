@@ -11,7 +11,7 @@ from layerdrop.errors import InputError
 
 __all__ = ["ERRORS", "Classification", "ClassifyRequest", "ClassifyResponse", "CompletionChoice",
            "CompletionRequest", "CompletionResponse", "DepthInfo", "DepthProfile", "DepthsResponse", "ErrorBody",
-           "ErrorDetail", "ModelCard", "ModelList", "ServedBy", "Usage"]
+           "ErrorDetail", "ExitsInfo", "ModelCard", "ModelList", "ServedBy", "Usage"]
 
 
 def _encodable(value: Any) -> Any:
@@ -79,10 +79,23 @@ class ClassifyRequest(_Strict):
 
     input: str | list[str] = Field(description="One text or a list of texts.")
     model: str | None = None
-    depth: int | None = Field(None, ge=1)
+    depth: int | Literal["auto"] | None = Field(
+        None, description="Layers to run (a served depth), or auto: each input leaves at the first calibrated exit "
+                          "sure of it (layerdrop exits), never past the deepest depth latency_ms allows.")
     latency_ms: float | None = Field(None, gt=0.0)
+    max_drop: float | None = Field(None, gt=0.0, lt=100.0, description="With depth auto: accuracy points the exits "
+                                                                       "may lose against full depth (a calibrated "
+                                                                       "drop; default: the recorded one).")
 
     _text = field_validator("input")(_encodable)
+
+    @field_validator("depth", mode="before")
+    @classmethod
+    def _depth(cls, value: Any) -> Any:
+        """A served depth or ``"auto"``, said in one message (not one per member of the union)."""
+        if value is None or value == "auto" or (type(value) is int and value >= 1):
+            return value
+        raise InputError(f'give a served depth (an integer, 1 or more) or "auto", got {value!r}')
 
 
 class ServedBy(BaseModel):
@@ -122,6 +135,8 @@ class Classification(BaseModel):
     label: str
     score: float
     scores: dict[str, float]
+    depth: int
+    """The layers this input ran: the request's depth, or with depth auto the exit it left at."""
 
 
 class ClassifyResponse(BaseModel):
@@ -146,6 +161,21 @@ class DepthInfo(BaseModel):
     quality: float | None
 
 
+class ExitsInfo(BaseModel):
+    """The calibrated early exit that ``"depth": "auto"`` runs (``layerdrop exits``)."""
+
+    rule: str
+    depths: list[int]
+    max_drops: list[float]
+    """The drops (accuracy points) a request may name; the default is :attr:`max_drop`."""
+    max_drop: float
+    confidence: float
+    data: str
+    available: bool
+    """False when these exits cannot be served here; :attr:`why` says what to do."""
+    why: str | None = None
+
+
 class DepthsResponse(BaseModel):
     model: str
     task: str
@@ -160,6 +190,8 @@ class DepthsResponse(BaseModel):
     margins: dict[int, float]
     """The same for a request that finds 0, 1, 2 or 3-or-more requests waiting or running."""
     depths: list[DepthInfo]
+    exits: ExitsInfo | None = None
+    """What ``"depth": "auto"`` runs; ``None`` when the model records no calibrated exits."""
 
 
 class ModelCard(BaseModel):

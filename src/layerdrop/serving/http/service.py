@@ -7,12 +7,13 @@ import asyncio
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, cast
 
 from fastapi import Request
 
 from layerdrop.config.recipes import ServeConfig
+from layerdrop.errors import InputError
 
 from ..engine import Engine
 from ..latency import BudgetError, choose_depth
@@ -36,6 +37,8 @@ class Pick:
     """The forward and the overhead alone: what the job adds to the queue's wait."""
     read_ms: float
     """What reading (tokenizing) its input took, measured."""
+    threshold: float | None = None
+    """With ``"depth": "auto"``: the early-exit threshold, and :attr:`depth` is the deepest it may run."""
 
 
 @dataclass(frozen=True)
@@ -54,16 +57,34 @@ class Service:
         if not self.worker.ready.is_set():
             raise ServeError(503, "still measuring each depth's latency; retry shortly", retry_after=1)
 
-    def pick(self, model: str | None, depth: int | None, latency: float | None, *, tokens: int, new_tokens: int,
-             chars: int, read_ms: float) -> Pick:
-        """The depth for a request that named ``model`` (``NAME@K``), a ``depth`` or a ``latency`` budget,
-        of ``chars`` characters of text read in ``read_ms`` into ``tokens`` input tokens, and
-        ``new_tokens`` to generate. Each input is charged what it costs: reading by its characters,
-        the forward by its tokens (both profiled at start-up, then observed)."""
+    def pick(self, model: str | None, depth: int | str | None, latency: float | None, *, tokens: int,
+             new_tokens: int, chars: int, read_ms: float, max_drop: float | None = None) -> Pick:
+        """The depth for a request that named ``model`` (``NAME@K``), a ``depth`` (or ``"auto"``: early exit
+        within ``max_drop``, up to the depth a budget allows) or a ``latency`` budget, of ``chars`` characters
+        of text read in ``read_ms`` into ``tokens`` input tokens, and ``new_tokens`` to generate. Each input is
+        charged what it costs: reading by its characters, the forward by its tokens (both profiled at
+        start-up, then observed); an early-exit request is charged its deepest depth."""
         try:
-            return self._pick(model, depth, latency, tokens, new_tokens, chars, read_ms)
+            if depth == "auto":
+                threshold = self._exit_threshold(model, max_drop)
+                return replace(self._pick(model, None, latency, tokens, new_tokens, chars, read_ms),
+                               threshold=threshold)
+            if max_drop is not None:
+                raise ServeError(422, 'max_drop goes with "depth": "auto"', param="max_drop")
+            return self._pick(model, cast(int | None, depth), latency, tokens, new_tokens, chars, read_ms)
         finally:  # what reading took is learned after its prediction, admitted or not
             self.engine.observe_reading(chars, read_ms)
+
+    def _exit_threshold(self, model: str | None, max_drop: float | None) -> float:
+        served = self.served
+        if model is not None and "@" in model:
+            raise ServeError(422, f'model {model!r} names a depth and depth is "auto": give one', param="depth")
+        if served.exits is None or served.exits_error is not None:
+            raise ServeError(422, f'"depth": "auto": {served.exits_error}', param="depth")
+        try:
+            return served.exits.threshold(max_drop)
+        except InputError as err:
+            raise ServeError(422, str(err), param="max_drop") from None
 
     def _pick(self, model: str | None, depth: int | None, latency: float | None, tokens: int, new_tokens: int,
               chars: int, read_ms: float) -> Pick:
@@ -121,9 +142,10 @@ class Service:
         """What answered, learned from: the overhead (the time outside reading the input, the queue and
         the run) and how far past its prediction the answer ran."""
         measured = (self.clock() - started) * 1000
-        if job.ran[1] > 0:  # what was neither reading, waiting nor running: the next predictions include it
-            self.engine.observe_overhead(measured - pick.read_ms - (job.ran[1] - job.submitted) * 1000)
-        self.engine.observe_answer(pick.predicted_ms, measured, job.ahead)
+        if pick.threshold is None:  # an early exit runs below its prediction by design: nothing to learn
+            if job.ran[1] > 0:  # what was neither reading, waiting nor running: the next predictions include it
+                self.engine.observe_overhead(measured - pick.read_ms - (job.ran[1] - job.submitted) * 1000)
+            self.engine.observe_answer(pick.predicted_ms, measured, job.ahead)
         self.metrics.served(pick.depth, measured)
         return ServedBy(depth=pick.depth, layers=list(self.served.kept[pick.depth]),
                         predicted_ms=round(pick.predicted_ms, 3), measured_ms=round(measured, 3))

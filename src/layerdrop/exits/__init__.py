@@ -1,0 +1,46 @@
+"""Depth per input: easy inputs leave early, with a calibrated guarantee on what that costs.
+
+A classifier trained to serve nested depths (``layerdrop train --depths 6,4,3``) is scored after each
+served depth, and a row leaves at the first exit whose rule fires (:mod:`.rules`); in a batch only the
+unfinished rows go on (:mod:`.run`). ``layerdrop exits`` chooses each rule's threshold on validation rows
+so that the accuracy lost against full depth is at most a stated drop with a stated confidence
+(:mod:`.bound`, :mod:`.calibrate`) and records it in the model (:mod:`.record`); :func:`exit_predict`
+and the server's ``"depth": "auto"`` use that record. ``docs/early-exit.md`` explains and measures it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from layerdrop.errors import InputError
+from layerdrop.models.loading import Classifier
+
+from .bound import binomial_cdf, calibrate
+from .calibrate import Outcome, calibrate_rule, outcome
+from .record import EXITS_KEY, Exits, check_served, record_exits, recorded_exits
+from .rules import RULES, ExitRule, lookup
+from .run import Exited, Stage, early_exit, exits_of, plan, resumable, simulate
+
+__all__ = ["EXITS_KEY", "RULES", "ExitRule", "Exited", "Exits", "Outcome", "Stage", "binomial_cdf", "calibrate",
+           "calibrate_rule", "check_served", "early_exit", "exit_predict", "exits_of", "lookup", "outcome", "plan",
+           "record_exits", "recorded_exits", "resumable", "simulate", "stages_of"]
+
+
+def stages_of(model: nn.Module, exits: Exits) -> tuple[Stage, ...]:
+    """The stages that run ``exits`` on ``model``: nested depths resume, others run as a cascade."""
+    return plan(exits_of(model, exits.depths), can_resume=resumable(model))
+
+
+def exit_predict(model: nn.Module, batch: Mapping[str, torch.Tensor], *, max_drop: float | None = None) -> Exited:
+    """Early exit with the rule and threshold the model records (``layerdrop exits``), for a tolerated drop of
+    ``max_drop`` accuracy points (default: the one it was calibrated for). ``model`` must be in eval mode."""
+    exits = recorded_exits(getattr(model, "config", None))
+    if exits is None:
+        raise InputError("this model records no calibrated exits: run layerdrop exits MODEL --data DATA "
+                         "(on the data it was trained on) first")
+    if not isinstance(model, Classifier):
+        raise InputError(f"early exit needs a layerdrop classifier, got {type(model).__name__}")
+    return early_exit(model, batch, stages_of(model, exits), lookup(exits.rule), exits.threshold(max_drop))

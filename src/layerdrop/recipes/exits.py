@@ -1,0 +1,239 @@
+"""``layerdrop exits``: calibrate early exit with a guarantee on validation rows, measure it on test rows,
+record it in the model.
+
+1. The exits are the depths the model was trained to serve (``layerdrop train --depths``) and the full
+   depth; nested depths resume each other, others run as a cascade (:func:`layerdrop.exits.plan`).
+2. One pass over the validation and the test rows gives every row's probabilities at every exit.
+3. Each rule's threshold is calibrated on the validation rows (:mod:`layerdrop.exits.bound`), each at
+   ``(1 - confidence) / rules`` so that choosing among the rules afterwards keeps the guarantee.
+4. Each calibrated rule is measured on the test rows: accuracy against full depth, the realised drop
+   beside the promised one, mean layers run and where rows leave; and its batch throughput against full
+   depth, the two timed in turn on the same test batches.
+5. The rule that runs fewest layers on the validation rows is written into the model's ``config.json``,
+   where the server and :func:`layerdrop.exits.exit_predict` find it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from layerdrop.config.recipes import ExitsConfig
+from layerdrop.core.arch import find_layers
+from layerdrop.core.depths import parse_depths
+from layerdrop.errors import InputError
+from layerdrop.evaluation.measure import encoded_rows
+from layerdrop.evaluation.report import markdown_table, plot_exit_depths
+from layerdrop.evaluation.timer import time_ms
+from layerdrop.exits.bound import check_confidence, check_max_drop
+from layerdrop.exits.calibrate import Outcome, calibrate_rule, outcome
+from layerdrop.exits.record import EXITS_KEY, Exits, record_exits
+from layerdrop.exits.rules import lookup
+from layerdrop.exits.run import Stage, early_exit, exits_of, plan, resumable
+from layerdrop.files import write_json, write_text
+from layerdrop.models.loading import Classifier, from_pretrained, load_saved, local_folder, read_meta
+
+__all__ = ["ExitsConfig", "ExitsResult", "RuleResult", "run_exits"]
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    """One exit rule, calibrated and measured."""
+
+    rule: str
+    max_drop: float
+    """The drop (points) it was calibrated for."""
+    threshold: float | None
+    """The calibrated threshold; ``None`` when no threshold kept the guarantee (every row runs full depth)."""
+    valid: Outcome
+    test: Outcome
+    throughput: float | None
+    """Test rows per second with early exit over full depth's, timed in turn on the same batches."""
+
+
+@dataclass(frozen=True)
+class ExitsResult:
+    """What ``layerdrop exits`` measured and wrote."""
+
+    out: Path
+    stages: tuple[Stage, ...]
+    rules: tuple[RuleResult, ...]
+    recorded: Exits | None
+    """What was written into the model, if anything."""
+    table: str
+
+
+def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> ExitsResult:
+    """Calibrate, measure and record early exit for ``cfg.model``."""
+    # 1. check the settings; the model, its exits and the stages that run them
+    drops = _drops(cfg)
+    check_confidence(cfg.confidence)
+    rules = [lookup(name.strip()) for name in cfg.rules.split(",") if name.strip()]
+    if not rules:
+        raise InputError(f"--rules {cfg.rules!r} names no rule; choose from max-prob, entropy, patience")
+    if cfg.record and not Path(cfg.model).is_dir():
+        raise InputError(f"{cfg.model} is not a model folder, so there is nowhere to record the exits: pass the "
+                         "folder layerdrop train wrote, or --no-record")
+    model = load_saved(cfg.model).eval()
+    if not isinstance(model, Classifier):
+        raise InputError(f"{cfg.model} is not a layerdrop classifier: early exit scores the head of one trained "
+                         "by layerdrop train classification (best with --depths 6,4,3)")
+    num_layers = len(find_layers(model).layers)
+    kept = exits_of(model, parse_depths(cfg.depths, num_layers) if cfg.depths else None)
+    if len(kept) < 2:
+        raise InputError(f"{cfg.model} records no depths to exit at: train it with layerdrop train --depths 6,4,3, "
+                         "or name the exits with --depths")
+    stages = plan(kept, can_resume=resumable(model))
+    depths = tuple(s.depth for s in stages)
+    layers_run = tuple(sum(len(s.blocks) for s in stages[:e + 1]) for e in range(len(stages)))
+
+    # 2. every row's probabilities at every exit, on the validation and the test rows
+    folder = local_folder(cfg.model)
+    tokenizer = from_pretrained(AutoTokenizer, folder)
+    trained = read_meta(folder).get("trained_with") or {}
+    seed = int(trained["split_seed"] if trained.get("split_seed") is not None else trained.get("seed", 0))
+    length = cfg.max_length or trained.get("max_length") or 128
+    rows, collate = encoded_rows(tokenizer, cfg.data, seed=seed, max_length=length, rows=cfg.rows or None)
+
+    def every_exit(name: str) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+        probs, labels, batches = [], [], []
+        examples = rows[name]
+        for i in tqdm(range(0, len(examples), cfg.batch_size), desc=name, disable=not cfg.progress):
+            batch = collate(examples[i:i + cfg.batch_size])
+            labels.append(batch.pop("labels"))
+            probs.append(early_exit(model, batch, stages).probs)
+            batches.append(batch)
+        return torch.cat(probs), torch.cat(labels), batches  # (N, E, C), (N,)
+
+    log("scoring every exit")
+    valid_probs, valid_labels, _ = every_exit("valid")
+    test_probs, test_labels, test_batches = every_exit("test")
+
+    # 3. + 4. calibrate each rule at each drop on the validation rows; measure it on the test rows
+    confidence = 1 - (1 - cfg.confidence) / len(rules)  # each rule's share of the error rate
+    calibrated = [(rule, drop, calibrate_rule(valid_probs, valid_labels, rule, max_drop=drop / 100,
+                                              confidence=confidence)) for rule in rules for drop in drops]
+    timed = test_batches[:cfg.timing_batches]
+    log("timing full depth and each rule in turn")
+    speed = _throughput(model, stages, timed, calibrated, cfg.latency_reps)
+    results = tuple(RuleResult(
+        rule=rule.name, max_drop=drop, threshold=threshold,
+        valid=outcome(valid_probs, valid_labels, rule, threshold, layers=layers_run, depths=depths),
+        test=outcome(test_probs, test_labels, rule, threshold, layers=layers_run, depths=depths),
+        throughput=speed.get((rule.name, drop))) for rule, drop, threshold in calibrated)
+
+    # 5. record the rule that runs fewest layers on the validation rows at --max-drop; write the report
+    usable = [r for r in results if r.threshold is not None and r.max_drop == cfg.max_drop]
+    recorded = None
+    if usable:
+        best = min(usable, key=lambda r: r.valid.mean_layers).rule
+        thresholds = tuple((r.max_drop, r.threshold) for r in results if r.rule == best and r.threshold is not None)
+        recorded = Exits(best, depths, thresholds, cfg.max_drop, cfg.confidence, cfg.data, len(valid_labels))
+        if cfg.record:
+            _record_in_folder(Path(cfg.model), recorded)
+    out = Path(cfg.out)
+    table = _table(results, num_layers)
+    write_text(out / "exits.md", _report(cfg, stages, results, recorded, table, len(valid_labels),
+                                         len(test_labels), len(timed)))
+    write_json(out / "exits.json", {
+        "config": dataclasses.asdict(cfg), "stages": [dataclasses.asdict(s) for s in stages],
+        "rules": [{**dataclasses.asdict(r), "valid": {**dataclasses.asdict(r.valid), "drop": r.valid.drop},
+                   "test": {**dataclasses.asdict(r.test), "drop": r.test.drop}} for r in results],
+        "recorded": dataclasses.asdict(recorded) if recorded else None, "valid_rows": len(valid_labels),
+        "test_rows": len(test_labels), "threads": torch.get_num_threads(),
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    plot_exit_depths({r.rule: r.test.shares for r in results}, out / "exit_depths.png",
+                     title=f"{Path(cfg.model).name}: where test rows leave")
+    return ExitsResult(out=out, stages=stages, rules=results, recorded=recorded, table=table)
+
+
+def _drops(cfg: ExitsConfig) -> tuple[float, ...]:
+    """--max-drop and --more-drops, in points, smallest first."""
+    try:
+        more = [float(d) for d in cfg.more_drops.split(",") if d.strip()]
+    except ValueError:
+        raise InputError(f"--more-drops {cfg.more_drops!r}: give accuracy points, comma-separated, e.g. 0.25,1,2"
+                         ) from None
+    for drop in (cfg.max_drop, *more):
+        check_max_drop(drop)
+    return tuple(sorted({cfg.max_drop, *more}))
+
+
+@torch.no_grad()
+def _throughput(model: Classifier, stages: tuple[Stage, ...], batches: list[dict[str, Any]],
+                calibrated: list[tuple[Any, float, float | None]], reps: int) -> dict[tuple[str, float], float]:
+    """Rows per second with each calibrated (rule, drop) over full depth's on ``batches``: full depth and each
+    timed in turn, one pass over the batches each per round, after a warm-up round; the median round's ratio."""
+    ratios: dict[tuple[str, float], list[float]] = {(r.name, d): [] for r, d, t in calibrated if t is not None}
+    for round_ in range(1 + reps):
+        full = _pass_ms(lambda b: model(**b), batches, model)
+        for rule, drop, threshold in calibrated:
+            if threshold is not None:
+                took = _pass_ms(lambda b: early_exit(model, b, stages, rule, threshold), batches,  # noqa: B023
+                                model)
+                if round_:
+                    ratios[(rule.name, drop)].append(full / took)
+    return {key: statistics.median(r) for key, r in ratios.items() if r}
+
+
+def _pass_ms(run: Callable[[dict[str, Any]], Any], batches: list[dict[str, Any]], on: Classifier) -> float:
+    """Milliseconds of ``run`` over every batch, each call timed alone (the device synchronised)."""
+    total = 0.0
+    for batch in batches:
+        total += time_ms(lambda: run(batch), on)  # noqa: B023 (called at once)
+    return total
+
+
+def _record_in_folder(folder: Path, exits: Exits) -> None:
+    """Add ``exits`` to the model's ``config.json`` (atomically), as :func:`record_exits` puts it on a config."""
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    holder = type("Config", (), {})()
+    record_exits(holder, exits)
+    config[EXITS_KEY] = getattr(holder, EXITS_KEY)
+    write_json(path, config)
+
+
+def _table(results: tuple[RuleResult, ...], num_layers: int) -> str:
+    rows = []
+    for r in results:
+        t = r.test
+        rows.append([
+            r.rule, f"{r.max_drop:g}", "none kept the bound" if r.threshold is None else f"{r.threshold:.6g}",
+            f"{100 * t.accuracy:.1f} %", f"{100 * t.full_accuracy:.1f} %", f"{100 * t.drop:+.2f}",
+            "yes" if 100 * t.drop <= r.max_drop else "no", f"{100 * t.harmful:.2f}",
+            f"{t.mean_layers:.2f} ({100 * t.mean_layers / num_layers:.0f} %)",
+            " / ".join(f"{d}: {100 * s:.0f} %" for d, s in t.shares.items()),
+            "" if r.throughput is None else f"{r.throughput:.2f}×"])
+    return markdown_table(["rule", "max drop", "threshold", "accuracy", "full depth", "drop (points)", "within",
+                           "harmful (%)", "mean layers", "rows leaving at", "throughput vs full"], rows)
+
+
+def _report(cfg: ExitsConfig, stages: tuple[Stage, ...], results: tuple[RuleResult, ...], recorded: Exits | None,
+            table: str, valid_rows: int, test_rows: int, timed: int) -> str:
+    how = ", ".join(f"{s.depth} ({'resumes' if s.resumes else 'from the start'}: layers "
+                    f"{' '.join(map(str, s.blocks))})" for s in stages)
+    at = ", ".join(f"{t:.6g} for {d:g} points" for d, t in recorded.thresholds) if recorded else ""
+    chosen = (f"Recorded in `{cfg.model}/config.json`: `{recorded.rule}`, thresholds {at}."
+              if recorded and cfg.record else
+              f"Chosen (not recorded): `{recorded.rule}`, thresholds {at}." if recorded else
+              f"No rule kept the bound of {cfg.max_drop:g} points on these validation rows, so nothing was recorded: "
+              "allow a larger --max-drop, "
+              "a lower --confidence, or calibrate on more rows.")
+    return (f"# layerdrop exits: `{cfg.model}` on `{cfg.data}`\n\n"
+            f"Exits: {how}. Each rule's threshold was chosen on {valid_rows} validation rows so that, with "
+            f"probability at least {cfg.confidence:g}, the accuracy early exit loses is at most the row's max drop "
+            f"(Learn then Test, exact binomial bound on the harmful rows, each rule at its share of "
+            f"{1 - cfg.confidence:.2g}); measured here on {test_rows} test rows. Throughput: batches of "
+            f"{cfg.batch_size}, the first {timed} test batches, full depth and each rule timed in turn, median of "
+            f"{cfg.latency_reps} rounds.\n\n{table}\n{chosen}\n")
