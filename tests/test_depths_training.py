@@ -4,6 +4,7 @@ its layers recorded in the model so every later cut, view, sweep and server keep
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -172,6 +173,18 @@ def test_training_without_depths_drops_an_inherited_record(elastic, tmp_path):
     again = run(_cfg(model=str(result.model_dir), data=data, out=str(tmp_path / "again"), rate=0.0, max_steps=1))
     config = json.loads((again.model_dir / "config.json").read_text())
     assert DEPTHS_KEY not in config
+
+
+def test_training_again_drops_calibrated_exits_even_with_the_same_depths(elastic, tmp_path):
+    from layerdrop.core.depths import EXITS_KEY
+
+    result, data = elastic
+    start = tmp_path / "calibrated"
+    shutil.copytree(result.model_dir, start)
+    config = json.loads((start / "config.json").read_text())
+    (start / "config.json").write_text(json.dumps({**config, EXITS_KEY: {"rule": "max-prob"}}))
+    again = run(_cfg(model=str(start), data=data, out=str(tmp_path / "again"), depths="4,2", max_steps=1))
+    assert EXITS_KEY not in json.loads((again.model_dir / "config.json").read_text())
 
 
 def test_a_teacher_teaches_every_depth_and_must_share_the_task_labels_and_tokenizer(elastic, bert_dir, tmp_path):

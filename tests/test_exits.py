@@ -122,9 +122,9 @@ def test_early_exit_refuses_a_model_that_is_not_a_classifier_or_in_training_mode
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_every_rule_is_surer_on_a_sharper_answer(name):
     rule = lookup(name)
-    vague = torch.tensor([[[0.4, 0.35, 0.25], [0.5, 0.3, 0.2]]])
+    vague = torch.tensor([[[0.4, 0.35, 0.25], [0.3, 0.5, 0.2]]])  # the exits disagree
     sharp = torch.tensor([[[0.9, 0.05, 0.05], [0.97, 0.02, 0.01]]])
-    assert float(rule.score(sharp)) >= float(rule.score(vague))
+    assert float(rule.score(sharp)) > float(rule.score(vague))
     assert list(rule.grid) == sorted(rule.grid, reverse=True)  # strictest first
 
 
@@ -202,6 +202,9 @@ def test_exits_without_record_leave_the_model_folder_untouched(tmp_path, minilm_
     ({"more_drops": "1,x"}, "--more-drops"),
     ({"rules": "max-prob,confidence"}, "unknown exit rule"),
     ({"confidence": 1.0}, "--confidence"),
+    ({"more_drops": "0,1"}, "--more-drops is in accuracy points"),
+    ({"rows": -1}, "--rows must be 0 or more"),
+    ({"latency_reps": 0}, "at least 1"),
 ])
 def test_bad_settings_are_one_line_errors(tmp_path, minilm_tokenizer, change, message):
     from layerdrop.recipes.exits import run_exits
@@ -250,16 +253,20 @@ def test_the_module_doctests_hold():
 
 
 def _calibrated(folder, tokenizer, depths=(1, 2, 4)) -> str:
-    """A saved 4-layer classifier whose config records served depths 1 and 2 (nested) and calibrated exits."""
+    """A saved 4-layer classifier whose config records served depths 1 and 2 (nested) and exits whose default
+    threshold sends about half of :data:`TEXTS` out at the first exit."""
     from layerdrop.exits import Exits, record_exits
 
     torch.manual_seed(0)
     encoder = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4,
                                    num_attention_heads=2, intermediate_size=64))
     record_depths(encoder.config, {2: (0, 1), 1: (0,)}, "top")
-    record_exits(encoder.config, Exits("max-prob", depths, ((0.5, 0.5005), (2.0, 0.5)), 0.5, 0.9, "reviews", 80))
-    save_classifier(Classifier(encoder, num_labels=2), folder,
-                    extra={"label_names": ["neg", "pos"], "trained_with": {"max_length": 32}})
+    model = Classifier(encoder, num_labels=2).eval()
+    batch = tokenizer(TEXTS, padding=True, truncation=True, max_length=32, return_tensors="pt")
+    sure = early_exit(model, dict(batch), plan(exits_of(model, depths))).probs[:, 0].amax(-1)  # (B,)
+    middle = float(sure.sort().values[len(TEXTS) // 2])
+    record_exits(encoder.config, Exits("max-prob", depths, ((0.5, middle), (2.0, 0.5)), 0.5, 0.9, "reviews", 80))
+    save_classifier(model, folder, extra={"label_names": ["neg", "pos"], "trained_with": {"max_length": 32}})
     tokenizer.save_pretrained(folder)
     return str(folder)
 
@@ -305,8 +312,9 @@ def test_auto_answers_each_input_at_the_depth_exit_predict_gives_it(auto):
         assert [row["depth"] for row in body["data"]] == expected.depth.tolist()
         got = torch.tensor([[row["scores"]["neg"], row["scores"]["pos"]] for row in body["data"]])
         torch.testing.assert_close(got, expected.logits.softmax(-1), atol=1e-5, rtol=1e-4)
-        assert body["layerdrop"]["depth"] == 4  # no budget: it may run to full depth
-    assert len({row["depth"] for row in body["data"]}) >= 1
+        assert body["layerdrop"]["depth"] == 4 and body["layerdrop"]["guaranteed"] is True  # no budget
+        if max_drop is None:  # the recorded threshold splits the rows: the gather path ran in the server
+            assert len({row["depth"] for row in body["data"]}) >= 2
     info = client.get("/v1/depths").json()["exits"]
     assert info["available"] and info["rule"] == "max-prob" and info["max_drops"] == [0.5, 2.0]
 
@@ -405,3 +413,37 @@ def test_exits_for_depths_the_server_does_not_serve_are_refused_with_the_fix(tmp
 def test_the_page_offers_auto_and_shows_each_inputs_depth(auto):
     page = auto[0].get("/").text
     assert 'id="mode-auto"' in page and "c.depth" in page
+
+
+def test_a_cut_or_a_new_training_takes_the_calibrated_exits_off(tmp_path, minilm_tokenizer):
+    from layerdrop.core.depths import EXITS_KEY, remove_exits_record
+    from layerdrop.cut.prune import prune
+
+    model = load_saved(_calibrated(tmp_path / "m", minilm_tokenizer))
+    assert recorded_exits(model.config) is not None
+    assert recorded_exits(prune(model, keep=(0, 1)).config) is None
+    assert recorded_exits(model.config) is not None  # the model cut is untouched
+    remove_exits_record(model.config)  # what layerdrop train does to the model it starts from
+    assert not hasattr(model.config, EXITS_KEY)
+
+
+def test_a_calibration_that_keeps_nothing_takes_an_older_record_out(tmp_path, minilm_tokenizer):
+    from layerdrop.recipes.exits import run_exits
+
+    model_dir = _calibrated(tmp_path / "m", minilm_tokenizer)
+    result = run_exits(ExitsConfig(model=model_dir, data=write_reviews(tmp_path / "r.csv"), out=str(tmp_path / "x"),
+                                   progress=False, timing_batches=0))  # 8 validation rows cannot show 0.5 points
+    assert result.recorded is None and all(r.threshold is None for r in result.rules)
+    assert "layerdrop_exits" not in json.loads((tmp_path / "m" / "config.json").read_text())
+    assert "needs ≥ 679 rows" in result.table and "nothing is recorded" in (tmp_path / "x" / "exits.md").read_text()
+
+
+def test_a_drop_that_kept_no_threshold_is_recorded_as_full_depth(tmp_path, minilm_tokenizer):
+    from layerdrop.recipes.exits import run_exits
+
+    model_dir = _saved_elastic(tmp_path / "model", minilm_tokenizer)
+    result = run_exits(ExitsConfig(model=model_dir, data=write_reviews(tmp_path / "r.csv"), out=str(tmp_path / "x"),
+                                   max_drop=50, more_drops="0.5", confidence=0.5, progress=False, timing_batches=0))
+    exits = result.recorded
+    assert exits is not None and dict(exits.thresholds)[0.5] is None and exits.threshold(0.5) == math.inf
+    assert all(r.throughput is None for r in result.rules)  # --timing-batches 0: nothing timed

@@ -19,8 +19,13 @@ from typing import Any
 
 from layerdrop.errors import InputError
 
-__all__ = ["DEPTHS_KEY", "RULES", "bottom", "check_depth", "every_other", "layers_at", "parse_depths", "record_depths",
-           "recorded_depths", "remove_depth_record", "renumbered_record"]
+__all__ = ["DEPTHS_KEY", "EXITS_KEY", "RULES", "bottom", "check_depth", "every_other", "layers_at", "parse_depths",
+           "record_depths", "recorded_depths", "remove_depth_record", "remove_exits_record", "renumbered_record"]
+
+EXITS_KEY = "layerdrop_exits"
+"""Name of the ``model.config`` attribute holding the exits calibrated on those depths (``layerdrop exits``,
+:mod:`layerdrop.exits.record`): valid only for the weights and layers they were measured on, so training
+and cutting take it off (:func:`remove_exits_record`)."""
 
 DEPTHS_KEY = "layerdrop_depths"
 """Name of the ``model.config`` attribute that records the depths a model was trained to serve:
@@ -134,6 +139,12 @@ def remove_depth_record(config: Any) -> None:
     claim from the model it started from."""
     if getattr(config, DEPTHS_KEY, None) is not None:
         delattr(config, DEPTHS_KEY)
+
+
+def remove_exits_record(config: Any) -> None:
+    """Take the calibrated exits off ``config``: new weights or other layers void what was measured."""
+    if getattr(config, EXITS_KEY, None) is not None:
+        delattr(config, EXITS_KEY)
 
 
 def renumbered_record(config: Any, keep: Sequence[int]) -> dict[str, Any] | None:

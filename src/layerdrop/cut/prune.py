@@ -18,7 +18,7 @@ from torch import nn
 
 from layerdrop.core.apply import CONFIG_KEY, check_keep, state_of, uninstall
 from layerdrop.core.arch import find_layers
-from layerdrop.core.depths import DEPTHS_KEY, layers_at, remove_depth_record, renumbered_record
+from layerdrop.core.depths import DEPTHS_KEY, layers_at, remove_depth_record, remove_exits_record, renumbered_record
 from layerdrop.core.learned import LEARNED_KEY
 from layerdrop.errors import InputError
 
@@ -52,6 +52,7 @@ def _prune_config(config: Any, keep: tuple[int, ...], num_layers: int, per_layer
     learned = getattr(config, LEARNED_KEY, None)
     if learned and len(learned) == num_layers:
         setattr(config, LEARNED_KEY, [learned[i] for i in keep])
+    remove_exits_record(config)  # calibrated against the full depth this cut removes
     if getattr(config, DEPTHS_KEY, None):
         record = renumbered_record(config, keep)
         if record is None:

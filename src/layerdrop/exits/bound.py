@@ -9,7 +9,7 @@ a fixed order, strictest first, each at level α = 1 - confidence, stopping at t
 rejected (fixed-sequence testing, which needs no correction for testing many); the loosest rejected
 threshold is chosen. Then, with probability at least ``confidence`` over the calibration rows, the
 expected accuracy lost on new rows from the same distribution is at most δ (Angelopoulos et al.
-2021, "Learn then Test"; Schuster et al. 2022, CALM). Torch-free.
+2021, "Learn then Test"; Schuster et al. 2022, CALM). The module imports no torch.
 
 >>> round(binomial_cdf(2, 1000, 0.005), 4)  # 2 harmful rows of 1,000 against a 0.5-point bound
 0.124
@@ -26,7 +26,7 @@ from collections.abc import Sequence
 
 from layerdrop.errors import InputError
 
-__all__ = ["binomial_cdf", "calibrate", "check_confidence", "check_max_drop", "p_value"]
+__all__ = ["binomial_cdf", "calibrate", "check_confidence", "check_max_drop", "p_value", "rows_needed"]
 
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
@@ -66,10 +66,20 @@ def calibrate(harmful: Sequence[int], *, rows: int, max_drop: float, confidence:
     return chosen
 
 
-def check_max_drop(points: float) -> None:
-    """A tolerated drop must be in (0, 100) points."""
+def check_max_drop(points: float, name: str = "max_drop") -> None:
+    """A tolerated drop must be in (0, 100) points; ``name`` is what the user called it."""
     if not 0 < points < 100:
-        raise InputError(f"--max-drop is in accuracy points and must be in (0, 100), got {points!r}")
+        raise InputError(f"{name} is in accuracy points and must be in (0, 100), got {points!r}")
+
+
+def rows_needed(max_drop: float, confidence: float) -> int:
+    """The fewest calibration rows on which any threshold can pass: with no harmful row at all, the p-value
+    ``(1 - max_drop) ** n`` must fall to ``1 - confidence``.
+
+    >>> rows_needed(0.005, 0.9), rows_needed(0.005, 1 - 0.1 / 3), rows_needed(0.0025, 1 - 0.1 / 3)
+    (460, 679, 1359)
+    """
+    return math.ceil(math.log(1 - confidence) / math.log1p(-max_drop))
 
 
 def check_confidence(confidence: float) -> None:

@@ -2,18 +2,19 @@
 
 ``layerdrop exits`` writes one record into the model's ``config.json`` (beside the served depths of
 ``layerdrop train --depths``): the rule, its threshold, the exits it was calibrated over and what the
-calibration promised. Torch-free.
+calibration promised. The module imports no torch.
 
 >>> from types import SimpleNamespace
 >>> config = SimpleNamespace()
->>> record_exits(config, Exits("max-prob", (3, 4, 6), ((0.5, 0.99), (1.0, 0.9)), 0.5, 0.9, "rotten-tomatoes", 1066))
+>>> record_exits(config, Exits("max-prob", (3, 4, 6), ((0.25, None), (0.5, 0.99), (1.0, 0.9)), 0.5, 0.9,
+...                            "rotten-tomatoes", 1066))
 >>> exits = recorded_exits(config)
->>> exits.threshold(), exits.threshold(0.7), exits.threshold(2.0)
-(0.99, 0.99, 0.9)
->>> exits.threshold(0.25)  # doctest: +ELLIPSIS
+>>> exits.threshold(), exits.threshold(0.7), exits.threshold(2.0), exits.threshold(0.3)  # 0.25 kept no threshold
+(0.99, 0.99, 0.9, inf)
+>>> exits.threshold(0.1)  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
-layerdrop.errors.InputError: max_drop 0.25 is below every drop the exits were calibrated for (0.5, 1): ...
+layerdrop.errors.InputError: max_drop 0.1 is below every drop the exits were calibrated for (0.25, 0.5, 1): ...
 >>> check_served(exits, (6, 3))  # doctest: +ELLIPSIS
 Traceback (most recent call last):
 ...
@@ -23,16 +24,15 @@ layerdrop.errors.InputError: the exits were calibrated at depths 3, 4, 6 but the
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from layerdrop.core.depths import EXITS_KEY
 from layerdrop.errors import InputError
 
 __all__ = ["EXITS_KEY", "Exits", "check_served", "record_exits", "recorded_exits"]
-
-EXITS_KEY = "layerdrop_exits"
-"""Name of the ``model.config`` attribute holding the calibrated exits."""
 
 
 @dataclass(frozen=True)
@@ -43,9 +43,10 @@ class Exits:
     """A name of :data:`layerdrop.exits.rules.RULES`."""
     depths: tuple[int, ...]
     """The exits, shallowest first; the last is the full depth."""
-    thresholds: tuple[tuple[float, float], ...]
+    thresholds: tuple[tuple[float, float | None], ...]
     """``(max_drop, threshold)`` pairs, smallest drop first: a row leaves at the first exit whose sureness
-    reaches the threshold of the drop a request tolerates (accuracy points against full depth)."""
+    reaches the threshold of the drop a request tolerates (accuracy points against full depth). ``None``: no
+    threshold kept that drop on the calibration rows, so every row runs full depth."""
     max_drop: float
     """The drop used when a request names none."""
     confidence: float
@@ -57,9 +58,9 @@ class Exits:
 
     def threshold(self, max_drop: float | None = None) -> float:
         """The threshold for ``max_drop`` points (default :attr:`max_drop`): that of the largest calibrated drop
-        not above it."""
+        not above it (``inf`` where that drop kept none: no row leaves early)."""
         drop = self.max_drop if max_drop is None else max_drop
-        fitting = [t for d, t in self.thresholds if d <= drop + 1e-9]
+        fitting = [math.inf if t is None else t for d, t in self.thresholds if d <= drop + 1e-9]
         if not fitting:
             calibrated = ", ".join(f"{d:g}" for d, _ in self.thresholds)
             raise InputError(f"max_drop {drop:g} is below every drop the exits were calibrated for ({calibrated}): "
@@ -79,7 +80,7 @@ def recorded_exits(config: Any) -> Exits | None:
     if not record:
         return None
     return Exits(**{**record, "depths": tuple(record["depths"]),
-                    "thresholds": tuple((float(d), float(t)) for d, t in record["thresholds"])})
+                    "thresholds": tuple((float(d), None if t is None else float(t)) for d, t in record["thresholds"])})
 
 
 def check_served(exits: Exits, served: Sequence[int]) -> None:

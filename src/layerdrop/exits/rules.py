@@ -59,7 +59,7 @@ def patience_score(probs: torch.Tensor) -> torch.Tensor:
     return (same.shape[1] - disagree.amax(-1)).float()
 
 
-def _log_grid(smallest: float, largest: float, steps: int = 60) -> tuple[float, ...]:
+def _log_grid(smallest: float, largest: float, steps: int = 200) -> tuple[float, ...]:
     """``steps`` values from ``smallest`` to ``largest``, evenly spaced in log.
 
     >>> [round(v, 3) for v in _log_grid(0.01, 1.0, 3)]

@@ -140,13 +140,14 @@ def early_exit(model: Classifier, batch: Mapping[str, torch.Tensor], stages: Seq
     require_eval(model, "early_exit")
     layers = find_layers(model).layers
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    rows = next(iter(inputs.values())).shape[0]
+    first = next(iter(inputs.values()))
+    rows, device = first.shape[0], first.device
     classes = model.head.out_features
-    logits_out = torch.empty(rows, classes)
-    depth = torch.zeros(rows, dtype=torch.long)
-    layers_run = torch.zeros(rows, dtype=torch.long)
-    probs = torch.full((rows, len(stages), classes), math.nan)
-    active = torch.arange(rows)
+    logits_out = torch.empty(rows, classes, device=device)
+    depth = torch.zeros(rows, dtype=torch.long, device=device)
+    layers_run = torch.zeros(rows, dtype=torch.long, device=device)
+    probs = torch.full((rows, len(stages), classes), math.nan, device=device)
+    active = torch.arange(rows, device=device)
     hidden: torch.Tensor | None = None
     ran = 0
     for e, stage in enumerate(stages):
@@ -160,9 +161,9 @@ def early_exit(model: Classifier, batch: Mapping[str, torch.Tensor], stages: Seq
         probs[active, e] = logits.softmax(-1)
         ran += len(stage.blocks)  # a cascade's row has also run every earlier stage
         if e == len(stages) - 1:
-            leave = torch.ones(len(active), dtype=torch.bool)  # (b,)
+            leave = torch.ones(len(active), dtype=torch.bool, device=device)  # (b,)
         elif rule is None:
-            leave = torch.zeros(len(active), dtype=torch.bool)
+            leave = torch.zeros(len(active), dtype=torch.bool, device=device)
         else:
             leave = rule.score(probs[active, :e + 1]) >= threshold
         done = active[leave]

@@ -35,7 +35,7 @@ from layerdrop.errors import InputError
 from layerdrop.evaluation.measure import encoded_rows
 from layerdrop.evaluation.report import markdown_table, plot_exit_depths
 from layerdrop.evaluation.timer import time_ms
-from layerdrop.exits.bound import check_confidence, check_max_drop
+from layerdrop.exits.bound import check_confidence, check_max_drop, rows_needed
 from layerdrop.exits.calibrate import Outcome, calibrate_rule, outcome
 from layerdrop.exits.record import EXITS_KEY, Exits, record_exits
 from layerdrop.exits.rules import lookup
@@ -51,12 +51,15 @@ class RuleResult:
     """One exit rule, calibrated and measured."""
 
     rule: str
+    """Its name in the rule table."""
     max_drop: float
     """The drop (points) it was calibrated for."""
     threshold: float | None
     """The calibrated threshold; ``None`` when no threshold kept the guarantee (every row runs full depth)."""
     valid: Outcome
+    """What it does on the validation rows that calibrated it."""
     test: Outcome
+    """What it does on the test rows, measured once."""
     throughput: float | None
     """Test rows per second with early exit over full depth's, timed in turn on the same batches."""
 
@@ -66,11 +69,15 @@ class ExitsResult:
     """What ``layerdrop exits`` measured and wrote."""
 
     out: Path
+    """The output folder."""
     stages: tuple[Stage, ...]
+    """The stages that ran the exits, shallowest first (nested ones resume)."""
     rules: tuple[RuleResult, ...]
+    """Each rule at each drop."""
     recorded: Exits | None
-    """What was written into the model, if anything."""
+    """What calibration chose (written into the model unless ``--no-record``), if any rule kept --max-drop."""
     table: str
+    """The Markdown table of the test rows."""
 
 
 def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> ExitsResult:
@@ -78,6 +85,11 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
     # 1. check the settings; the model, its exits and the stages that run them
     drops = _drops(cfg)
     check_confidence(cfg.confidence)
+    for name in ("rows", "timing_batches"):
+        if getattr(cfg, name) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(cfg, name)}")
+    if cfg.latency_reps < 1 or cfg.batch_size < 1:
+        raise InputError("--latency-reps and --batch-size must be at least 1")
     rules = [lookup(name.strip()) for name in cfg.rules.split(",") if name.strip()]
     if not rules:
         raise InputError(f"--rules {cfg.rules!r} names no rule; choose from max-prob, entropy, patience")
@@ -125,7 +137,7 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
                                               confidence=confidence)) for rule in rules for drop in drops]
     timed = test_batches[:cfg.timing_batches]
     log("timing full depth and each rule in turn")
-    speed = _throughput(model, stages, timed, calibrated, cfg.latency_reps)
+    speed = _throughput(model, stages, timed, calibrated, cfg.latency_reps) if timed else {}
     results = tuple(RuleResult(
         rule=rule.name, max_drop=drop, threshold=threshold,
         valid=outcome(valid_probs, valid_labels, rule, threshold, layers=layers_run, depths=depths),
@@ -135,14 +147,14 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
     # 5. record the rule that runs fewest layers on the validation rows at --max-drop; write the report
     usable = [r for r in results if r.threshold is not None and r.max_drop == cfg.max_drop]
     recorded = None
-    if usable:
+    if usable:  # a drop that kept no threshold is recorded too: every row then runs full depth
         best = min(usable, key=lambda r: r.valid.mean_layers).rule
-        thresholds = tuple((r.max_drop, r.threshold) for r in results if r.rule == best and r.threshold is not None)
+        thresholds = tuple((r.max_drop, r.threshold) for r in results if r.rule == best)
         recorded = Exits(best, depths, thresholds, cfg.max_drop, cfg.confidence, cfg.data, len(valid_labels))
-        if cfg.record:
-            _record_in_folder(Path(cfg.model), recorded)
+    if cfg.record:  # nothing kept the bound: an older record must not stand for this calibration
+        _record_in_folder(Path(cfg.model), recorded)
     out = Path(cfg.out)
-    table = _table(results, num_layers)
+    table = _table(results, num_layers, len(valid_labels), confidence)
     write_text(out / "exits.md", _report(cfg, stages, results, recorded, table, len(valid_labels),
                                          len(test_labels), len(timed)))
     write_json(out / "exits.json", {
@@ -164,8 +176,9 @@ def _drops(cfg: ExitsConfig) -> tuple[float, ...]:
     except ValueError:
         raise InputError(f"--more-drops {cfg.more_drops!r}: give accuracy points, comma-separated, e.g. 0.25,1,2"
                          ) from None
-    for drop in (cfg.max_drop, *more):
-        check_max_drop(drop)
+    check_max_drop(cfg.max_drop, "--max-drop")
+    for drop in more:
+        check_max_drop(drop, "--more-drops")
     return tuple(sorted({cfg.max_drop, *more}))
 
 
@@ -194,22 +207,27 @@ def _pass_ms(run: Callable[[dict[str, Any]], Any], batches: list[dict[str, Any]]
     return total
 
 
-def _record_in_folder(folder: Path, exits: Exits) -> None:
-    """Add ``exits`` to the model's ``config.json`` (atomically), as :func:`record_exits` puts it on a config."""
+def _record_in_folder(folder: Path, exits: Exits | None) -> None:
+    """Put ``exits`` into the model's ``config.json`` (atomically), as :func:`record_exits` puts it on a config;
+    ``None`` takes an older record out."""
     path = folder / "config.json"
     config = json.loads(path.read_text())
-    holder = type("Config", (), {})()
-    record_exits(holder, exits)
-    config[EXITS_KEY] = getattr(holder, EXITS_KEY)
+    config.pop(EXITS_KEY, None)
+    if exits is not None:
+        holder = type("Config", (), {})()
+        record_exits(holder, exits)
+        config[EXITS_KEY] = getattr(holder, EXITS_KEY)
     write_json(path, config)
 
 
-def _table(results: tuple[RuleResult, ...], num_layers: int) -> str:
+def _table(results: tuple[RuleResult, ...], num_layers: int, rows_valid: int, confidence: float) -> str:
     rows = []
     for r in results:
         t = r.test
+        needed = rows_needed(r.max_drop / 100, confidence)
+        none = f"none (full depth){f'; needs ≥ {needed} rows' if needed > rows_valid else ''}"
         rows.append([
-            r.rule, f"{r.max_drop:g}", "none kept the bound" if r.threshold is None else f"{r.threshold:.6g}",
+            r.rule, f"{r.max_drop:g}", none if r.threshold is None else f"{r.threshold:.6g}",
             f"{100 * t.accuracy:.1f} %", f"{100 * t.full_accuracy:.1f} %", f"{100 * t.drop:+.2f}",
             "yes" if 100 * t.drop <= r.max_drop else "no", f"{100 * t.harmful:.2f}",
             f"{t.mean_layers:.2f} ({100 * t.mean_layers / num_layers:.0f} %)",
@@ -223,13 +241,15 @@ def _report(cfg: ExitsConfig, stages: tuple[Stage, ...], results: tuple[RuleResu
             table: str, valid_rows: int, test_rows: int, timed: int) -> str:
     how = ", ".join(f"{s.depth} ({'resumes' if s.resumes else 'from the start'}: layers "
                     f"{' '.join(map(str, s.blocks))})" for s in stages)
-    at = ", ".join(f"{t:.6g} for {d:g} points" for d, t in recorded.thresholds) if recorded else ""
+    each = 1 - (1 - cfg.confidence) / len({r.rule for r in results})  # each rule's confidence
+    at = ", ".join(f"{'none' if t is None else f'{t:.6g}'} for {d:g} points" for d, t in recorded.thresholds
+                   ) if recorded else ""
     chosen = (f"Recorded in `{cfg.model}/config.json`: `{recorded.rule}`, thresholds {at}."
               if recorded and cfg.record else
               f"Chosen (not recorded): `{recorded.rule}`, thresholds {at}." if recorded else
-              f"No rule kept the bound of {cfg.max_drop:g} points on these validation rows, so nothing was recorded: "
-              "allow a larger --max-drop, "
-              "a lower --confidence, or calibrate on more rows.")
+              f"No rule kept a drop of {cfg.max_drop:g} points on these {valid_rows} validation rows, so nothing is "
+              f"recorded: a drop that small can pass only on {rows_needed(cfg.max_drop / 100, each)} rows or more; "
+              "allow a larger --max-drop or a lower --confidence, or calibrate on more rows.")
     return (f"# layerdrop exits: `{cfg.model}` on `{cfg.data}`\n\n"
             f"Exits: {how}. Each rule's threshold was chosen on {valid_rows} validation rows so that, with "
             f"probability at least {cfg.confidence:g}, the accuracy early exit loses is at most the row's max drop "

@@ -24,7 +24,7 @@ from layerdrop.config.args import EACH_STEP, DepthArgs, TrainConfig
 from layerdrop.config.settings import DEFAULT_RATE
 from layerdrop.core.apply import LayerDropSettings, apply, only_layers, remove
 from layerdrop.core.arch import find_layers
-from layerdrop.core.depths import parse_depths, record_depths, remove_depth_record
+from layerdrop.core.depths import parse_depths, record_depths, remove_depth_record, remove_exits_record
 from layerdrop.core.learned import DATA_DRIVEN_ONE_PROCESS, attach_rate_learner, record_learned_rates
 from layerdrop.core.masklog import MASK_FILE, MaskLogCallback
 from layerdrop.core.rates import SCHEDULES, layer_rates
@@ -304,6 +304,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         record_depths(model.config, {num_layers: tuple(range(num_layers)), **depths}, cfg.served.strategy)
     else:  # a record inherited from the loaded folder would claim that this run trained those depths
         remove_depth_record(getattr(model, "config", None))
+    remove_exits_record(getattr(model, "config", None))  # calibrated on other weights
 
     # 5. encode
     evaluated = {"valid": valid_split, "test": test_split} if cfg.evaluate else {}

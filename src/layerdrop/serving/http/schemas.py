@@ -102,9 +102,13 @@ class ServedBy(BaseModel):
     """Which depth answered, and how long it was predicted to take and took (queue included)."""
 
     depth: int
+    """The depth it ran at; with ``"depth": "auto"``, the deepest it could run (each input says its own)."""
     layers: list[int]
     predicted_ms: float
     measured_ms: float
+    guaranteed: bool | None = None
+    """With ``"depth": "auto"``: whether the calibrated promise holds, which it does when every exit up to full
+    depth was open; false when a latency budget stopped the exits short of it. ``None`` otherwise."""
 
 
 class CompletionChoice(BaseModel):
@@ -165,12 +169,17 @@ class ExitsInfo(BaseModel):
     """The calibrated early exit that ``"depth": "auto"`` runs (``layerdrop exits``)."""
 
     rule: str
+    """The exit rule (``layerdrop.exits.RULES``)."""
     depths: list[int]
+    """The exits, shallowest first; the last is the full depth."""
     max_drops: list[float]
     """The drops (accuracy points) a request may name; the default is :attr:`max_drop`."""
     max_drop: float
+    """The drop of a request that names none."""
     confidence: float
+    """Probability that each drop holds, over the calibration rows drawn."""
     data: str
+    """The dataset whose validation rows calibrated the exits."""
     available: bool
     """False when these exits cannot be served here; :attr:`why` says what to do."""
     why: str | None = None

@@ -147,8 +147,11 @@ class Service:
                 self.engine.observe_overhead(measured - pick.read_ms - (job.ran[1] - job.submitted) * 1000)
             self.engine.observe_answer(pick.predicted_ms, measured, job.ahead)
         self.metrics.served(pick.depth, measured)
+        guaranteed = None if pick.threshold is None else pick.depth >= max(self.served.exits.depths if
+                                                                              self.served.exits else (0,))
         return ServedBy(depth=pick.depth, layers=list(self.served.kept[pick.depth]),
-                        predicted_ms=round(pick.predicted_ms, 3), measured_ms=round(measured, 3))
+                        predicted_ms=round(pick.predicted_ms, 3), measured_ms=round(measured, 3),
+                        guaranteed=guaranteed)
 
 
 def service(request: Request) -> Service:
