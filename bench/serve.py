@@ -8,7 +8,10 @@ Starts ``layerdrop serve MODEL`` as a subprocess on 127.0.0.1, then
    server's own prediction says is feasible (1.5 x a depth's predicted time with the per-request
    overhead, the depth chosen at random); the share of admitted requests that met their budget, as
    the client timed it and as the server did, the 503s, and any answer that is neither a success
-   nor a documented refusal (there must be none).
+   nor a documented refusal (there must be none);
+3. for a classifier with calibrated exits (``layerdrop exits``), per concurrency: the same requests with
+   ``"depth": "auto"``: their mean latency against full depth's at that concurrency, and the mean layers
+   the inputs ran.
 
 Texts are test rows of ``--data`` (classification) or the first words of its test paragraphs
 (generation, ``--max-tokens`` new tokens, greedy). Results go to ``OUT/serve.json`` after each
@@ -72,7 +75,8 @@ def _load(url: str, bodies: list[dict], path: str, concurrency: int) -> tuple[li
                 except (httpx.HTTPError, ValueError) as err:  # lost: no documented answer
                     status, payload = -1, {"error": {"message": repr(err)}}
                 row = {"i": i, "status": status, "ms": (time.perf_counter() - start) * 1000,
-                       "budget": body.get("latency_ms"), "served": payload.get("layerdrop")}
+                       "budget": body.get("latency_ms"), "served": payload.get("layerdrop"),
+                       "depths": [c["depth"] for c in payload.get("data") or [] if "depth" in c]}
                 with lock:
                     results.append(row)
     threads = [threading.Thread(target=client) for _ in range(concurrency)]
@@ -88,10 +92,14 @@ def _load(url: str, bodies: list[dict], path: str, concurrency: int) -> tuple[li
 def _describe(row: dict) -> str:
     """One measurement as a line: ``depth 20, 2 clients: ...`` or ``budgets, 2 clients: ...``."""
     clients = f"{row['concurrency']} client{'s' if row['concurrency'] > 1 else ''}"
-    where = f"depth {row['depth']}, {clients}" if row["phase"] == "depth" else f"budgets, {clients}"
+    where = {"depth": f"depth {row['depth']}, {clients}", "budget": f"budgets, {clients}",
+             "auto": f"auto, {clients}"}[row["phase"]]
     ms = (f"p50 {row['p50_ms']:7.0f} ms, p99 {row['p99_ms']:7.0f} ms" if row["ok"] else f"{'no answer':>30}")
     line = (f"{where:<20}: {row['ok']:>3}/{row['requests']} answered ({row['refused_503']} busy 503, "
             f"{row['refused_422']} refused 422, {row['lost']} lost), {ms}, {row['requests_per_s']:5.2f} requests/s")
+    if row["phase"] == "auto" and row["ok"]:
+        of_full = f"{row['of_full']:.2f} x full depth's" if row.get("of_full") else "full depth not measured"
+        line += f"; mean {row['mean_ms']:.0f} ms, {of_full}; mean layers {row['mean_layers']:.2f}"
     if row["phase"] == "budget" and row["ok"]:
         served = " ".join(f"{d}:{n}" for d, n in row["served_depths"].items())
         line += (f"; budgets met {100 * row['met_budget']:.0f} % as the client timed them, "
@@ -160,6 +168,9 @@ def main() -> None:
         depths = [d["depth"] for d in info["depths"]]
         levels = [int(c) for c in a.concurrency.split(",")]
         plan = [("depth", d, c) for c in levels for d in depths] + [("budget", 0, c) for c in levels]
+        exits = info.get("exits")
+        if not generation and exits and exits["available"]:  # calibrated early exit, against full depth
+            plan += [("auto", 0, c) for c in levels]
         print(f"# bench/serve.py{' --quick' if a.quick else ''}: {a.model} ({info['task']}), depths "
               f"{','.join(map(str, depths))}, {a.requests} requests per line"
               f"{f', {a.max_tokens} new tokens each, greedy' if generation else ''}, on 127.0.0.1", flush=True)
@@ -171,6 +182,8 @@ def main() -> None:
                 continue
             if phase == "depth":
                 bodies = [body(t, depth=depth) for t in inputs]
+            elif phase == "auto":
+                bodies = [body(t, depth="auto") for t in inputs]
             else:  # a budget the server's prediction says one depth meets: 1.5 x its predicted time
                 now = httpx.get(url + "/v1/depths").json()
                 profiles = {d["depth"]: d["profile"] for d in now["depths"]}
@@ -189,7 +202,15 @@ def main() -> None:
                    "lost": sum(r["status"] not in (200, 422, 503) for r in results),
                    "p50_ms": _percentile([r["ms"] for r in ok], 0.5) if ok else None,
                    "p99_ms": _percentile([r["ms"] for r in ok], 0.99) if ok else None,
+                   "mean_ms": sum(r["ms"] for r in ok) / len(ok) if ok else None,
                    "requests_per_s": len(ok) / seconds}
+            if phase == "auto" and ok:
+                full = next((r for r in saved["rows"] if (r["phase"], r["depth"], r["concurrency"]) ==
+                             ("depth", max(depths), concurrency)), None)
+                row["of_full"] = row["mean_ms"] / full["mean_ms"] if full and full.get("mean_ms") else None
+                ran = [d for r in ok for d in r["depths"]]
+                row["mean_layers"] = sum(ran) / len(ran)
+                row["exit_depths"] = {str(d): ran.count(d) for d in sorted(set(ran))}
             if phase == "budget":
                 met = [r for r in ok if r["ms"] <= r["budget"]]
                 row["met_budget"] = len(met) / len(ok) if ok else None  # as the client saw it
