@@ -24,7 +24,7 @@ def compared(tmp_path_factory, minilm_tokenizer):
     data = write_reviews(tmp_path_factory.mktemp("data") / "reviews.csv")
     cfg = CompareConfig(model=str(folder), data=data, out=str(tmp_path_factory.mktemp("compare")), depths="4,2",
                         seeds="0,1", train_rows=0, epochs=1.0, heal_epochs=0.5, batch_size=16, max_length=16,
-                        lr=1e-3, latency_reps=1, progress=False)
+                        lr=1e-3, latency_reps=1, progress=False, alpha_task=0.75, alpha_kd=0.25)
     return cfg, run_compare(cfg)
 
 
@@ -38,6 +38,9 @@ def test_every_method_is_scored_at_every_depth_and_the_shallowest_with_each_seed
     assert by[("distilled", 2)].minutes > 0 and by[("plain-cut", 2)].minutes == 0
     second = json.loads((result.out / "fixed2-seed1" / "model" / "layerdrop.json").read_text())["trained_with"]
     assert second["seed"] == 1 and second["split_seed"] == 0  # another seed, the same test rows
+    for run in ("elastic", "elastic-seed1"):  # the elastic runs' weights are the comparison's
+        trained = json.loads((result.out / run / "model" / "layerdrop.json").read_text())["trained_with"]
+        assert (trained["alpha_task"], trained["alpha_kd"]) == (0.75, 0.25)
 
 
 def test_finished_runs_keep_only_their_logs_unless_asked(compared):

@@ -40,6 +40,10 @@ class CompareConfig:
     """Which layers a LayerDrop step keeps: random or every-other."""
     self_distill: bool = True
     """Self-distil the LayerDrop run (the project's best recipe)."""
+    alpha_task: float = 0.5
+    """The elastic run's weight of the task on each sub-network (layerdrop train --alpha-task)."""
+    alpha_kd: float = 0.5
+    """The elastic run's weight of the full network's soft targets on each sub-network (--alpha-kd)."""
     heal_epochs: float = 1.0
     """Epochs of the LayerDrop model's heal at each depth (the fine-tunes run --epochs)."""
     train_rows: int = 6000
