@@ -266,9 +266,9 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
     trained: dict[tuple[str, int], list[Path]] = {}
     if "elastic" in methods:  # one run for every depth of the table; its other seeds serve the shallowest
         named = ",".join(map(str, sorted({num_layers, *depths}, reverse=True)))
-        weights = {"alpha_task": cfg.alpha_task, "alpha_kd": cfg.alpha_kd}
-        elastic = fine_tune(start, "elastic", depths=named, **weights)
-        trained[("elastic", min(depths))] = [fine_tune(start, f"elastic-seed{seed}", seed, depths=named, **weights)
+        weights: dict[str, Any] = {"depths": named, "alpha_task": cfg.alpha_task, "alpha_kd": cfg.alpha_kd}
+        elastic = fine_tune(start, "elastic", **weights)
+        trained[("elastic", min(depths))] = [fine_tune(start, f"elastic-seed{seed}", seed, **weights)
                                               for seed in seeds[1:] if min(depths) < num_layers]
 
     # 3. one model per method, depth and seed that trains per depth
