@@ -262,12 +262,11 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
     depths = [d for d in depths if d <= num_layers]
     if not depths:
         raise InputError(f"no depth of --depths is at most the model's {num_layers} layers")
-    elastic: Path | None = None
     trained: dict[tuple[str, int], list[Path]] = {}
-    if "elastic" in methods:  # one run for every depth of the table; its other seeds serve the shallowest
-        named = ",".join(map(str, sorted({num_layers, *depths}, reverse=True)))
-        weights: dict[str, Any] = {"depths": named, "alpha_task": cfg.alpha_task, "alpha_kd": cfg.alpha_kd}
-        elastic = fine_tune(start, "elastic", **weights)
+    weights: dict[str, Any] = {"depths": ",".join(map(str, sorted({num_layers, *depths}, reverse=True))),
+                               "alpha_task": cfg.alpha_task, "alpha_kd": cfg.alpha_kd}  # the elastic runs'
+    elastic = fine_tune(start, "elastic", **weights) if "elastic" in methods else None  # one run for every depth
+    if elastic is not None:  # its other seeds serve the shallowest depth
         trained[("elastic", min(depths))] = [fine_tune(start, f"elastic-seed{seed}", seed, **weights)
                                               for seed in seeds[1:] if min(depths) < num_layers]
 
