@@ -447,3 +447,15 @@ def test_a_drop_that_kept_no_threshold_is_recorded_as_full_depth(tmp_path, minil
     exits = result.recorded
     assert exits is not None and dict(exits.thresholds)[0.5] is None and exits.threshold(0.5) == math.inf
     assert all(r.throughput is None for r in result.rules)  # --timing-batches 0: nothing timed
+
+
+def test_serve_says_at_start_up_what_auto_runs_or_why_it_cannot(tmp_path, minilm_tokenizer):
+    from layerdrop.config.recipes import ServeConfig
+    from layerdrop.recipes.serve import exits_line
+    from layerdrop.serving.served import load_served
+
+    folder = _calibrated(tmp_path / "m", minilm_tokenizer)
+    line = exits_line(load_served(ServeConfig(model=folder)))
+    assert line.startswith('"depth": "auto": max-prob exits at 1, 2, 4, calibrated on reviews for drops of 0.5, 2')
+    off = exits_line(load_served(ServeConfig(model=folder, depths="4,1")))
+    assert off.startswith('"depth": "auto" is off: the exits were calibrated at depths 1, 2, 4')

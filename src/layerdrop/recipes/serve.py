@@ -18,10 +18,10 @@ from fastapi import FastAPI
 from layerdrop.config.recipes import ServeConfig
 from layerdrop.errors import InputError
 from layerdrop.serving.http.app import create_app
-from layerdrop.serving.served import load_served
+from layerdrop.serving.served import Served, load_served
 from layerdrop.serving.worker import Worker
 
-__all__ = ["build_server", "run", "run_server"]
+__all__ = ["build_server", "exits_line", "run", "run_server"]
 
 
 def run(cfg: ServeConfig, log: Callable[[str], None] = lambda _: None) -> None:
@@ -36,6 +36,8 @@ def run(cfg: ServeConfig, log: Callable[[str], None] = lambda _: None) -> None:
     app = create_app(served, cfg)
     log(f"{served.name}: {served.task} at depths {', '.join(map(str, served.views))}; "
         f"listening on http://{cfg.host}:{cfg.port}, timing each depth")
+    if served.exits is not None:
+        log(exits_line(served))
     run_server(app, cfg, on_ready=lambda: log("ready: every depth is timed"))
 
 
@@ -75,3 +77,14 @@ def run_server(app: FastAPI, cfg: ServeConfig, on_ready: Any = None) -> None:
     worker: Worker = app.state.worker
     if worker.startup_error is not None:
         raise RuntimeError(f"measuring each depth's latency failed: {worker.startup_error}") from worker.startup_error
+
+
+def exits_line(served: Served) -> str:
+    """What ``"depth": "auto"`` will run, or why it cannot, for the start-up log."""
+    exits = served.exits
+    assert exits is not None  # called for a model that records exits
+    if served.exits_error is not None:
+        return f'"depth": "auto" is off: {served.exits_error}'
+    drops = ", ".join(f"{d:g}" for d, _ in exits.thresholds)
+    return (f'"depth": "auto": {exits.rule} exits at {", ".join(map(str, exits.depths))}, calibrated on {exits.data} '
+            f"for drops of {drops} points (default {exits.max_drop:g}) at {exits.confidence:g} confidence")
