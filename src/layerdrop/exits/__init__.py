@@ -22,16 +22,12 @@ from .bound import binomial_cdf, calibrate
 from .calibrate import Outcome, calibrate_rule, outcome
 from .record import EXITS_KEY, Exits, check_served, record_exits, recorded_exits
 from .rules import RULES, ExitRule, lookup
-from .run import Exited, Stage, early_exit, exits_of, plan, resumable, simulate
+from .run import Exited, Stage, early_exit, exit_index, exits_of, plan, resumable, simulate, stages_of, sureness
 
 __all__ = ["EXITS_KEY", "RULES", "ExitRule", "Exited", "Exits", "Outcome", "Stage", "binomial_cdf", "calibrate",
-           "calibrate_rule", "check_served", "early_exit", "exit_predict", "exits_of", "lookup", "outcome", "plan",
-           "record_exits", "recorded_exits", "resumable", "simulate", "stages_of"]
-
-
-def stages_of(model: nn.Module, exits: Exits) -> tuple[Stage, ...]:
-    """The stages that run ``exits`` on ``model``: nested depths resume, others run as a cascade."""
-    return plan(exits_of(model, exits.depths), can_resume=resumable(model))
+           "calibrate_rule", "check_served", "early_exit", "exit_index", "exit_predict", "exits_of",
+           "lookup", "outcome", "plan", "record_exits", "recorded_exits", "resumable", "simulate",
+           "stages_of", "sureness"]
 
 
 def exit_predict(model: nn.Module, batch: Mapping[str, torch.Tensor], *, max_drop: float | None = None) -> Exited:
@@ -43,4 +39,4 @@ def exit_predict(model: nn.Module, batch: Mapping[str, torch.Tensor], *, max_dro
                          "(on the data it was trained on) first")
     if not isinstance(model, Classifier):
         raise InputError(f"early exit needs a layerdrop classifier, got {type(model).__name__}")
-    return early_exit(model, batch, stages_of(model, exits), lookup(exits.rule), exits.threshold(max_drop))
+    return early_exit(model, batch, stages_of(model, exits.depths), lookup(exits.rule), exits.threshold(max_drop))

@@ -23,30 +23,32 @@ import torch
 
 from .bound import calibrate
 from .rules import ExitRule
-from .run import simulate
+from .run import exit_index, sureness
 
 __all__ = ["Outcome", "calibrate_rule", "harmful_counts", "outcome"]
 
 
-def _answers(probs: torch.Tensor, rule: ExitRule, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's exit index and predicted class at ``threshold``."""
-    exit_at = simulate(probs, rule, threshold)  # (N,)
+def _answers(probs: torch.Tensor, scores: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's exit index and predicted class at ``threshold``, from its sureness at every exit ``(N, E)``."""
+    exit_at = exit_index(scores, threshold)  # (N,)
     return exit_at, probs[torch.arange(len(probs)), exit_at].argmax(-1)
 
 
 def harmful_counts(probs: torch.Tensor, labels: torch.Tensor, rule: ExitRule) -> list[int]:
     """Rows full depth answers right and the exit wrong, at each threshold of ``rule.grid``."""
     full_right = probs[:, -1].argmax(-1) == labels  # (N,)
-    return [int((full_right & (_answers(probs, rule, t)[1] != labels)).sum()) for t in rule.grid]
+    scores = sureness(probs, rule)  # (N, E): the same at every threshold
+    return [int((full_right & (_answers(probs, scores, t)[1] != labels)).sum()) for t in rule.grid]
 
 
-def calibrate_rule(probs: torch.Tensor, labels: torch.Tensor, rule: ExitRule, *, max_drop: float,
-                   confidence: float) -> float | None:
-    """The loosest threshold of ``rule`` shown to lose at most ``max_drop`` (a fraction) of accuracy with
-    ``confidence``, from calibration rows' probabilities at every exit ``(N, E, C)``; ``None`` if none is."""
-    chosen = calibrate(harmful_counts(probs, labels, rule), rows=len(labels), max_drop=max_drop,
-                       confidence=confidence)
-    return None if chosen is None else rule.grid[chosen]
+def calibrate_rule(probs: torch.Tensor, labels: torch.Tensor, rule: ExitRule, *, max_drops: Sequence[float],
+                   confidence: float) -> tuple[float | None, ...]:
+    """For each of ``max_drops`` (fractions of accuracy), the loosest threshold of ``rule`` shown to lose at most
+    that with ``confidence``, from calibration rows' probabilities at every exit ``(N, E, C)``; ``None`` where
+    none is. The harmful rows are counted once for all the drops."""
+    harmful = harmful_counts(probs, labels, rule)
+    chosen = [calibrate(harmful, rows=len(labels), max_drop=drop, confidence=confidence) for drop in max_drops]
+    return tuple(None if i is None else rule.grid[i] for i in chosen)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ def outcome(probs: torch.Tensor, labels: torch.Tensor, rule: ExitRule, threshold
     """Measure ``rule`` at ``threshold`` (``None``: no row leaves early) on rows' probabilities at every exit;
     ``layers[e]`` is what a row leaving at exit ``e`` has run, ``depths[e]`` that exit's depth (default
     ``layers``)."""
-    exit_at, predicted = _answers(probs, rule, math.inf if threshold is None else threshold)
+    exit_at, predicted = _answers(probs, sureness(probs, rule), math.inf if threshold is None else threshold)
     full = probs[:, -1].argmax(-1)
     run = torch.tensor(list(layers), dtype=torch.float)[exit_at]  # (N,)
     counts = torch.bincount(exit_at, minlength=probs.shape[1])

@@ -32,7 +32,7 @@ from typing import Any
 from layerdrop.core.depths import EXITS_KEY
 from layerdrop.errors import InputError
 
-__all__ = ["EXITS_KEY", "Exits", "check_served", "record_exits", "recorded_exits"]
+__all__ = ["EXITS_KEY", "Exits", "check_served", "exits_json", "record_exits", "recorded_exits"]
 
 
 @dataclass(frozen=True)
@@ -69,9 +69,14 @@ class Exits:
 
 
 def record_exits(config: Any, exits: Exits) -> None:
-    """Store ``exits`` on ``config`` (a JSON-ready dict, saved with the model)."""
-    setattr(config, EXITS_KEY, {**dataclasses.asdict(exits), "depths": list(exits.depths),
-                                "thresholds": [list(pair) for pair in exits.thresholds]})
+    """Store ``exits`` on ``config`` (:func:`exits_json`, saved with the model)."""
+    setattr(config, EXITS_KEY, exits_json(exits))
+
+
+def exits_json(exits: Exits) -> dict[str, Any]:
+    """The record of ``exits`` as ``config.json`` holds it under :data:`EXITS_KEY`."""
+    return {**dataclasses.asdict(exits), "depths": list(exits.depths),
+            "thresholds": [list(pair) for pair in exits.thresholds]}
 
 
 def recorded_exits(config: Any) -> Exits | None:

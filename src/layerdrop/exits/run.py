@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from layerdrop.core.arch import find_layers
+from layerdrop.core.depths import check_depth, layers_at, recorded_depths
 from layerdrop.cut.prune import with_blocks
 from layerdrop.errors import InputError
 from layerdrop.evaluation.eval_mode import require_eval
@@ -33,7 +34,8 @@ from layerdrop.models.loading import Classifier, pool
 
 from .rules import ExitRule
 
-__all__ = ["Exited", "Stage", "early_exit", "exits_of", "plan", "resumable", "simulate"]
+__all__ = ["Exited", "Stage", "early_exit", "exit_index", "exits_of", "plan", "resumable", "simulate", "stages_of",
+           "sureness"]
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,18 @@ def resumable(model: nn.Module) -> bool:
 def exits_of(model: nn.Module, depths: Sequence[int] | None = None) -> dict[int, tuple[int, ...]]:
     """Each exit's layers: the depths the model records (``layerdrop train --depths``) or ``depths``, and the
     full depth, with the layers the model was trained to serve at each (else every-other)."""
-    from layerdrop.core.depths import check_depth, layers_at, recorded_depths
-
     num_layers = len(find_layers(model).layers)
     config = getattr(model, "config", None)
     named = tuple(depths) if depths else tuple(recorded_depths(config))
     for d in named:
         check_depth(d, num_layers)
     return {d: layers_at(config, num_layers, d) for d in sorted({*named, num_layers})}
+
+
+def stages_of(model: nn.Module, depths: Sequence[int] | None = None) -> tuple[Stage, ...]:
+    """The stages that run the exits of :func:`exits_of` on ``model``: nested depths resume, others run as a
+    cascade."""
+    return plan(exits_of(model, depths), can_resume=resumable(model))
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,19 @@ def early_exit(model: Classifier, batch: Mapping[str, torch.Tensor], stages: Seq
     return Exited(logits=logits_out, depth=depth, layers_run=layers_run, probs=probs)
 
 
+def sureness(probs: torch.Tensor, rule: ExitRule) -> torch.Tensor:
+    """Each row's sureness at every exit, from its probabilities at every exit ``(N, E, C)``, as
+    :func:`early_exit` scores it there (each exit seeing the ones before it): ``(N, E)``."""
+    return torch.stack([rule.score(probs[:, :e + 1]) for e in range(probs.shape[1])], 1)
+
+
+def exit_index(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The first exit whose sureness ``(N, E)`` reaches ``threshold``, else the last: ``(N,)`` exit indices."""
+    fires = scores >= threshold
+    fires[:, -1] = True
+    return fires.float().argmax(1)  # the first True
+
+
 def simulate(probs: torch.Tensor, rule: ExitRule, threshold: float) -> torch.Tensor:
     """The exit each row leaves at, from its probabilities at every exit ``(N, E, C)``, as :func:`early_exit`
     decides it: the first exit that scores at least ``threshold``, else the last. ``(N,)`` exit indices.
@@ -190,8 +209,4 @@ def simulate(probs: torch.Tensor, rule: ExitRule, threshold: float) -> torch.Ten
     >>> simulate(probs, RULES["max-prob"], 0.9).tolist()
     [0, 1]
     """
-    exits = probs.shape[1]
-    scores = torch.stack([rule.score(probs[:, :e + 1]) for e in range(exits)], 1)  # (N, E)
-    fires = scores >= threshold
-    fires[:, -1] = True
-    return fires.float().argmax(1)  # the first True
+    return exit_index(sureness(probs, rule), threshold)

@@ -37,9 +37,9 @@ from layerdrop.evaluation.report import markdown_table, plot_exit_depths
 from layerdrop.evaluation.timer import time_ms
 from layerdrop.exits.bound import check_confidence, check_max_drop, rows_needed
 from layerdrop.exits.calibrate import Outcome, calibrate_rule, outcome
-from layerdrop.exits.record import EXITS_KEY, Exits, record_exits
+from layerdrop.exits.record import EXITS_KEY, Exits, exits_json
 from layerdrop.exits.rules import lookup
-from layerdrop.exits.run import Stage, early_exit, exits_of, plan, resumable
+from layerdrop.exits.run import Stage, early_exit, stages_of
 from layerdrop.files import write_json, write_text
 from layerdrop.models.loading import Classifier, from_pretrained, load_saved, local_folder, read_meta
 
@@ -101,11 +101,10 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
         raise InputError(f"{cfg.model} is not a layerdrop classifier: early exit scores the head of one trained "
                          "by layerdrop train classification (best with --depths 6,4,3)")
     num_layers = len(find_layers(model).layers)
-    kept = exits_of(model, parse_depths(cfg.depths, num_layers) if cfg.depths else None)
-    if len(kept) < 2:
+    stages = stages_of(model, parse_depths(cfg.depths, num_layers) if cfg.depths else None)
+    if len(stages) < 2:
         raise InputError(f"{cfg.model} records no depths to exit at: train it with layerdrop train --depths 6,4,3, "
                          "or name the exits with --depths")
-    stages = plan(kept, can_resume=resumable(model))
     depths = tuple(s.depth for s in stages)
     layers_run = tuple(sum(len(s.blocks) for s in stages[:e + 1]) for e in range(len(stages)))
 
@@ -133,8 +132,8 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
 
     # 3. + 4. calibrate each rule at each drop on the validation rows; measure it on the test rows
     confidence = 1 - (1 - cfg.confidence) / len(rules)  # each rule's share of the error rate
-    calibrated = [(rule, drop, calibrate_rule(valid_probs, valid_labels, rule, max_drop=drop / 100,
-                                              confidence=confidence)) for rule in rules for drop in drops]
+    calibrated = [(rule, drop, threshold) for rule in rules for drop, threshold in zip(drops, calibrate_rule(
+        valid_probs, valid_labels, rule, max_drops=[d / 100 for d in drops], confidence=confidence), strict=True)]
     timed = test_batches[:cfg.timing_batches]
     log("timing full depth and each rule in turn")
     speed = _throughput(model, stages, timed, calibrated, cfg.latency_reps) if timed else {}
@@ -208,15 +207,13 @@ def _pass_ms(run: Callable[[dict[str, Any]], Any], batches: list[dict[str, Any]]
 
 
 def _record_in_folder(folder: Path, exits: Exits | None) -> None:
-    """Put ``exits`` into the model's ``config.json`` (atomically), as :func:`record_exits` puts it on a config;
-    ``None`` takes an older record out."""
+    """Put ``exits`` into the model's ``config.json`` (atomically) as :func:`exits_json` writes it; ``None`` takes
+    an older record out."""
     path = folder / "config.json"
     config = json.loads(path.read_text())
     config.pop(EXITS_KEY, None)
     if exits is not None:
-        holder = type("Config", (), {})()
-        record_exits(holder, exits)
-        config[EXITS_KEY] = getattr(holder, EXITS_KEY)
+        config[EXITS_KEY] = exits_json(exits)
     write_json(path, config)
 
 

@@ -125,7 +125,7 @@ def _exits(model: nn.Module, depths: Sequence[int]) -> tuple[Exits | None, tuple
         check_served(exits, depths)
     except InputError as err:
         return exits, (), str(err)
-    return exits, stages_of(model, exits), None
+    return exits, stages_of(model, exits.depths), None
 
 
 def _choose_layers(cfg: ServeConfig, strategy: str, model: nn.Module, tokenizer: Any, depths: Sequence[int]
