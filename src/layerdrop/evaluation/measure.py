@@ -237,16 +237,18 @@ def _encoded(classifier: bool, tokenizer: Any, split: Any, max_length: int, name
     return rows, DataCollatorWithPadding(tokenizer, return_tensors="pt")
 
 
-def encoded_rows(tokenizer: Any, data: str, *, seed: int = 0, max_length: int = 128, rows: int | None = None
-                 ) -> tuple[dict[str, list[dict[str, Any]]], Callable[[list[dict[str, Any]]], dict[str, Any]]]:
-    """The validation (``"valid"``) and test rows of a labelled dataset, tokenized (the first ``rows`` of each,
-    or all), split by ``seed`` as training split it; and their collator."""
+def encoded_rows(tokenizer: Any, data: str, *, seed: int = 0, max_length: int = 128, rows: int | None = None,
+                 classifier: bool = True
+                 ) -> dict[str, tuple[list[dict[str, Any]], Callable[[list[dict[str, Any]]], dict[str, Any]]]]:
+    """The validation (``"valid"``) and test rows of ``data``, each with its collator: labelled examples for a
+    classifier, else language-model blocks (:func:`_encoded`); the first ``rows`` of each split (``None``: all);
+    split by ``seed`` as training split it."""
     from layerdrop.data import load
 
-    splits = load(data, seed=seed, label_column="label")
-    encoded = {name: _encoded(True, tokenizer, split.subset(range(min(rows or len(split), len(split)))), max_length,
-                              name) for name, split in (("valid", splits.valid), ("test", splits.test))}
-    return {name: examples for name, (examples, _) in encoded.items()}, encoded["test"][1]
+    splits = load(data, seed=seed, label_column="label" if classifier else None)
+    return {name: _encoded(classifier, tokenizer, split.subset(range(len(split) if rows is None else
+                                                                       min(rows, len(split)))), max_length, name)
+            for name, split in (("valid", splits.valid), ("test", splits.test))}
 
 
 def validation_scorers(
@@ -264,7 +266,6 @@ def validation_scorers(
     classifier (:func:`layerdrop.models.is_classifier`), F1 for a question-answering model (on a SQuAD-format
     file, windows of ``max_length`` tokens sharing 32), perplexity otherwise, on the first ``rows``
     rows of the validation and test splits; calibration batches from the first validation rows."""
-    from layerdrop.data import load
     from layerdrop.models.loading import is_classifier
 
     from .qa import is_qa_model
@@ -272,9 +273,7 @@ def validation_scorers(
     if is_qa_model(model):
         return _qa_scorers(model, tokenizer, data, rows, batch_size, max_length, calibration_rows, seed)
     classifier = is_classifier(model)
-    splits = load(data, seed=seed, label_column="label" if classifier else None)
-    encoded = {name: _encoded(classifier, tokenizer, split.subset(range(min(rows, len(split)))), max_length, name)
-               for name, split in (("valid", splits.valid), ("test", splits.test))}
+    encoded = encoded_rows(tokenizer, data, seed=seed, max_length=max_length, rows=rows, classifier=classifier)
     metric = "accuracy" if classifier else "perplexity"
     measure = accuracy if classifier else perplexity
 

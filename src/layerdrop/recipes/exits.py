@@ -114,11 +114,11 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
     trained = read_meta(folder).get("trained_with") or {}
     seed = int(trained["split_seed"] if trained.get("split_seed") is not None else trained.get("seed", 0))
     length = cfg.max_length or trained.get("max_length") or 128
-    rows, collate = encoded_rows(tokenizer, cfg.data, seed=seed, max_length=length, rows=cfg.rows or None)
+    encoded = encoded_rows(tokenizer, cfg.data, seed=seed, max_length=length, rows=cfg.rows or None)
 
     def every_exit(name: str) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
         probs, labels, batches = [], [], []
-        examples = rows[name]
+        examples, collate = encoded[name]
         for i in tqdm(range(0, len(examples), cfg.batch_size), desc=name, disable=not cfg.progress):
             batch = collate(examples[i:i + cfg.batch_size])
             labels.append(batch.pop("labels"))
