@@ -16,7 +16,7 @@ from layerdrop.config.args import build
 from layerdrop.errors import InputError
 
 from . import parser
-from .commands import compare, demo, distill, elastic, exits, generate, prune, report, serve, sweep, train
+from .commands import compare, demo, distill, elastic, exits, generate, heads, prune, report, serve, sweep, train
 from .parser import Command
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -26,6 +26,7 @@ COMMANDS: dict[str, Command] = {
     "prune": Command(prune, ("model",)),
     "distill": Command(distill, ("teacher",)),
     "sweep": Command(sweep, ("model",)),
+    "heads": Command(heads, ("model",)),
     "exits": Command(exits, ("model",)),
     "generate": Command(generate, ("model",)),
     "elastic": Command(elastic, ("model",)),

@@ -11,10 +11,18 @@ import sys
 from pathlib import Path
 
 from layerdrop.config.args import DistillConfig, TrainConfig
-from layerdrop.config.recipes import CompareConfig, DemoConfig, ElasticConfig, ExitsConfig, ServeConfig, SweepConfig
+from layerdrop.config.recipes import (
+    CompareConfig,
+    DemoConfig,
+    ElasticConfig,
+    ExitsConfig,
+    HeadsConfig,
+    ServeConfig,
+    SweepConfig,
+)
 from layerdrop.errors import InputError
 
-__all__ = ["compare", "demo", "distill", "elastic", "exits", "generate", "prune", "report", "serve", "sweep",
+__all__ = ["compare", "demo", "distill", "elastic", "exits", "generate", "heads", "prune", "report", "serve", "sweep",
            "train"]
 
 
@@ -125,6 +133,33 @@ def sweep(config: SweepConfig) -> int:
     result = run_sweep(config)
     print(result.table)
     print(f"sweep: {result.out / 'sweep.md'}")
+    return 0
+
+
+def heads(config: HeadsConfig) -> int:
+    """Fit each served depth its own classifier head, so a sub-network no longer shares the full one's.
+
+    MODEL is a classifier trained with --depths. For each served depth below the full one, a linear head is
+    fitted on the pooled outputs of that depth's layers over the training rows, every other weight frozen
+    (about a minute on 2 cores), and kept where it beats the shared head on the validation rows. The heads
+    are written into MODEL; views, cuts (layerdrop prune), sweep, serve and early exit pick each depth's own.
+    Writes heads.md and heads.json to --out.
+
+    Example:
+      layerdrop heads runs/rt-elastic/model --out runs/rt-heads
+    """
+    from layerdrop.recipes.heads import run_heads
+
+    result = run_heads(config)
+    print(result.table)
+    if config.record:
+        kept = [str(d.depth) for d in result.depths if d.kept]
+        print(f"heads of depths {', '.join(kept)} written into {config.model}" if kept else
+              f"no depth's own head beat the shared one on the validation rows; {config.model} keeps the shared head")
+    if result.exits_dropped:
+        print(f"the calibrated early exit was removed from {config.model} (it scored the old heads); run "
+              "layerdrop exits on it again", file=sys.stderr)
+    print(f"heads: {result.out / 'heads.md'}")
     return 0
 
 

@@ -101,6 +101,8 @@ def _add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, leaf:
         parser.add_argument(leaf.name, type=hint, help=help_ + shown, **extra)
     else:
         extra = {"required": True} if required else {"default": leaf.default}
+        if typing.get_origin(hint) is typing.Literal:  # a choice: argparse names the choices in its error
+            hint, extra = str, {**extra, "choices": typing.get_args(hint)}
         parser.add_argument("--" + leaf.name.replace("_", "-"), dest=leaf.name, type=hint,
                             metavar=leaf.name.upper(), help=help_ + shown, **extra)
 
@@ -129,7 +131,7 @@ def _add_command(sub: Any, name: str, command: Command) -> None:
     parser.set_defaults(_function=command.function)
 
 
-RUN_MODELS = ("train", "prune", "distill", "sweep", "exits", "generate", "elastic", "compare", "demo")
+RUN_MODELS = ("train", "prune", "distill", "sweep", "exits", "heads", "generate", "elastic", "compare", "demo")
 """Subcommands that run models, and so take ``--threads`` (``serve`` has its own, for its worker)."""
 
 

@@ -1,16 +1,17 @@
-"""The settings of the commands beyond training: ``compare``, ``demo``, ``elastic``, ``exits``, ``sweep`` and
+"""The settings of the commands beyond training: ``compare``, ``demo``, ``elastic``, ``exits``, ``heads``, ``sweep`` and
 ``serve``. Frozen dataclasses importable without torch, like :mod:`layerdrop.config.args` (which
 holds training's and distillation's)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from layerdrop.errors import InputError
 
 from .settings import check_pattern
 
-__all__ = ["CompareConfig", "DemoConfig", "ElasticConfig", "ExitsConfig", "ServeConfig", "SweepConfig"]
+__all__ = ["CompareConfig", "DemoConfig", "ElasticConfig", "ExitsConfig", "HeadsConfig", "ServeConfig", "SweepConfig"]
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,36 @@ class ElasticConfig:
     """Validation paragraphs scored at each depth."""
     seed: int = 0
     """Seed of data order and masks."""
+    progress: bool = True
+    """Show tqdm bars."""
+
+
+@dataclass(frozen=True)
+class HeadsConfig:
+    """What ``layerdrop heads`` fits. Change with ``dataclasses.replace``."""
+
+    model: str
+    """A saved classifier trained with --depths; each served depth below the full one gets a head of its own."""
+    out: str
+    """Output folder for heads.md and heads.json."""
+    data: str = ""
+    """The labelled dataset: fitted on its training rows, chosen on its validation rows (empty: the one MODEL was
+    trained on, with its recorded seed, split seed and training rows)."""
+    depths: str = ""
+    """Comma-separated depths to fit (empty: those MODEL was trained to serve, below the full one)."""
+    l2: float = 1e-3
+    """Weight of the squared head weights in the fit (chosen on validation rows: docs/comparison.md)."""
+    keep: Literal["better", "all"] = "better"
+    """``better``: keep a depth's own head only where it beats the shared head on the validation rows; ``all``."""
+    train_rows: int = 0
+    """Training rows to fit on (0: those MODEL was trained on, as its record says)."""
+    max_length: int = 0
+    """Tokens per text (0: the length MODEL was trained at)."""
+    batch_size: int = 64
+    """Rows per forward while the features are computed."""
+    record: bool = True
+    """Write the heads into MODEL (depth_heads.safetensors, listed in layerdrop.json), where views, cuts, serve
+    and early exit pick them by depth."""
     progress: bool = True
     """Show tqdm bars."""
 

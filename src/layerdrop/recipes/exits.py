@@ -41,7 +41,10 @@ from layerdrop.exits.record import EXITS_KEY, Exits, exits_json
 from layerdrop.exits.rules import lookup
 from layerdrop.exits.run import Stage, early_exit, stages_of
 from layerdrop.files import write_json, write_text
-from layerdrop.models.loading import Classifier, from_pretrained, load_saved, local_folder, read_meta
+from layerdrop.models.classifier import Classifier
+from layerdrop.models.loading import from_pretrained, local_folder, read_meta
+
+from .steps import saved_classifier
 
 __all__ = ["ExitsConfig", "ExitsResult", "RuleResult", "run_exits"]
 
@@ -93,13 +96,9 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
     rules = [lookup(name.strip()) for name in cfg.rules.split(",") if name.strip()]
     if not rules:
         raise InputError(f"--rules {cfg.rules!r} names no rule; choose from max-prob, entropy, patience")
-    if cfg.record and not Path(cfg.model).is_dir():
-        raise InputError(f"{cfg.model} is not a model folder, so there is nowhere to record the exits: pass the "
-                         "folder layerdrop train wrote, or --no-record")
-    model = load_saved(cfg.model).eval()
-    if not isinstance(model, Classifier):
-        raise InputError(f"{cfg.model} is not a layerdrop classifier: early exit scores the head of one trained "
-                         "by layerdrop train classification (best with --depths 6,4,3)")
+    model = saved_classifier(cfg.model, record=cfg.record, what="the exits",
+                             needs="early exit scores the head of one trained by layerdrop train classification "
+                                   "(best with --depths 6,4,3)")
     num_layers = len(find_layers(model).layers)
     stages = stages_of(model, parse_depths(cfg.depths, num_layers) if cfg.depths else None)
     if len(stages) < 2:

@@ -1,7 +1,9 @@
-"""The steps the training recipes share: ``layerdrop train`` and ``layerdrop distill``.
+"""The steps the training recipes share: ``layerdrop train`` and ``layerdrop distill`` (and the recipes that
+work on what they saved: ``layerdrop heads``, ``layerdrop exits``).
 
 Each step is one function: the rows a run uses, their encoding, Trainer's arguments, scoring at
-full depth, and the atomic export. A recipe calls them in order; they hold no state.
+full depth, the atomic export, and loading a saved classifier to record into. A recipe calls them in
+order; they hold no state.
 """
 
 from __future__ import annotations
@@ -23,13 +25,13 @@ from layerdrop.errors import ExistingOutput, InputError
 from layerdrop.evaluation.measure import pooled_accuracy
 from layerdrop.evaluation.qa import qa_scores
 from layerdrop.files import atomic_dir, write_json
-from layerdrop.models.loading import META_FILE, Classifier, save_classifier
+from layerdrop.models.loading import META_FILE, Classifier, load_saved, save_classifier
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 __all__ = ["LR_SCHEDULES", "Encode", "Rows", "changed_settings", "check_fresh", "check_inputs", "encoder", "export",
-           "full_depth_metrics", "splits", "training_arguments"]
+           "full_depth_metrics", "saved_classifier", "splits", "training_arguments"]
 
 Encode = Callable[[Any, str], tuple[list[dict[str, Any]], Any]]
 """``encode(split, name)`` -> the encoded rows and, per row, where it came from (text or question)."""
@@ -207,3 +209,15 @@ def export(out: Path, model: nn.Module, tokenizer: Any, task: str, meta: dict[st
             tokenizer.model_max_length = max_length
         tokenizer.save_pretrained(tmp)
     write_json(out / "metrics.json", metrics)
+
+
+def saved_classifier(model: str, *, record: bool, what: str, needs: str) -> Classifier:
+    """The layerdrop classifier saved at ``model``, in eval mode, for a recipe that records ``what`` into its folder
+    (unless not ``record``); a one-line error otherwise, ending with what the recipe ``needs``."""
+    if record and not Path(model).is_dir():
+        raise InputError(f"{model} is not a model folder, so there is nowhere to record {what}: pass the "
+                         "folder layerdrop train wrote, or --no-record")
+    loaded = load_saved(model).eval()
+    if not isinstance(loaded, Classifier):
+        raise InputError(f"{model} is not a layerdrop classifier: {needs}")
+    return loaded

@@ -1,0 +1,152 @@
+"""``layerdrop heads``: fit each served depth its own classifier head; keep it where it beats the shared one.
+
+1. The depths: those the model was trained to serve (``layerdrop train --depths``) below the full one, each
+   with the layers it recorded; the full depth keeps the head it was trained with.
+2. The rows: the model's training and validation rows, split as its record says (explicit options win).
+3. Each depth's head: a logistic regression on that depth's pooled features, every other weight frozen
+   (:func:`layerdrop.training.heads.fit_head`).
+4. Each is scored on the validation rows beside the shared head, and kept where it is better (``--keep``).
+5. The kept heads are written into the model (``depth_heads.safetensors``), where views, cuts, serve and
+   early exit pick them by depth; a calibrated early exit is removed when they change (it scored the old
+   heads: run ``layerdrop exits`` again); heads.md and heads.json go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoTokenizer
+
+from layerdrop.config.args import DataArgs
+from layerdrop.config.recipes import HeadsConfig
+from layerdrop.core.arch import find_layers
+from layerdrop.core.depths import EXITS_KEY, layers_at, parse_depths, recorded_depths
+from layerdrop.errors import InputError
+from layerdrop.evaluation.report import markdown_table
+from layerdrop.files import write_json, write_text
+from layerdrop.models.classifier import heads_key
+from layerdrop.models.loading import from_pretrained, local_folder, read_meta, save_depth_heads
+from layerdrop.training.heads import fit_head, head_accuracy, pooled_features
+
+from .steps import encoder, saved_classifier, splits
+
+__all__ = ["DepthHead", "HeadsConfig", "HeadsResult", "run_heads"]
+
+
+@dataclass(frozen=True)
+class DepthHead:
+    """One depth's own head against the shared one."""
+
+    depth: int
+    """The served depth."""
+    layers: tuple[int, ...]
+    """Its layers (original numbering)."""
+    shared: float
+    """Validation accuracy with the shared head."""
+    own: float
+    """Validation accuracy with its own head."""
+    train: float
+    """Training accuracy with its own head (how far the fit went)."""
+    kept: bool
+    """Whether its own head is kept (written into the model)."""
+
+
+@dataclass(frozen=True)
+class HeadsResult:
+    """What ``layerdrop heads`` fitted and wrote."""
+
+    out: Path
+    """The output folder."""
+    depths: tuple[DepthHead, ...]
+    """Each depth, shallowest first."""
+    seconds: float
+    """Wall time of the features and the fits."""
+    table: str
+    """The Markdown table of heads.md."""
+    exits_dropped: bool = False
+    """Whether the model's calibrated early exit was removed (its thresholds scored the old heads)."""
+
+
+def run_heads(cfg: HeadsConfig, log: Callable[[str], None] = lambda _: None) -> HeadsResult:
+    """Fit, choose and record a head for each served depth of ``cfg.model``."""
+    # 1. the settings, the model and its depths
+    if cfg.l2 < 0 or cfg.train_rows < 0 or cfg.max_length < 0 or cfg.batch_size < 1:
+        raise InputError("--l2, --train-rows and --max-length must be 0 or more, --batch-size at least 1")
+    if cfg.keep not in ("better", "all"):
+        raise InputError(f"--keep {cfg.keep!r}: choose better or all")
+    model = saved_classifier(cfg.model, record=cfg.record, what="the heads",
+                             needs="depth heads are fitted for one trained by layerdrop train classification "
+                                   "--depths 6,4,3")
+    config = model.config
+    num_layers = len(find_layers(model).layers)
+    named = parse_depths(cfg.depths, num_layers) if cfg.depths else tuple(recorded_depths(config))
+    if num_layers in named and cfg.depths:
+        raise InputError(f"--depths {cfg.depths}: the full depth ({num_layers}) keeps the head it was trained with; "
+                         "name only shallower depths")
+    kept = {d: layers_at(config, num_layers, d) for d in sorted(named) if d < num_layers}
+    if not kept:
+        raise InputError(f"{cfg.model} records no depths below its full {num_layers}: train it with layerdrop "
+                         "train --depths 6,4,3, or name the depths with --depths")
+
+    # 2. its training and validation rows, as its record split them
+    folder = local_folder(cfg.model)
+    trained = read_meta(folder).get("trained_with") or {}
+    data = cfg.data or trained.get("data")
+    if not data:
+        raise InputError(f"{cfg.model} does not record the data it was trained on: pass --data")
+    inputs = DataArgs(max_length=cfg.max_length or trained.get("max_length") or 128,
+                      train_rows=cfg.train_rows or trained.get("train_rows"), split_seed=trained.get("split_seed"))
+    train_split, valid_split, _ = splits("classification", data, int(trained.get("seed", 0)), inputs)
+    tokenizer = from_pretrained(AutoTokenizer, folder)
+    encode, collate = encoder("classification", tokenizer, inputs, cfg.progress)
+    train_rows, _ = encode(train_split, "train")
+    valid_rows, _ = encode(valid_split, "valid")
+
+    # 3. each depth's head, fitted on the training rows; 4. scored on the validation rows beside the shared head
+    start = time.time()
+    results, fitted = [], {}
+    for depth, layers in kept.items():
+        log(f"depth {depth}: features of {len(train_rows)} training rows, then the fit")
+        train_x, train_y = pooled_features(model, train_rows, collate, layers, batch_size=cfg.batch_size)
+        fitted[depth] = fit_head(train_x, train_y, model.head, l2=cfg.l2)
+        valid_x, valid_y = pooled_features(model, valid_rows, collate, layers, batch_size=cfg.batch_size)
+        shared, own = head_accuracy(model.head, valid_x, valid_y), head_accuracy(fitted[depth], valid_x, valid_y)
+        results.append(DepthHead(depth, layers, shared, own, head_accuracy(fitted[depth], train_x, train_y),
+                                 cfg.keep == "all" or own > shared))
+    seconds = time.time() - start
+
+    # 5. the kept heads written into the model (a calibrated early exit, which scored the old ones, removed)
+    exits_dropped = False
+    if cfg.record:
+        heads = {key: head for key, head in model.heads.items() if key not in {heads_key(r.layers) for r in results}}
+        heads.update({heads_key(r.layers): fitted[r.depth] for r in results if r.kept})
+        changed = sorted(heads) != sorted(model.heads) or any(
+            not all(map(torch.equal, heads[key].parameters(), model.heads[key].parameters())) for key in heads)
+        model.heads = nn.ModuleDict(heads).eval()
+        save_depth_heads(model, folder)
+        config_file = Path(folder) / "config.json"
+        saved = json.loads(config_file.read_text())
+        if changed and EXITS_KEY in saved:  # its thresholds scored the old heads
+            saved.pop(EXITS_KEY)
+            write_json(config_file, saved)
+            exits_dropped = True
+    out = Path(cfg.out)
+    table = markdown_table(
+        ["depth", "layers", "validation, shared head", "validation, own head", "training, own head", "kept"],
+        [[r.depth, " ".join(map(str, r.layers)), f"{100 * r.shared:.1f} %", f"{100 * r.own:.1f} %",
+          f"{100 * r.train:.1f} %", "yes" if r.kept else "no"] for r in results])
+    write_text(out / "heads.md", f"# layerdrop heads of `{cfg.model}` on `{data}`\n\n{table}\n"
+               f"{len(train_rows)} training rows, {len(valid_rows)} validation rows, L2 {cfg.l2:g}, "
+               f"{seconds:.0f} s.\n")
+    write_json(out / "heads.json", {"model": cfg.model, "data": data, "l2": cfg.l2, "keep": cfg.keep,
+                                    "seconds": round(seconds, 1), "train_rows": len(train_rows),
+                                    "valid_rows": len(valid_rows),
+                                    "depths": [dataclasses.asdict(r) for r in results]})
+    return HeadsResult(out, tuple(results), seconds, table, exits_dropped)
