@@ -207,17 +207,36 @@ def test_the_command_line_fits_and_reports_and_refuses_an_unknown_choice(tmp_pat
     assert "invalid choice: 'some'" in capsys.readouterr().err
 
 
-def test_training_again_starts_without_the_heads_fitted_on_other_weights(tmp_path, minilm_tokenizer):
+def test_training_with_depths_fits_the_heads_itself_and_never_carries_old_ones(tmp_path, minilm_tokenizer):
     from layerdrop.config.args import TrainConfig
     from layerdrop.recipes.train import run
 
     data = write_reviews(tmp_path / "r.csv")
     model_dir = _saved_elastic(tmp_path / "m", minilm_tokenizer, data)
     run_heads(HeadsConfig(model=model_dir, out=str(tmp_path / "out"), keep="all", progress=False))
-    again = run(TrainConfig.from_flat(task="classification", model=model_dir, data=data, out=str(tmp_path / "again"),
-                                      depths="4,2,1", max_steps=1, batch_size=8, max_length=16, progress=False))
-    assert not (again.model_dir / DEPTH_HEADS_FILE).exists()
-    assert len(load_classifier(again.model_dir).heads) == 0
+    settings = dict(task="classification", model=model_dir, data=data, depths="4,2,1", max_steps=1, batch_size=8,
+                    max_length=16, progress=False)
+    off = run(TrainConfig.from_flat(**settings, out=str(tmp_path / "off"), depth_heads=False))
+    assert not (off.model_dir / DEPTH_HEADS_FILE).exists() and len(load_classifier(off.model_dir).heads) == 0
+    on = run(TrainConfig.from_flat(**settings, out=str(tmp_path / "on")))
+    fit = json.loads((on.model_dir / META_FILE).read_text())["depth_heads_fit"]
+    assert [(f["depth"], tuple(f["layers"])) for f in fit] == [(2, (0, 1)), (1, (0,))]
+    kept = sorted("_".join(map(str, f["layers"])) for f in fit if f["kept"])
+    assert sorted(load_classifier(on.model_dir).heads) == kept
+    assert all(f["kept"] == (f["own"] > f["shared"]) for f in fit)
+
+
+def test_depth_heads_need_a_pooled_classifier_and_depths(tmp_path, minilm_tokenizer, tiny_lm_dir):
+    from layerdrop.config.args import TrainConfig
+    from layerdrop.recipes.train import run
+
+    data = write_reviews(tmp_path / "r.csv")
+    with pytest.raises(InputError, match="--depth-heads"):
+        run(TrainConfig.from_flat(task="clm", model=tiny_lm_dir, data=data, out=str(tmp_path / "x"), depths="4,2",
+                                  depth_heads=True))
+    with pytest.raises(InputError, match="give them with --depths"):
+        run(TrainConfig.from_flat(task="classification", model=tiny_lm_dir, data=data, out=str(tmp_path / "x"),
+                                  depth_heads=True))
 
 
 def test_new_heads_remove_a_calibrated_early_exit_and_the_same_heads_keep_it(tmp_path, minilm_tokenizer):

@@ -552,7 +552,7 @@ _RECORD_BEFORE_GROUPS = {
 }
 _ADDED_SINCE = {"freeze_embeddings": False, "split_seed": None, "record_masks": False, "depths": None,
                 "strategy": "top", "each_step": "all", "sandwich": 1, "teacher": None, "alpha_kd": 0.5,
-                "alpha_task": 0.5, "temperature": 2.0, "alpha_hidden": 0.0}
+                "alpha_task": 0.5, "temperature": 2.0, "alpha_hidden": 0.0, "depth_heads": None}
 
 
 def test_grouped_config_keeps_the_flat_record_of_earlier_runs():

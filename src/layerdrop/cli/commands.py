@@ -143,7 +143,8 @@ def heads(config: HeadsConfig) -> int:
     fitted on the pooled outputs of that depth's layers over the training rows, every other weight frozen
     (about a minute on 2 cores), and kept where it beats the shared head on the validation rows. The heads
     are written into MODEL; views, cuts (layerdrop prune), sweep, serve and early exit pick each depth's own.
-    Writes heads.md and heads.json to --out.
+    Writes heads.md and heads.json to --out. layerdrop train --depths fits them itself at the end of a run;
+    this is for a model trained with --no-depth-heads, or before they existed.
 
     Example:
       layerdrop heads runs/rt-elastic/model --out runs/rt-heads

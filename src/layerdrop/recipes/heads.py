@@ -4,7 +4,7 @@
    with the layers it recorded; the full depth keeps the head it was trained with.
 2. The rows: the model's training and validation rows, split as its record says (explicit options win).
 3. Each depth's head: a logistic regression on that depth's pooled features, every other weight frozen
-   (:func:`layerdrop.training.heads.fit_head`).
+   (:func:`layerdrop.training.heads.fit_depth_heads`).
 4. Each is scored on the validation rows beside the shared head, and kept where it is better (``--keep``).
 5. The kept heads are written into the model (``depth_heads.safetensors``), where views, cuts, serve and
    early exit pick them by depth; a calibrated early exit is removed when they change (it scored the old
@@ -33,29 +33,11 @@ from layerdrop.evaluation.report import markdown_table
 from layerdrop.files import write_json, write_text
 from layerdrop.models.classifier import heads_key
 from layerdrop.models.loading import from_pretrained, local_folder, read_meta, save_depth_heads
-from layerdrop.training.heads import fit_head, head_accuracy, pooled_features
+from layerdrop.training.heads import DepthHead, fit_depth_heads
 
 from .steps import encoder, saved_classifier, splits
 
 __all__ = ["DepthHead", "HeadsConfig", "HeadsResult", "run_heads"]
-
-
-@dataclass(frozen=True)
-class DepthHead:
-    """One depth's own head against the shared one."""
-
-    depth: int
-    """The served depth."""
-    layers: tuple[int, ...]
-    """Its layers (original numbering)."""
-    shared: float
-    """Validation accuracy with the shared head."""
-    own: float
-    """Validation accuracy with its own head."""
-    train: float
-    """Training accuracy with its own head (how far the fit went)."""
-    kept: bool
-    """Whether its own head is kept (written into the model)."""
 
 
 @dataclass(frozen=True)
@@ -111,22 +93,16 @@ def run_heads(cfg: HeadsConfig, log: Callable[[str], None] = lambda _: None) -> 
 
     # 3. each depth's head, fitted on the training rows; 4. scored on the validation rows beside the shared head
     start = time.time()
-    results, fitted = [], {}
-    for depth, layers in kept.items():
-        log(f"depth {depth}: features of {len(train_rows)} training rows, then the fit")
-        train_x, train_y = pooled_features(model, train_rows, collate, layers, batch_size=cfg.batch_size)
-        fitted[depth] = fit_head(train_x, train_y, model.head, l2=cfg.l2)
-        valid_x, valid_y = pooled_features(model, valid_rows, collate, layers, batch_size=cfg.batch_size)
-        shared, own = head_accuracy(model.head, valid_x, valid_y), head_accuracy(fitted[depth], valid_x, valid_y)
-        results.append(DepthHead(depth, layers, shared, own, head_accuracy(fitted[depth], train_x, train_y),
-                                 cfg.keep == "all" or own > shared))
+    log(f"fitting heads for depths {', '.join(map(str, kept))} on {len(train_rows)} training rows")
+    results, chosen = fit_depth_heads(model, train_rows, valid_rows, collate, kept, l2=cfg.l2, keep=cfg.keep,
+                                      batch_size=cfg.batch_size)
     seconds = time.time() - start
 
     # 5. the kept heads written into the model (a calibrated early exit, which scored the old ones, removed)
     exits_dropped = False
     if cfg.record:
         heads = {key: head for key, head in model.heads.items() if key not in {heads_key(r.layers) for r in results}}
-        heads.update({heads_key(r.layers): fitted[r.depth] for r in results if r.kept})
+        heads.update(chosen)
         changed = sorted(heads) != sorted(model.heads) or any(
             not all(map(torch.equal, heads[key].parameters(), model.heads[key].parameters())) for key in heads)
         model.heads = nn.ModuleDict(heads).eval()

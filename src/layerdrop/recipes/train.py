@@ -43,6 +43,7 @@ from layerdrop.models.loading import (
 )
 from layerdrop.training.callback import attach
 from layerdrop.training.checkpoints import MarkCheckpointComplete, last_complete_checkpoint
+from layerdrop.training.heads import DepthHead, fit_depth_heads
 from layerdrop.training.teachers import check_labels, check_shapes, check_tokenizers, task_of
 from layerdrop.training.trainer import LayerDropTrainer
 
@@ -172,6 +173,14 @@ def _check_depths(cfg: TrainConfig) -> None:
         raise InputError(f"--alpha-kd, --alpha-task and --alpha-hidden are 0 or more, and one above 0; got {weights}")
     if served.teacher is not None:
         model_folder(served.teacher)  # a missing folder, or one without config.json, is named now
+    if served.depth_heads and not _pooled_classifier(cfg):
+        raise InputError("--depth-heads fits a pooled classifier's head per depth: it needs the classification "
+                         "task without --pooling native or --long-doc; leave it out")
+
+
+def _pooled_classifier(cfg: TrainConfig) -> bool:
+    """Whether ``cfg`` trains a :class:`Classifier` on one window per text, whose heads per depth can be fitted."""
+    return cfg.task == "classification" and cfg.pooling != NATIVE and cfg.inputs.long_doc is None
 
 
 def _recorded(cfg: TrainConfig) -> dict[str, Any]:
@@ -338,6 +347,18 @@ def run(cfg: TrainConfig) -> TrainResult:
             callbacks.insert(marker, MaskLogCallback(out / MASK_FILE, resume=resume_from is not None))
     trained = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
 
+    # 6b. each named depth's own head: fitted on the training rows, kept where it beats the shared head on the
+    #     validation rows (layerdrop heads), before anything is scored
+    heads: tuple[DepthHead, ...] = ()
+    heads_seconds = 0.0
+    if depths and served.depth_heads is not False and _pooled_classifier(cfg):
+        started = time.time()
+        valid_rows = evals["valid"][0] if "valid" in evals else encode(valid_split, "valid")[0]
+        heads, chosen = fit_depth_heads(cast(Classifier, model.eval()), train_rows, valid_rows, collator, depths,
+                                        batch_size=max(cfg.optim.batch_size, 64))
+        model.heads = nn.ModuleDict(chosen).eval()
+        heads_seconds = time.time() - started
+
     # 7. evaluate at full depth, and at each named depth
     def scores() -> dict[str, float]:
         return full_depth_metrics(trainer, model.eval(), cfg.task, evals, evaluated, collator,
@@ -352,7 +373,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     main_process = trainer.is_world_process_zero()
     if main_process:
         _export(cfg, model, tokenizer, metrics, learner, train_split.label_names if classify else None,
-                train_seconds=trained.metrics["train_runtime"])
+                train_seconds=trained.metrics["train_runtime"] + heads_seconds, heads=heads)
     return TrainResult(out=out, model_dir=out / "model", metrics=metrics, steps=trainer.state.global_step,
                        seconds=time.time() - start, resumed_from=resume_from, main_process=main_process)
 
@@ -402,11 +423,14 @@ def _teacher(cfg: TrainConfig, model: nn.Module, tokenizer: Any, label_names: Se
 
 
 def _export(cfg: TrainConfig, model: nn.Module, tokenizer: Any, metrics: dict[str, float], learner: Any,
-            label_names: Sequence[str] | None, *, train_seconds: float) -> None:
+            label_names: Sequence[str] | None, *, train_seconds: float, heads: Sequence[DepthHead] = ()) -> None:
     """Export the run with its ``layerdrop.json`` record; ``train_seconds`` is the training time of
-    the invocation that finished the run (a resumed run's earlier invocations are not in it)."""
+    the invocation that finished the run (a resumed run's earlier invocations are not in it), fitting
+    the ``heads`` included."""
     meta: dict[str, Any] = {"trained_with": _recorded(cfg), "metrics": metrics,
                             "train_seconds": round(train_seconds, 1)}
+    if heads:  # what each depth's own head scored against the shared one
+        meta["depth_heads_fit"] = [dataclasses.asdict(h) for h in heads]
     if learner is not None:  # into the config too, so the data-driven strategy finds them
         meta["learned_rates"] = list(record_learned_rates(model))
     if label_names:

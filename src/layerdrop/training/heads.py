@@ -2,7 +2,7 @@
 
 A model trained for nested depths (``layerdrop train --depths``) shares one head among them, so the head
 must read layer 2's outputs and layer 11's alike; a model trained for one depth has a head of its own.
-After training, ``layerdrop heads`` fits each sub-network its own linear head on the pooled features
+After training, :func:`fit_depth_heads` fits each sub-network its own linear head on the pooled features
 of the training rows (full-batch L-BFGS, cross-entropy plus ``l2`` times the squared weights, started from
 the shared head), with every other weight frozen: a few hidden-size-by-labels parameters per depth, one
 pass of the sub-networks over the training rows. Where the fitted heads are used (views, cuts, early exit,
@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
 from layerdrop.cut.prune import view
 from layerdrop.evaluation.eval_mode import require_eval
-from layerdrop.models.loading import Classifier, pool
+from layerdrop.models.classifier import Classifier, heads_key, pool
 
-__all__ = ["fit_head", "head_accuracy", "pooled_features"]
+__all__ = ["DepthHead", "fit_depth_heads", "fit_head", "head_accuracy", "pooled_features"]
 
 Rows = Sequence[Mapping[str, Any]]
 
@@ -68,3 +69,42 @@ def fit_head(features: torch.Tensor, labels: torch.Tensor, start: nn.Linear, *, 
 def head_accuracy(head: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
     """The share of rows ``head`` labels right."""
     return float((head(features).argmax(-1) == labels).float().mean())
+
+
+@dataclass(frozen=True)
+class DepthHead:
+    """One depth's own head against the shared one."""
+
+    depth: int
+    """The served depth."""
+    layers: tuple[int, ...]
+    """Its layers (original numbering)."""
+    shared: float
+    """Validation accuracy with the shared head."""
+    own: float
+    """Validation accuracy with its own head."""
+    train: float
+    """Training accuracy with its own head (how far the fit went)."""
+    kept: bool
+    """Whether its own head is kept."""
+
+
+def fit_depth_heads(model: Classifier, train_rows: Rows, valid_rows: Rows,
+                    collate: Callable[[list[dict[str, Any]]], Mapping[str, Any]], kept: Mapping[int, Sequence[int]],
+                    *, l2: float = 1e-3, keep: Literal["better", "all"] = "better", batch_size: int = 64
+                    ) -> tuple[tuple[DepthHead, ...], dict[str, nn.Linear]]:
+    """For each depth of ``kept`` (depth -> its layers), a head fitted on ``train_rows`` (:func:`fit_head`, from the
+    shared head, so a second fit gives the same one) and scored on ``valid_rows`` beside the shared head; returns
+    what each scored, and the heads to keep (``keep="better"``: where better than the shared head) keyed for
+    :attr:`Classifier.heads`. ``model`` (in eval mode) is untouched."""
+    report, chosen = [], {}
+    for depth, layers in kept.items():
+        train_x, train_y = pooled_features(model, train_rows, collate, layers, batch_size=batch_size)
+        head = fit_head(train_x, train_y, model.head, l2=l2)
+        valid_x, valid_y = pooled_features(model, valid_rows, collate, layers, batch_size=batch_size)
+        shared, own = head_accuracy(model.head, valid_x, valid_y), head_accuracy(head, valid_x, valid_y)
+        keep_it = keep == "all" or own > shared
+        report.append(DepthHead(depth, tuple(layers), shared, own, head_accuracy(head, train_x, train_y), keep_it))
+        if keep_it:
+            chosen[heads_key(layers)] = head
+    return tuple(report), chosen
