@@ -256,3 +256,18 @@ def test_a_student_deeper_than_its_teacher_is_refused(teacher, reviews, tmp_path
             "--max-steps", "1", "--no-progress"]
     assert cli.main(args) == 2
     assert "deeper than its teacher" in capsys.readouterr().err
+
+
+def test_a_distilled_student_drops_the_heads_its_teacher_fitted_on_other_weights(teacher, reviews, tmp_path):
+    from torch import nn
+
+    from layerdrop.models.loading import DEPTH_HEADS_FILE, save_classifier
+
+    with_heads = tmp_path / "teacher-with-heads"
+    shutil.copytree(teacher, with_heads)
+    model = load_saved(str(with_heads))
+    model.heads["0"] = nn.Linear(model.head.in_features, model.head.out_features)
+    save_classifier(model, with_heads)
+    result = run(_config(with_heads, reviews, tmp_path / "d", depth=2))  # the cut (0, 3) keeps head "0"
+    assert len(load_saved(str(tmp_path / "d" / "initial-student")).heads) == 1
+    assert not (result.model_dir / DEPTH_HEADS_FILE).exists() and len(load_saved(str(result.model_dir)).heads) == 0

@@ -255,3 +255,58 @@ def test_new_heads_remove_a_calibrated_early_exit_and_the_same_heads_keep_it(tmp
     calibrate()  # calibrated again, on these heads
     again = run_heads(HeadsConfig(model=model_dir, out=str(tmp_path / "out"), keep="all", progress=False))
     assert not again.exits_dropped and EXITS_KEY in json.loads(config_file.read_text())  # the fit is deterministic
+
+
+def test_a_view_of_a_model_with_fixed_layers_uses_the_views_own_numbering():
+    from layerdrop import apply
+
+    model = _with_heads()
+    model.heads["0_3"] = nn.Linear(model.head.in_features, 3).eval()
+    apply(model, 0.0)
+    shell = view(model, keep=(0, 2, 3))  # its heads: "0" (and "0_2" for the model's (0, 3))
+    assert sorted(shell.heads) == ["0", "0_2"]
+    with only_layers(model, (0, 2)):  # the model's numbering; the view shares its state
+        assert shell._running_head() is shell.head
+        assert model._running_head() is model.head  # no head of the model's for (0, 2)
+    with only_layers(model, (0, 3)):
+        assert model._running_head() is model.heads["0_3"]
+
+
+def test_a_record_that_lists_a_head_the_file_lacks_is_a_clear_error(tmp_path):
+    save_classifier(_with_heads(), tmp_path)
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    (tmp_path / META_FILE).write_text(json.dumps({**meta, "depth_heads": ["0", "0_1", "0_1_2"]}))
+    with pytest.raises(ModelFileError, match="0_1_2"):
+        load_classifier(tmp_path)
+
+
+def test_new_heads_remove_the_scores_training_recorded_at_their_depths(tmp_path, minilm_tokenizer):
+    data = write_reviews(tmp_path / "r.csv")
+    model_dir = _saved_elastic(tmp_path / "m", minilm_tokenizer, data)
+    meta_file = tmp_path / "m" / META_FILE
+    metrics = {"test_accuracy": 0.8, "test_accuracy_at_2": 0.7, "test_accuracy_at_1": 0.6}
+    meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "metrics": metrics}))
+    result = run_heads(HeadsConfig(model=model_dir, out=str(tmp_path / "out"), depths="1", keep="all",
+                                   progress=False))
+    meta = json.loads(meta_file.read_text())
+    assert meta["metrics"] == {"test_accuracy": 0.8, "test_accuracy_at_2": 0.7}  # depth 1's head changed
+    assert [f["depth"] for f in meta["depth_heads_fit"]] == [1] and result.depths[0].kept
+
+
+def test_a_depths_run_from_before_heads_is_not_reused_as_if_it_had_them(tmp_path, minilm_tokenizer):
+    from layerdrop.config.args import TrainConfig
+    from layerdrop.errors import ExistingOutput
+    from layerdrop.recipes.train import run_or_reuse
+
+    data = write_reviews(tmp_path / "r.csv")
+    model_dir = _saved_elastic(tmp_path / "m", minilm_tokenizer, data)
+    cfg = TrainConfig.from_flat(task="classification", model=model_dir, data=data, out=str(tmp_path / "run"),
+                                depths="4,2,1", max_steps=1, batch_size=8, max_length=16, progress=False)
+    assert run_or_reuse(cfg) == run_or_reuse(cfg)  # finished with its heads fitted: reused
+    meta_file = tmp_path / "run" / "model" / META_FILE
+    meta = json.loads(meta_file.read_text())
+    meta.pop("depth_heads_fit")
+    meta["trained_with"].pop("depth_heads")
+    meta_file.write_text(json.dumps(meta))  # as a run finished before heads existed recorded it
+    with pytest.raises(ExistingOutput, match="depth_heads: not fitted"):
+        run_or_reuse(cfg)

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
+from layerdrop.core.arch import find_layers
 from layerdrop.core.gates import state_of
 from layerdrop.errors import InputError
 
@@ -85,8 +86,8 @@ class Classifier(nn.Module):
     def _running_head(self) -> nn.Linear:
         """The head of the layers this forward runs: :func:`layerdrop.only_layers` fixes them; else every layer."""
         state = state_of(self) if len(self.heads) else None
-        if state is None or state.fixed is None:
-            return self.head
+        if state is None or state.fixed is None or len(state.fixed) != len(find_layers(self).layers):
+            return self.head  # no fixed layers, or a view's shallow copy of a model's state (other numbering)
         return self.head_at([i for i, run in enumerate(state.fixed) if run])
 
     def forward(self, labels: torch.Tensor | None = None, **inputs: torch.Tensor) -> SequenceClassifierOutput:

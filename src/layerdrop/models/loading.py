@@ -249,15 +249,16 @@ def save_depth_heads(model: Classifier, folder: str | Path, meta: dict[str, Any]
     folder = Path(folder)
     meta = dict(read_meta(folder) if meta is None else meta)
     path = folder / DEPTH_HEADS_FILE
-    if len(model.heads):
+    if len(model.heads):  # the file first, then the record that lists it
         tensors = {f"{key}.{k}": v.detach().contiguous() for key, head in model.heads.items()
                    for k, v in head.state_dict().items()}
         write_bytes(path, save(tensors))
         meta["depth_heads"] = sorted(model.heads, key=key_layers)
-    else:
-        path.unlink(missing_ok=True)
+        write_json(folder / META_FILE, meta)
+    else:  # the record first, so a folder is never left listing a file that is gone
         meta.pop("depth_heads", None)
-    write_json(folder / META_FILE, meta)
+        write_json(folder / META_FILE, meta)
+        path.unlink(missing_ok=True)
 
 
 def _head_file(folder: Path) -> Path | None:
@@ -342,12 +343,13 @@ def load_classifier(folder: str | Path) -> Classifier:
         path = folder / DEPTH_HEADS_FILE
         try:
             tensors = load_file(path)
-        except (SafetensorError, OSError) as err:
-            raise ModelFileError(f"{path} is damaged or missing, but {META_FILE} lists depth heads; copy the "
-                                 "model again, or run layerdrop heads on it again") from err
-        for key in keys:
-            own = model.heads[key] = nn.Linear(model.head.in_features, model.head.out_features)
-            own.load_state_dict({k: tensors[f"{key}.{k}"] for k in ("weight", "bias")})
+            for key in keys:
+                own = model.heads[key] = nn.Linear(model.head.in_features, model.head.out_features)
+                own.load_state_dict({k: tensors[f"{key}.{k}"] for k in ("weight", "bias")})
+        except (SafetensorError, OSError, KeyError, RuntimeError) as err:
+            raise ModelFileError(f"{path} is damaged, missing or does not hold the depth heads {META_FILE} lists "
+                                 f"({', '.join(keys)}); copy the model again, or run layerdrop heads on it "
+                                 "again") from err
     return model.eval()
 
 

@@ -319,6 +319,8 @@ def run(cfg: DistillConfig) -> DistillResult:
         raise InputError("--alpha-hidden matches the student's intermediate layers to the teacher's; a 1-layer "
                          "student has none (--alpha-cos matches its output)")
     remove(student)  # trained here at one depth: a LayerDrop record inherited from the teacher would claim otherwise
+    if isinstance(student, Classifier):  # heads fitted on the teacher's features, which training changes
+        student.heads = nn.ModuleDict().eval()
     if hasattr(student.config, LEARNED_KEY):
         delattr(student.config, LEARNED_KEY)
     student.train().requires_grad_(True)

@@ -56,6 +56,14 @@ class HeadsResult:
     """Whether the model's calibrated early exit was removed (its thresholds scored the old heads)."""
 
 
+def _same(before: nn.ModuleDict, after: dict[str, nn.Module], key: str) -> bool:
+    """Whether the head for ``key`` is the same (or absent) before and after."""
+    old, new = before[key] if key in before else None, after.get(key)
+    if old is None or new is None:
+        return old is new
+    return all(map(torch.equal, old.parameters(), new.parameters()))
+
+
 def run_heads(cfg: HeadsConfig, log: Callable[[str], None] = lambda _: None) -> HeadsResult:
     """Fit, choose and record a head for each served depth of ``cfg.model``."""
     # 1. the settings, the model and its depths
@@ -103,13 +111,16 @@ def run_heads(cfg: HeadsConfig, log: Callable[[str], None] = lambda _: None) -> 
     if cfg.record:
         heads = {key: head for key, head in model.heads.items() if key not in {heads_key(r.layers) for r in results}}
         heads.update(chosen)
-        changed = sorted(heads) != sorted(model.heads) or any(
-            not all(map(torch.equal, heads[key].parameters(), model.heads[key].parameters())) for key in heads)
+        moved = [r.depth for r in results if not _same(model.heads, heads, heads_key(r.layers))]
         model.heads = nn.ModuleDict(heads).eval()
-        save_depth_heads(model, folder)
+        meta = read_meta(folder)  # the scores training recorded at a depth whose head changed are stale
+        metrics = {k: v for k, v in (meta.get("metrics") or {}).items()
+                   if not any(k.endswith(f"_at_{d}") for d in moved)}
+        save_depth_heads(model, folder, {**meta, "metrics": metrics,
+                                         "depth_heads_fit": [dataclasses.asdict(r) for r in results]})
         config_file = Path(folder) / "config.json"
         saved = json.loads(config_file.read_text())
-        if changed and EXITS_KEY in saved:  # its thresholds scored the old heads
+        if moved and EXITS_KEY in saved:  # its thresholds scored the old heads
             saved.pop(EXITS_KEY)
             write_json(config_file, saved)
             exits_dropped = True

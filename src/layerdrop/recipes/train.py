@@ -183,6 +183,11 @@ def _pooled_classifier(cfg: TrainConfig) -> bool:
     return cfg.task == "classification" and cfg.pooling != NATIVE and cfg.inputs.long_doc is None
 
 
+def _fits_heads(cfg: TrainConfig) -> bool:
+    """Whether the run ends by fitting each named depth its own head (``--depth-heads``, on by default)."""
+    return cfg.served.depths is not None and cfg.served.depth_heads is not False and _pooled_classifier(cfg)
+
+
 def _recorded(cfg: TrainConfig) -> dict[str, Any]:
     """The flat ``trained_with`` record of ``layerdrop.json``: every setting but those that do not
     change the model (``progress``, ``record_masks``), with the rate the run used."""
@@ -204,6 +209,8 @@ def run_or_reuse(cfg: TrainConfig) -> Path:
         ignored = ("resume", "out")  # a continued run, or a run folder moved elsewhere, is the same run
         shown = changed_settings({k: v for k, v in trained.items() if k not in ignored},
                                  {k: v for k, v in wanted.items() if k not in ignored})
+        if not shown and _fits_heads(cfg) and "depth_heads_fit" not in read_meta(out / "model"):
+            shown = "depth_heads: not fitted (a run from before they existed) -> fitted"
         if shown:
             raise ExistingOutput(f"{out} holds a run with other settings ({shown}); choose another --out or delete it")
         return out / "model"
@@ -351,7 +358,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     #     validation rows (layerdrop heads), before anything is scored
     heads: tuple[DepthHead, ...] = ()
     heads_seconds = 0.0
-    if depths and served.depth_heads is not False and _pooled_classifier(cfg):
+    if depths and _fits_heads(cfg):
         started = time.time()
         valid_rows = evals["valid"][0] if "valid" in evals else encode(valid_split, "valid")[0]
         heads, chosen = fit_depth_heads(cast(Classifier, model.eval()), train_rows, valid_rows, collator, depths,
