@@ -16,16 +16,8 @@ set -euo pipefail
 OUT=${1:-runs/kjv-lm-speculative}
 LD=${LAYERDROP:-layerdrop}
 PY=${PYTHON:-python}
-LM=$OUT/lm/checkpoints/checkpoint-1000
-
-if [[ ! -f $LM/layerdrop-complete.json ]]; then
-  $LD train clm gpt2-mini --data kjv --out "$OUT/lm" --rate 0.5 --max-steps 4000 --save-steps 200 \
-    --resume --no-progress &
-  trainer=$!
-  until [[ -f $LM/layerdrop-complete.json ]] || ! kill -0 $trainer 2>/dev/null; do sleep 20; done
-  kill $trainer 2>/dev/null || true
-  wait $trainer || true
-fi
+source "$(dirname "$0")/kjv_lm_base.sh"
+LM=$(kjv_layerdrop_lm "$OUT")
 
 start=$LM
 for name in elastic elastic2; do
