@@ -205,6 +205,9 @@ def test_the_command_line_fits_and_reports_and_refuses_an_unknown_choice(tmp_pat
     with pytest.raises(SystemExit):
         main(["heads", model_dir, "--out", str(tmp_path / "out"), "--keep", "some"])
     assert "invalid choice: 'some'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["heads", "--help"])
+    assert "--keep {better,all}" in capsys.readouterr().out
 
 
 def test_training_with_depths_fits_the_heads_itself_and_never_carries_old_ones(tmp_path, minilm_tokenizer):

@@ -101,10 +101,12 @@ def _add_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup, leaf:
         parser.add_argument(leaf.name, type=hint, help=help_ + shown, **extra)
     else:
         extra = {"required": True} if required else {"default": leaf.default}
-        if typing.get_origin(hint) is typing.Literal:  # a choice: argparse names the choices in its error
+        metavar = leaf.name.upper()
+        if typing.get_origin(hint) is typing.Literal:  # a choice: --help lists them, argparse's error names them
             hint, extra = str, {**extra, "choices": typing.get_args(hint)}
+            metavar = "{" + ",".join(extra["choices"]) + "}"
         parser.add_argument("--" + leaf.name.replace("_", "-"), dest=leaf.name, type=hint,
-                            metavar=leaf.name.upper(), help=help_ + shown, **extra)
+                            metavar=metavar, help=help_ + shown, **extra)
 
 
 def _add_command(sub: Any, name: str, command: Command) -> None:
