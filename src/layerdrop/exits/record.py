@@ -24,15 +24,19 @@ layerdrop.errors.InputError: the exits were calibrated at depths 3, 4, 6 but the
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from layerdrop.core.depths import EXITS_KEY
 from layerdrop.errors import InputError
+from layerdrop.files import write_json
 
-__all__ = ["EXITS_KEY", "Exits", "check_served", "exits_json", "record_exits", "recorded_exits"]
+__all__ = ["EXITS_KEY", "Exits", "check_served", "exits_json", "record_exits", "record_in_folder", "recorded_exits"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,19 @@ class Exits:
 def record_exits(config: Any, exits: Exits) -> None:
     """Store ``exits`` on ``config`` (:func:`exits_json`, saved with the model)."""
     setattr(config, EXITS_KEY, exits_json(exits))
+
+
+def record_in_folder(folder: str | os.PathLike[str], exits: Exits | None) -> bool:
+    """Put ``exits`` into the saved model's ``config.json`` in ``folder`` (atomically) as :func:`exits_json` writes
+    it; ``None`` takes an older record out. Returns whether there was an older record."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text())
+    older = config.pop(EXITS_KEY, None) is not None
+    if exits is not None:
+        config[EXITS_KEY] = exits_json(exits)
+    if older or exits is not None:
+        write_json(path, config)
+    return older
 
 
 def exits_json(exits: Exits) -> dict[str, Any]:

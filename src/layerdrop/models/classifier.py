@@ -80,8 +80,8 @@ class Classifier(nn.Module):
 
     def head_at(self, kept: Sequence[int]) -> nn.Linear:
         """The head of the sub-network of layers ``kept``: its own if one was fitted, else the shared one."""
-        own = self.heads[heads_key(kept)] if heads_key(kept) in self.heads else None
-        return cast(nn.Linear, own) if own is not None else self.head
+        key = heads_key(kept)
+        return cast(nn.Linear, self.heads[key]) if key in self.heads else self.head
 
     def _running_head(self) -> nn.Linear:
         """The head of the layers this forward runs: :func:`layerdrop.only_layers` fixes them; else every layer."""

@@ -16,7 +16,6 @@ record it in the model.
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -37,7 +36,7 @@ from layerdrop.evaluation.report import markdown_table, plot_exit_depths
 from layerdrop.evaluation.timer import time_ms
 from layerdrop.exits.bound import check_confidence, check_max_drop, rows_needed
 from layerdrop.exits.calibrate import Outcome, calibrate_rule, outcome
-from layerdrop.exits.record import EXITS_KEY, Exits, exits_json
+from layerdrop.exits.record import Exits, record_in_folder
 from layerdrop.exits.rules import lookup
 from layerdrop.exits.run import Stage, early_exit, stages_of
 from layerdrop.files import write_json, write_text
@@ -150,7 +149,7 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
         thresholds = tuple((r.max_drop, r.threshold) for r in results if r.rule == best)
         recorded = Exits(best, depths, thresholds, cfg.max_drop, cfg.confidence, cfg.data, len(valid_labels))
     if cfg.record:  # nothing kept the bound: an older record must not stand for this calibration
-        _record_in_folder(Path(cfg.model), recorded)
+        record_in_folder(cfg.model, recorded)
     out = Path(cfg.out)
     table = _table(results, num_layers, len(valid_labels), confidence)
     write_text(out / "exits.md", _report(cfg, stages, results, recorded, table, len(valid_labels),
@@ -203,17 +202,6 @@ def _pass_ms(run: Callable[[dict[str, Any]], Any], batches: list[dict[str, Any]]
     for batch in batches:
         total += time_ms(lambda: run(batch), on)  # noqa: B023 (called at once)
     return total
-
-
-def _record_in_folder(folder: Path, exits: Exits | None) -> None:
-    """Put ``exits`` into the model's ``config.json`` (atomically) as :func:`exits_json` writes it; ``None`` takes
-    an older record out."""
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    config.pop(EXITS_KEY, None)
-    if exits is not None:
-        config[EXITS_KEY] = exits_json(exits)
-    write_json(path, config)
 
 
 def _table(results: tuple[RuleResult, ...], num_layers: int, rows_valid: int, confidence: float) -> str:

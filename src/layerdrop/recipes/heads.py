@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,9 +26,10 @@ from transformers import AutoTokenizer
 from layerdrop.config.args import DataArgs
 from layerdrop.config.recipes import HeadsConfig
 from layerdrop.core.arch import find_layers
-from layerdrop.core.depths import EXITS_KEY, layers_at, parse_depths, recorded_depths
+from layerdrop.core.depths import layers_at, parse_depths, recorded_depths
 from layerdrop.errors import InputError
 from layerdrop.evaluation.report import markdown_table
+from layerdrop.exits.record import record_in_folder
 from layerdrop.files import write_json, write_text
 from layerdrop.models.classifier import heads_key
 from layerdrop.models.loading import from_pretrained, local_folder, read_meta, save_depth_heads
@@ -87,7 +87,8 @@ def run_heads(cfg: HeadsConfig, log: Callable[[str], None] = lambda _: None) -> 
 
     # 2. its training and validation rows, as its record split them
     folder = local_folder(cfg.model)
-    trained = read_meta(folder).get("trained_with") or {}
+    meta = read_meta(folder)
+    trained = meta.get("trained_with") or {}
     data = cfg.data or trained.get("data")
     if not data:
         raise InputError(f"{cfg.model} does not record the data it was trained on: pass --data")
@@ -113,17 +114,13 @@ def run_heads(cfg: HeadsConfig, log: Callable[[str], None] = lambda _: None) -> 
         heads.update(chosen)
         moved = [r.depth for r in results if not _same(model.heads, heads, heads_key(r.layers))]
         model.heads = nn.ModuleDict(heads).eval()
-        meta = read_meta(folder)  # the scores training recorded at a depth whose head changed are stale
+        # the scores training recorded at a depth whose head changed are stale
         metrics = {k: v for k, v in (meta.get("metrics") or {}).items()
                    if not any(k.endswith(f"_at_{d}") for d in moved)}
         save_depth_heads(model, folder, {**meta, "metrics": metrics,
                                          "depth_heads_fit": [dataclasses.asdict(r) for r in results]})
-        config_file = Path(folder) / "config.json"
-        saved = json.loads(config_file.read_text())
-        if moved and EXITS_KEY in saved:  # its thresholds scored the old heads
-            saved.pop(EXITS_KEY)
-            write_json(config_file, saved)
-            exits_dropped = True
+        if moved:  # a calibrated early exit's thresholds scored the old heads
+            exits_dropped = record_in_folder(folder, None)
     out = Path(cfg.out)
     table = markdown_table(
         ["depth", "layers", "validation, shared head", "validation, own head", "training, own head", "kept"],
