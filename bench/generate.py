@@ -17,6 +17,14 @@ repeated 4-grams say whether it loops, the case where drafts are easy):
      A steady-state model: it leaves out the draft's pass over the prompt, the loop's own Python
      work and, with ``--no-repeat-ngram``, the ban (applied about twice per token, once in the
      bare loop), which the measured speed-up includes;
+  3b. with ``--hf-early-exit K,...``, Hugging Face's own self-speculative decoding beside it
+     (``generate(assistant_early_exit=K)``, LayerSkip's method: the model's first K layers and its
+     shared head draft, every layer verifies), with the same draft length: tokens per second, the
+     speed-up over HF ``generate``, the acceptance (counted from the model's forwards) and whether the
+     text is the full-depth greedy text. HF's exit runs the *first* K layers, this project's draft
+     the layers the model was trained to serve at K (every-other by default; the first K for a model
+     trained with ``--depths ... --strategy top``). An architecture whose forward ignores
+     ``config.num_hidden_layers`` (GPT-2) would draft with every layer: refused, with the reason;
   4. memory: what building the draft adds to the process (it shares the model's weights),
      next to what a deep copy of the model adds.
 
@@ -33,7 +41,7 @@ speed-up is given over both.
 
     python bench/generate.py [--quick] [--json out.json] [--model smollm2-135m] [--prompts 16] [--adaptive]
                              [--new-tokens 64] [--depths 30,20,15] [--speculative 15,20] [--draft-tokens 4]
-                             [--no-repeat-ngram 3] [--runs 3] [--threads 1]
+                             [--no-repeat-ngram 3] [--hf-early-exit 15] [--runs 3] [--threads 1]
 
 ``--model`` is a local folder, a bundled name (``smollm2-135m``: converted once from GGUF into a
 cached folder, about 20 s the first time), or ``random``: a tiny randomly initialised Llama, for
@@ -94,6 +102,53 @@ def _bare_greedy(model: torch.nn.Module, tokenizer: object, prompt: str, new_tok
     return Generation(text=tokenizer.decode(new, skip_special_tokens=True), new_tokens=len(new),
                       depth=len(layerdrop.find_layers(model).layers), prompt_truncated=False,
                       seconds=time.perf_counter() - start)
+
+
+def _hf_exit_runs_first_layers(model: torch.nn.Module, k: int) -> bool:
+    """Whether HF's ``assistant_early_exit=k`` drafts with the first ``k`` layers of this architecture: it sets
+    ``config.num_hidden_layers = k`` around the draft's forwards, which Llama's forward honours and GPT-2's
+    ignores. Checked on a copy (the model is left as it is): logits of the copy so set, against the first ``k``
+    layers alone."""
+    probe = copy.deepcopy(model).eval()
+    ids = torch.arange(1, 9).unsqueeze(0)  # (1, 8)
+    with torch.no_grad():  # no cache: GPT-2 would run every block into a cache made for k layers, and fail
+        with layerdrop.only_layers(probe, range(k)):
+            expected = probe(input_ids=ids, use_cache=False).logits
+        getattr(probe, probe.base_model_prefix).config.num_hidden_layers = k
+        got = probe(input_ids=ids, use_cache=False).logits
+    return torch.allclose(got, expected, atol=1e-4)
+
+
+@torch.no_grad()
+def _hf_early_exit(model: torch.nn.Module, tokenizer: object, prompt: str, new_tokens: int, k: int,
+                   draft_tokens: int, no_repeat_ngram: int = 0) -> Generation:
+    """HF ``generate(assistant_early_exit=k)`` with a constant draft of ``draft_tokens``, greedy, and the
+    settings ``layerdrop.serving.generate.generate`` gives HF ``generate``. Drafted and accepted tokens are
+    counted from the model's forwards: each draft forward proposes one token, and each verify forward yields
+    the accepted tokens plus one."""
+    base = getattr(model, model.base_model_prefix)
+    layers = base.config.num_hidden_layers
+    calls = {"draft": 0, "verify": 0}
+
+    def count(*_: object) -> None:
+        calls["draft" if base.config.num_hidden_layers < layers else "verify"] += 1
+
+    hook = model.register_forward_pre_hook(count)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids  # (1, T)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    start = time.perf_counter()
+    try:
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, use_cache=True,
+                             do_sample=False, pad_token_id=pad, no_repeat_ngram_size=no_repeat_ngram,
+                             assistant_early_exit=k, num_assistant_tokens=draft_tokens,
+                             num_assistant_tokens_schedule="constant")
+    finally:
+        hook.remove()
+    seconds = time.perf_counter() - start
+    new = out[0, ids.shape[1]:].tolist()
+    return Generation(text=tokenizer.decode(new, skip_special_tokens=True), new_tokens=len(new), depth=layers,
+                      prompt_truncated=False, seconds=seconds, draft_depth=k, drafted=calls["draft"],
+                      accepted=max(len(new) - calls["verify"], 0), token_ids=tuple(new))
 
 
 @torch.no_grad()
@@ -166,6 +221,7 @@ def main() -> None:
     p.add_argument("--draft-tokens", type=int, default=4, help="tokens drafted per verification")
     p.add_argument("--no-repeat-ngram", type=int, default=0,
                    help="decode every variant with no repeated n-gram of this size (0: plain greedy)")
+    p.add_argument("--hf-early-exit", help="comma-separated K: also time HF generate(assistant_early_exit=K)")
     p.add_argument("--runs", type=int, help="timed runs per variant, after one warm-up (default 3, quick 1)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--quick", action="store_true", help="one timed run, 32 new tokens, one draft depth (L/2)")
@@ -201,6 +257,14 @@ def main() -> None:
         schedules[" adaptive"] = {"adaptive_draft": True}
     if a.confidence:
         schedules[" confident"] = {"draft_confidence": a.confidence}
+    for k in _ints(a.hf_early_exit) or []:
+        if not 1 <= k < num_layers:
+            p.error(f"--hf-early-exit {k}: the exit must be a layer count from 1 to {num_layers - 1}")
+        if not _hf_exit_runs_first_layers(full, k):
+            p.error(f"--hf-early-exit: {full.config.model_type}'s forward ignores config.num_hidden_layers, so HF's "
+                    "assistant_early_exit would draft with every layer; time --speculative alone on this model")
+        variants[f"hf early exit {k}"] = (lambda prompt, k=k: _hf_early_exit(
+            full, tokenizer, prompt, a.new_tokens, k, a.draft_tokens, a.no_repeat_ngram))
     for k in drafts:
         for suffix, options in schedules.items():
             variants[f"speculative {k}{suffix}"] = (
@@ -240,16 +304,17 @@ def main() -> None:
     print(f"{f'depth {num_layers} (full), bare loop':<38}: {rate('bare'):8.1f} tokens/s "
           f"(same text as HF generate: {'yes' if bare_same else 'NO'})")
     speculative = {}
-    for name in [n for n in variants if n.startswith("speculative")]:
+    for name in [n for n in variants if n.startswith(("speculative", "hf early exit"))]:
         runs = results[name]
         same = all(g.token_ids == r.token_ids for run in runs for g, r in zip(run, reference, strict=True))
         drafted, accepted = sum(g.drafted for g in runs[0]), sum(g.accepted for g in runs[0])
         speed = rate(name)
-        k, schedule = int(name.split()[1]), name.split()[2] if len(name.split()) > 2 else ""
+        k, schedule = int(name.split()[-1 if name.startswith("hf") else 1]), " ".join(name.split()[2:3])
         speculative[name] = {"acceptance": accepted / drafted if drafted else 0.0,
                              "speed_up": speed / rate(f"depth {num_layers}"), "identical": same}
-        label = f"speculative, draft {k} of {num_layers}{f', {schedule}' if schedule else ''}"
-        per_round = {"": "per round", "adaptive": "per round to start",
+        label = (f"HF assistant_early_exit={k} of {num_layers}" if name.startswith("hf") else
+                 f"speculative, draft {k} of {num_layers}{f', {schedule}' if schedule else ''}")
+        per_round = {"": "per round", "adaptive": "per round to start", "exit": "per round",
                      "confident": f"per round at most, fewer after p < {a.confidence}"}[schedule]
         print(f"{label:<38}: {speed:8.1f} tokens/s, {speed / rate(f'depth {num_layers}'):.2f}x over HF generate, "
               f"{speed / rate('bare'):.2f}x over the bare loop; acceptance {100 * accepted / max(drafted, 1):.1f} % "

@@ -29,6 +29,7 @@ Results: docs/results.md, "The quality bar".
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 import types
@@ -38,7 +39,6 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from layerdrop.cli import _leaves
 from layerdrop.config.args import TrainConfig
 from layerdrop.evaluation.measure import depth_sweep
 from layerdrop.files import write_json
@@ -54,6 +54,10 @@ def _convert(kind: typing.Any, value: str) -> typing.Any:
     if type(None) in options and value.lower() == "none":
         return None
     kind = next(k for k in options if k is not type(None))
+    if typing.get_origin(kind) is typing.Literal:
+        if value not in typing.get_args(kind):
+            raise SystemExit(f"{value!r}: expected one of {typing.get_args(kind)}")
+        return value
     if kind is bool:
         return value.lower() in ("1", "true", "yes")
     return kind(value)
@@ -61,7 +65,9 @@ def _convert(kind: typing.Any, value: str) -> typing.Any:
 
 def _parse(pairs: list[str]) -> dict[str, typing.Any]:
     """``name=value`` pairs, each value converted to its ``TrainConfig`` setting's type."""
-    kinds = {leaf.name: leaf.hint for leaf in _leaves(TrainConfig)}  # the CLI's flat settings, typed
+    top = typing.get_type_hints(TrainConfig)
+    kinds = {name: typing.get_type_hints(top[group])[name] if group else top[name]  # each flat setting's type
+             for name, group in TrainConfig.leaf_names().items()}
     changes: dict[str, typing.Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -83,18 +89,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     changes = _parse(args.changes)
-    demo = DemoConfig(full=args.size == "full")
+    demo = DemoConfig(full=args.size == "full", elastic=False)  # the recipe these levers were measured on
     sizes = _sizes(demo)
     start = time.time()
     if args.task == "lm":
         rate = changes.pop("rate", demo.lm_rate)
-        cfg = _lm_config(demo, sizes, args.out / "lm", rate).replace(**changes)
+        cfg = _lm_config(dataclasses.replace(demo, lm_rate=rate), sizes, args.out / "lm", rate > 0).replace(**changes)
         model_dir = run_or_reuse(cfg)
         score, _ = _lm_test(demo, cfg, model_dir, split=args.split)
         model = from_pretrained(AutoModelForCausalLM, model_dir)
     else:
         model, rate = changes.pop("model", "minilm-l6"), changes.pop("rate", demo.rt_rate)
-        cfg = _rt_config(demo, sizes, args.out / "rt", model, rate).replace(**changes)
+        cfg = _rt_config(dataclasses.replace(demo, rt_rate=rate), sizes, args.out / "rt", model, rate > 0
+                         ).replace(**changes)
         model_dir = run_or_reuse(cfg)
         score, _ = _rt_test(demo, sizes, cfg, model_dir, split=args.split)
         model = load_classifier(model_dir)

@@ -39,6 +39,9 @@ def test_demo_writes_report_plots_and_loadable_checkpoints(tmp_path):
     results = json.loads((result.out / "results.json").read_text())
     depth3 = next(r for r in list(results["classification"].values())[1] if r["depth"] == 3)
     assert f"{100 * depth3['score']:.1f} %" in result.tables["classification"].splitlines()[5]
+    elastic = json.loads((result.out / "rt-elastic-6-3-2" / "model" / "layerdrop.json").read_text())
+    assert elastic["trained_with"]["depths"] == "6,3,2" and elastic["trained_with"]["strategy"] == "every-other"
+    assert "depth_heads_fit" not in elastic  # one head serves every depth
     encoder = AutoModel.from_pretrained(result.out / "checkpoints" / "minilm-rt-layerdrop-depth3")
     assert encoder.config.num_hidden_layers == 3
     lm = AutoModelForCausalLM.from_pretrained(result.out / "checkpoints" / "gpt2-kjv-layerdrop-half")
@@ -73,6 +76,36 @@ def test_demo_refuses_an_unknown_pattern_before_training():
         DemoConfig(pattern="alternate")
 
 
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("rt_depths", "7,3", "--rt-depths '7,3': 7 is outside 1..6"),
+    ("lm_depths", "3,3", "--lm-depths '3,3' names 3 twice"),
+    ("rt_depths", "six", "--rt-depths takes comma-separated whole numbers"),
+])
+def test_demo_refuses_bad_depths_before_training(setting, value, message):
+    with pytest.raises(ValueError, match=message):
+        DemoConfig(**{setting: value})
+
+
+@pytest.mark.parametrize("part", ["rt", "lm"])
+def test_demo_trains_one_elastic_run_by_default_and_random_dropping_without_it(part, tmp_path):
+    from layerdrop.recipes import demo
+
+    config = demo._rt_config if part == "rt" else (lambda c, s, o, _, ld: demo._lm_config(c, s, o, ld))
+    elastic = DemoConfig(rt_depths="6,2", lm_depths="6,4")
+    trained = config(elastic, demo._sizes(elastic), tmp_path, "minilm-l6", True)
+    assert trained.served.depths == ("6,2" if part == "rt" else "6,4")
+    assert trained.served.strategy == "every-other" and not trained.layerdrop.self_distill
+    plain = config(elastic, demo._sizes(elastic), tmp_path, "minilm-l6", False)
+    assert plain.served.depths is None and plain.layerdrop.rate == 0.0  # not the 0.2 default
+
+    earlier = DemoConfig(elastic=False, rt_rate=0.3, lm_rate=0.4)
+    dropped = config(earlier, demo._sizes(earlier), tmp_path, "minilm-l6", True)
+    assert dropped.served.depths is None and dropped.layerdrop.rate == (0.3 if part == "rt" else 0.4)
+    assert dropped.layerdrop.self_distill and dropped.layerdrop.pattern == "every-other"
+    assert demo._slug(elastic, part, True).endswith("-elastic-6-2" if part == "rt" else "-elastic-6-4")
+    assert demo._slug(earlier, part, True).endswith("-every-other")
+
+
 @pytest.mark.parametrize("asked", [True, False, None])
 def test_demo_trains_in_bf16_where_asked_and_by_default_where_native(asked, tmp_path, monkeypatch):
     from layerdrop.recipes import demo
@@ -81,9 +114,9 @@ def test_demo_trains_in_bf16_where_asked_and_by_default_where_native(asked, tmp_
     cfg = DemoConfig(bf16=asked)
     sizes = demo._sizes(cfg)
     expected = True if asked is None else asked
-    assert demo._rt_config(cfg, sizes, tmp_path, "minilm-l6", 0.5).optim.bf16 is expected
-    assert demo._lm_config(cfg, sizes, tmp_path, 0.0).optim.bf16 is expected
+    assert demo._rt_config(cfg, sizes, tmp_path, "minilm-l6", True).optim.bf16 is expected
+    assert demo._lm_config(cfg, sizes, tmp_path, False).optim.bf16 is expected
     assert demo._precision(cfg).startswith("Training under bfloat16" if expected else "Training in float32")
     monkeypatch.setattr(demo, "_native_bf16", lambda: False)
-    assert demo._lm_config(cfg, sizes, tmp_path, 0.5).optim.bf16 is (asked is True)
+    assert demo._lm_config(cfg, sizes, tmp_path, True).optim.bf16 is (asked is True)
     assert "does not compute bfloat16 natively" in demo._precision(cfg) or asked is not None

@@ -79,13 +79,47 @@ def _block(page: str, containing: str) -> str:
 
 
 @pytest.mark.parametrize("page", ["README.md", "README.zh-CN.md"])
-def test_the_readmes_quick_start_runs(page, tmp_path):
+def test_the_readmes_quick_start_trains_the_served_depths_and_cuts_one(page, tmp_path):
     _six_layers().save_pretrained(tmp_path / "model")
-    code = _block(page, "layerdrop.prune(model, depth=3)").replace('"out/"', repr(str(tmp_path / "out")))
-    space = {"path": str(tmp_path / "model")}
+    code = _block(page, "output_kd_loss(sub, full").replace('"out/"', repr(str(tmp_path / "out")))
+    rows = [(torch.randint(3, 99, (4, 7)), torch.randint(0, 2, (4,))) for _ in range(3)]
+    loader = [{"input_ids": ids, "labels": labels} for ids, labels in rows]
+    space: dict = {"path": str(tmp_path / "model"), "loader": loader}
+    before: dict = {}
+
+    class Optimizer:  # the block's optimizer: SGD over the model it loads, made at the first step
+        sgd: torch.optim.SGD | None = None
+
+        def step(self):
+            if self.sgd is None:
+                before.update({k: v.detach().clone() for k, v in space["model"].state_dict().items()})
+                self.sgd = torch.optim.SGD(space["model"].parameters(), lr=0.1)
+            self.sgd.step()
+
+        def zero_grad(self):
+            space["model"].zero_grad()
+
+    space["optimizer"] = Optimizer()
+    exec(code, space)
+    small = space["small"]
+    assert len(layerdrop.find_layers(small).layers) == 3
+    assert (tmp_path / "out" / "config.json").is_file()
+    trained = space["model"].state_dict()
+    assert not torch.equal(trained["bert.encoder.layer.5.output.dense.weight"],
+                           before["bert.encoder.layer.5.output.dense.weight"])  # the full network learns
+    small.eval(), space["model"].eval()
+    with layerdrop.only_layers(space["model"], [0, 1, 2]):
+        expected = space["model"](input_ids=rows[0][0]).logits
+    torch.testing.assert_close(small(input_ids=rows[0][0]).logits, expected)  # the cut is the served depth
+
+
+@pytest.mark.parametrize("page", ["README.md", "README.zh-CN.md"])
+def test_the_readmes_random_layerdrop_block_runs(page):
+    code = _block(page, "layerdrop.prune(model, depth=3)")
+    space = {"layerdrop": layerdrop, "model": _six_layers()}
     exec(code, space)
     assert len(layerdrop.find_layers(space["small"]).layers) == 3
-    assert (tmp_path / "out" / "config.json").is_file()
+    assert layerdrop.state_of(space["model"]) is not None  # applied, with its hooks
 
 
 def test_the_readmes_what_exactly_happens_calls_run():

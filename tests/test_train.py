@@ -255,10 +255,11 @@ def test_long_doc_makes_overlapping_windows(tmp_path, bert_dir, reviews):
     assert all(r["labels"] == split.labels[d] for r, d in zip(rows, doc_of, strict=True))
 
 
-@pytest.mark.parametrize("data_driven", [False, True])
-def test_resumed_run_matches_an_uninterrupted_run(tmp_path, bert_dir, reviews, data_driven):
+@pytest.mark.parametrize("data_driven, grouped", [(False, False), (True, False), (False, True)])
+def test_resumed_run_matches_an_uninterrupted_run(tmp_path, bert_dir, reviews, data_driven, grouped):
+    # grouped: batches of similar length, 3 steps an epoch, so the resumed run crosses into a new epoch
     cfg = _quick(task="classification", model=bert_dir, data=reviews, rate=0.5, dropout=0.1, out="",
-                 data_driven=data_driven)
+                 data_driven=data_driven, **({"group_by_length": True, "batch_size": 24} if grouped else {}))
     full = run(cfg.replace(out=str(tmp_path / "full")))
     out = tmp_path / "crashed"
     run(cfg.replace(out=str(out)))
@@ -552,7 +553,8 @@ _RECORD_BEFORE_GROUPS = {
 }
 _ADDED_SINCE = {"freeze_embeddings": False, "split_seed": None, "record_masks": False, "depths": None,
                 "strategy": "top", "each_step": "all", "sandwich": 1, "teacher": None, "alpha_kd": 0.5,
-                "alpha_task": 0.5, "temperature": 2.0, "alpha_hidden": 0.0, "depth_heads": None}
+                "alpha_task": 0.5, "temperature": 2.0, "alpha_hidden": 0.0, "depth_heads": None,
+                "group_by_length": False}
 
 
 def test_grouped_config_keeps_the_flat_record_of_earlier_runs():
@@ -631,3 +633,21 @@ def test_a_presets_classifier_is_the_same_model_in_every_run():
     for model in (second, third):
         assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), model.state_dict().values(),
                                                       strict=True))
+
+
+
+def test_group_by_length_batches_rows_of_similar_length(tmp_path):
+    from layerdrop.config.args import OptimArgs
+    from layerdrop.recipes.steps import training_arguments
+
+    args = training_arguments(OptimArgs(group_by_length=True, batch_size=4), tmp_path, seed=5, save_steps=2,
+                              logging_steps=1, progress=False, layerdrop_on=False)
+    lengths = [int(n) for n in torch.randint(2, 64, (64,), generator=torch.Generator().manual_seed(0))]
+    rows = [{"input_ids": [1] * n, "labels": 0} for n in lengths]
+    order = list(LayerDropTrainer(model=make("bert"), args=args, train_dataset=rows)._get_train_sampler())
+    assert sorted(order) == list(range(64))
+
+    def padded(order):  # tokens in batches of 4, each padded to its longest row
+        return sum(4 * max(lengths[i] for i in order[k:k + 4]) for k in range(0, 64, 4))
+
+    assert padded(order) < 0.8 * padded(list(range(64)))

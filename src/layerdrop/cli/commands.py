@@ -349,9 +349,10 @@ def compare(config: CompareConfig) -> int:
 def demo(config: DemoConfig) -> int:
     """Show LayerDrop against plain training at every depth, offline, on a real model and real data.
 
-    (a) fine-tunes MiniLM-L6 on Rotten Tomatoes without and with LayerDrop and
-    prunes both to every depth; (b) trains a small GPT-2-style LM on the King
-    James Bible without and with LayerDrop; (c) writes plots, a Markdown report
+    (a) fine-tunes MiniLM-L6 on Rotten Tomatoes without LayerDrop and as one
+    elastic run (each step also trains the every-other sub-networks of --rt-depths)
+    and prunes both to every depth; (b) trains a small GPT-2-style LM on the King
+    James Bible the same two ways (--lm-depths); (c) writes plots, a Markdown report
     and pruned checkpoints to --out. About 15 minutes on 2 quiet CPU cores (measured on a fresh
     clone, see the README); --full runs the full-size quality-bar experiment instead.
     """
@@ -376,7 +377,7 @@ def serve(config: ServeConfig) -> int:
     Binds to 127.0.0.1 unless --host says otherwise; never runs code from the model folder.
 
     Examples:
-      layerdrop serve out/demo/rt-layerdrop0.5-every-other/model --sweep runs/rt-sweep
+      layerdrop serve out/demo/rt-elastic-6-3-2/model --sweep runs/rt-sweep
       layerdrop serve smollm2-135m --depths 30,24,20 --strategy angular --data kjv --port 8001
       curl -s localhost:8000/v1/classify -H 'Content-Type: application/json' \\
         -d '{"input": "a wonderful film", "latency_ms": 50}'

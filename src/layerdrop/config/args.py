@@ -134,6 +134,10 @@ class OptimArgs:
     """Keep the input word embeddings fixed (and an output layer tied to them). For a large
     vocabulary (e5-small: 96M of its 118M parameters) a step takes about 40 % less time, and
     tokens absent from the training rows keep their pretrained vectors."""
+    group_by_length: bool = False
+    """Batch training rows of similar length together (Hugging Face's ``group_by_length`` order; a resumed run
+    repeats it): less padding, so less compute per step where lengths vary (a classifier's short texts; not an
+    LM's equal blocks)."""
     bf16: bool = False
     """bfloat16 mixed precision, where the hardware supports it."""
 

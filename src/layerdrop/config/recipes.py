@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from layerdrop.core.depths import parse_depths
 from layerdrop.errors import InputError
 
 from .settings import check_pattern
@@ -96,18 +97,28 @@ class DemoConfig:
     """Fine-tuning epochs on Rotten Tomatoes."""
     rt_eval_rows: int = 1000
     """Test rows scored at each depth (ignored with ``full``: the whole test split)."""
-    rt_rate: float = 0.5
-    """LayerDrop rate of the classification run."""
-    lm_steps: int = 500
-    """Training steps of each KJV language model."""
-    lm_rate: float = 0.5
-    """LayerDrop rate of the language model."""
+    rt_depths: str = "6,3,2"
+    """Depths the elastic classifier is trained to serve (every-other layers)."""
+    lm_steps: int = 300
+    """Training steps of each KJV language model (2x with ``full``)."""
+    lm_depths: str = "6,3"
+    """Depths the elastic language model is trained to serve (every-other layers)."""
     lm_eval_rows: int = 400
     """KJV test paragraphs scored at each depth (ignored with ``full``: all of them)."""
+    elastic: bool = True
+    """Train the LayerDrop runs as one elastic run each (``layerdrop train --depths``): every step the full
+    network learns the task and the every-other sub-network of each of --rt-depths / --lm-depths learns it and
+    the full network's predictions; the classifier then fits a head per depth. Off: the earlier demo's random
+    dropping at --rt-rate / --lm-rate, with --self-distill and --pattern."""
+    rt_rate: float = 0.5
+    """With --no-elastic: LayerDrop rate of the classification run."""
+    lm_rate: float = 0.5
+    """With --no-elastic: LayerDrop rate of the language model."""
     self_distill: bool = True
-    """Train the LayerDrop runs with self-distillation (sub-networks learn from the full network)."""
+    """With --no-elastic: train the LayerDrop runs with self-distillation (sub-networks learn from the full
+    network)."""
     pattern: str = "every-other"
-    """Which layers a LayerDrop step keeps: ``random`` (the paper) or ``every-other`` (the
+    """With --no-elastic: which layers a LayerDrop step keeps: ``random`` (the paper) or ``every-other`` (the
     sub-networks that pruning every-other keeps; see ``docs/training.md``)."""
     references: bool = False
     """Also fine-tune MiniLM-L6 pruned every-other to 4 and 3 layers before training: the
@@ -121,8 +132,10 @@ class DemoConfig:
     progress: bool = True
     """Show tqdm bars."""
 
-    def __post_init__(self) -> None:
-        check_pattern(self.pattern)  # a bad value fails here, before any training
+    def __post_init__(self) -> None:  # a bad value fails here, before any training
+        check_pattern(self.pattern)
+        parse_depths(self.rt_depths, 6, "--rt-depths")  # both demo models have 6 layers
+        parse_depths(self.lm_depths, 6, "--lm-depths")
 
 
 @dataclass(frozen=True)

@@ -61,9 +61,9 @@ def check_depth(depth: int, num_layers: int) -> None:
         raise InputError(f"depth must be an integer from 1 to {num_layers} (the model's layer count), got {depth!r}")
 
 
-def parse_depths(text: str, num_layers: int | None = None) -> tuple[int, ...]:
+def parse_depths(text: str, num_layers: int | None = None, option: str = "--depths") -> tuple[int, ...]:
     """Comma-separated depths, deepest first. A word that is not a whole number, a repeat, or a depth outside
-    1..``num_layers`` (when given) is an error that names the fix.
+    1..``num_layers`` (when given) is an error that names the fix (and ``option``, the setting it came from).
 
     >>> parse_depths("3, 6,4", 6)
     (6, 4, 3)
@@ -72,16 +72,16 @@ def parse_depths(text: str, num_layers: int | None = None) -> tuple[int, ...]:
     try:
         depths = [int(w) for w in words]
     except ValueError:
-        raise InputError(f"--depths takes comma-separated whole numbers like 6,4,3, got {text!r}") from None
+        raise InputError(f"{option} takes comma-separated whole numbers like 6,4,3, got {text!r}") from None
     if not depths:
-        raise InputError(f"--depths names no depth in {text!r}: give some, like 6,4,3")
+        raise InputError(f"{option} names no depth in {text!r}: give some, like 6,4,3")
     repeated = sorted({d for d in depths if depths.count(d) > 1})
     if repeated:
-        raise InputError(f"--depths {text!r} names {', '.join(map(str, repeated))} twice: name each depth once")
+        raise InputError(f"{option} {text!r} names {', '.join(map(str, repeated))} twice: name each depth once")
     top = num_layers if num_layers is not None else max(depths)
     outside = [d for d in depths if not 1 <= d <= top]
     if outside:
-        raise InputError(f"--depths {text!r}: {', '.join(map(str, outside))} is outside 1..{top}"
+        raise InputError(f"{option} {text!r}: {', '.join(map(str, outside))} is outside 1..{top}"
                          + (f" (the model has {num_layers} layers)" if num_layers is not None else "")
                          + ": choose depths from 1 to the model's layer count")
     return tuple(sorted(depths, reverse=True))

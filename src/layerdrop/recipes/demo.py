@@ -1,10 +1,15 @@
 """The offline demo: LayerDrop against plain training, at every depth, on real data.
 
-(a) MiniLM-L6 fine-tuned on Rotten Tomatoes without and with LayerDrop, then
-    cut every-other to each depth 1..6 with no further training: accuracy table.
-(b) A small GPT-2-style LM trained from scratch on the King James Bible without
-    and with LayerDrop: test perplexity at each depth.
+(a) MiniLM-L6 fine-tuned on Rotten Tomatoes without LayerDrop and as one elastic run
+    (``layerdrop train --depths``: each step also trains the every-other sub-networks of
+    the served depths), then cut every-other to each depth 1..6 with no further training:
+    accuracy table.
+(b) A small GPT-2-style LM trained from scratch on the King James Bible the same two
+    ways: test perplexity at each depth.
 (c) PNG plots, a Markdown report and the pruned checkpoints, in one folder.
+
+``elastic=False`` trains the LayerDrop runs as the earlier demo did: random dropping
+at a rate, self-distilled.
 
 With ``references`` (on with ``full``, the quality-bar run) MiniLM-L6 is also
 pruned every-other to each reference depth *first* and then fine-tuned without
@@ -24,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPadding
@@ -32,7 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPa
 from layerdrop import data
 from layerdrop.config.args import TrainConfig
 from layerdrop.config.recipes import DemoConfig
-from layerdrop.core.depths import every_other
+from layerdrop.core.depths import every_other, parse_depths
 from layerdrop.data import encode_classification, lm_eval_blocks
 from layerdrop.evaluation.measure import DepthResult, accuracy, depth_sweep, perplexity
 from layerdrop.evaluation.report import cost_table, depth_table, plot_quality_vs_depth, plot_quality_vs_latency
@@ -88,11 +93,27 @@ def _bf16(cfg: DemoConfig) -> bool:
     return _native_bf16() if cfg.bf16 is None else cfg.bf16
 
 
-def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, rate: float) -> TrainConfig:
+Part = Literal["rt", "lm"]
+"""The demo's two parts: (a) the Rotten Tomatoes classifier, (b) the KJV language model."""
+
+
+def _rate_and_depths(cfg: DemoConfig, part: Part) -> tuple[float, str]:
+    return (cfg.rt_rate, cfg.rt_depths) if part == "rt" else (cfg.lm_rate, cfg.lm_depths)
+
+
+def _layerdrop(cfg: DemoConfig, part: Part) -> dict[str, Any]:
+    """The LayerDrop run's own settings: one elastic run for the part's depths (every-other layers), or
+    random dropping at its rate."""
+    rate, depths = _rate_and_depths(cfg, part)
+    if cfg.elastic:  # no head per depth: on validation rows they changed depth 3 by -0.5, 2 by +0.3, for a minute
+        return {"depths": depths, "strategy": "every-other", **({"depth_heads": False} if part == "rt" else {})}
+    return {"rate": rate, "self_distill": cfg.self_distill, "pattern": cfg.pattern}
+
+
+def _rt_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, model: str, layerdrop: bool) -> TrainConfig:
     return TrainConfig.from_flat(
-        task="classification", model=model, data="rotten-tomatoes", out=str(out),
-        rate=rate, self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, epochs=sizes["rt_epochs"],
-        pattern=cfg.pattern if rate > 0 else "random",
+        task="classification", model=model, data="rotten-tomatoes", out=str(out), seed=cfg.seed,
+        epochs=sizes["rt_epochs"], **(_layerdrop(cfg, "rt") if layerdrop else {"rate": 0.0}),
         train_rows=sizes["rt_rows"], eval_rows=sizes["rt_eval"], batch_size=32, lr=5e-5, head_lr=1e-3,
         max_length=64, pooling="mean", bf16=_bf16(cfg), save_steps=200, logging_steps=25, progress=cfg.progress,
         evaluate=False,  # the depth sweeps below score the test split
@@ -122,15 +143,15 @@ def _train_minutes(model_dir: Path) -> float | None:
 def _classification(cfg: DemoConfig, out: Path, sizes: dict[str, Any], minutes: dict[str, float | None]
                     ) -> dict[str, list[DepthResult]]:
     series: dict[str, list[DepthResult]] = {}
-    for label, rate in (("no LayerDrop", 0.0), (_label(cfg, cfg.rt_rate), cfg.rt_rate)):
-        tc = _rt_config(cfg, sizes, out / _slug("rt", rate, cfg.pattern), "minilm-l6", rate)
+    for label, layerdrop in (("no LayerDrop", False), (_label(cfg, "rt"), True)):
+        tc = _rt_config(cfg, sizes, out / _slug(cfg, "rt", layerdrop), "minilm-l6", layerdrop)
         model_dir = run_or_reuse(tc)
         minutes[f"classification, {label}"] = _train_minutes(model_dir)
         model = load_classifier(model_dir)
         score, batch = _rt_test(cfg, sizes, tc, model_dir)
         series[label] = depth_sweep(model, score, latency_batch=batch, progress=cfg.progress,
                                     desc=f"depths ({label})")
-        if rate > 0:
+        if layerdrop:
             prune_saved(str(model_dir), out / "checkpoints" / "minilm-rt-layerdrop-depth3", depth=3,
                         model=model)
     if cfg.references or cfg.full:
@@ -145,7 +166,7 @@ def _references(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> list[Depth
         base = out / f"minilm-l6-depth{depth}"
         if not (base / "config.json").is_file():
             prune_saved(local_folder("minilm-l6"), base, depth=depth)
-        tc = _rt_config(cfg, sizes, out / f"rt-reference-depth{depth}", str(base), 0.0)
+        tc = _rt_config(cfg, sizes, out / f"rt-reference-depth{depth}", str(base), layerdrop=False)
         model_dir = run_or_reuse(tc)
         model = load_classifier(model_dir)
         score = _rt_test(cfg, sizes, tc, model_dir)[0](model)
@@ -154,21 +175,28 @@ def _references(cfg: DemoConfig, out: Path, sizes: dict[str, Any]) -> list[Depth
     return results
 
 
-def _slug(task: str, rate: float, pattern: str) -> str:
-    if rate <= 0:
+def _slug(cfg: DemoConfig, part: Part, layerdrop: bool) -> str:
+    """The run's folder name: ``rt-plain``, ``rt-elastic-6-3-2``, ``kjv-layerdrop0.5-every-other``."""
+    task = "rt" if part == "rt" else "kjv"
+    rate, depths = _rate_and_depths(cfg, part)
+    if not layerdrop:
         return f"{task}-plain"
-    return f"{task}-layerdrop{rate:g}" + (f"-{pattern}" if pattern != "random" else "")
+    if cfg.elastic:
+        return f"{task}-elastic-" + "-".join(map(str, parse_depths(depths)))
+    return f"{task}-layerdrop{rate:g}" + (f"-{cfg.pattern}" if cfg.pattern != "random" else "")
 
 
-def _label(cfg: DemoConfig, rate: float) -> str:
+def _label(cfg: DemoConfig, part: Part) -> str:
+    rate, depths = _rate_and_depths(cfg, part)
+    if cfg.elastic:
+        return "elastic, depths " + ", ".join(map(str, parse_depths(depths)))
     return f"LayerDrop {rate}" + (f", {cfg.pattern}" if cfg.pattern != "random" else "")
 
 
-def _lm_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, rate: float) -> TrainConfig:
+def _lm_config(cfg: DemoConfig, sizes: dict[str, Any], out: Path, layerdrop: bool) -> TrainConfig:
     return TrainConfig.from_flat(
-        task="clm", model="gpt2-tiny", data="kjv", out=str(out), rate=rate,
-        pattern=cfg.pattern if rate > 0 else "random",
-        self_distill=cfg.self_distill and rate > 0, seed=cfg.seed, max_steps=sizes["lm_steps"],
+        task="clm", model="gpt2-tiny", data="kjv", out=str(out), seed=cfg.seed, max_steps=sizes["lm_steps"],
+        **(_layerdrop(cfg, "lm") if layerdrop else {"rate": 0.0}),
         batch_size=16, lr=1e-3, warmup=0.05, lr_schedule="cosine", max_length=128, vocab_size=4000,
         bf16=_bf16(cfg), save_steps=200, logging_steps=50, progress=cfg.progress,
         evaluate=False,  # the depth sweep below scores the test split
@@ -194,15 +222,15 @@ def _lm_test(cfg: DemoConfig, tc: TrainConfig, model_dir: Path, split: str = "te
 def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any], minutes: dict[str, float | None]
                     ) -> dict[str, list[DepthResult]]:
     series: dict[str, list[DepthResult]] = {}
-    for label, rate in (("no LayerDrop", 0.0), (_label(cfg, cfg.lm_rate), cfg.lm_rate)):
-        tc = _lm_config(cfg, sizes, out / _slug("kjv", rate, cfg.pattern), rate)
+    for label, layerdrop in (("no LayerDrop", False), (_label(cfg, "lm"), True)):
+        tc = _lm_config(cfg, sizes, out / _slug(cfg, "lm", layerdrop), layerdrop)
         model_dir = run_or_reuse(tc)
         minutes[f"language model, {label}"] = _train_minutes(model_dir)
         model = from_pretrained(AutoModelForCausalLM, model_dir).eval()
         score, batch = _lm_test(cfg, tc, model_dir)
         series[label] = depth_sweep(model, score, latency_batch=batch, progress=cfg.progress,
                                     desc=f"depths ({label})")
-        if rate > 0:
+        if layerdrop:
             half = model.config.num_hidden_layers // 2
             prune_saved(str(model_dir), out / "checkpoints" / "gpt2-kjv-layerdrop-half", depth=half,
                         model=model)
@@ -293,9 +321,17 @@ def _precision(cfg: DemoConfig) -> str:
                "about two thirds of the float32 training time; docs/results.md)." if cfg.bf16 is None else "."))
 
 
-def _recipe(cfg: DemoConfig) -> str:
-    return (", self-distilled" if cfg.self_distill else "") + (
-        ", every-other sub-networks" if cfg.pattern == "every-other" else "")
+def _recipe(cfg: DemoConfig, part: Part) -> str:
+    """How the LayerDrop run of one part was trained, in a sentence."""
+    rate, depths = _rate_and_depths(cfg, part)
+    if not cfg.elastic:
+        return (f"LayerDrop run: rate {rate}" + (", self-distilled" if cfg.self_distill else "")
+                + (", every-other sub-networks" if cfg.pattern == "every-other" else "") + ".")
+    served = ", ".join(map(str, parse_depths(depths)))
+    return (f"Elastic run (`--depths {depths} --strategy every-other`): each step the full network "
+            f"learns the task, and the every-other sub-network of each of depths {served} learns 0.5 × the task "
+            "+ 0.5 × the full network's predictions (KL, T = 2) in the same step"
+            + ("; one head serves every depth (`--no-depth-heads`)." if part == "rt" else "."))
 
 
 class _Clock:
@@ -336,11 +372,11 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
     out = Path("out/demo-full" if cfg.full and cfg.out == DemoConfig.out else cfg.out)
     clock = _Clock(out)
     sizes = _sizes(cfg)
-    log("(a) MiniLM-L6 on Rotten Tomatoes, without and with LayerDrop")
+    log(f"(a) MiniLM-L6 on Rotten Tomatoes: no LayerDrop, then {_label(cfg, 'rt')}")
     minutes: dict[str, float | None] = {}
     cls = _classification(cfg, out, sizes, minutes)
     clock.tick()
-    log("(b) GPT-2-style LM on the King James Bible, without and with LayerDrop")
+    log(f"(b) GPT-2-style LM on the King James Bible: no LayerDrop, then {_label(cfg, 'lm')}")
     lm = _language_model(cfg, out, sizes, minutes)
     clock.tick()
 
@@ -364,7 +400,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
         "## (a) MiniLM-L6 fine-tuned on Rotten Tomatoes", "",
         f"Training rows: {sizes['rt_rows'] or 'all'}, epochs: {sizes['rt_epochs']:g}, mean pooling; "
         f"accuracy on {sizes['rt_eval'] or 'all'} test rows. "
-        f"LayerDrop run: rate {cfg.rt_rate}{_recipe(cfg)}.", "",
+        f"{_recipe(cfg, 'rt')}", "",
         tables["classification"], _verdict(cls, True), "",
         *(["The reference at depth k is MiniLM-L6 cut every-other to k layers first, then fine-tuned "
            "the same way without LayerDrop; at depth 6 it is the no-LayerDrop model.", ""]
@@ -372,7 +408,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> De
         "![accuracy by depth](classification.png)", "",
         "## (b) GPT-2-style language model on the King James Bible", "",
         f"Trained from scratch for {sizes['lm_steps']} steps (preset gpt2-tiny, tokenizer trained on the text). "
-        f"LayerDrop run: rate {cfg.lm_rate}{_recipe(cfg)}. "
+        f"{_recipe(cfg, 'lm')} "
         f"Perplexity on {len(_kjv_texts(cfg, 'test'))} KJV test paragraphs (lower is better).", "",
         tables["language model"], _verdict(lm, False), "", "![perplexity by depth](language_model.png)", "",
         "## Depth on demand: what each depth costs", "",

@@ -147,6 +147,7 @@ def training_arguments(opt: OptimArgs, ckpt_dir: Path, *, seed: int, save_steps:
         num_train_epochs=opt.epochs,
         max_steps=opt.max_steps,
         per_device_train_batch_size=opt.batch_size,
+        train_sampling_strategy="group_by_length" if opt.group_by_length else "random",
         per_device_eval_batch_size=max(opt.batch_size, 64),
         gradient_accumulation_steps=opt.grad_accum,
         learning_rate=opt.lr,
