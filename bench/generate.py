@@ -24,7 +24,7 @@ repeated 4-grams say whether it loops, the case where drafts are easy):
      text is the full-depth greedy text. HF's exit runs the *first* K layers, this project's draft
      the layers the model was trained to serve at K (every-other by default; the first K for a model
      trained with ``--depths ... --strategy top``). An architecture whose forward ignores
-     ``config.num_hidden_layers`` (GPT-2) would draft with every layer: refused, with the reason;
+     ``config.num_hidden_layers`` (GPT-2) cannot draft that way: refused, with the reason;
   4. memory: what building the draft adds to the process (it shares the model's weights),
      next to what a deep copy of the model adds.
 
@@ -125,7 +125,8 @@ def _hf_early_exit(model: torch.nn.Module, tokenizer: object, prompt: str, new_t
     """HF ``generate(assistant_early_exit=k)`` with a constant draft of ``draft_tokens``, greedy, and the
     settings ``layerdrop.serving.generate.generate`` gives HF ``generate``. Drafted and accepted tokens are
     counted from the model's forwards: each draft forward proposes one token, and each verify forward yields
-    the accepted tokens plus one."""
+    the accepted tokens plus one. The model's generation config and hooks are as they were afterwards (a
+    benchmark's model; the library never swaps them)."""
     base = getattr(model, model.base_model_prefix)
     layers = base.config.num_hidden_layers
     calls = {"draft": 0, "verify": 0}
@@ -133,17 +134,23 @@ def _hf_early_exit(model: torch.nn.Module, tokenizer: object, prompt: str, new_t
     def count(*_: object) -> None:
         calls["draft" if base.config.num_hidden_layers < layers else "verify"] += 1
 
-    hook = model.register_forward_pre_hook(count)
     ids = tokenizer(prompt, return_tensors="pt").input_ids  # (1, T)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # The assistant is the model itself, and HF reads its draft length from the assistant's own generation
+    # config (not from generate's arguments): a constant draft_tokens a round, no confidence stop, as --speculative.
+    own = model.generation_config
+    model.generation_config = copy.deepcopy(own)
+    model.generation_config.update(num_assistant_tokens=draft_tokens, num_assistant_tokens_schedule="constant",
+                                   assistant_confidence_threshold=0.0)
+    hook = model.register_forward_pre_hook(count)
     start = time.perf_counter()
     try:
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, use_cache=True,
                              do_sample=False, pad_token_id=pad, no_repeat_ngram_size=no_repeat_ngram,
-                             assistant_early_exit=k, num_assistant_tokens=draft_tokens,
-                             num_assistant_tokens_schedule="constant")
+                             assistant_early_exit=k)
     finally:
         hook.remove()
+        model.generation_config = own
     seconds = time.perf_counter() - start
     new = out[0, ids.shape[1]:].tolist()
     return Generation(text=tokenizer.decode(new, skip_special_tokens=True), new_tokens=len(new), depth=layers,
@@ -261,8 +268,9 @@ def main() -> None:
         if not 1 <= k < num_layers:
             p.error(f"--hf-early-exit {k}: the exit must be a layer count from 1 to {num_layers - 1}")
         if not _hf_exit_runs_first_layers(full, k):
-            p.error(f"--hf-early-exit: {full.config.model_type}'s forward ignores config.num_hidden_layers, so HF's "
-                    "assistant_early_exit would draft with every layer; time --speculative alone on this model")
+            p.error(f"--hf-early-exit: {full.config.model_type}'s forward ignores config.num_hidden_layers, which "
+                    "HF's assistant_early_exit sets to draft with the first layers (on GPT-2, transformers 5.24 then "
+                    "fails in its KV cache); time --speculative alone on this model")
         variants[f"hf early exit {k}"] = (lambda prompt, k=k: _hf_early_exit(
             full, tokenizer, prompt, a.new_tokens, k, a.draft_tokens, a.no_repeat_ngram))
     for k in drafts:

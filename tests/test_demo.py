@@ -67,8 +67,9 @@ def test_demo_references_are_pruned_before_training_and_a_rerun_reuses_finished_
     assert len(minutes) == 2 and all(m > 0 for m in minutes)
     assert "over 2 invocations" in again.report.read_text()  # the run's time is not the last call's
 
-    with pytest.raises(FileExistsError, match="other settings"):
-        run_demo(dataclasses.replace(cfg, rt_rows=20))
+    with pytest.raises(FileExistsError, match="other settings"):  # refused before any training or timing
+        run_demo(dataclasses.replace(cfg, lm_steps=3))
+    assert json.loads((first.out / "timing.json").read_text())["invocations"] == minutes
 
 
 def test_demo_refuses_an_unknown_pattern_before_training():
@@ -86,15 +87,24 @@ def test_demo_refuses_bad_depths_before_training(setting, value, message):
         DemoConfig(**{setting: value})
 
 
+@pytest.mark.parametrize("setting", [{"rt_rate": 0.2}, {"lm_rate": 0.3}, {"self_distill": False},
+                                     {"pattern": "random"}])
+def test_demo_refuses_random_dropping_settings_it_would_ignore(setting):
+    with pytest.raises(ValueError, match="--no-elastic"):
+        DemoConfig(**setting)
+    assert not DemoConfig(elastic=False, **setting).elastic
+
+
 @pytest.mark.parametrize("part", ["rt", "lm"])
 def test_demo_trains_one_elastic_run_by_default_and_random_dropping_without_it(part, tmp_path):
     from layerdrop.recipes import demo
 
     config = demo._rt_config if part == "rt" else (lambda c, s, o, _, ld: demo._lm_config(c, s, o, ld))
-    elastic = DemoConfig(rt_depths="6,2", lm_depths="6,4")
+    elastic = DemoConfig(rt_depths="2, 6", lm_depths="4,6")
     trained = config(elastic, demo._sizes(elastic), tmp_path, "minilm-l6", True)
-    assert trained.served.depths == ("6,2" if part == "rt" else "6,4")
+    assert trained.served.depths == ("6,2" if part == "rt" else "6,4")  # one record however they were written
     assert trained.served.strategy == "every-other" and not trained.layerdrop.self_distill
+    assert trained.served.depth_heads is (False if part == "rt" else None)  # the classifier: one shared head
     plain = config(elastic, demo._sizes(elastic), tmp_path, "minilm-l6", False)
     assert plain.served.depths is None and plain.layerdrop.rate == 0.0  # not the 0.2 default
 

@@ -635,8 +635,7 @@ def test_a_presets_classifier_is_the_same_model_in_every_run():
                                                       strict=True))
 
 
-
-def test_group_by_length_batches_rows_of_similar_length(tmp_path):
+def test_group_by_length_batches_training_rows_of_similar_length_and_scores_in_order(tmp_path):
     from layerdrop.config.args import OptimArgs
     from layerdrop.recipes.steps import training_arguments
 
@@ -644,8 +643,10 @@ def test_group_by_length_batches_rows_of_similar_length(tmp_path):
                               logging_steps=1, progress=False, layerdrop_on=False)
     lengths = [int(n) for n in torch.randint(2, 64, (64,), generator=torch.Generator().manual_seed(0))]
     rows = [{"input_ids": [1] * n, "labels": 0} for n in lengths]
-    order = list(LayerDropTrainer(model=make("bert"), args=args, train_dataset=rows)._get_train_sampler())
+    trainer = LayerDropTrainer(model=make("bert"), args=args, train_dataset=rows)
+    order = list(trainer._get_train_sampler())
     assert sorted(order) == list(range(64))
+    assert list(trainer._get_eval_sampler(rows)) == list(range(64))  # scored in the rows' order, as labels are
 
     def padded(order):  # tokens in batches of 4, each padded to its longest row
         return sum(4 * max(lengths[i] for i in order[k:k + 4]) for k in range(0, 64, 4))

@@ -4,6 +4,7 @@ holds training's and distillation's)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -100,7 +101,7 @@ class DemoConfig:
     rt_depths: str = "6,3,2"
     """Depths the elastic classifier is trained to serve (every-other layers)."""
     lm_steps: int = 300
-    """Training steps of each KJV language model (2x with ``full``)."""
+    """Training steps of each KJV language model (2x with --full)."""
     lm_depths: str = "6,3"
     """Depths the elastic language model is trained to serve (every-other layers)."""
     lm_eval_rows: int = 400
@@ -108,8 +109,8 @@ class DemoConfig:
     elastic: bool = True
     """Train the LayerDrop runs as one elastic run each (``layerdrop train --depths``): every step the full
     network learns the task and the every-other sub-network of each of --rt-depths / --lm-depths learns it and
-    the full network's predictions; the classifier then fits a head per depth. Off: the earlier demo's random
-    dropping at --rt-rate / --lm-rate, with --self-distill and --pattern."""
+    the full network's predictions; one head serves every depth. Off: the earlier demo's random dropping at
+    --rt-rate / --lm-rate, with --self-distill and --pattern."""
     rt_rate: float = 0.5
     """With --no-elastic: LayerDrop rate of the classification run."""
     lm_rate: float = 0.5
@@ -136,6 +137,13 @@ class DemoConfig:
         check_pattern(self.pattern)
         parse_depths(self.rt_depths, 6, "--rt-depths")  # both demo models have 6 layers
         parse_depths(self.lm_depths, 6, "--lm-depths")
+        if self.elastic:  # the random-dropping settings would be ignored
+            ignored = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(self)
+                       if f.name in ("rt_rate", "lm_rate", "self_distill", "pattern")
+                       and getattr(self, f.name) != f.default]
+            if ignored:
+                raise InputError(f"{', '.join(ignored)} set how --no-elastic drops layers at random; the elastic "
+                                 "runs train --rt-depths / --lm-depths instead: add --no-elastic, or drop them")
 
 
 @dataclass(frozen=True)

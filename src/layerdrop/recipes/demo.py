@@ -1,35 +1,31 @@
 """The offline demo: LayerDrop against plain training, at every depth, on real data.
 
-(a) MiniLM-L6 fine-tuned on Rotten Tomatoes without LayerDrop and as one elastic run
-    (``layerdrop train --depths``: each step also trains the every-other sub-networks of
-    the served depths), then cut every-other to each depth 1..6 with no further training:
-    accuracy table.
-(b) A small GPT-2-style LM trained from scratch on the King James Bible the same two
-    ways: test perplexity at each depth.
+(a) MiniLM-L6 fine-tuned on Rotten Tomatoes without LayerDrop and as one elastic run (``layerdrop train
+    --depths``: each step also trains the every-other sub-networks of the served depths; ``elastic=False``:
+    the earlier demo's random dropping), then cut every-other to each depth 1..6 with no further training.
+(b) A small GPT-2-style LM trained from scratch on the King James Bible the same two ways: test perplexity
+    at each depth.
 (c) PNG plots, a Markdown report and the pruned checkpoints, in one folder.
 
-``elastic=False`` trains the LayerDrop runs as the earlier demo did: random dropping
-at a rate, self-distilled.
+With ``references`` (on with ``full``, the quality-bar run) MiniLM-L6 is also pruned every-other to each
+reference depth *first* and then fine-tuned without LayerDrop: the separately trained model that "depth on
+demand" must match.
 
-With ``references`` (on with ``full``, the quality-bar run) MiniLM-L6 is also
-pruned every-other to each reference depth *first* and then fine-tuned without
-LayerDrop: the separately trained model that "depth on demand" must match.
-
-Every number in the report is measured by the run that writes it. A run that
-stops is resumed by running the same command again: finished trainings are
-reused, unfinished ones continue from their last complete checkpoint.
+Every number in the report is measured by the run that writes it. A run that stops is resumed by running the
+same command again: finished trainings are reused, unfinished ones continue from their last complete checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorWithPadding
@@ -45,7 +41,7 @@ from layerdrop.files import write_json, write_text
 from layerdrop.models.loading import from_pretrained, load_classifier, local_folder, read_meta
 
 from .prune_saved import prune_saved
-from .train import run_or_reuse
+from .train import finished_run, run_or_reuse
 
 __all__ = ["DemoConfig", "DemoResult", "run_demo"]
 
@@ -106,7 +102,8 @@ def _layerdrop(cfg: DemoConfig, part: Part) -> dict[str, Any]:
     random dropping at its rate."""
     rate, depths = _rate_and_depths(cfg, part)
     if cfg.elastic:  # no head per depth: on validation rows they changed depth 3 by -0.5, 2 by +0.3, for a minute
-        return {"depths": depths, "strategy": "every-other", **({"depth_heads": False} if part == "rt" else {})}
+        served = ",".join(map(str, parse_depths(depths)))  # one record, however the depths were written
+        return {"depths": served, "strategy": "every-other", **({"depth_heads": False} if part == "rt" else {})}
     return {"rate": rate, "self_distill": cfg.self_distill, "pattern": cfg.pattern}
 
 
@@ -140,11 +137,18 @@ def _train_minutes(model_dir: Path) -> float | None:
     return None if seconds is None else seconds / 60
 
 
+def _run(cfg: DemoConfig, sizes: dict[str, Any], out: Path, part: Part, layerdrop: bool) -> TrainConfig:
+    """One part's plain or LayerDrop training, in its own folder of ``out``."""
+    folder = out / _slug(cfg, part, layerdrop)
+    return (_rt_config(cfg, sizes, folder, "minilm-l6", layerdrop) if part == "rt" else
+            _lm_config(cfg, sizes, folder, layerdrop))
+
+
 def _classification(cfg: DemoConfig, out: Path, sizes: dict[str, Any], minutes: dict[str, float | None]
                     ) -> dict[str, list[DepthResult]]:
     series: dict[str, list[DepthResult]] = {}
     for label, layerdrop in (("no LayerDrop", False), (_label(cfg, "rt"), True)):
-        tc = _rt_config(cfg, sizes, out / _slug(cfg, "rt", layerdrop), "minilm-l6", layerdrop)
+        tc = _run(cfg, sizes, out, "rt", layerdrop)
         model_dir = run_or_reuse(tc)
         minutes[f"classification, {label}"] = _train_minutes(model_dir)
         model = load_classifier(model_dir)
@@ -223,7 +227,7 @@ def _language_model(cfg: DemoConfig, out: Path, sizes: dict[str, Any], minutes: 
                     ) -> dict[str, list[DepthResult]]:
     series: dict[str, list[DepthResult]] = {}
     for label, layerdrop in (("no LayerDrop", False), (_label(cfg, "lm"), True)):
-        tc = _lm_config(cfg, sizes, out / _slug(cfg, "lm", layerdrop), layerdrop)
+        tc = _run(cfg, sizes, out, "lm", layerdrop)
         model_dir = run_or_reuse(tc)
         minutes[f"language model, {label}"] = _train_minutes(model_dir)
         model = from_pretrained(AutoModelForCausalLM, model_dir).eval()
@@ -370,8 +374,10 @@ class _Clock:
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = lambda _: None) -> DemoResult:
     """Run the demo; ``log`` receives one line per stage (the CLI prints them)."""
     out = Path("out/demo-full" if cfg.full and cfg.out == DemoConfig.out else cfg.out)
-    clock = _Clock(out)
     sizes = _sizes(cfg)
+    for part, layerdrop in itertools.product(("rt", "lm"), (False, True)):  # an earlier demo's finished runs are
+        finished_run(_run(cfg, sizes, out, cast(Part, part), layerdrop))   # refused here, before any training
+    clock = _Clock(out)
     log(f"(a) MiniLM-L6 on Rotten Tomatoes: no LayerDrop, then {_label(cfg, 'rt')}")
     minutes: dict[str, float | None] = {}
     cls = _classification(cfg, out, sizes, minutes)

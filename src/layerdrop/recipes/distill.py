@@ -28,7 +28,7 @@ import safetensors
 import safetensors.torch
 import torch
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedModel, Trainer
+from transformers import AutoTokenizer, PreTrainedModel
 
 from layerdrop.config.args import DistillConfig
 from layerdrop.core.apply import remove
@@ -281,7 +281,7 @@ def _cached_logits(out: Path, teacher: nn.Module, rows: list[dict[str, Any]], co
 
 def _scores(model: nn.Module, task: str, args: Any, evals: dict[str, Any], evaluated: dict[str, Any], collator: Any,
             cfg: DistillConfig) -> dict[str, float]:
-    trainer = Trainer(model=model, args=args, data_collator=collator)
+    trainer = LayerDropTrainer(model=model, args=args, data_collator=collator)  # evaluates in the rows' order
     return full_depth_metrics(trainer, model, task, evals, evaluated, collator, long_doc=cfg.inputs.long_doc,
                               batch_size=max(cfg.optim.batch_size, 64))
 

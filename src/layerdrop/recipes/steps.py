@@ -142,12 +142,13 @@ def encoder(task: str, tokenizer: Any, inputs: DataArgs, progress: bool) -> tupl
 def training_arguments(opt: OptimArgs, ckpt_dir: Path, *, seed: int, save_steps: int, logging_steps: int,
                        progress: bool, layerdrop_on: bool) -> TrainingArguments:
     """``TrainingArguments`` from the recipes' optimisation settings."""
+    # only when asked: older transformers 5.x lack the argument
+    sampling: dict[str, Any] = {"train_sampling_strategy": "group_by_length"} if opt.group_by_length else {}
     return TrainingArguments(
         output_dir=str(ckpt_dir),
         num_train_epochs=opt.epochs,
         max_steps=opt.max_steps,
         per_device_train_batch_size=opt.batch_size,
-        train_sampling_strategy="group_by_length" if opt.group_by_length else "random",
         per_device_eval_batch_size=max(opt.batch_size, 64),
         gradient_accumulation_steps=opt.grad_accum,
         learning_rate=opt.lr,
@@ -171,6 +172,7 @@ def training_arguments(opt: OptimArgs, ckpt_dir: Path, *, seed: int, save_steps:
         dataloader_num_workers=0,
         ddp_find_unused_parameters=True if layerdrop_on else None,  # under DDP, skipped layers get no gradient
         dataloader_pin_memory=torch.cuda.is_available(),
+        **sampling,
     )
 
 

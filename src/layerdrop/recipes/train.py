@@ -62,15 +62,7 @@ from .steps import (
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = [
-    "TASKS",
-    "TrainResult",
-    "check",
-    "load_model",
-    "rate_of",
-    "run",
-    "run_or_reuse",
-]
+__all__ = ["TASKS", "TrainResult", "check", "finished_run", "load_model", "rate_of", "run", "run_or_reuse"]
 
 TASKS = tuple(AUTO_CLASSES)
 """What ``layerdrop train`` trains."""
@@ -198,9 +190,20 @@ def run_or_reuse(cfg: TrainConfig) -> Path:
     """The exported model of ``cfg``: reused if ``cfg.out`` already holds this finished run,
     continued from the last complete checkpoint if it holds an unfinished one, else trained.
 
-    A finished run with other settings is a ``FileExistsError``; ``resume`` and ``out`` do not
-    count, and a setting the run's record lacks (added in a later version) counts as its default.
+    A finished run with other settings is a ``FileExistsError`` (:func:`finished_run`).
     """
+    done = finished_run(cfg)
+    if done is not None:
+        return done
+    resume = last_complete_checkpoint(Path(cfg.out) / "checkpoints") is not None
+    return run(cfg.replace(resume=resume)).model_dir
+
+
+def finished_run(cfg: TrainConfig) -> Path | None:
+    """The exported model if ``cfg.out`` holds this finished run, ``None`` if it holds no finished run. A finished
+    run with other settings is a ``FileExistsError`` naming them; ``resume`` and ``out`` do not count, and a
+    setting the run's record lacks (added in a later version) counts as its default. A recipe that trains several
+    runs asks this of each before it trains the first."""
     out = Path(cfg.out)
     if (out / "model" / META_FILE).is_file():
         defaults = _recorded(TrainConfig(task=cfg.task, model=cfg.model, data=cfg.data, out=cfg.out))
@@ -214,8 +217,7 @@ def run_or_reuse(cfg: TrainConfig) -> Path:
         if shown:
             raise ExistingOutput(f"{out} holds a run with other settings ({shown}); choose another --out or delete it")
         return out / "model"
-    resume = last_complete_checkpoint(out / "checkpoints") is not None
-    return run(cfg.replace(resume=resume)).model_dir
+    return None
 
 
 def _dropout_overrides(config: Any, p: float) -> dict[str, float]:

@@ -14,8 +14,10 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.utils.data import SequentialSampler
 from transformers import Trainer
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from layerdrop.config.args import EACH_STEP
 from layerdrop.core.apply import applied, only_layers
@@ -114,6 +116,12 @@ class LayerDropTrainer(Trainer):
 
     loss_is_scaled_for_ga = True
     """Every path's loss is scaled for gradient accumulation here (:meth:`_share`), never by the model."""
+
+    def _get_eval_sampler(self, eval_dataset: Any) -> Any:
+        sampler = super()._get_eval_sampler(eval_dataset)
+        if isinstance(sampler, LengthGroupedSampler):  # HF groups evaluation rows too, so predictions come back out
+            return SequentialSampler(eval_dataset)     # of the dataset's order that their labels and windows keep
+        return sampler
 
     def compute_loss(  # type: ignore[no-untyped-def]  # HF Trainer's signature
             self, model, inputs, return_outputs=False, num_items_in_batch=None):
