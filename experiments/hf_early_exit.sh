@@ -6,11 +6,11 @@
 # early-exit drafting". GPT-2 models (the KJV LMs of the demo and of kjv_lm_depths.sh) are refused by the bench:
 # GPT-2's forward ignores config.num_hidden_layers, which HF's exit sets.
 #
-#   bash experiments/hf_early_exit.sh [OUT]     # about 20 minutes on 2 cores
+#   bash experiments/hf_early_exit.sh [OUT]     # about 12 minutes on 2 cores; PYTHON and LAYERDROP as in its siblings
 set -euo pipefail
 OUT=${1:-runs/hf-early-exit}
-PY=${PY:-.venv/bin/python}
-LD=${LAYERDROP:-.venv/bin/layerdrop}
+PY=${PYTHON:-python}
+LD=${LAYERDROP:-layerdrop}
 mkdir -p "$OUT"
 # resumes where it stopped; reused once finished
 $LD train clm llama-tiny --data kjv --out "$OUT/llama-nested" --depths 6,3 --strategy top --max-steps 500 \
