@@ -8,7 +8,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup test demo bench bench-full vllm-check clean
+.PHONY: setup test demo bench bench-full vllm-check vllm-speculative clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/data.txt
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,22 @@ vllm-check: $(STAMP) $(VLLM_VENV)/.installed
 	  --out $(VLLM_OUT)/kjv-3
 	$(VLLM_VENV)/bin/python deploy/vllm_check.py $(VLLM_OUT)/smollm2-20 $(VLLM_OUT)/kjv-3 \
 	  --json $(VLLM_OUT)/vllm-check.json
+
+# vLLM's draft-model speculative decoding against `layerdrop generate --speculative`, same model, draft and prompts:
+# a Llama trained on the KJV for its depths 6 and 3 (first layers), its 3-layer cut as the draft; both on core 0 alone
+# (taskset), so vLLM's engine and front-end processes share it as the one torch thread of bench/generate.py does.
+SPEC_OUT ?= out/vllm-speculative
+
+vllm-speculative: $(STAMP) $(VLLM_VENV)/.installed
+	test -f $(SPEC_OUT)/llama/model/config.json || $(VENV)/bin/layerdrop train clm llama-tiny --data kjv \
+	  --depths 6,3 --strategy top --max-steps 500 --batch-size 16 --lr 1e-3 --lr-schedule cosine --warmup 0.05 \
+	  --max-length 128 --vocab-size 4000 --resume --no-progress --out $(SPEC_OUT)/llama
+	test -f $(SPEC_OUT)/llama-3/config.json || $(VENV)/bin/layerdrop prune $(SPEC_OUT)/llama/model --depth 3 \
+	  --out $(SPEC_OUT)/llama-3
+	taskset -c 0 $(PY) bench/generate.py --model $(SPEC_OUT)/llama/model --prompts 16 --depths 6 --speculative 3 \
+	  --draft-tokens 3 --runs 3 --threads 1 --json $(SPEC_OUT)/layerdrop.json
+	VLLM_CPU_OMP_THREADS_BIND=0 taskset -c 0 $(VLLM_VENV)/bin/python deploy/vllm_speculative.py $(SPEC_OUT)/llama/model \
+	  $(SPEC_OUT)/llama-3 --prompts-from $(SPEC_OUT)/layerdrop.json --draft-tokens 3 --json $(SPEC_OUT)/vllm.json
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

@@ -370,7 +370,8 @@ def main() -> None:
             "torch": torch.__version__, "threads": a.threads, "model": a.model, "layers": num_layers,
             "new_tokens": a.new_tokens, "runs": a.runs, "no_repeat_ngram": a.no_repeat_ngram,
             "tokens_per_s": {name: rate(name) for name in variants},
-            "prompts": len(prompts), "repeated_4grams": repeated, "speculative": speculative, "costs": costs,
+            "prompts": len(prompts), "prompt_texts": prompts, "repeated_4grams": repeated, "speculative": speculative,
+            "costs": costs,
             "draft_memory_mib": {"rss": rss_draft - rss, "own_parameters": own},
         })
 

@@ -13,12 +13,18 @@ Starts ``layerdrop serve MODEL`` as a subprocess on 127.0.0.1, then
    ``"depth": "auto"``: their mean latency against full depth's at that concurrency, and the mean layers
    the inputs ran.
 
+With ``--replicas N`` the server is ``layerdrop serve --replicas N`` (N Ray Serve replicas behind Ray's proxy,
+``--threads`` cores each), and measuring starts once every replica has timed every depth: run it with N = 1
+and N = 2 and compare requests per second at the same concurrency.
+
 Texts are test rows of ``--data`` (classification) or the first words of its test paragraphs
 (generation, ``--max-tokens`` new tokens, greedy). Results go to ``OUT/serve.json`` after each
 measurement, and a finished measurement is not repeated, so an interrupted run continues.
 
     python bench/serve.py runs/demo/rt-layerdrop/model --data rotten-tomatoes --out runs/bench-serve-rt
     python bench/serve.py smollm2-135m --data kjv --depths 30,20,15 --max-tokens 16 --out runs/bench-serve-smol
+    python bench/serve.py out/demo/rt-elastic-6-3-2/model --data rotten-tomatoes --depths 6 --threads 1 \
+        --replicas 2 --out runs/bench-serve-ray2
 
 Results, once measured on a quiet machine: docs/benchmarks.md.
 """
@@ -120,6 +126,7 @@ def main() -> None:
     p.add_argument("--queue-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="the server worker's torch threads (0: torch's default)")
+    p.add_argument("--replicas", type=int, default=0, help="serve on this many Ray Serve replicas (0: no Ray)")
     p.add_argument("--quick", action="store_true", help="concurrency 1 and 2, 6 requests per point")
     p.add_argument("--json", type=Path, help="also copy OUT/serve.json here when done")
     a = p.parse_args()
@@ -138,14 +145,18 @@ def main() -> None:
                "--threads", str(a.threads)]
     if a.depths:
         command += ["--depths", a.depths]
+    if a.replicas:
+        command += ["--replicas", str(a.replicas)]
     a.out.mkdir(parents=True, exist_ok=True)
     log = open(a.out / "server.log", "a")  # a pipe nobody reads would fill and stall the server
+    logged = log.tell()  # where this server's lines begin (a resumed run appends)
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(6000):
-            try:
-                if httpx.get(url + "/readyz").status_code == 200:
+            try:  # with replicas, /readyz answers once one is ready: wait for all of them, as the log says
+                if httpx.get(url + "/readyz").status_code == 200 and (
+                        not a.replicas or b"ready: every replica" in (a.out / "server.log").read_bytes()[logged:]):
                     break
             except httpx.TransportError:
                 pass
@@ -173,6 +184,7 @@ def main() -> None:
             plan += [("auto", 0, c) for c in levels]
         print(f"# bench/serve.py{' --quick' if a.quick else ''}: {a.model} ({info['task']}), depths "
               f"{','.join(map(str, depths))}, {a.requests} requests per line"
+              f"{f', {a.replicas} Ray Serve replicas' if a.replicas else ''}"
               f"{f', {a.max_tokens} new tokens each, greedy' if generation else ''}, on 127.0.0.1", flush=True)
         for phase, depth, concurrency in plan:
             if (phase, depth, concurrency) in done:

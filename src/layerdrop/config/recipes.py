@@ -330,15 +330,18 @@ class ServeConfig:
     profile_reps: int = 3
     """Timed forwards per point of each depth's start-up profile (the median is kept)."""
     threads: int = 0
-    """torch threads of the worker (0: torch's default)."""
+    """torch threads of the worker (0: torch's default; with --replicas, an equal share of Ray's cores)."""
+    replicas: int = 0
+    """Serve on Ray Serve with this many replicas, each its own copy of the weights and its own queue, behind
+    Ray's HTTP proxy at --host:--port (0: one process under uvicorn, no Ray; pip install 'layerdrop[ray]')."""
 
     def __post_init__(self) -> None:
         for name in ("port", "max_body_bytes", "max_inputs", "max_prompt_tokens", "max_tokens", "queue_size",
                      "batch_inputs", "profile_reps"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.batch_wait_ms < 0 or self.threads < 0:
-            raise InputError("--batch-wait-ms and --threads cannot be negative")
+        if self.batch_wait_ms < 0 or self.threads < 0 or self.replicas < 0:
+            raise InputError("--batch-wait-ms, --threads and --replicas cannot be negative")
         if self.max_inputs > self.batch_inputs:
             raise InputError(f"--max-inputs {self.max_inputs} is over --batch-inputs {self.batch_inputs}: one request "
                              "must fit in one forward; raise --batch-inputs or lower --max-inputs")
