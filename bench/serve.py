@@ -127,12 +127,15 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="the server worker's torch threads (0: torch's default)")
     p.add_argument("--replicas", type=int, default=0, help="serve on this many Ray Serve replicas (0: no Ray)")
+    p.add_argument("--max-drop", type=float, default=None,
+                   help='the "max_drop" of the "depth": "auto" requests (default: the one the model records)')
     p.add_argument("--quick", action="store_true", help="concurrency 1 and 2, 6 requests per point")
     p.add_argument("--json", type=Path, help="also copy OUT/serve.json here when done")
     a = p.parse_args()
     if a.quick:
         a.concurrency, a.requests = "1,2", min(a.requests, 6)
-    settings = {k: v for k, v in vars(a).items() if k not in ("out", "json", "quick")}
+    settings = {k: v for k, v in vars(a).items() if k not in ("out", "json", "quick")
+                and not (k in ("replicas", "max_drop") and not v)}  # unset: as runs saved before these options
     path = a.out / "serve.json"
     saved = json.loads(path.read_text()) if path.is_file() else {"settings": settings, "rows": []}
     if saved["settings"] != settings:
@@ -195,7 +198,8 @@ def main() -> None:
             if phase == "depth":
                 bodies = [body(t, depth=depth) for t in inputs]
             elif phase == "auto":
-                bodies = [body(t, depth="auto") for t in inputs]
+                bodies = [body(t, depth="auto", **({} if a.max_drop is None else {"max_drop": a.max_drop}))
+                          for t in inputs]
             else:  # a budget the server's prediction says one depth meets: 1.5 x its predicted time
                 now = httpx.get(url + "/v1/depths").json()
                 profiles = {d["depth"]: d["profile"] for d in now["depths"]}
