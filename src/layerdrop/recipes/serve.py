@@ -65,6 +65,7 @@ def run_replicas(cfg: ServeConfig, log: Callable[[str], None] = lambda _: None,
     from layerdrop.serving.http.replicas import application, cpus_per_replica
 
     load_served(cfg)  # and dropped: each replica loads its own; an error here is one line, there one per retry
+
     def absolute(path: str) -> str:  # as a worker in another folder or on another machine must see it
         return str(Path(path).resolve()) if path and Path(path).exists() else path
 
