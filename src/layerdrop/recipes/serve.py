@@ -79,13 +79,12 @@ def run_replicas(cfg: ServeConfig, log: Callable[[str], None] = lambda _: None,
     # after ray.init, which sets its own handler: a SIGTERM stops the server as Ctrl-C does, even while starting
     previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler) if on_main_thread else None
     try:
-        cpus = ray.cluster_resources().get("CPU", 0.0)
-        threads = cpus_per_replica(cfg, cpus)
+        cfg = dataclasses.replace(cfg, threads=cpus_per_replica(cfg, ray.cluster_resources().get("CPU", 0.0)))
         serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config={"log_level": "WARNING"})
-        log(f"{cfg.model}: {cfg.replicas} Ray Serve replicas of {threads} cores each; listening on "
+        log(f"{cfg.model}: {cfg.replicas} Ray Serve replicas of {cfg.threads} cores each; listening on "
             f"http://{cfg.host}:{cfg.port} once each has loaded the model and timed each depth")
         try:
-            serve.run(application(cfg, cpus), name="layerdrop", route_prefix="/")
+            serve.run(application(cfg), name="layerdrop", route_prefix="/")
         except RuntimeError as err:  # Ray's message holds each failed replica's whole traceback
             last = [line for line in str(err).splitlines() if line.strip()][-1:] or [type(err).__name__]
             raise RuntimeError(f"a replica failed to start: {last[0].strip()} (Ray's logs: "

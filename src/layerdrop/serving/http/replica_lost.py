@@ -5,13 +5,15 @@ whose replica died or failed before answering gets a bare "Internal Server Error
 Ray's own words. :class:`ReplicaLost`, installed in the proxy through ``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``
 (:data:`PROXY_CALLBACK`), gives those the shape every other answer has, ``{"error": {"message", "type",
 "code", "param"}}``, and ends a stream its replica left unfinished with an error event and ``[DONE]``, as the
-server itself ends a stream it cannot finish. This module imports no torch: every proxy process loads it.
+server itself ends a stream it cannot finish.
+This module imports no torch (its error shape is :mod:`.schemas`'): every proxy process loads it.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from .schemas import ErrorBody, ErrorDetail
 
 __all__ = ["LOST", "LOST_MIDSTREAM", "PROXY_CALLBACK", "ReplicaLost", "proxy_middlewares"]
 
@@ -25,7 +27,8 @@ LOST_MIDSTREAM = ("the replica serving this stream failed before it finished (if
 
 
 def _error(status: int, kind: str, message: str) -> bytes:
-    return json.dumps({"error": {"message": message, "type": kind, "code": status, "param": None}}).encode()
+    """The server's one error shape (:class:`~.schemas.ErrorBody`), as JSON bytes."""
+    return ErrorBody(error=ErrorDetail(message=message, type=kind, code=status)).model_dump_json().encode()
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

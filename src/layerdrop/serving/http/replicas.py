@@ -13,7 +13,6 @@ proxy answers 503. What the proxy answers when a replica fails is :mod:`.replica
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 from typing import Any
 
@@ -71,15 +70,16 @@ class Replica:
         await asyncio.to_thread(wait_ready, worker)
 
 
-def application(cfg: ServeConfig, cpus: float) -> Any:
+def application(cfg: ServeConfig) -> Any:
     """The Ray Serve application serving ``cfg.model`` on ``cfg.replicas`` replicas (``serve.run`` it), each
-    reserving :func:`cpus_per_replica` of the ``cpus`` Ray has."""
+    reserving ``cfg.threads`` cores (:func:`cpus_per_replica` chooses them)."""
     from ray import serve
 
-    threads = cpus_per_replica(cfg, cpus)
+    if cfg.threads < 1:
+        raise InputError("application needs the cores of each replica: set threads with cpus_per_replica")
     replica = serve.deployment(
-        name="layerdrop", num_replicas=cfg.replicas, ray_actor_options={"num_cpus": threads},
+        name="layerdrop", num_replicas=cfg.replicas, ray_actor_options={"num_cpus": cfg.threads},
         max_ongoing_requests=cfg.queue_size, max_queued_requests=cfg.queue_size * cfg.replicas,
         health_check_period_s=2, graceful_shutdown_timeout_s=30,
     )(serve.ingress()(Replica))
-    return replica.bind(dataclasses.replace(cfg, threads=threads))
+    return replica.bind(cfg)
