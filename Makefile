@@ -8,7 +8,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip --disable-pip-version-check -q
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup test demo bench bench-full vllm-check vllm-speculative clean
+.PHONY: setup system-packages test demo bench bench-full vllm-check vllm-speculative clean
 
 $(STAMP): pyproject.toml requirements/constraints.txt requirements/data.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,16 @@ $(STAMP): pyproject.toml requirements/constraints.txt requirements/data.txt
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Debian packages some parts need: Chromium (the serving page's browser test) and a font with Chinese
+# characters (figures of the Chinese pages, `layerdrop report docs/lecture.zh-CN.md`). Installed as root
+# where apt-get exists; otherwise it says what to install.
+SYSTEM_PACKAGES = chromium fonts-noto-cjk
+system-packages:
+	@if command -v chromium >/dev/null && fc-list 2>/dev/null | grep -q "Noto Sans CJK"; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	else echo "install $(SYSTEM_PACKAGES) with your system's package manager (sudo apt-get install ...)"; fi
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench experiments examples deploy

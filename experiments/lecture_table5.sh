@@ -9,11 +9,13 @@
 #   KJV: gpt2-tiny from scratch, 500 steps of 16 x 128 tokens, 400 validation paragraphs
 #
 #   bash experiments/lecture_table5.sh [OUT] [classification|lm ...]     # default: runs/lecture/table5, both
+#   RUNS="plain paper every-other" bash experiments/lecture_table5.sh     # only these rows (the lecture's
+#                                                                         # 10-minute start: about 7 min)
 #
 # Each run writes OUT/<task>/<name>/sweep.json (experiments/levers.py) and, with LayerDrop on, the run's
 # masks (OUT/<task>/<name>/{rt,lm}/masks.safetensors); a finished run is skipped and an
-# unfinished one resumed, so the same command continues the sweep. About 22 min (RT) + 34 min (LM)
-# on 2 CPU cores, one run at a time (measured 2026-12-02).
+# unfinished one resumed, so the same command continues the sweep. About 14 min (RT) + 24 min (LM)
+# on 2 CPU cores, one run at a time (measured 2026-12-05; 22 + 34 min on 2026-12-02, a busier day).
 set -euo pipefail
 OUT=${1:-runs/lecture/table5}
 shift || true
@@ -34,6 +36,12 @@ declare -A VARIANTS=(
   [data-driven]="data_driven=true"
 )
 ORDER=(plain paper sublayer head every-other linear exponential rate0.2 rate0.1 data-driven)
+if [[ -n ${RUNS:-} ]]; then
+  read -r -a ORDER <<< "$RUNS"
+  for name in "${ORDER[@]}"; do
+    [[ -v "VARIANTS[$name]" ]] || { echo "RUNS: unknown run $name; choose from ${!VARIANTS[*]}" >&2; exit 2; }
+  done
+fi
 for task in $TASKS; do
   if [[ $task == classification ]]; then size=(train_rows=2000); else size=(); fi
   for name in "${ORDER[@]}"; do

@@ -78,6 +78,27 @@ def test_a_page_block_redraws_the_reports_tables_from_its_json(compared, tmp_pat
     assert "![accuracy against training" in text and (tmp_path / "cost.png").stat().st_size > 0
 
 
+def test_a_chinese_page_gets_the_comparison_in_chinese_with_the_same_numbers(compared):
+    from layerdrop.evaluation.words import say
+    from layerdrop.recipes.pages import refresh_text
+
+    cfg, result = compared
+    page = f"<!-- layerdrop:compare {result.out.name} -->\n<!-- /layerdrop -->\n"
+    english = refresh_text(page, result.out.parent).text
+    chinese = refresh_text(page, result.out.parent, language="zh").text
+    assert "| 方法 | 深度 | 保留的层 | 测试集准确率 |" in chinese and "各方法覆盖表中全部深度所需的训练" in chinese
+    assert "| 一次弹性训练 |" in chinese and "（仅剪枝）" in chinese
+    assert "method" not in chinese and "LayerDrop, cut" not in chinese and "min)" not in chinese
+
+    def rows(text):  # each table line's cells, the header lines left out
+        lines = text.splitlines()
+        return [line for k, line in enumerate(lines) if line.startswith("| ") and not lines[k + 1].startswith("|---")]
+
+    translated = ["| " + say(line.split(" | ")[0].removeprefix("| "), "zh") + " | " + line.split(" | ", 1)[1]
+                  for line in rows(english)]
+    assert [line.replace("(cut)", "（仅剪枝）") for line in translated] == rows(chinese)  # the same numbers
+
+
 def test_a_second_run_reuses_every_training(compared):
     cfg, first = compared
     stamps = {p: p.stat().st_mtime_ns for p in first.out.glob("*/model/layerdrop.json")}
@@ -142,7 +163,8 @@ def test_top_dropped_is_refused_for_a_model_trained_from_scratch(tmp_path):
         check(CompareConfig(model="gpt2-tiny", freeze_embeddings=True, out=str(tmp_path)))
 
 
-@pytest.mark.parametrize("module", ["layerdrop.recipes.compare", "layerdrop.evaluation.report"])
+@pytest.mark.parametrize("module", ["layerdrop.recipes.compare", "layerdrop.evaluation.comparison",
+                                    "layerdrop.evaluation.report", "layerdrop.evaluation.words"])
 def test_the_doctests_hold(module):
     import doctest
     import importlib

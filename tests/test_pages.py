@@ -1,6 +1,8 @@
 """`layerdrop report`: a page's marked tables and figures are redrawn from its runs, the prose kept."""
 
 import json
+import re
+import warnings
 
 import pytest
 
@@ -27,6 +29,9 @@ stale table
 <!-- /layerdrop -->
 
 <!-- layerdrop:masks runs/masks.safetensors image=images/masks.png title="every-other" -->
+<!-- /layerdrop -->
+
+<!-- layerdrop:mechanism runs/masks.safetensors image=images/mechanism.png steps=2 -->
 <!-- /layerdrop -->
 
 <!-- layerdrop:levers runs/levers/*/sweep.json depths=6,3 -->
@@ -82,7 +87,7 @@ def test_a_page_is_rebuilt_from_its_runs_and_its_prose_kept(tmp_path, runs):
     page.write_text(PAGE, encoding="utf-8")
     result = refresh_page(page, runs)
     text = page.read_text(encoding="utf-8")
-    assert [b.source for b in result.missing] == ["runs/not-run-yet"] and len(result.refreshed) == 6
+    assert [b.source for b in result.missing] == ["runs/not-run-yet"] and len(result.refreshed) == 7
     for prose in ("# 第五章 Strategies\n\nProse the author wrote, kept as is.\n", "kept while its run is missing",
                   "The end.\n"):
         assert prose in text
@@ -95,7 +100,7 @@ def test_a_page_is_rebuilt_from_its_runs_and_its_prose_kept(tmp_path, runs):
     assert "| rate0.5 | 83.0 % | 81.0 % | 2.70 |" in text
     assert "| 6 | 41.50 | 120.0 | 0.450 | 0.200 | 110.0 | 0.900 |  |" in text  # nan: no 4-grams, left blank
     assert "| 3 | 0.625 | 150.0 | 1.25 |" in text
-    for image in ("images/depth.png", "images/masks.png", "images/loss.png"):
+    for image in ("images/depth.png", "images/masks.png", "images/loss.png", "images/mechanism.png"):
         assert (tmp_path / image).read_bytes()[:8] == PNG
         assert f"]({image})" in text
     assert "![every-other](images/masks.png)" in text
@@ -127,6 +132,8 @@ def test_a_block_left_unrefreshed_draws_no_figure(tmp_path, runs):
     ("<!-- layerdrop:sweep runs/sweep depths -->\n<!-- /layerdrop -->", "key=value options"),
     ("<!-- layerdrop:sweep-plot runs/sweep against=size image=a.png -->\n<!-- /layerdrop -->", "depth or latency"),
     ("<!-- layerdrop:levers runs/levers/*/sweep.json depths=six -->\n<!-- /layerdrop -->", "whole numbers"),
+    ("<!-- layerdrop:mechanism runs/masks.safetensors image=a.png steps=99 -->\n<!-- /layerdrop -->",
+     "forwards recorded"),
     ("<!-- layerdrop:sweep /etc/sweep -->\n<!-- /layerdrop -->", "relative to the runs folder"),
     ("<!-- layerdrop:sweep runs/sweep -->\nold\n\nprose\n<!-- layerdrop:sweep runs/sweep -->\nold\n<!-- /layerdrop -->",
      "before the next block"),
@@ -227,5 +234,83 @@ def test_the_doctests_hold():
 
 def test_blocks_are_found_with_their_options_in_order():
     blocks = find_blocks(PAGE)
-    assert [b.kind for b in blocks] == ["sweep", "sweep-plot", "masks", "levers", "levers-loss", "generation", "sweep"]
+    assert [b.kind for b in blocks] == ["sweep", "sweep-plot", "masks", "mechanism", "levers", "levers-loss",
+                                       "generation", "sweep"]
     assert dict(blocks[2].options) == {"image": "images/masks.png", "title": "every-other"}
+
+
+def _generated(text: str) -> str:
+    """The bodies of a page's blocks, without their image links (paths are not prose)."""
+    bodies = re.findall(r"^<!-- layerdrop:[^\n]*-->\n(.*?)<!-- /layerdrop -->", text, re.S | re.M)
+    return re.sub(r"!\[[^]]*]\([^)]*\)", "", "".join(bodies))
+
+
+def test_a_chinese_page_gets_every_generated_word_and_figure_in_chinese(tmp_path, runs):
+    from layerdrop.errors import InputError
+    from layerdrop.evaluation.report import cjk_font
+
+    try:
+        cjk_font()
+    except InputError as err:
+        pytest.skip(str(err))
+    page = tmp_path / "lecture.zh-CN.md"
+    written = PAGE.replace('title="every-other"', 'title="隔层"').replace(
+        "<!-- layerdrop:sweep runs/not-run-yet -->\nkept while its run is missing\n<!-- /layerdrop -->\n", "")
+    page.write_text(written, encoding="utf-8")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = refresh_page(page, runs)
+    assert len(result.refreshed) == 7
+    assert not [str(w.message) for w in caught if "missing from" in str(w.message)]  # no character drawn as a box
+    text = page.read_text(encoding="utf-8")
+    assert "| 策略 | 深度 | 保留的层 | 困惑度 |" in text
+    assert "| 运行名 | 6 层准确率 | 3 层准确率 | 每步耗时（秒） |" in text
+    assert "完整深度上的自投机解码（贪心解码）：" in text
+    names = {"every-other", "block-influence", "rate0.2", "rate0.5"}  # strategies and runs: names in code
+    words = set(re.findall(r"[A-Za-z][\w.-]*", _generated(text))) - names
+    assert words <= {"M"}, words  # "M" of "1.23M" parameters
+
+
+def test_english_words_on_a_chinese_figure_would_be_caught(tmp_path):
+    from layerdrop.evaluation.report import plot_loss_curves
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot_loss_curves({"a": [[1, 0.5], [2, 0.4]]}, tmp_path / "loss.png", title="训练损失")  # English: no CJK font
+    assert any("missing from" in str(w.message) for w in caught)
+
+
+def test_without_a_chinese_font_a_chinese_figure_says_how_to_install_one(tmp_path, monkeypatch):
+    from matplotlib import font_manager
+
+    from layerdrop.evaluation import report
+
+    monkeypatch.setattr(report, "CJK_FONTS", ("No Such Font",))
+    monkeypatch.setattr(font_manager, "findSystemFonts", lambda *a, **k: [])
+    with pytest.raises(ValueError, match="apt-get install fonts-noto-cjk"):
+        report.plot_loss_curves({"a": [[1, 0.5]]}, tmp_path / "loss.png", language="zh")
+    assert not (tmp_path / "loss.png").exists()
+
+
+def test_the_run_files_a_page_was_drawn_from_can_be_shipped_and_checked_alone(tmp_path, runs, monkeypatch, capsys):
+    page = tmp_path / "lecture.md"
+    page.write_text(PAGE, encoding="utf-8")
+    monkeypatch.chdir(runs)  # --runs . as in the docs
+    assert cli.main(["report", str(page), "--runs", ".", "--copy-to", str(tmp_path / "shipped")]) == 0
+    shipped = sorted(str(p.relative_to(tmp_path / "shipped")) for p in (tmp_path / "shipped").rglob("*") if p.is_file())
+    assert shipped == ["runs/gen/generation.json", "runs/levers/rate0.2/sweep.json", "runs/levers/rate0.5/sweep.json",
+                       "runs/masks.safetensors", "runs/sweep/sweep.json"]  # nothing the page does not read
+    assert "copied 5 run file(s)" in capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["report", str(page), "--runs", "shipped", "--check"]) == 0
+
+
+@pytest.mark.parametrize("page", ["docs/lecture.zh-CN.md", "docs/lecture.md"])
+def test_the_lecture_pages_match_the_run_files_they_ship_with(page):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    result = refresh_page(root / page, root / "docs/lecture-runs", write=False)
+    assert len(result.refreshed) >= 16  # tables 4, 5, 6, 13a and figures 1a, 1b, 2, 4, 5, 6, 10 (both)
+    assert result.text == (root / page).read_text(encoding="utf-8"), \
+        f"{page} differs from docs/lecture-runs: run layerdrop report {page} --runs docs/lecture-runs"

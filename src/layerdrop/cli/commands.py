@@ -392,27 +392,30 @@ def serve(config: ServeConfig) -> int:
     return 0
 
 
-def report(pages: list[str], runs: str = ".", check: bool = False) -> int:
+def report(pages: list[str], runs: str = ".", check: bool = False, copy_to: str | None = None) -> int:
     """Refill a Markdown page's generated tables and figures from the runs' JSON.
 
     A page marks each generated part with `<!-- layerdrop:KIND RUN [key=value ...] -->` and
     `<!-- /layerdrop -->`; everything between them is redrawn from the run (compare, sweep,
-    levers, generation; figures compare-plot, sweep-plot, levers-loss, importance, masks with
-    image=PATH relative to the page). Blocks whose runs are missing are left as they are. The lecture's
-    pages (docs/lecture.zh-CN.md, docs/lecture.md) are built this way.
+    levers, generation; figures compare-plot, sweep-plot, levers-loss, importance, masks, mechanism with
+    image=PATH relative to the page). Blocks whose runs are missing are left as they are. A page
+    named *.zh-CN.md gets its tables and figures in Chinese. The lecture's pages
+    (docs/lecture.zh-CN.md, docs/lecture.md) are built this way, and the run files they are drawn
+    from ship in docs/lecture-runs.
 
     Examples:
-      layerdrop report docs/lecture.zh-CN.md docs/lecture.md --runs .
-      layerdrop report docs/comparison.md --check
+      layerdrop report docs/lecture.zh-CN.md --runs docs/lecture-runs --check
+      layerdrop report docs/lecture.zh-CN.md docs/lecture.md --runs . --copy-to docs/lecture-runs
 
     Args:
         pages: Markdown pages to refresh in place.
         runs: Folder the blocks' run paths are relative to.
         check: Change nothing; exit 1 if a page's tables differ from what its runs give.
+        copy_to: Also copy the run files the pages were drawn from to this folder (same relative paths).
     """
-    from layerdrop.recipes.pages import refresh_page
+    from layerdrop.recipes.pages import copy_runs, refresh_page
 
-    stale = []
+    stale, files = [], []
     for page in pages:
         result = refresh_page(page, runs, write=not check)
         for block in result.missing:
@@ -420,7 +423,11 @@ def report(pages: list[str], runs: str = ".", check: bool = False) -> int:
             print(f"{page}: kept as it was: {block.kind} {block.source}{named} (not all found under {runs})")
         if check and result.text != Path(page).read_text(encoding="utf-8"):
             stale.append(page)
+        files += [path for path in result.files if path not in files]
         print(f"{page}: {len(result.refreshed)} block(s) {'checked' if check else 'refreshed'}")
+    if copy_to is not None:
+        copied = copy_runs(files, runs, copy_to)
+        print(f"copied {len(copied)} run file(s), {sum(p.stat().st_size for p in copied) / 1e3:.0f} kB, to {copy_to}")
     for page in stale:
         print(f"{page}: out of date; run `layerdrop report {page} --runs {runs}`")
     return 1 if stale else 0

@@ -28,8 +28,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,14 +43,8 @@ from layerdrop.core.apply import only_layers
 from layerdrop.core.arch import find_layers
 from layerdrop.core.depths import every_other, layers_at, parse_depths
 from layerdrop.errors import InputError
-from layerdrop.evaluation.measure import DepthResult, higher_is_better, latency_ms, parameters_at, validation_scorers
-from layerdrop.evaluation.report import (
-    format_score,
-    markdown_table,
-    pareto_front,
-    plot_quality_vs_cost,
-    plot_quality_vs_latency,
-)
+from layerdrop.evaluation.comparison import METHODS, Method, Row, plot, read_report, tables, title_of
+from layerdrop.evaluation.measure import higher_is_better, latency_ms, parameters_at, validation_scorers
 from layerdrop.files import atomic_dir, write_json, write_text
 from layerdrop.models import presets
 from layerdrop.models.loading import META_FILE, from_pretrained, load_saved, local_folder, read_meta
@@ -63,64 +55,6 @@ from .prune_saved import prune_saved
 from .steps import changed_settings, splits
 
 __all__ = ["METHODS", "CompareResult", "Method", "Row", "plot", "read_report", "run_compare", "tables"]
-
-
-@dataclass(frozen=True)
-class Method:
-    """One row of :data:`METHODS`."""
-
-    label: str
-    """How tables and plots name it."""
-    per_depth: bool
-    """Whether it trains one model per depth (else it cuts a full-depth model)."""
-    full: str
-    """The full-depth run it cuts or learns from, and serves full depth with: ``plain`` or ``layerdrop``."""
-    needs_full: bool
-    """Whether its shallower models need that full-depth run (a cut or a teacher), or only a full-depth row does."""
-
-
-METHODS: dict[str, Method] = {
-    "plain-cut": Method("plain, cut", per_depth=False, full="plain", needs_full=True),
-    "layerdrop-cut": Method("LayerDrop, cut", per_depth=False, full="layerdrop", needs_full=True),
-    "layerdrop-healed": Method("LayerDrop, cut and healed", per_depth=True, full="layerdrop", needs_full=True),
-    "fixed-depth": Method("fixed depth (cut, then fine-tuned)", per_depth=True, full="plain", needs_full=False),
-    "distilled": Method("DistilBERT-style (cut, then distilled)", per_depth=True, full="plain", needs_full=True),
-    "top-dropped": Method("top layers dropped, fine-tuned", per_depth=True, full="plain", needs_full=False),
-    "elastic": Method("one elastic run", per_depth=False, full="elastic-full", needs_full=True),
-}
-"""Method name -> how it is shown, whether it trains per depth, and which full-depth run it relies on.
-
->>> [name for name, m in METHODS.items() if m.full == "layerdrop"], [m for m in METHODS if not METHODS[m].per_depth]
-(['layerdrop-cut', 'layerdrop-healed'], ['plain-cut', 'layerdrop-cut', 'elastic'])
-"""
-
-FULL_RUNS = {"plain": "plain fine-tune (full depth)", "layerdrop": "LayerDrop fine-tune (full depth)",
-             "elastic-full": "one elastic run (full depth)"}
-"""The full-depth runs, as the table's full-depth rows name them."""
-
-
-def _label(name: str) -> str:
-    return METHODS[name].label if name in METHODS else FULL_RUNS[name]
-
-
-@dataclass(frozen=True)
-class Row:
-    """One method at one depth."""
-
-    method: str
-    depth: int
-    kept: tuple[int, ...]
-    scores: tuple[float, ...]
-    """Test score (accuracy, or perplexity for a language model) of each seed's model (one for a cut, but for
-    the elastic run's seeds at the shallowest depth)."""
-    parameters: int
-    latency_ms: float
-    minutes: float
-    """Training minutes of this row's own run (first seed; 0 for a cut of a shared model)."""
-
-    @property
-    def score(self) -> float:
-        return statistics.fmean(self.scores)
 
 
 @dataclass(frozen=True)
@@ -343,85 +277,6 @@ def _score(cfg: CompareConfig, model: nn.Module, full_runs: dict[str, Path], tra
     return rows, scorers.metric, full_minutes
 
 
-def _serving(rows: list[Row], methods: list[str], metric: str, full_minutes: dict[str, float], num_layers: int
-             ) -> list[list[Any]]:
-    """Per method: the training runs and minutes that serve every depth of the table, and its quality
-    at each (at full depth, that of the full run it relies on)."""
-    depths = sorted({r.depth for r in rows}, reverse=True)
-    by = {(r.method, r.depth): r for r in rows}
-    out = []
-    for name in methods:
-        method = METHODS[name]
-        mine = {d: by[(method.full, d) if d == num_layers else (name, d)] for d in depths}
-        uses_full = method.needs_full or num_layers in depths
-        runs = int(uses_full) + sum(1 for d in depths if method.per_depth and d < num_layers)
-        minutes = (full_minutes[method.full] if uses_full else 0.0) + sum(
-            mine[d].minutes for d in depths if d < num_layers)
-        out.append([method.label, runs, f"{minutes:.1f}", *[format_score(mine[d].score, metric) for d in depths]])
-    return out
-
-
-def tables(rows: list[Row], metric: str, full_minutes: dict[str, float], num_layers: int) -> str:
-    """The report's Markdown: one row per method and depth, then what serving every depth costs each method
-    (``num_layers``: the full model's depth, which the rows need not include)."""
-    methods = list(dict.fromkeys(r.method for r in rows if r.method in METHODS))
-    full_ms = max(r.latency_ms for r in rows if r.depth == max(x.depth for x in rows))
-    front = set(pareto_front([(r.latency_ms, r.score) for r in rows], higher_is_better=higher_is_better(metric)))
-    header = ["method", "depth", "layers kept", f"test {metric}", "seeds", "parameters", "ms per batch",
-              "× full", "training (min)", "Pareto"]
-    md_rows = [[_label(r.method), r.depth, ", ".join(map(str, r.kept)), format_score(r.score, metric),
-                " / ".join(format_score(s, metric).removesuffix(" %") for s in r.scores) if len(r.scores) > 1 else "",
-                f"{r.parameters / 1e6:.1f}M", f"{r.latency_ms:.1f}", f"{r.latency_ms / full_ms:.2f}",
-                "(cut)" if r.method in METHODS and not METHODS[r.method].per_depth else f"{r.minutes:.1f}",
-                "★" if i in front else ""]
-               for i, r in enumerate(rows)]
-    depths = sorted({r.depth for r in rows}, reverse=True)
-    serving = markdown_table(["method", "training runs", "training minutes", *[f"at {d}" for d in depths]],
-                             _serving(rows, methods, metric, full_minutes, num_layers))
-    minutes = ", ".join(f"{k.removesuffix('-full')} {v:.1f} min" for k, v in full_minutes.items())
-    return (markdown_table(header, md_rows) + "\nWhat serving every depth of the table costs each method "
-            f"(full-depth runs: {minutes}):\n\n" + serving)
-
-
-def plot(rows: list[Row], metric: str, full_minutes: dict[str, float], path: str | Path, *,
-         against: str = "latency", title: str = "") -> Path:
-    """Quality against latency (``against="latency"``) or against the training minutes each point needs,
-    its full-depth run included (``"training"``), one series per method."""
-    names = list(dict.fromkeys(r.method for r in rows))
-    if against == "latency":
-        series = {_label(m): [DepthResult(r.depth, r.kept, r.score, r.parameters, r.latency_ms)
-                              for r in rows if r.method == m] for m in names}
-        return plot_quality_vs_latency(series, metric, path, title=title)
-    if against != "training":
-        raise InputError(f"against={against!r}: choose latency or training")
-
-    def cost(r: Row) -> float:  # with the full-depth run the model needs
-        method = METHODS.get(r.method)
-        full = full_minutes[method.full] if method is not None and (method.needs_full or not method.per_depth) else 0.0
-        return r.minutes + full
-    return plot_quality_vs_cost({_label(m): [(cost(r), r.score, r.depth) for r in rows if r.method == m]
-                                 for m in names}, path, metric=metric, title=title)
-
-
-def read_report(path: str | Path) -> tuple[list[Row], str, dict[str, float], int, str]:
-    """The rows, metric, full-depth minutes, the full model's depth and the plot title of a ``compare.json``
-    (the file or its run folder)."""
-    path = Path(path)
-    data = json.loads((path / "compare.json" if path.is_dir() else path).read_text())
-    fields = [f.name for f in dataclasses.fields(Row)]
-    rows: list[Row] = []
-    for r in data["rows"]:
-        values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in fields}
-        rows.append(Row(**values))
-    num_layers = data.get("layers", max(r.depth for r in rows))  # older reports: their depths included the full one
-    title = _title(data["config"]["model"], data["config"]["data"])
-    return rows, data["metric"], data["full_minutes"], num_layers, title
-
-
-def _title(model: str, data: str) -> str:
-    return f"{Path(model).name} on {data}"
-
-
 def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_minutes: dict[str, float],
             num_layers: int) -> str:
     table = tables(rows, metric, full_minutes, num_layers)
@@ -444,7 +299,7 @@ def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_mi
                                       "layers": num_layers,
                                       "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
                                       "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
-    title = _title(cfg.model, cfg.data)
+    title = title_of(cfg.model, cfg.data)
     plot(rows, metric, full_minutes, out / "quality_vs_latency.png", title=title)
     plot(rows, metric, full_minutes, out / "quality_vs_training.png", against="training", title=title)
     return table
