@@ -1,4 +1,5 @@
-"""Tables and plots of quality against depth and latency, and of the masks a run drew: Markdown, CSV-ready rows and PNG.
+"""Tables and plots of quality against depth and latency, of the masks a run drew and of the mechanism itself:
+Markdown, CSV-ready rows and PNG, their words in English or Chinese (:mod:`.words`).
 
 Plots need matplotlib (``pip install layerdrop[plot]``); everything else is plain text.
 """
