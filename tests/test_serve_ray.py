@@ -146,7 +146,8 @@ def test_replicas_answer_as_one_process_does_at_every_depth(ray_served):
 def test_a_killed_replica_fails_its_requests_clearly_and_none_is_lost(ray_served):
     """16 requests of 256 tokens (4 of them streams) are sent at once; once the first streamed text arrives, the
     replica holding the most requests is killed. Every request then ends one of three ways, each checked whole:
-    a finished completion, a 502 that says its replica failed, or a stream ending with that error and [DONE].
+    a finished completion, a 502 that says its replica failed (also for a stream its replica never began), or a
+    stream ending with that error and [DONE].
     Some end the second or third way (the killed replica held requests), and the server answers again after."""
     import ray
 
@@ -161,6 +162,10 @@ def test_a_killed_replica_fails_its_requests_clearly_and_none_is_lost(ray_served
                 barrier.wait()
                 if body["stream"]:
                     with c.stream("POST", url + "/v1/completions", json=body) as r:
+                        if r.status_code != 200:  # its replica failed before the stream began: a plain error
+                            r.read()
+                            outcomes.append(("plain", (r.status_code, r.json())))
+                            return
                         events = []
                         for line in r.iter_lines():
                             if line.startswith("data: "):
