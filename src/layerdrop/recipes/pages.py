@@ -243,7 +243,7 @@ def _named(sources: list[Path], options: Mapping[str, str]) -> list[Path]:
 
 def _runs(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
     """Each run's name (its folder) and its JSON file, as ``runs=`` picked and ordered them."""
-    return [(path.parent.name, json.loads(path.read_text())) for path in files]
+    return [(_run_name(path), json.loads(path.read_text())) for path in files]
 
 
 def _levers(files: list[Path], options: Mapping[str, str], page_dir: Path | None, language: Language) -> str:
