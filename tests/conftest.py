@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -156,6 +157,56 @@ def save_tiny_classifier(folder: Path, tokenizer, **extra) -> str:
 def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory, minilm_tokenizer) -> str:
     """A saved 4-layer GPT-2 (width 32) with the MiniLM tokenizer."""
     return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm"), minilm_tokenizer)
+
+
+CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
+          ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Chile", "Santiago"), ("Cuba", "Havana"),
+          ("Greece", "Athens"), ("Poland", "Warsaw"), ("Austria", "Vienna"), ("Ireland", "Dublin")]
+ZH = [("中国", "北京"), ("日本", "东京"), ("法国", "巴黎"), ("英国", "伦敦"), ("韩国", "首尔"), ("泰国", "曼谷")]
+FILLER = "The weather there was mild and the markets were busy all year. "
+
+
+def squad_question(qid, question, context, answer):
+    """One SQuAD question (a dict); the answer offset is found in the context (``None``: unanswerable)."""
+    if answer is None:
+        return {"id": qid, "question": question, "answers": [], "is_impossible": True}
+    start = context.find(answer)
+    assert start >= 0
+    return {"id": qid, "question": question, "answers": [{"text": answer, "answer_start": start}]}
+
+
+def _squad_paragraphs():
+    paragraphs = []
+    for i, (country, city) in enumerate(CITIES):
+        context = f"{city} is the capital of {country}. It is known for its old squares and its river."
+        if i == 0:  # longer than one window of 64 tokens: the answer sits in a later window
+            context = FILLER * 12 + context
+        paragraphs.append({"context": context, "qas": [
+            squad_question(f"en{i}", f"What is the capital of {country}?", context, city),
+            squad_question(f"en{i}-none", f"Who founded the river trade of {country}?", context, None),
+        ]})
+    for i, (country, city) in enumerate(ZH):
+        context = f"{city}是{country}的首都，也是一座历史悠久的城市。"
+        question = squad_question(f"zh{i}", f"{country}的首都是哪里？", context, city)
+        paragraphs.append({"context": context, "qas": [question]})
+    return paragraphs
+
+
+def write_squad(path: Path) -> Path:
+    """A small SQuAD 2.0 file at ``path``: capitals in English (one context longer than a window of 64 tokens, an
+    unanswerable question on each) and in Chinese."""
+    path.write_text(json.dumps({"version": "v2.0", "data": [{"title": "capitals", "paragraphs": _squad_paragraphs()}]},
+                               ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def padded_batch(rows: int = 6, length: int = 9) -> dict[str, torch.Tensor]:
+    """Random ids of ``rows`` texts of several lengths, right-padded to ``length``, with their attention mask."""
+    ids = torch.randint(3, 90, (rows, length), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    for row, used in enumerate((9, 5, 3, 7, 9, 4)[:rows]):
+        mask[row, used:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def write_reviews(path: Path, good_label: str = "pos", bad_label: str = "neg") -> str:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from conftest import TINY, write_reviews
+from conftest import TINY, padded_batch, write_reviews
 from layerdrop.config.recipes import ExitsConfig
 from layerdrop.core.depths import record_depths
 from layerdrop.cut.prune import view
@@ -28,15 +28,6 @@ def _classifier(name: str) -> Classifier:
     return Classifier(TINY[name]().base_model, num_labels=3).eval()
 
 
-def _batch(rows: int = 6, length: int = 9) -> dict[str, torch.Tensor]:
-    """Right-padded ids of several lengths."""
-    ids = torch.randint(3, 90, (rows, length), generator=torch.Generator().manual_seed(1))
-    mask = torch.ones_like(ids)
-    for row, used in enumerate((9, 5, 3, 7, 9, 4)[:rows]):
-        mask[row, used:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
-
-
 def _at_depth(model: Classifier, batch: dict[str, torch.Tensor], keep: tuple[int, ...]) -> torch.Tensor:
     with torch.no_grad():
         return view(model, keep=keep)(**batch).logits
@@ -44,7 +35,7 @@ def _at_depth(model: Classifier, batch: dict[str, torch.Tensor], keep: tuple[int
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_every_exit_gives_what_the_model_gives_at_that_depth(name):
-    model, batch = _classifier(name), _batch()
+    model, batch = _classifier(name), padded_batch()
     out = early_exit(model, batch, plan(NESTED, can_resume=resumable(model)))
     for e, keep in enumerate(NESTED.values()):
         torch.testing.assert_close(out.probs[:, e], _at_depth(model, batch, keep).softmax(-1), atol=1e-5, rtol=1e-4)
@@ -52,7 +43,7 @@ def test_every_exit_gives_what_the_model_gives_at_that_depth(name):
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_each_row_leaves_where_its_rule_fires_with_that_exits_answer(name):
-    model, batch = _classifier(name), _batch()
+    model, batch = _classifier(name), padded_batch()
     stages = plan(NESTED, can_resume=resumable(model))
     every = early_exit(model, batch, stages).probs
     threshold = float(every[:, 0].amax(-1).median())  # about half the rows leave at the first exit
@@ -72,7 +63,7 @@ def test_encoders_resume_and_decoders_run_a_cascade():
 
 
 def test_a_layer_runs_only_for_the_rows_that_reach_it_and_never_twice():
-    model, batch = _classifier("bert"), _batch()
+    model, batch = _classifier("bert"), padded_batch()
     seen: dict[int, list[int]] = {i: [] for i in range(4)}
     handles = [layer.register_forward_hook(lambda _m, args, _o, i=i: seen[i].append(args[0].shape[0]))
                for i, layer in enumerate(model.encoder.encoder.layer)]
@@ -90,13 +81,13 @@ def test_a_layer_runs_only_for_the_rows_that_reach_it_and_never_twice():
 
 
 def test_a_cascade_counts_the_layers_it_runs_again():
-    model, batch = _classifier("bert"), _batch()
+    model, batch = _classifier("bert"), padded_batch()
     out = early_exit(model, batch, plan({2: (0, 3), 4: (0, 1, 2, 3)}))  # no rule: every row reaches the end
     assert out.layers_run.tolist() == [6] * 6
 
 
 def test_early_exit_leaves_the_model_as_it_was():
-    model, batch = _classifier("bert"), _batch()
+    model, batch = _classifier("bert"), padded_batch()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     layers = list(model.encoder.encoder.layer)
     early_exit(model, batch, plan(NESTED), RULES["entropy"], -0.5)
@@ -114,9 +105,9 @@ def test_padding_is_trimmed_only_where_every_row_pads_on_the_right():
 
 def test_early_exit_refuses_a_model_that_is_not_a_classifier_or_in_training_mode():
     with pytest.raises(InputError, match="classifier"):
-        early_exit(TINY["bert"]().eval(), _batch(), plan(NESTED))
+        early_exit(TINY["bert"]().eval(), padded_batch(), plan(NESTED))
     with pytest.raises(InputError, match="eval mode"):
-        early_exit(_classifier("bert").train(), _batch(), plan(NESTED))
+        early_exit(_classifier("bert").train(), padded_batch(), plan(NESTED))
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
@@ -226,11 +217,11 @@ def test_a_model_with_no_depths_to_exit_at_says_how_to_train_one(tmp_path, minil
 
 def test_exit_predict_without_a_record_says_how_to_calibrate():
     with pytest.raises(InputError, match="layerdrop exits MODEL --data DATA"):
-        exit_predict(_classifier("bert"), _batch())
+        exit_predict(_classifier("bert"), padded_batch())
 
 
 def test_no_exit_rule_means_every_row_runs_full_depth():
-    model, batch = _classifier("bert"), _batch()
+    model, batch = _classifier("bert"), padded_batch()
     out = early_exit(model, batch, plan(NESTED), RULES["max-prob"], math.inf)
     assert out.depth.tolist() == [4] * 6
 
@@ -340,16 +331,16 @@ def test_auto_never_runs_past_the_depth_a_budget_allows():
     served.model, served.views = model, {2: view(model, keep=(0, 1)), 4: model}
     served.exits = Exits("max-prob", (1, 2, 4), ((0.5, math.inf),), 0.5, 0.9, "x", 1)
     served.exit_stages = plan(NESTED)
-    served.tokenizer = type("Pad", (), {"pad": staticmethod(lambda d, return_tensors: _batch())})()
+    served.tokenizer = type("Pad", (), {"pad": staticmethod(lambda d, return_tensors: padded_batch())})()
     engine = Engine(served, ServeConfig(model="x"))
     job = Job("classify", 2, 1.0, [[1]] * 6, lambda r, e: None, size=6, threshold=math.inf)
     (probs, _, depths), = engine.run([job])
     assert depths == [2] * 6  # no row is sure (threshold inf): each stops at the deepest the budget allows
-    torch.testing.assert_close(torch.tensor(probs), _at_depth(model, _batch(), (0, 1)).softmax(-1), atol=1e-5,
+    torch.testing.assert_close(torch.tensor(probs), _at_depth(model, padded_batch(), (0, 1)).softmax(-1), atol=1e-5,
                                rtol=1e-4)
 
 
-def test_jobs_with_different_exit_thresholds_never_share_a_batch():
+def test_jobs_with_different_exit_thresholds_never_share_apadded_batch():
     import threading
 
     from layerdrop.serving.worker import Job, Worker

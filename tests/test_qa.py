@@ -8,49 +8,16 @@ import textwrap
 import pytest
 import torch
 
+from conftest import CITIES, ZH, squad_question, write_squad
 from layerdrop import cli
 from layerdrop.data import DataError, encode_qa, load_qa, read_squad
 from layerdrop.evaluation.qa import best_answer, exact_match, f1, normalize_answer, qa_scores
 from layerdrop.models.loading import load_saved, read_meta
 
-CITIES = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
-          ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Chile", "Santiago"), ("Cuba", "Havana"),
-          ("Greece", "Athens"), ("Poland", "Warsaw"), ("Austria", "Vienna"), ("Ireland", "Dublin")]
-ZH = [("中国", "北京"), ("日本", "东京"), ("法国", "巴黎"), ("英国", "伦敦"), ("韩国", "首尔"), ("泰国", "曼谷")]
-FILLER = "The weather there was mild and the markets were busy all year. "
-
-
-def _qa(qid, question, context, answer):
-    """One SQuAD question; the answer offset is found in the context (``None``: unanswerable)."""
-    if answer is None:
-        return {"id": qid, "question": question, "answers": [], "is_impossible": True}
-    start = context.find(answer)
-    assert start >= 0
-    return {"id": qid, "question": question, "answers": [{"text": answer, "answer_start": start}]}
-
-
-def _paragraphs():
-    paragraphs = []
-    for i, (country, city) in enumerate(CITIES):
-        context = f"{city} is the capital of {country}. It is known for its old squares and its river."
-        if i == 0:  # longer than one window of 64 tokens: the answer sits in a later window
-            context = FILLER * 12 + context
-        paragraphs.append({"context": context, "qas": [
-            _qa(f"en{i}", f"What is the capital of {country}?", context, city),
-            _qa(f"en{i}-none", f"Who founded the river trade of {country}?", context, None),
-        ]})
-    for i, (country, city) in enumerate(ZH):
-        context = f"{city}是{country}的首都，也是一座历史悠久的城市。"
-        paragraphs.append({"context": context, "qas": [_qa(f"zh{i}", f"{country}的首都是哪里？", context, city)]})
-    return paragraphs
-
 
 @pytest.fixture(scope="module")
 def squad_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("qa") / "squad.json"
-    path.write_text(json.dumps({"version": "v2.0", "data": [{"title": "capitals", "paragraphs": _paragraphs()}]},
-                               ensure_ascii=False), encoding="utf-8")
-    return path
+    return write_squad(tmp_path_factory.mktemp("qa") / "squad.json")
 
 
 def _write(tmp_path, data):
@@ -153,8 +120,8 @@ def test_windows_put_start_and_end_on_the_answer_tokens(squad_file, tokenizer):
 def test_an_answer_inside_no_window_is_counted_and_not_trained_on(tmp_path, tokenizer):
     context = " ".join(f"word{i}" for i in range(80))
     answer = " ".join(f"word{i}" for i in range(10, 70))  # longer than a window's context
-    paragraphs = [{"context": context, "qas": [_qa("long", "Which words?", context, answer),
-                                               _qa("short", "Which word?", context, "word3")]}]
+    paragraphs = [{"context": context, "qas": [squad_question("long", "Which words?", context, answer),
+                                               squad_question("short", "Which word?", context, "word3")]}]
     rows = read_squad(_write(tmp_path, {"data": [{"paragraphs": paragraphs}]}))
     with pytest.warns(UserWarning, match=r"1 of 2 questions have an answer inside no window.*'long'"):
         enc = encode_qa(tokenizer, rows, max_length=48, stride=8)

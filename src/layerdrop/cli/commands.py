@@ -165,18 +165,19 @@ def heads(config: HeadsConfig) -> int:
 
 
 def exits(config: ExitsConfig) -> int:
-    """Calibrate early exit with a guarantee: easy inputs leave at a shallow depth, and the accuracy lost is
-    at most --max-drop points with probability --confidence.
+    """Calibrate early exit with a guarantee: easy inputs leave at a shallow depth, and the accuracy (F1 for
+    question answering) lost is at most --max-drop points with probability --confidence.
 
-    MODEL is a classifier trained with --depths (its depths are the exits; nested ones, --strategy top,
-    continue each other's computation). Each rule's threshold is chosen on --data's validation rows and
-    measured on its test rows (accuracy, realised drop, mean layers, where rows leave, batch throughput
-    against full depth). The rule that runs fewest layers is recorded in MODEL's config.json, so serve's
-    "depth": "auto" and layerdrop.exits.exit_predict use it. Writes exits.md, exits.json and
-    exit_depths.png to --out.
+    MODEL is a classifier or a question-answering model trained with --depths (its depths are the exits;
+    nested ones, --strategy top, continue each other's computation). Each rule's threshold is chosen on
+    --data's validation rows (questions, for QA) and measured on its test rows (accuracy or F1, realised
+    drop, mean layers, where rows leave, batch throughput against full depth). The rule that runs fewest
+    layers is recorded in MODEL's config.json, so serve's "depth": "auto", layerdrop.exits.exit_predict and
+    layerdrop.exits.exit_spans use it. Writes exits.md, exits.json and exit_depths.png to --out.
 
-    Example:
+    Examples:
       layerdrop exits runs/rt-elastic/model --data rotten-tomatoes --max-drop 0.5 --out runs/rt-exits
+      layerdrop exits runs/qa-elastic/model --data cmrc2018_train.json --max-drop 1 --out runs/qa-exits
     """
     from layerdrop.recipes.exits import run_exits
 

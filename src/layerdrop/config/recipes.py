@@ -214,17 +214,19 @@ class ExitsConfig:
     """What ``layerdrop exits`` calibrates and measures. Change with ``dataclasses.replace``."""
 
     model: str
-    """A saved classifier (``layerdrop train classification``), best one trained with --depths: its served depths
-    are the exits, and nested ones (--strategy top) continue each other's computation."""
+    """A saved classifier or question-answering model (``layerdrop train classification`` / ``qa``), best one
+    trained with --depths: its served depths are the exits, and nested ones (--strategy top) continue each
+    other's computation."""
     data: str
-    """The labelled dataset it was trained on: calibrated on its validation rows, measured on its test rows."""
+    """The labelled dataset (a SQuAD-format file for QA) it was trained on: calibrated on its validation rows,
+    measured on its test rows, split as training split it."""
     out: str
     """Output folder for exits.md, exits.json and the exit-depth histogram."""
     rules: str = "max-prob,entropy,patience"
     """Comma-separated exit rules: max-prob, entropy (DeeBERT), patience (PABEE). Each is calibrated; the one
     that runs fewest layers on the validation rows is recorded."""
     max_drop: float = 0.5
-    """Accuracy points early exit may lose against full depth (delta), guaranteed with --confidence; the drop the
+    """Accuracy (QA: F1) points early exit may lose against full depth (delta), guaranteed with --confidence; the drop the
     record uses for a request that names none. A drop d can pass only on about ln(rules / (1 - confidence)) / d
     validation rows or more (d as a fraction: 679 rows for 0.5 points with the defaults)."""
     more_drops: str = "0.25,1,2"
@@ -236,12 +238,12 @@ class ExitsConfig:
     record: bool = True
     """Write the chosen rule and threshold into MODEL's config.json, where serve and exit_predict find them."""
     rows: int = 0
-    """Validation and test rows each (0: all)."""
+    """Validation and test rows (QA: questions) each (0: all)."""
     batch_size: int = 32
     """Rows per batch, of scoring and of the throughput measurement."""
     max_length: int = 0
-    """Tokens per text (0: the length the model was trained at, which serve truncates to as well; calibrate at
-    the length you serve)."""
+    """Tokens per text or QA window (0: the length the model was trained at, which serve truncates to as well;
+    calibrate at the length you serve)."""
     timing_batches: int = 4
     """Test batches timed for throughput, full depth and each rule at each drop in turn, per round."""
     latency_reps: int = 3

@@ -116,7 +116,8 @@ def f1(prediction: str, answers: Sequence[str]) -> float:
 
 def best_answer(
     context: str,
-    windows: Sequence[tuple[Sequence[float], Sequence[float], Sequence[tuple[int, int] | None]]],
+    windows: Sequence[tuple[Sequence[float] | torch.Tensor, Sequence[float] | torch.Tensor,
+                            Sequence[tuple[int, int] | None]]],
     *,
     n_best: int = 20,
     max_answer_length: int = 30,

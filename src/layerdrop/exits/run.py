@@ -10,16 +10,17 @@ Where the next depth's layers do not continue the last depth's (every-other dept
 normalises its last hidden states (a decoder's final norm), the next stage starts again from the
 embeddings and runs that depth's layers: a cascade. :func:`plan` says which each stage is.
 
-Only :class:`layerdrop.models.Classifier` heads (what ``layerdrop train classification`` saves):
-the head is applied to the pooled hidden states at every exit (the depth's own head where ``layerdrop
-heads`` fitted one, else the shared one). Nothing about the model changes;
-every stage runs a shell of it (:func:`layerdrop.cut.prune.with_blocks`) that shares its modules.
+:func:`early_exit` serves :class:`layerdrop.models.Classifier` heads (what ``layerdrop train classification``
+saves): the head is applied to the pooled hidden states at every exit (the depth's own head where ``layerdrop
+heads`` fitted one, else the shared one); :mod:`layerdrop.exits.spans` serves question answering with the same
+stage loop, :func:`run_stages`. Nothing about the model changes; every stage runs a shell of it
+(:func:`layerdrop.cut.prune.with_blocks`) that shares its modules.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -35,8 +36,8 @@ from layerdrop.models.loading import Classifier, pool
 
 from .rules import ExitRule
 
-__all__ = ["Exited", "Stage", "early_exit", "exit_index", "exits_of", "plan", "resumable", "simulate", "stages_of",
-           "sureness"]
+__all__ = ["AtExit", "Exited", "Stage", "early_exit", "exit_index", "exits_of", "leaving", "plan", "resumable",
+           "run_stages", "simulate", "stages_of", "sureness"]
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,52 @@ def _right_padded_length(mask: torch.Tensor) -> int:
     return int(lengths.max()) if right else mask.shape[1]
 
 
+AtExit = Callable[[int, Stage, torch.Tensor, Mapping[str, torch.Tensor], torch.Tensor, tuple[int, ...], int, bool],
+                  torch.Tensor]
+"""What a task does at an exit: ``(exit index, stage, rows still running, their inputs and last hidden states
+(b, T, H), the layers those passed through, the layers run so far, whether it is the last exit) -> (b,)``, the rows
+that leave there (every one at the last exit). It scores the rows and keeps the answers of those that leave."""
+
+
+def run_stages(model: nn.Module, body: Callable[[nn.Module], nn.Module], inputs: Mapping[str, torch.Tensor],
+               stages: Sequence[Stage], at_exit: AtExit) -> None:
+    """The loop every early exit shares: run each stage on the rows still in the batch (``body(shell)`` is the
+    part of a shell of ``model`` that returns ``last_hidden_state``), ask ``at_exit`` which rows leave, gather the
+    others and trim the padding columns every one of them has, and stop when no row is left."""
+    layers = find_layers(model).layers
+    first = next(iter(inputs.values()))
+    active = torch.arange(first.shape[0], device=first.device)
+    hidden: torch.Tensor | None = None
+    ran = 0
+    reached: tuple[int, ...] = ()  # the layers the stage's hidden states have passed through
+    for e, stage in enumerate(stages):
+        blocks = [layers[i] for i in stage.blocks]
+        reached = (*reached, *stage.blocks) if stage.resumes else stage.blocks
+        if stage.resumes:
+            assert hidden is not None  # a resuming stage follows one that ran
+            blocks = [_Resume(hidden), *blocks]
+        hidden = body(with_blocks(model, blocks))(**inputs).last_hidden_state  # (b, T, H)
+        ran += len(stage.blocks)  # a cascade's row has also run every earlier stage
+        stay = ~at_exit(e, stage, active, inputs, hidden, reached, ran, e == len(stages) - 1)  # (b,)
+        if not bool(stay.any()):
+            break
+        active, hidden = active[stay], hidden[stay]
+        inputs = {k: v[stay] for k, v in inputs.items()}
+        if "attention_mask" in inputs:  # drop the columns every remaining row pads
+            length = _right_padded_length(inputs["attention_mask"])
+            inputs = {k: v[:, :length] if v.dim() == 2 else v for k, v in inputs.items()}
+            hidden = hidden[:, :length]
+
+
+def leaving(rule: ExitRule | None, threshold: float, sure: Callable[[ExitRule], torch.Tensor], rows: int,
+            last: bool, device: torch.device) -> torch.Tensor:
+    """Which of ``rows`` leave at an exit: every one at the last, none without a rule, else those whose sureness
+    (``sure(rule)``, computed only when asked) reaches ``threshold``. ``(rows,)`` booleans."""
+    if last or rule is None:
+        return torch.full((rows,), last, dtype=torch.bool, device=device)
+    return sure(rule) >= threshold
+
+
 @torch.no_grad()
 def early_exit(model: Classifier, batch: Mapping[str, torch.Tensor], stages: Sequence[Stage],
                rule: ExitRule | None = None, threshold: float = math.inf) -> Exited:
@@ -145,7 +192,6 @@ def early_exit(model: Classifier, batch: Mapping[str, torch.Tensor], stages: Seq
         raise InputError("early exit needs a classifier saved by layerdrop train classification "
                          f"(a pooled head on an encoder), got {type(model).__name__}")
     require_eval(model, "early_exit")
-    layers = find_layers(model).layers
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     first = next(iter(inputs.values()))
     rows, device = first.shape[0], first.device
@@ -154,40 +200,18 @@ def early_exit(model: Classifier, batch: Mapping[str, torch.Tensor], stages: Seq
     depth = torch.zeros(rows, dtype=torch.long, device=device)
     layers_run = torch.zeros(rows, dtype=torch.long, device=device)
     probs = torch.full((rows, len(stages), classes), math.nan, device=device)
-    active = torch.arange(rows, device=device)
-    hidden: torch.Tensor | None = None
-    ran = 0
-    reached: tuple[int, ...] = ()  # the layers the stage's hidden states have passed through
-    for e, stage in enumerate(stages):
-        blocks = [layers[i] for i in stage.blocks]
-        reached = (*reached, *stage.blocks) if stage.resumes else stage.blocks
-        if stage.resumes:
-            assert hidden is not None  # a resuming stage follows one that ran
-            blocks = [_Resume(hidden), *blocks]
-        shell = cast(Classifier, with_blocks(model, blocks))
-        hidden = shell.encoder(**inputs).last_hidden_state  # (b, T, H)
+
+    def at_exit(e: int, stage: Stage, active: torch.Tensor, inputs: Mapping[str, torch.Tensor],
+                hidden: torch.Tensor, reached: tuple[int, ...], ran: int, last: bool) -> torch.Tensor:
         head = model.head_at(reached)  # the depth's own head, where one was fitted (layerdrop heads)
         logits = head(pool(hidden, inputs.get("attention_mask"), model.pooling)).float()  # (b, C)
         probs[active, e] = logits.softmax(-1)
-        ran += len(stage.blocks)  # a cascade's row has also run every earlier stage
-        if e == len(stages) - 1:
-            leave = torch.ones(len(active), dtype=torch.bool, device=device)  # (b,)
-        elif rule is None:
-            leave = torch.zeros(len(active), dtype=torch.bool, device=device)
-        else:
-            leave = rule.score(probs[active, :e + 1]) >= threshold
+        leave = leaving(rule, threshold, lambda r: r.score(probs[active, :e + 1]), len(active), last, device)
         done = active[leave]
-        logits_out[done], depth[done] = logits[leave], stage.depth
-        layers_run[done] = ran
-        stay = ~leave
-        if not bool(stay.any()):
-            break
-        active, hidden = active[stay], hidden[stay]
-        inputs = {k: v[stay] for k, v in inputs.items()}
-        if "attention_mask" in inputs:  # drop the columns every remaining row pads
-            length = _right_padded_length(inputs["attention_mask"])
-            inputs = {k: v[:, :length] if v.dim() == 2 else v for k, v in inputs.items()}
-            hidden = hidden[:, :length]
+        logits_out[done], depth[done], layers_run[done] = logits[leave], stage.depth, ran
+        return leave
+
+    run_stages(model, lambda shell: cast(Classifier, shell).encoder, inputs, stages, at_exit)
     return Exited(logits=logits_out, depth=depth, layers_run=layers_run, probs=probs)
 
 

@@ -3,14 +3,16 @@ record it in the model.
 
 1. The exits are the depths the model was trained to serve (``layerdrop train --depths``) and the full
    depth; nested depths resume each other, others run as a cascade (:func:`layerdrop.exits.plan`).
-2. One pass over the validation and the test rows gives every row's probabilities at every exit.
+2. One pass over the validation and the test rows gives every row's answer at every exit: a text's class
+   probabilities for a classifier, a window's start and end logits for a question-answering model
+   (:mod:`layerdrop.exits.spans`, whose rows are questions and whose score is F1).
 3. Each rule's threshold is calibrated on the validation rows (:mod:`layerdrop.exits.bound`), each at
    ``(1 - confidence) / rules`` so that choosing among the rules afterwards keeps the guarantee.
-4. Each calibrated rule is measured on the test rows: accuracy against full depth, the realised drop
+4. Each calibrated rule is measured on the test rows: accuracy (F1) against full depth, the realised drop
    beside the promised one, mean layers run and where rows leave; and its batch throughput against full
    depth, the two timed in turn on the same test batches.
 5. The rule that runs fewest layers on the validation rows is written into the model's ``config.json``,
-   where the server and :func:`layerdrop.exits.exit_predict` find it.
+   where the server, :func:`layerdrop.exits.exit_predict` and :func:`layerdrop.exits.exit_spans` find it.
 """
 
 from __future__ import annotations
@@ -21,29 +23,32 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, DataCollatorWithPadding
 
 from layerdrop.config.recipes import ExitsConfig
 from layerdrop.core.arch import find_layers
 from layerdrop.core.depths import parse_depths
+from layerdrop.data import QADataset, encode_qa, load_qa
 from layerdrop.errors import InputError
 from layerdrop.evaluation.measure import encoded_rows
+from layerdrop.evaluation.qa import is_qa_model
 from layerdrop.evaluation.report import markdown_table, plot_exit_depths
 from layerdrop.evaluation.timer import time_ms
 from layerdrop.exits.bound import check_confidence, check_max_drop, rows_needed
-from layerdrop.exits.calibrate import Outcome, calibrate_rule, outcome
+from layerdrop.exits.calibrate import Labelled, Outcome, Scored, calibrate_rule, outcome
 from layerdrop.exits.record import Exits, record_in_folder
 from layerdrop.exits.rules import lookup
 from layerdrop.exits.run import Stage, early_exit, stages_of
+from layerdrop.exits.spans import Spans, early_exit_spans, score_spans
 from layerdrop.files import write_json, write_text
 from layerdrop.models.classifier import Classifier
 from layerdrop.models.loading import from_pretrained, local_folder, read_meta
 
-from .steps import saved_classifier
+from .steps import saved_model
 
 __all__ = ["ExitsConfig", "ExitsResult", "RuleResult", "run_exits"]
 
@@ -95,9 +100,12 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
     rules = [lookup(name.strip()) for name in cfg.rules.split(",") if name.strip()]
     if not rules:
         raise InputError(f"--rules {cfg.rules!r} names no rule; choose from max-prob, entropy, patience")
-    model = saved_classifier(cfg.model, record=cfg.record, what="the exits",
-                             needs="early exit scores the head of one trained by layerdrop train classification "
-                                   "(best with --depths 6,4,3)")
+    model = saved_model(cfg.model, record=cfg.record, what="the exits")
+    qa = is_qa_model(model)
+    if not (qa or isinstance(model, Classifier)):
+        raise InputError(f"{cfg.model} is neither a layerdrop classifier nor a question-answering model: early exit "
+                         "scores the head of one trained by layerdrop train classification or layerdrop train qa "
+                         "(best with --depths 6,4,3)")
     num_layers = len(find_layers(model).layers)
     stages = stages_of(model, parse_depths(cfg.depths, num_layers) if cfg.depths else None)
     if len(stages) < 2:
@@ -106,39 +114,38 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
     depths = tuple(s.depth for s in stages)
     layers_run = tuple(sum(len(s.blocks) for s in stages[:e + 1]) for e in range(len(stages)))
 
-    # 2. every row's probabilities at every exit, on the validation and the test rows
+    # 2. every row's answer at every exit, on the validation and the test rows (a question's windows for QA)
     folder = local_folder(cfg.model)
     tokenizer = from_pretrained(AutoTokenizer, folder)
     trained = read_meta(folder).get("trained_with") or {}
     seed = int(trained["split_seed"] if trained.get("split_seed") is not None else trained.get("seed", 0))
-    length = cfg.max_length or trained.get("max_length") or 128
-    encoded = encoded_rows(tokenizer, cfg.data, seed=seed, max_length=length, rows=cfg.rows or None)
-
-    def every_exit(name: str) -> tuple[torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
-        probs, labels, batches = [], [], []
-        examples, collate = encoded[name]
-        for i in tqdm(range(0, len(examples), cfg.batch_size), desc=name, disable=not cfg.progress):
-            batch = collate(examples[i:i + cfg.batch_size])
-            labels.append(batch.pop("labels"))
-            probs.append(early_exit(model, batch, stages).probs)
-            batches.append(batch)
-        return torch.cat(probs), torch.cat(labels), batches  # (N, E, C), (N,)
-
+    length = cfg.max_length or trained.get("max_length") or (384 if qa else 128)
     log("scoring every exit")
-    valid_probs, valid_labels, _ = every_exit("valid")
-    test_probs, test_labels, test_batches = every_exit("test")
+    valid: Scored
+    test: Scored
+    if qa:
+        stride = int(trained.get("stride") or min(32, length // 4))
+        splits = load_qa(cfg.data, seed=seed)
+        (valid, _), (test, test_batches) = (_qa_rows(model, tokenizer, split, cfg, stages, name, length, stride)
+                                            for name, split in (("valid", splits.valid), ("test", splits.test)))
+        exit_at: Callable[..., Any] = early_exit_spans
+    else:
+        encoded = encoded_rows(tokenizer, cfg.data, seed=seed, max_length=length, rows=cfg.rows or None)
+        (valid, _), (test, test_batches) = (_labelled_rows(cast(Classifier, model), encoded[name], cfg, stages, name)
+                                            for name in ("valid", "test"))
+        exit_at = early_exit
 
     # 3. + 4. calibrate each rule at each drop on the validation rows; measure it on the test rows
     confidence = 1 - (1 - cfg.confidence) / len(rules)  # each rule's share of the error rate
     calibrated = [(rule, drop, threshold) for rule in rules for drop, threshold in zip(drops, calibrate_rule(
-        valid_probs, valid_labels, rule, max_drops=[d / 100 for d in drops], confidence=confidence), strict=True)]
+        valid, rule, max_drops=[d / 100 for d in drops], confidence=confidence), strict=True)]
     timed = test_batches[:cfg.timing_batches]
     log("timing full depth and each rule in turn")
-    speed = _throughput(model, stages, timed, calibrated, cfg.latency_reps) if timed else {}
+    speed = _throughput(model, exit_at, stages, timed, calibrated, cfg.latency_reps) if timed else {}
     results = tuple(RuleResult(
         rule=rule.name, max_drop=drop, threshold=threshold,
-        valid=outcome(valid_probs, valid_labels, rule, threshold, layers=layers_run, depths=depths),
-        test=outcome(test_probs, test_labels, rule, threshold, layers=layers_run, depths=depths),
+        valid=outcome(valid, rule, threshold, layers=layers_run, depths=depths),
+        test=outcome(test, rule, threshold, layers=layers_run, depths=depths),
         throughput=speed.get((rule.name, drop))) for rule, drop, threshold in calibrated)
 
     # 5. record the rule that runs fewest layers on the validation rows at --max-drop; write the report
@@ -147,23 +154,47 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
     if usable:  # a drop that kept no threshold is recorded too: every row then runs full depth
         best = min(usable, key=lambda r: r.valid.mean_layers).rule
         thresholds = tuple((r.max_drop, r.threshold) for r in results if r.rule == best)
-        recorded = Exits(best, depths, thresholds, cfg.max_drop, cfg.confidence, cfg.data, len(valid_labels))
+        recorded = Exits(best, depths, thresholds, cfg.max_drop, cfg.confidence, cfg.data, len(valid))
     if cfg.record:  # nothing kept the bound: an older record must not stand for this calibration
         record_in_folder(cfg.model, recorded)
     out = Path(cfg.out)
-    table = _table(results, num_layers, len(valid_labels), confidence)
-    write_text(out / "exits.md", _report(cfg, stages, results, recorded, table, len(valid_labels),
-                                         len(test_labels), len(timed)))
+    table = _table(results, num_layers, len(valid), confidence, valid.metric)
+    write_text(out / "exits.md", _report(cfg, stages, results, recorded, table, len(valid),
+                                         len(test), len(timed), valid.metric))
     write_json(out / "exits.json", {
         "config": dataclasses.asdict(cfg), "stages": [dataclasses.asdict(s) for s in stages],
         "rules": [{**dataclasses.asdict(r), "valid": {**dataclasses.asdict(r.valid), "drop": r.valid.drop},
                    "test": {**dataclasses.asdict(r.test), "drop": r.test.drop}} for r in results],
-        "recorded": dataclasses.asdict(recorded) if recorded else None, "valid_rows": len(valid_labels),
-        "test_rows": len(test_labels), "threads": torch.get_num_threads(),
+        "recorded": dataclasses.asdict(recorded) if recorded else None, "valid_rows": len(valid),
+        "test_rows": len(test), "threads": torch.get_num_threads(),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
     plot_exit_depths({r.rule: r.test.shares for r in results}, out / "exit_depths.png",
                      title=f"{Path(cfg.model).name}: where test rows leave")
     return ExitsResult(out=out, stages=stages, rules=results, recorded=recorded, table=table)
+
+
+def _labelled_rows(model: Classifier, encoded: tuple[list[dict[str, Any]], Callable[..., Any]], cfg: ExitsConfig,
+                   stages: tuple[Stage, ...], name: str) -> tuple[Labelled, list[dict[str, Any]]]:
+    """A classifier's texts of one split, each text's probabilities at every exit, and the batches that ran."""
+    examples, collate = encoded
+    probs, labels, batches = [], [], []
+    for i in tqdm(range(0, len(examples), cfg.batch_size), desc=name, disable=not cfg.progress):
+        batch = collate(examples[i:i + cfg.batch_size])
+        labels.append(batch.pop("labels"))
+        probs.append(early_exit(model, batch, stages).probs)
+        batches.append(batch)
+    return Labelled(torch.cat(probs), torch.cat(labels)), batches  # (N, E, C), (N,)
+
+
+def _qa_rows(model: Any, tokenizer: Any, split: Any, cfg: ExitsConfig, stages: tuple[Stage, ...], name: str,
+             length: int, stride: int) -> tuple[Spans, list[dict[str, Any]]]:
+    """A question-answering model's questions of one split, their windows scored at every exit, and the batches
+    that ran."""
+    assert isinstance(split, QADataset)  # load_qa splits questions
+    part = split.subset(range(min(cfg.rows, len(split)) if cfg.rows else len(split)))
+    encoding = encode_qa(tokenizer, part, length, stride, desc=name)
+    return score_spans(model, encoding, part, DataCollatorWithPadding(tokenizer, return_tensors="pt"), stages,
+                       batch_size=cfg.batch_size, progress=cfg.progress, desc=name)
 
 
 def _drops(cfg: ExitsConfig) -> tuple[float, ...]:
@@ -180,7 +211,7 @@ def _drops(cfg: ExitsConfig) -> tuple[float, ...]:
 
 
 @torch.no_grad()
-def _throughput(model: Classifier, stages: tuple[Stage, ...], batches: list[dict[str, Any]],
+def _throughput(model: Any, exit_at: Callable[..., Any], stages: tuple[Stage, ...], batches: list[dict[str, Any]],
                 calibrated: list[tuple[Any, float, float | None]], reps: int) -> dict[tuple[str, float], float]:
     """Rows per second with each calibrated (rule, drop) over full depth's on ``batches``: full depth and each
     timed in turn, one pass over the batches each per round, after a warm-up round; the median round's ratio."""
@@ -189,7 +220,7 @@ def _throughput(model: Classifier, stages: tuple[Stage, ...], batches: list[dict
         full = _pass_ms(lambda b: model(**b), batches, model)
         for rule, drop, threshold in calibrated:
             if threshold is not None:
-                took = _pass_ms(lambda b: early_exit(model, b, stages, rule, threshold), batches,  # noqa: B023
+                took = _pass_ms(lambda b: exit_at(model, b, stages, rule, threshold), batches,  # noqa: B023
                                 model)
                 if round_:
                     ratios[(rule.name, drop)].append(full / took)
@@ -204,7 +235,7 @@ def _pass_ms(run: Callable[[dict[str, Any]], Any], batches: list[dict[str, Any]]
     return total
 
 
-def _table(results: tuple[RuleResult, ...], num_layers: int, rows_valid: int, confidence: float) -> str:
+def _table(results: tuple[RuleResult, ...], num_layers: int, rows_valid: int, confidence: float, metric: str) -> str:
     rows = []
     for r in results:
         t = r.test
@@ -217,12 +248,14 @@ def _table(results: tuple[RuleResult, ...], num_layers: int, rows_valid: int, co
             f"{t.mean_layers:.2f} ({100 * t.mean_layers / num_layers:.0f} %)",
             " / ".join(f"{d}: {100 * s:.0f} %" for d, s in t.shares.items()),
             "" if r.throughput is None else f"{r.throughput:.2f}×"])
-    return markdown_table(["rule", "max drop", "threshold", "accuracy", "full depth", "drop (points)", "within",
-                           "harmful (%)", "mean layers", "rows leaving at", "throughput vs full"], rows)
+    unit = "windows" if metric == "f1" else "rows"  # a question's windows leave each at its own exit
+    return markdown_table(["rule", "max drop", "threshold", "F1" if metric == "f1" else metric, "full depth",
+                           "drop (points)", "within", "harmful (%)", f"mean layers (per {unit[:-1]})",
+                           f"{unit} leaving at", "throughput vs full"], rows)
 
 
 def _report(cfg: ExitsConfig, stages: tuple[Stage, ...], results: tuple[RuleResult, ...], recorded: Exits | None,
-            table: str, valid_rows: int, test_rows: int, timed: int) -> str:
+            table: str, valid_rows: int, test_rows: int, timed: int, metric: str) -> str:
     how = ", ".join(f"{s.depth} ({'resumes' if s.resumes else 'from the start'}: layers "
                     f"{' '.join(map(str, s.blocks))})" for s in stages)
     each = 1 - (1 - cfg.confidence) / len({r.rule for r in results})  # each rule's confidence
@@ -236,7 +269,8 @@ def _report(cfg: ExitsConfig, stages: tuple[Stage, ...], results: tuple[RuleResu
               "allow a larger --max-drop or a lower --confidence, or calibrate on more rows.")
     return (f"# layerdrop exits: `{cfg.model}` on `{cfg.data}`\n\n"
             f"Exits: {how}. Each rule's threshold was chosen on {valid_rows} validation rows so that, with "
-            f"probability at least {cfg.confidence:g}, the accuracy early exit loses is at most the row's max drop "
+            f"probability at least {cfg.confidence:g}, the {'F1' if metric == 'f1' else metric} early exit loses is at "
+            f"most the row's max drop{' (rows are questions)' if metric == 'f1' else ''} "
             f"(Learn then Test, exact binomial bound on the harmful rows, each rule at its share of "
             f"{1 - cfg.confidence:.2g}); measured here on {test_rows} test rows. Throughput: batches of "
             f"{cfg.batch_size}, the first {timed} test batches, full depth and each rule timed in turn, median of "

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 __all__ = ["LR_SCHEDULES", "Encode", "Rows", "changed_settings", "check_fresh", "check_inputs", "encoder", "export",
-           "full_depth_metrics", "saved_classifier", "splits", "training_arguments"]
+           "full_depth_metrics", "saved_classifier", "saved_model", "splits", "training_arguments"]
 
 Encode = Callable[[Any, str], tuple[list[dict[str, Any]], Any]]
 """``encode(split, name)`` -> the encoded rows and, per row, where it came from (text or question)."""
@@ -214,13 +214,19 @@ def export(out: Path, model: nn.Module, tokenizer: Any, task: str, meta: dict[st
     write_json(out / "metrics.json", metrics)
 
 
-def saved_classifier(model: str, *, record: bool, what: str, needs: str) -> Classifier:
-    """The layerdrop classifier saved at ``model``, in eval mode, for a recipe that records ``what`` into its folder
-    (unless not ``record``); a one-line error otherwise, ending with what the recipe ``needs``."""
+def saved_model(model: str, *, record: bool, what: str) -> nn.Module:
+    """The model saved at ``model``, in eval mode, for a recipe that records ``what`` into its folder (unless not
+    ``record``): a one-line error when there is no folder to record into."""
     if record and not Path(model).is_dir():
         raise InputError(f"{model} is not a model folder, so there is nowhere to record {what}: pass the "
                          "folder layerdrop train wrote, or --no-record")
-    loaded = load_saved(model).eval()
+    return load_saved(model).eval()
+
+
+def saved_classifier(model: str, *, record: bool, what: str, needs: str) -> Classifier:
+    """:func:`saved_model`, which must be a layerdrop classifier; a one-line error otherwise, ending with what the
+    recipe ``needs``."""
+    loaded = saved_model(model, record=record, what=what)
     if not isinstance(loaded, Classifier):
         raise InputError(f"{model} is not a layerdrop classifier: {needs}")
     return loaded
