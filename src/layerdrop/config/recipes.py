@@ -226,9 +226,10 @@ class ExitsConfig:
     """Comma-separated exit rules: max-prob, entropy (DeeBERT), patience (PABEE). Each is calibrated; the one
     that runs fewest layers on the validation rows is recorded."""
     max_drop: float = 0.5
-    """Accuracy (QA: F1) points early exit may lose against full depth (delta), guaranteed with --confidence; the drop the
-    record uses for a request that names none. A drop d can pass only on about ln(rules / (1 - confidence)) / d
-    validation rows or more (d as a fraction: 679 rows for 0.5 points with the defaults)."""
+    """Accuracy (QA: F1) points early exit may lose against full depth (delta), guaranteed with --confidence; the
+    drop the record uses for a request that names none. A drop d can pass only on about
+    ln(rules / (1 - confidence)) / d validation rows or more (d as a fraction: 679 rows for 0.5 points with the
+    defaults)."""
     more_drops: str = "0.25,1,2"
     """Further drops (points, comma-separated) calibrated, measured and recorded, for requests that name one."""
     confidence: float = 0.9

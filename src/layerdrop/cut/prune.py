@@ -17,7 +17,7 @@ from typing import Any
 from torch import nn
 
 from layerdrop.core.apply import CONFIG_KEY, check_keep, state_of, uninstall
-from layerdrop.core.arch import find_layers
+from layerdrop.core.arch import LayerSite, find_layers
 from layerdrop.core.depths import DEPTHS_KEY, layers_at, remove_depth_record, remove_exits_record, renumbered_record
 from layerdrop.core.learned import LEARNED_KEY
 from layerdrop.errors import InputError
@@ -168,11 +168,12 @@ def _heads_keeping(model: Classifier, kept: tuple[int, ...]) -> tuple[nn.Linear,
     return model.head_at(kept), heads
 
 
-def with_blocks(model: nn.Module, blocks: Sequence[nn.Module]) -> nn.Module:
+def with_blocks(model: nn.Module, blocks: Sequence[nn.Module], site: LayerSite | None = None) -> nn.Module:
     """A shell of ``model`` whose block list is ``blocks``: the modules on the path to the list are shallow
     copies, everything else (``blocks`` included) is shared, and ``model`` is untouched. :func:`view` passes
-    some of the model's own blocks; early exit puts a stand-in for the layers already run before the rest."""
-    site = find_layers(model)
+    some of the model's own blocks; early exit puts a stand-in for the layers already run before the rest, and
+    passes the ``site`` it found once (:func:`layerdrop.core.arch.find_layers` walks every module)."""
+    site = site or find_layers(model)
     *parents, leaf = site.path.split(".")
     shell = _shell(model)
     node, original = shell, model

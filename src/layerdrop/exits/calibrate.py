@@ -66,6 +66,7 @@ class Labelled:
     labels: torch.Tensor
     """``(N,)``: the true classes."""
     metric: str = "accuracy"
+    """What :meth:`quality` measures."""
 
     def __len__(self) -> int:
         return len(self.labels)

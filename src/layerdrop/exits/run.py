@@ -148,7 +148,8 @@ def run_stages(model: nn.Module, body: Callable[[nn.Module], nn.Module], inputs:
     """The loop every early exit shares: run each stage on the rows still in the batch (``body(shell)`` is the
     part of a shell of ``model`` that returns ``last_hidden_state``), ask ``at_exit`` which rows leave, gather the
     others and trim the padding columns every one of them has, and stop when no row is left."""
-    layers = find_layers(model).layers
+    site = find_layers(model)  # once: it walks every module
+    layers = site.layers
     first = next(iter(inputs.values()))
     active = torch.arange(first.shape[0], device=first.device)
     hidden: torch.Tensor | None = None
@@ -160,7 +161,7 @@ def run_stages(model: nn.Module, body: Callable[[nn.Module], nn.Module], inputs:
         if stage.resumes:
             assert hidden is not None  # a resuming stage follows one that ran
             blocks = [_Resume(hidden), *blocks]
-        hidden = body(with_blocks(model, blocks))(**inputs).last_hidden_state  # (b, T, H)
+        hidden = body(with_blocks(model, blocks, site))(**inputs).last_hidden_state  # (b, T, H)
         ran += len(stage.blocks)  # a cascade's row has also run every earlier stage
         stay = ~at_exit(e, stage, active, inputs, hidden, reached, ran, e == len(stages) - 1)  # (b,)
         if not bool(stay.any()):

@@ -35,21 +35,29 @@ __all__ = ["ExitedSpans", "Spans", "early_exit_spans", "score_spans", "span_head
 def span_head(model: nn.Module) -> nn.Linear:
     """The span head of a question-answering model: ``qa_outputs``, two scores per token (start, end)."""
     head = getattr(model, "qa_outputs", None) if is_qa_model(model) else None
-    if not isinstance(head, nn.Linear) or head.out_features != 2:
+    if not isinstance(head, nn.Linear):
         raise InputError(f"early exit for question answering needs a *ForQuestionAnswering model with a qa_outputs "
                          f"head (layerdrop train qa saves one), got {type(model).__name__}")
+    if head.out_features != 2:
+        raise InputError(f"{type(model).__name__}'s qa_outputs gives {head.out_features} scores per token, not 2 "
+                         "(start, end): train it with layerdrop train qa, which sets num_labels=2")
     return head
 
 
 def span_sureness(logits: torch.Tensor, mask: torch.Tensor, rule: ExitRule) -> torch.Tensor:
     """Each window's sureness from its start and end logits at the exits run so far ``(b, E, 2, T)`` and its
     attention mask ``(b, T)``: the smaller of ``rule``'s scores of the start and of the end distribution, each a
-    softmax over the window's own tokens. ``(b,)``."""
+    softmax over the window's own tokens (so padding changes nothing, not even entropy's ``log n``). ``(b,)``.
+    Windows with the same mask are scored together (most windows of a QA file are full)."""
     attended = mask.bool()  # (b, T)
-    probs = logits.masked_fill(~attended[:, None, None, :], -math.inf).softmax(-1)  # (b, E, 2, T)
-    scores = [rule.score(p[..., m].transpose(0, 1)).amin()  # start and end as two rows: (2, E, n) -> (2,) -> ()
-              for p, m in zip(probs, attended, strict=True)]
-    return torch.stack(scores) if scores else torch.zeros(0, device=logits.device)
+    sure = torch.empty(len(mask), device=logits.device)
+    patterns, group = torch.unique(attended, dim=0, return_inverse=True)  # (P, T), (b,)
+    for g, columns in enumerate(patterns):
+        rows = (group == g).nonzero().squeeze(1)  # (g,)
+        kept = logits[rows][..., columns]  # (g, E, 2, n): the windows' own tokens
+        probs = kept.softmax(-1).transpose(1, 2).flatten(0, 1)  # start and end as rows: (2g, E, n)
+        sure[rows] = rule.score(probs).view(len(rows), 2).amin(1)  # (2g,) -> (g, 2) -> (g,)
+    return sure
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,8 @@ class ExitedSpans:
     layers_run: torch.Tensor
     """``(B,)``: the layers each window ran (a cascade runs some twice)."""
     every: torch.Tensor
-    """``(B, E, 2, T)``: start and end logits at every exit, NaN at the exits a window never reached."""
+    """``(B, E, 2, T)``: start and end logits at every exit; NaN at the exits a window never reached and in the
+    padding columns trimmed before an exit it reached."""
 
 
 @torch.no_grad()
@@ -106,7 +115,8 @@ class Spans:
     (units) scored at every exit, and the questions (rows) their answers are decoded for."""
 
     logits: torch.Tensor
-    """``(U, E, 2, T)``: each window's start and end logits at every exit."""
+    """``(U, E, 2, T)``: each window's start and end logits at every exit (``-inf`` in the columns that pad the
+    batches to one width)."""
     mask: torch.Tensor
     """``(U, T)``: each window's attention mask."""
     example_of: tuple[int, ...]
@@ -120,8 +130,10 @@ class Spans:
     with_null: bool = False
     """Whether an empty answer may be given (SQuAD 2.0)."""
     metric: str = "f1"
-    _f1: dict[tuple[int, ...], float] = field(default_factory=dict, compare=False, repr=False)
-    """A memo: (question, the exit of each of its windows) -> its F1; thresholds share most of them."""
+    """What :meth:`quality` measures."""
+    _f1: dict[tuple[int, ...], float] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """A memo of a pure function of the fields above: (question, the exit of each of its windows) -> its F1;
+    thresholds share most of them. Each instance has its own (``dataclasses.replace`` starts a new one)."""
 
     def __len__(self) -> int:
         return len(self.contexts)
@@ -139,7 +151,7 @@ class Spans:
         for q, ws in enumerate(windows):
             key = (q, *(at[w] for w in ws))
             if key not in self._f1:
-                tokens = [self.logits[w, at[w], :, :len(self.offsets[w])] for w in ws]  # (2, n) each
+                tokens = [self.logits[w, at[w]][:, self.mask[w].bool()] for w in ws]  # (2, n) each: its tokens
                 spans = [(t[0], t[1], self.offsets[w]) for t, w in zip(tokens, ws, strict=True)]
                 answer = best_answer(self.contexts[q], spans, with_null=self.with_null)
                 self._f1[key] = f1(answer, self.answers[q])
@@ -156,8 +168,8 @@ def score_spans(model: nn.Module, encoding: Any, dataset: Any, collate: Callable
     for i in tqdm(range(0, len(encoding.rows), batch_size), desc=desc, disable=not progress):
         batch = collate([without_targets(r) for r in encoding.rows[i:i + batch_size]])
         batches.append(batch)
-        logits.append(early_exit_spans(model, batch, stages).every)  # (b, E, 2, T)
-        masks.append(batch["attention_mask"])
+        logits.append(early_exit_spans(model, batch, stages).every.cpu())  # (b, E, 2, T)
+        masks.append(batch["attention_mask"].cpu())
     width = max((m.shape[1] for m in masks), default=0)
     logits = [torch.nn.functional.pad(x, (0, width - x.shape[-1]), value=-math.inf) for x in logits]
     masks = [torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in masks]

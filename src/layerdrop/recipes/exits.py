@@ -124,7 +124,7 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
     valid: Scored
     test: Scored
     if qa:
-        stride = int(trained.get("stride") or min(32, length // 4))
+        stride = int(trained["stride"] if trained.get("stride") is not None else min(32, length // 4))
         splits = load_qa(cfg.data, seed=seed)
         (valid, _), (test, test_batches) = (_qa_rows(model, tokenizer, split, cfg, stages, name, length, stride)
                                             for name, split in (("valid", splits.valid), ("test", splits.test)))
@@ -169,7 +169,7 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
         "test_rows": len(test), "threads": torch.get_num_threads(),
         "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
     plot_exit_depths({r.rule: r.test.shares for r in results}, out / "exit_depths.png",
-                     title=f"{Path(cfg.model).name}: where test rows leave")
+                     title=f"{Path(cfg.model).name}: where test {'windows' if qa else 'rows'} leave")
     return ExitsResult(out=out, stages=stages, rules=results, recorded=recorded, table=table)
 
 
@@ -248,10 +248,10 @@ def _table(results: tuple[RuleResult, ...], num_layers: int, rows_valid: int, co
             f"{t.mean_layers:.2f} ({100 * t.mean_layers / num_layers:.0f} %)",
             " / ".join(f"{d}: {100 * s:.0f} %" for d, s in t.shares.items()),
             "" if r.throughput is None else f"{r.throughput:.2f}×"])
-    unit = "windows" if metric == "f1" else "rows"  # a question's windows leave each at its own exit
-    return markdown_table(["rule", "max drop", "threshold", "F1" if metric == "f1" else metric, "full depth",
-                           "drop (points)", "within", "harmful (%)", f"mean layers (per {unit[:-1]})",
-                           f"{unit} leaving at", "throughput vs full"], rows)
+    qa = metric == "f1"  # a question's windows leave each at its own exit
+    return markdown_table(["rule", "max drop", "threshold", "F1" if qa else metric, "full depth", "drop (points)",
+                           "within", "harmful (%)", "mean layers (per window)" if qa else "mean layers",
+                           "windows leaving at" if qa else "rows leaving at", "throughput vs full"], rows)
 
 
 def _report(cfg: ExitsConfig, stages: tuple[Stage, ...], results: tuple[RuleResult, ...], recorded: Exits | None,
