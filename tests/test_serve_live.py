@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 from conftest import save_tiny_lm  # noqa: E402
 from layerdrop.config.recipes import ServeConfig  # noqa: E402
+from layerdrop.evaluation.report import CJK_FONTS  # noqa: E402
 from layerdrop.recipes.serve import build_server  # noqa: E402
 from layerdrop.serving.http.app import create_app  # noqa: E402
 from layerdrop.serving.served import load_served  # noqa: E402
@@ -174,9 +176,34 @@ def test_the_page_streams_an_answer_at_the_chosen_depth_in_a_real_browser(live):
     assert (ARTIFACTS / "serve-page.png").stat().st_size > 0
 
 
+def test_the_pages_chinese_is_drawn_with_a_chinese_font(live):
+    """Not as boxes: the bilingual page's Chinese words are drawn by a font that has them (fonts-noto-cjk)."""
+    playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package only)")
+    browser_path = _chromium()
+    if browser_path is None:
+        pytest.skip("no Chromium: apt-get install -y chromium (.ci/run installs it)")
+    if not subprocess.run(["fc-list", ":lang=zh"], capture_output=True, text=True).stdout.strip():
+        pytest.skip("no Chinese font: apt-get install -y fonts-noto-cjk (.ci/run installs it)")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            page.goto(live.url + "/")
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("DOM.enable")
+            cdp.send("CSS.enable")
+            root = cdp.send("DOM.getDocument")["root"]["nodeId"]
+            node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": "label[for=prompt]"})["nodeId"]
+            fonts = {f["familyName"]: f["glyphCount"] for f in cdp.send("CSS.getPlatformFontsForNode",
+                                                                         {"nodeId": node})["fonts"]}
+        finally:
+            browser.close()
+    drawn = sum(fonts.get(name, 0) for name in CJK_FONTS)  # glyphs each font drew for "输入 / Input"
+    assert drawn >= len("输入"), f"the label's Chinese is drawn with {fonts}, not with a Chinese font"
+
+
 def test_the_command_serves_until_interrupted(lm_dir):
     import signal
-    import subprocess
     import sys
 
     with socket.socket() as s:
