@@ -340,7 +340,59 @@ def test_auto_never_runs_past_the_depth_a_budget_allows():
                                rtol=1e-4)
 
 
-def test_jobs_with_different_exit_thresholds_never_share_apadded_batch():
+def test_a_request_whose_inputs_all_left_is_answered_before_the_batch_goes_deeper():
+    from layerdrop.config.recipes import ServeConfig
+    from layerdrop.exits import Exits
+    from layerdrop.serving.engine import Engine
+    from layerdrop.serving.worker import Job
+
+    model = _classifier("bert")
+    every = early_exit(model, padded_batch(), plan(NESTED)).probs[:, 0].amax(-1)  # (6,) sureness at the first exit
+    order = every.argsort(descending=True)
+    batch = {k: v[order] for k, v in padded_batch().items()}  # the two surest rows first
+    threshold = float(every[order[1]])  # they leave at the first exit; the others (less sure) go on
+
+    class Served:  # what the engine reads of a served model
+        pass
+
+    served = Served()
+    served.model, served.views = model, {4: model}
+    served.exits = Exits("max-prob", (1, 2, 4), ((0.5, threshold),), 0.5, 0.9, "x", 1)
+    served.exit_stages = plan(NESTED)
+    served.tokenizer = type("Pad", (), {"pad": staticmethod(lambda d, return_tensors: batch)})()
+    engine = Engine(served, ServeConfig(model="x"))
+    events, answers = [], {}
+
+    def told(name):
+        return lambda result, err: (events.append(name), answers.setdefault(name, result))
+    first = Job("classify", 4, 1.0, [[1]] * 2, told("first"), size=2, threshold=threshold)
+    second = Job("classify", 4, 1.0, [[1]] * 4, told("second"), size=4, threshold=threshold)
+    hook = model.encoder.encoder.layer[3].register_forward_pre_hook(lambda m, args: events.append("layer 3"))
+    try:
+        results = engine.run([first, second])
+    finally:
+        hook.remove()
+    assert events == ["first", "layer 3", "second"]  # the first answered while the second's inputs went on
+    assert [answers["first"], answers["second"]] == results and answers["first"][2] == [1, 1]
+    assert 4 in answers["second"][2]
+
+
+def test_the_worker_tells_a_job_once_even_when_the_runner_answered_it_early():
+    import threading
+
+    from layerdrop.serving.worker import Job, Worker, tell_now
+
+    calls = []
+    done = threading.Event()
+    worker = Worker(lambda jobs: [tell_now(jobs[0], "early"), "late"][1:] * len(jobs))
+    worker.start()
+    worker.submit(Job("classify", 4, 1.0, "x", lambda r, e: (calls.append(r), done.set())))
+    assert done.wait(10)
+    worker.stop()
+    assert calls == ["early"]
+
+
+def test_jobs_with_different_exit_thresholds_never_share_a_batch():
     import threading
 
     from layerdrop.serving.worker import Job, Worker

@@ -185,10 +185,13 @@ def leaving(rule: ExitRule | None, threshold: float, sure: Callable[[ExitRule], 
 
 @torch.no_grad()
 def early_exit(model: Classifier, batch: Mapping[str, torch.Tensor], stages: Sequence[Stage],
-               rule: ExitRule | None = None, threshold: float = math.inf) -> Exited:
+               rule: ExitRule | None = None, threshold: float = math.inf, *,
+               on_leave: Callable[[torch.Tensor, torch.Tensor, int], object] | None = None) -> Exited:
     """Run ``batch`` (tokenizer outputs; labels are ignored) through ``stages``; a row leaves at the first exit
     where ``rule`` scores it at least ``threshold``, and at the last exit in any case (no rule: every row runs
-    every exit, which costs one full forward for nested stages). ``model`` must be in eval mode."""
+    every exit, which costs one full forward for nested stages). ``on_leave(rows, logits, depth)`` hears of the
+    rows that left at each exit while the others go on (a server answers them then). ``model`` must be in eval
+    mode."""
     if not isinstance(model, Classifier):
         raise InputError("early exit needs a classifier saved by layerdrop train classification "
                          f"(a pooled head on an encoder), got {type(model).__name__}")
@@ -210,6 +213,8 @@ def early_exit(model: Classifier, batch: Mapping[str, torch.Tensor], stages: Seq
         leave = leaving(rule, threshold, lambda r: r.score(probs[active, :e + 1]), len(active), last, device)
         done = active[leave]
         logits_out[done], depth[done], layers_run[done] = logits[leave], stage.depth, ran
+        if on_leave is not None and len(done):
+            on_leave(done, logits[leave], stage.depth)
         return leave
 
     run_stages(model, lambda shell: cast(Classifier, shell).encoder, inputs, stages, at_exit)

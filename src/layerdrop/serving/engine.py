@@ -25,7 +25,7 @@ from .calibration import Calibration
 from .generate import generate
 from .latency import Profile, fit, observe
 from .served import Served
-from .worker import Cancelled, Job
+from .worker import Cancelled, Job, tell_now
 
 if TYPE_CHECKING:
     from transformers import GenerationMixin
@@ -190,7 +190,7 @@ class Engine:
             if stages:  # early exit up to the deepest exit the budget allows; no one depth's time: not observed
                 assert self.served.exits is not None and threshold is not None  # exit_stages come with exits
                 exited = early_exit(cast("Classifier", self.served.model), batch, stages,
-                                    lookup(self.served.exits.rule), threshold)
+                                    lookup(self.served.exits.rule), threshold, on_leave=_answer_when_left(jobs, tokens))
                 probs, depths = exited.logits.softmax(-1), exited.depth.tolist()  # (B, C), (B,)
             else:
                 out: list[torch.Tensor] = []
@@ -224,3 +224,20 @@ class Engine:
         self.observe(depth, c.prompt_tokens, result.new_tokens, ms)
         return [result]
 
+
+
+def _answer_when_left(jobs: Sequence[Job], tokens: int) -> Callable[[torch.Tensor, torch.Tensor, int], None]:
+    """An ``on_leave`` for :func:`layerdrop.exits.early_exit` that answers each job of a batch as soon as all
+    its inputs have left (a request whose text left at depth 3 does not wait for another's to reach 12)."""
+    starts = [sum(job.size for job in jobs[:j]) for j in range(len(jobs))]
+    probs: dict[int, list[float]] = {}
+    depths: dict[int, int] = {}
+
+    def on_leave(rows: torch.Tensor, logits: torch.Tensor, depth: int) -> None:
+        for row, p in zip(rows.tolist(), logits.float().softmax(-1).tolist(), strict=True):
+            probs[row], depths[row] = p, depth
+        for job, start in zip(jobs, starts, strict=True):
+            mine = range(start, start + job.size)
+            if not job.told.is_set() and all(r in probs for r in mine):
+                tell_now(job, ([probs[r] for r in mine], tokens, [depths[r] for r in mine]))
+    return on_leave

@@ -19,7 +19,7 @@ from typing import Any
 
 from layerdrop.errors import InputError
 
-__all__ = ["Cancelled", "Job", "QueueFull", "Worker"]
+__all__ = ["Cancelled", "Job", "QueueFull", "Worker", "tell_now"]
 
 
 class QueueFull(RuntimeError):
@@ -56,6 +56,9 @@ class Job:
     threshold: float | None = None
     """A classify job's early-exit threshold (``"depth": "auto"``; its depth is the deepest it may run), or
     ``None``; batched only with jobs of the same."""
+    told: threading.Event = field(default_factory=threading.Event)
+    """Set once ``on_done`` has been called: by :func:`tell_now` while its batch still runs (every input of an
+    early-exit job has left), or by the worker when the batch ends. ``on_done`` is called once."""
 
 
 class Worker:
@@ -183,8 +186,17 @@ class Worker:
                 _tell(job, result, error)
 
 
+def tell_now(job: Job, result: Any) -> None:
+    """Answer ``job`` before its batch ends (a runner whose job's inputs have all left early); the worker then
+    leaves it alone."""
+    _tell(job, result, None)
+
+
 def _tell(job: Job, result: Any, err: BaseException | None) -> None:
-    """``job.on_done``, which must never end the worker (its event loop may be gone at shutdown)."""
+    """``job.on_done``, once, and never ending the worker (its event loop may be gone at shutdown)."""
+    if job.told.is_set():
+        return
+    job.told.set()
     try:
         job.on_done(result, err)
     except RuntimeError:
