@@ -11,7 +11,7 @@
 #
 #   MiniLM-L6 on Rotten Tomatoes, 2,000 training rows, 2 epochs (126 steps of 32), 1,000 validation rows
 #
-#   bash experiments/lecture_table7.sh [OUT]      # default: runs/lecture/table7; about 45 min on 2 CPU cores
+#   bash experiments/lecture_table7.sh [OUT]      # default: runs/lecture/table7; 45-52 min on 2 CPU cores
 #
 # A finished run is skipped and an unfinished one resumed, so the same command continues the sweep.
 set -euo pipefail
