@@ -225,7 +225,6 @@ class Engine:
         return [result]
 
 
-
 def _answer_when_left(jobs: Sequence[Job], tokens: int) -> Callable[[torch.Tensor, torch.Tensor, int], None]:
     """An ``on_leave`` for :func:`layerdrop.exits.early_exit` that answers each job of a batch as soon as all
     its inputs have left (a request whose text left at depth 3 does not wait for another's to reach 12)."""
