@@ -193,7 +193,7 @@ def test_exits_without_record_leave_the_model_folder_untouched(tmp_path, minilm_
     ({"more_drops": "1,x"}, "--more-drops"),
     ({"rules": "max-prob,confidence"}, "unknown exit rule"),
     ({"confidence": 1.0}, "--confidence"),
-    ({"more_drops": "0,1"}, "--more-drops is in accuracy points"),
+    ({"more_drops": "0,1"}, "--more-drops is in points of accuracy"),
     ({"rows": -1}, "--rows must be 0 or more"),
     ({"latency_reps": 0}, "at least 1"),
 ])

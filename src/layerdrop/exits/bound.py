@@ -69,7 +69,8 @@ def calibrate(harmful: Sequence[int], *, rows: int, max_drop: float, confidence:
 def check_max_drop(points: float, name: str = "max_drop") -> None:
     """A tolerated drop must be in (0, 100) points; ``name`` is what the user called it."""
     if not 0 < points < 100:
-        raise InputError(f"{name} is in accuracy points and must be in (0, 100), got {points!r}")
+        raise InputError(f"{name} is in points of accuracy (of F1 for question answering) and must be in (0, 100), "
+                         f"got {points!r}")
 
 
 def rows_needed(max_drop: float, confidence: float) -> int:
