@@ -33,6 +33,7 @@ __all__ = [
     "calibration_batches",
     "depth_sweep",
     "distinct_n",
+    "encoded_questions",
     "encoded_rows",
     "higher_is_better",
     "latency_ms",
@@ -251,6 +252,22 @@ def encoded_rows(tokenizer: Any, data: str, *, seed: int = 0, max_length: int = 
             for name, split in (("valid", splits.valid), ("test", splits.test))}
 
 
+def encoded_questions(tokenizer: Any, data: str, *, seed: int = 0, max_length: int = 384, stride: int = 32,
+                      rows: int | None = None) -> dict[str, tuple[Any, Any]]:
+    """The validation (``"valid"``) and test questions of the SQuAD-format file ``data``, each split with its
+    windows (:func:`layerdrop.data.encode_qa`): the first ``rows`` questions of each (``None``: all), split by
+    ``seed`` as training split it."""
+    from layerdrop.data import QADataset, encode_qa, load_qa
+
+    splits = load_qa(data, seed=seed)
+    out: dict[str, tuple[Any, Any]] = {}
+    for name, split in (("valid", splits.valid), ("test", splits.test)):
+        assert isinstance(split, QADataset)  # load_qa splits questions
+        part = split.subset(range(len(split) if rows is None else min(rows, len(split))))
+        out[name] = (part, encode_qa(tokenizer, part, max_length, stride, desc=name))
+    return out
+
+
 def validation_scorers(
     model: nn.Module,
     tokenizer: Any,
@@ -300,17 +317,13 @@ def _qa_scorers(model: nn.Module, tokenizer: Any, data: str, rows: int, batch_si
     """:func:`validation_scorers` of a question-answering model: F1 on questions (windows pooled)."""
     from transformers import DataCollatorWithPadding
 
-    from layerdrop.data import QADataset, encode_qa, load_qa
-
     from .qa import qa_scores, without_targets
 
-    splits = load_qa(data, seed=seed)
-    valid, test = splits.valid, splits.test
-    assert isinstance(valid, QADataset) and isinstance(test, QADataset)  # load_qa splits questions
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    parts = {name: split.subset(range(min(rows, len(split)))) for name, split in (("valid", valid), ("test", test))}
-    encoded = {name: encode_qa(tokenizer, part, max_length, min(32, max_length // 4), desc=name)
-               for name, part in parts.items()}
+    questions = encoded_questions(tokenizer, data, seed=seed, max_length=max_length, stride=min(32, max_length // 4),
+                                  rows=rows)
+    parts = {name: part for name, (part, _) in questions.items()}
+    encoded = {name: encoding for name, (_, encoding) in questions.items()}
 
     def scorer(name: str) -> Callable[[nn.Module], float]:
         return lambda m: qa_scores(m, encoded[name], parts[name], collate, batch_size=batch_size)["f1"]

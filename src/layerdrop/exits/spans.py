@@ -13,6 +13,7 @@ below full depth's as its harmful rows, so the guarantee bounds the F1 lost.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,13 +143,18 @@ class Spans:
         return torch.stack([span_sureness(self.logits[:, :e + 1], self.mask, rule)
                             for e in range(self.logits.shape[1])], 1)  # (U, E)
 
-    def quality(self, exit_at: torch.Tensor) -> torch.Tensor:
-        at = exit_at.tolist()
+    @functools.cached_property
+    def windows(self) -> tuple[tuple[int, ...], ...]:
+        """Each question's windows (indices into the units), derived once from :attr:`example_of`."""
         windows: list[list[int]] = [[] for _ in self.contexts]
         for w, q in enumerate(self.example_of):
             windows[q].append(w)
+        return tuple(map(tuple, windows))
+
+    def quality(self, exit_at: torch.Tensor) -> torch.Tensor:
+        at = exit_at.tolist()
         scores = []
-        for q, ws in enumerate(windows):
+        for q, ws in enumerate(self.windows):
             key = (q, *(at[w] for w in ws))
             if key not in self._f1:
                 tokens = [self.logits[w, at[w]][:, self.mask[w].bool()] for w in ws]  # (2, n) each: its tokens

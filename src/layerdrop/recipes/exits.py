@@ -32,9 +32,8 @@ from transformers import AutoTokenizer, DataCollatorWithPadding
 from layerdrop.config.recipes import ExitsConfig
 from layerdrop.core.arch import find_layers
 from layerdrop.core.depths import parse_depths
-from layerdrop.data import QADataset, encode_qa, load_qa
 from layerdrop.errors import InputError
-from layerdrop.evaluation.measure import encoded_rows
+from layerdrop.evaluation.measure import encoded_questions, encoded_rows
 from layerdrop.evaluation.qa import is_qa_model
 from layerdrop.evaluation.report import markdown_table, plot_exit_depths
 from layerdrop.evaluation.timer import time_ms
@@ -43,7 +42,7 @@ from layerdrop.exits.calibrate import Labelled, Outcome, Scored, calibrate_rule,
 from layerdrop.exits.record import Exits, record_in_folder
 from layerdrop.exits.rules import lookup
 from layerdrop.exits.run import Stage, early_exit, stages_of
-from layerdrop.exits.spans import Spans, early_exit_spans, score_spans
+from layerdrop.exits.spans import early_exit_spans, score_spans
 from layerdrop.files import write_json, write_text
 from layerdrop.models.classifier import Classifier
 from layerdrop.models.loading import from_pretrained, local_folder, read_meta
@@ -125,9 +124,12 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
     test: Scored
     if qa:
         stride = int(trained["stride"] if trained.get("stride") is not None else min(32, length // 4))
-        splits = load_qa(cfg.data, seed=seed)
-        (valid, _), (test, test_batches) = (_qa_rows(model, tokenizer, split, cfg, stages, name, length, stride)
-                                            for name, split in (("valid", splits.valid), ("test", splits.test)))
+        questions = encoded_questions(tokenizer, cfg.data, seed=seed, max_length=length, stride=stride,
+                                      rows=cfg.rows or None)
+        collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+        (valid, _), (test, test_batches) = (score_spans(model, encoding, part, collate, stages,
+                                                        batch_size=cfg.batch_size, progress=cfg.progress, desc=name)
+                                            for name, (part, encoding) in questions.items())
         exit_at: Callable[..., Any] = early_exit_spans
     else:
         encoded = encoded_rows(tokenizer, cfg.data, seed=seed, max_length=length, rows=cfg.rows or None)
@@ -184,17 +186,6 @@ def _labelled_rows(model: Classifier, encoded: tuple[list[dict[str, Any]], Calla
         probs.append(early_exit(model, batch, stages).probs)
         batches.append(batch)
     return Labelled(torch.cat(probs), torch.cat(labels)), batches  # (N, E, C), (N,)
-
-
-def _qa_rows(model: Any, tokenizer: Any, split: Any, cfg: ExitsConfig, stages: tuple[Stage, ...], name: str,
-             length: int, stride: int) -> tuple[Spans, list[dict[str, Any]]]:
-    """A question-answering model's questions of one split, their windows scored at every exit, and the batches
-    that ran."""
-    assert isinstance(split, QADataset)  # load_qa splits questions
-    part = split.subset(range(min(cfg.rows, len(split)) if cfg.rows else len(split)))
-    encoding = encode_qa(tokenizer, part, length, stride, desc=name)
-    return score_spans(model, encoding, part, DataCollatorWithPadding(tokenizer, return_tensors="pt"), stages,
-                       batch_size=cfg.batch_size, progress=cfg.progress, desc=name)
 
 
 def _drops(cfg: ExitsConfig) -> tuple[float, ...]:
