@@ -252,13 +252,14 @@ def encoded_rows(tokenizer: Any, data: str, *, seed: int = 0, max_length: int = 
             for name, split in (("valid", splits.valid), ("test", splits.test))}
 
 
-def encoded_questions(tokenizer: Any, data: str, *, seed: int = 0, max_length: int = 384, stride: int = 32,
+def encoded_questions(tokenizer: Any, data: str, *, seed: int = 0, max_length: int = 384, stride: int | None = None,
                       rows: int | None = None) -> dict[str, tuple[Any, Any]]:
     """The validation (``"valid"``) and test questions of the SQuAD-format file ``data``, each split with its
     windows (:func:`layerdrop.data.encode_qa`): the first ``rows`` questions of each (``None``: all), split by
-    ``seed`` as training split it."""
+    ``seed`` as training split it. ``stride`` ``None``: a quarter of ``max_length``, at most 32 tokens."""
     from layerdrop.data import QADataset, encode_qa, load_qa
 
+    stride = min(32, max_length // 4) if stride is None else stride
     splits = load_qa(data, seed=seed)
     out: dict[str, tuple[Any, Any]] = {}
     for name, split in (("valid", splits.valid), ("test", splits.test)):
@@ -320,8 +321,7 @@ def _qa_scorers(model: nn.Module, tokenizer: Any, data: str, rows: int, batch_si
     from .qa import qa_scores, without_targets
 
     collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
-    questions = encoded_questions(tokenizer, data, seed=seed, max_length=max_length, stride=min(32, max_length // 4),
-                                  rows=rows)
+    questions = encoded_questions(tokenizer, data, seed=seed, max_length=max_length, rows=rows)
     parts = {name: part for name, (part, _) in questions.items()}
     encoded = {name: encoding for name, (_, encoding) in questions.items()}
 

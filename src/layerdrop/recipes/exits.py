@@ -123,7 +123,7 @@ def run_exits(cfg: ExitsConfig, log: Callable[[str], None] = lambda _: None) -> 
     valid: Scored
     test: Scored
     if qa:
-        stride = int(trained["stride"] if trained.get("stride") is not None else min(32, length // 4))
+        stride = None if trained.get("stride") is None else int(trained["stride"])  # None: the sweep's default
         questions = encoded_questions(tokenizer, cfg.data, seed=seed, max_length=length, stride=stride,
                                       rows=cfg.rows or None)
         collate = DataCollatorWithPadding(tokenizer, return_tensors="pt")
