@@ -139,7 +139,10 @@ def test_a_finished_run_is_reused_an_unfinished_one_resumes_and_other_settings_a
     run(crashed)
     shutil.rmtree(tmp_path / "crashed" / "model")
     (tmp_path / "crashed" / "checkpoints" / "checkpoint-4" / "layerdrop-complete.json").unlink()  # died saving it
+    earlier = tmp_path / "crashed" / "checkpoints" / "checkpoint-2" / "layerdrop-complete.json"
+    earlier.write_text(json.dumps({"global_step": 2, "train_seconds": 1000.0}))  # its first invocation's time
     resumed = run_or_reuse(crashed)
+    assert json.loads((resumed / "layerdrop.json").read_text())["train_seconds"] >= 1000.0  # counted
     a, b = load_saved(str(whole)).state_dict(), load_saved(str(resumed)).state_dict()
     for k in a:
         torch.testing.assert_close(b[k], a[k], msg=k)

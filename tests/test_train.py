@@ -25,7 +25,7 @@ from layerdrop.evaluation.measure import pooled_accuracy
 from layerdrop.models.loading import Classifier, load_classifier, load_saved, pool, resolve
 from layerdrop.recipes.train import run, run_or_reuse
 from layerdrop.training.callback import LayerDropCallback, attach
-from layerdrop.training.checkpoints import drop_resume_state, last_complete_checkpoint
+from layerdrop.training.checkpoints import CHECKPOINT_DONE, drop_resume_state, last_complete_checkpoint
 from layerdrop.training.losses import kd_loss
 from layerdrop.training.trainer import LayerDropTrainer
 
@@ -276,6 +276,20 @@ def test_resumed_run_matches_an_uninterrupted_run(tmp_path, bert_dir, reviews, d
         rates = [json.loads((r.model_dir / "layerdrop.json").read_text())["learned_rates"] for r in (full, resumed)]
         assert rates[1] == pytest.approx(rates[0]) and len(rates[0]) == 4
         assert (out / "checkpoints" / "checkpoint-2" / "learned_rates.safetensors").is_file()
+
+
+def test_a_resumed_runs_training_time_counts_the_invocations_before_it(tmp_path, bert_dir, reviews):
+    out = tmp_path / "crashed"
+    cfg = _quick(task="classification", model=bert_dir, data=reviews, rate=0.5, out=str(out))
+    run(cfg)
+    marker = out / "checkpoints" / "checkpoint-2" / CHECKPOINT_DONE
+    assert json.loads(marker.read_text())["train_seconds"] > 0  # each checkpoint records the time so far
+    marker.write_text(json.dumps({"global_step": 2, "train_seconds": 1000.0}))  # as if the first invocation was slow
+    (out / "checkpoints" / "checkpoint-4" / CHECKPOINT_DONE).unlink()  # and died saving its last checkpoint
+    resumed = run(cfg.replace(resume=True))
+    meta = json.loads((resumed.model_dir / "layerdrop.json").read_text())
+    assert meta["train_seconds"] >= 1000.0
+    assert json.loads((out / "checkpoints" / "checkpoint-4" / CHECKPOINT_DONE).read_text())["train_seconds"] >= 1000.0
 
 
 def test_dropping_resume_state_keeps_each_checkpoints_log_and_resumes_nothing(tmp_path, bert_dir, reviews):

@@ -50,7 +50,7 @@ from layerdrop.models.loading import (
     model_folder,
     read_meta,
 )
-from layerdrop.training.checkpoints import MarkCheckpointComplete, last_complete_checkpoint
+from layerdrop.training.checkpoints import MarkCheckpointComplete, last_complete_checkpoint, seconds_trained
 from layerdrop.training.losses import hidden_pairs
 from layerdrop.training.teachers import check_labels, check_shapes, check_tokenizers, task_of
 from layerdrop.training.trainer import TEACHER_LOGITS, LayerDropTrainer
@@ -296,6 +296,7 @@ def run(cfg: DistillConfig) -> DistillResult:
     check_fresh(ckpt_dir, cfg.resume)
     _check_same_run(out, cfg)
     resume_from = last_complete_checkpoint(ckpt_dir) if cfg.resume else None
+    earlier = seconds_trained(resume_from)  # the invocations before this one, counted in the run's minutes
     write_json(out / SETTINGS_FILE, _settings(cfg))
 
     # 2. the teacher: frozen, in eval mode
@@ -346,7 +347,7 @@ def run(cfg: DistillConfig) -> DistillResult:
     # 6. distil
     trainer = LayerDropTrainer(
         model=student, args=args, train_dataset=Rows(train_rows), data_collator=collator,
-        callbacks=[MarkCheckpointComplete()], teacher=teacher, task_weight=loss.alpha_task,
+        callbacks=[MarkCheckpointComplete(earlier)], teacher=teacher, task_weight=loss.alpha_task,
         distill_weight=loss.alpha_kd, distill_temperature=loss.temperature, cos_weight=loss.alpha_cos,
         hidden_weight=loss.alpha_hidden, hidden_layers=hidden_pairs(kept), head_lr=cfg.optim.head_lr,
     )
@@ -366,7 +367,7 @@ def run(cfg: DistillConfig) -> DistillResult:
                  "alpha_cos": loss.alpha_cos, "alpha_hidden": loss.alpha_hidden},
         "metrics": metrics,
         "teacher_metrics": teacher_metrics,
-        "train_seconds": round(trained.metrics["train_runtime"], 1),
+        "train_seconds": round(earlier + trained.metrics["train_runtime"], 1),  # every invocation's
         "teacher_cache_seconds": round(cache_seconds, 1),  # this invocation's (0 when the cache was reused)
     }
     if pruning is not None:

@@ -42,7 +42,7 @@ from layerdrop.models.loading import (
     read_meta,
 )
 from layerdrop.training.callback import attach
-from layerdrop.training.checkpoints import MarkCheckpointComplete, last_complete_checkpoint
+from layerdrop.training.checkpoints import MarkCheckpointComplete, last_complete_checkpoint, seconds_trained
 from layerdrop.training.heads import DepthHead, fit_depth_heads
 from layerdrop.training.teachers import check_labels, check_shapes, check_tokenizers, task_of
 from layerdrop.training.trainer import LayerDropTrainer
@@ -293,6 +293,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     resume_from = last_complete_checkpoint(ckpt_dir) if cfg.resume else None
+    earlier = seconds_trained(resume_from)  # the invocations before this one, counted in the run's minutes
     check_fresh(ckpt_dir, cfg.resume)
 
     # 2. data
@@ -343,7 +344,8 @@ def run(cfg: TrainConfig) -> TrainResult:
                       distill_temperature=served.temperature, hidden_weight=served.alpha_hidden)
     trainer = LayerDropTrainer(
         model=model, args=args, train_dataset=Rows(train_rows), data_collator=collator,
-        callbacks=[MarkCheckpointComplete()], head_lr=cfg.optim.head_lr, rate_learner=learner, rate_lr=ld.rate_lr,
+        callbacks=[MarkCheckpointComplete(earlier)], head_lr=cfg.optim.head_lr, rate_learner=learner,
+        rate_lr=ld.rate_lr,
         **losses,
     )
     if layerdrop_on:
@@ -382,7 +384,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     main_process = trainer.is_world_process_zero()
     if main_process:
         _export(cfg, model, tokenizer, metrics, learner, train_split.label_names if classify else None,
-                train_seconds=trained.metrics["train_runtime"] + heads_seconds, heads=heads)
+                train_seconds=earlier + trained.metrics["train_runtime"] + heads_seconds, heads=heads)
     return TrainResult(out=out, model_dir=out / "model", metrics=metrics, steps=trainer.state.global_step,
                        seconds=time.time() - start, resumed_from=resume_from, main_process=main_process)
 
@@ -433,9 +435,8 @@ def _teacher(cfg: TrainConfig, model: nn.Module, tokenizer: Any, label_names: Se
 
 def _export(cfg: TrainConfig, model: nn.Module, tokenizer: Any, metrics: dict[str, float], learner: Any,
             label_names: Sequence[str] | None, *, train_seconds: float, heads: Sequence[DepthHead] = ()) -> None:
-    """Export the run with its ``layerdrop.json`` record; ``train_seconds`` is the training time of
-    the invocation that finished the run (a resumed run's earlier invocations are not in it), fitting
-    the ``heads`` included."""
+    """Export the run with its ``layerdrop.json`` record; ``train_seconds`` is the run's training time,
+    every invocation of a resumed run and fitting the ``heads`` included."""
     meta: dict[str, Any] = {"trained_with": _recorded(cfg), "metrics": metrics,
                             "train_seconds": round(train_seconds, 1)}
     if heads:  # what each depth's own head scored against the shared one
