@@ -96,8 +96,8 @@ def test_a_page_is_rebuilt_from_its_runs_and_its_prose_kept(tmp_path, runs):
     for point in sweep["points"]["every-other"]:
         kept = " ".join(map(str, point["kept"]))
         assert f"| every-other | {point['depth']} | {kept} | {point['score']:.2f} |" in text
-    assert "| rate0.2 | 84.0 % | 79.0 % | 3.00 | 0.400 | 0.700 |" in text
-    assert "| rate0.5 | 83.0 % | 81.0 % | 2.70 |" in text
+    assert "| `rate0.2` | 84.0 % | 79.0 % | 3.00 | 0.400 | 0.700 |" in text
+    assert "| `rate0.5` | 83.0 % | 81.0 % | 2.70 |" in text
     assert "| 6 | 41.50 | 120.0 | 0.450 | 0.200 | 110.0 | 0.900 |  |" in text  # nan: no 4-grams, left blank
     assert "| 3 | 0.625 | 150.0 | 1.25 |" in text
     for image in ("images/depth.png", "images/masks.png", "images/loss.png", "images/mechanism.png"):
@@ -113,7 +113,7 @@ def test_refreshing_twice_changes_nothing_and_check_finds_a_hand_edit(tmp_path, 
     once = page.read_text(encoding="utf-8")
     assert refresh_page(page, runs).text == once
     assert cli.main(["report", str(page), "--runs", str(runs), "--check"]) == 0
-    page.write_text(once.replace("| rate0.2 | 84.0 %", "| rate0.2 | 99.0 %"), encoding="utf-8")
+    page.write_text(once.replace("| `rate0.2` | 84.0 %", "| `rate0.2` | 99.0 %"), encoding="utf-8")
     assert cli.main(["report", str(page), "--runs", str(runs), "--check"]) == 1
     assert "99.0 %" in page.read_text(encoding="utf-8")  # --check writes nothing
     out = capsys.readouterr().out
@@ -154,9 +154,9 @@ def test_the_marker_quoted_in_prose_is_left_alone(runs):
 def test_runs_option_picks_and_orders_the_levers_runs(runs):
     page = "<!-- layerdrop:levers runs/levers/* runs=rate0.5,rate0.2 -->\n<!-- /layerdrop -->\n"
     text = refresh_text(page, runs, page_dir=None).text
-    assert text.index("| rate0.5 |") < text.index("| rate0.2 |")
+    assert text.index("| `rate0.5` |") < text.index("| `rate0.2` |")
     only = refresh_text(page.replace("runs=rate0.5,rate0.2", "runs=rate0.2"), runs, page_dir=None).text
-    assert "| rate0.2 |" in only and "rate0.5" not in only
+    assert "| `rate0.2` |" in only and "rate0.5" not in only
     waiting = "<!-- layerdrop:levers runs/levers/* runs=rate0.2,rate0.9 -->\nold table\n<!-- /layerdrop -->\n"
     result = refresh_text(waiting, runs, page_dir=None)  # a run not there yet: the block waits for it
     assert result.text == waiting and [b.options["runs"] for b in result.missing] == ["rate0.2,rate0.9"]
@@ -173,7 +173,7 @@ def test_a_glob_that_finds_a_run_still_in_progress_waits_for_it(tmp_path, runs):
     assert result.text == page and len(result.missing) == 1
     (tmp_path / "runs/levers/rate0.9/rt").rmdir()
     (tmp_path / "runs/levers/rate0.9").rmdir()
-    assert "| rate0.5 |" in refresh_text(page, tmp_path, page_dir=None).text
+    assert "| `rate0.5` |" in refresh_text(page, tmp_path, page_dir=None).text
 
 
 def test_several_generation_runs_share_one_table_with_their_names(tmp_path, runs):
@@ -183,8 +183,9 @@ def test_several_generation_runs_share_one_table_with_their_names(tmp_path, runs
     page = "<!-- layerdrop:generation runs/gens/* runs=plain,layerdrop -->\n<!-- /layerdrop -->\n"
     text = refresh_text(page, tmp_path, page_dir=None).text
     assert "| model | depth | perplexity |" in text
-    assert text.index("| plain | 6 | 41.50 |") < text.index("| plain | 3 | 77.25 |") < text.index("| layerdrop | 6 |")
-    assert "| layerdrop | 3 | 0.625 | 150.0 | 1.25 |" in text  # the speculative table names its run too
+    rows = ("| `plain` | 6 | 41.50 |", "| `plain` | 3 | 77.25 |", "| `layerdrop` | 6 |")
+    assert text.index(rows[0]) < text.index(rows[1]) < text.index(rows[2])
+    assert "| `layerdrop` | 3 | 0.625 | 150.0 | 1.25 |" in text  # the speculative table names its run too
 
 
 def test_the_importance_block_tabulates_and_draws_each_strategys_layer_scores(tmp_path, runs):
@@ -195,7 +196,7 @@ def test_the_importance_block_tabulates_and_draws_each_strategys_layer_scores(tm
     text = page.read_text(encoding="utf-8")
     records = json.loads((runs / "runs/sweep/sweep.json").read_text())["records"]
     influence = next(r["scores"] for r in records["block-influence"] if r["scores"])
-    assert "| block-influence | " + " | ".join(f"{v:.3g}" for v in influence) + " |" in text
+    assert "| `block-influence` | " + " | ".join(f"{v:.3g}" for v in influence) + " |" in text
     assert "every-other" not in text  # it scores no layers
     assert (tmp_path / "images/importance.png").read_bytes()[:8] == PNG and "![scores](images/importance.png)" in text
 
@@ -266,8 +267,8 @@ def test_a_chinese_page_gets_every_generated_word_and_figure_in_chinese(tmp_path
     assert "| 策略 | 深度 | 保留的层 | 困惑度 |" in text
     assert "| 运行名 | 6 层准确率 | 3 层准确率 | 每步耗时（秒） |" in text
     assert "完整深度上的自投机解码（贪心解码）：" in text
-    names = {"every-other", "block-influence", "rate0.2", "rate0.5"}  # strategies and runs: names in code
-    words = set(re.findall(r"[A-Za-z][\w.-]*", _generated(text))) - names
+    prose = re.sub(r"`[^`]*`", "", _generated(text))  # runs' and strategies' names are set as code
+    words = set(re.findall(r"[A-Za-z][\w.-]*", prose)) - {"every-other", "block-influence"}  # a sweep's strategies
     assert words <= {"M"}, words  # "M" of "1.23M" parameters
 
 

@@ -246,6 +246,11 @@ def _runs(files: list[Path]) -> list[tuple[str, dict[str, Any]]]:
     return [(_run_name(path), json.loads(path.read_text())) for path in files]
 
 
+def _code(name: str) -> str:
+    """A run's or a strategy's name in a table cell, set as code: a name, in every page's language."""
+    return f"`{name}`"
+
+
 def _levers(files: list[Path], options: Mapping[str, str], page_dir: Path | None, language: Language) -> str:
     """One row per ``experiments/levers.py`` run: its score at each depth, seconds per step and last loss."""
     runs = _runs(files)  # experiments/levers.py
@@ -257,7 +262,7 @@ def _levers(files: list[Path], options: Mapping[str, str], page_dir: Path | None
         by_depth = {r["depth"]: r["score"] for r in data["rows"]}
         steps, seconds = data.get("steps"), data.get("train_seconds")
         curve = data.get("loss_curve") or []
-        rows.append([name, *[format_score(by_depth[d], metric) if d in by_depth else "" for d in shown],
+        rows.append([_code(name), *[format_score(by_depth[d], metric) if d in by_depth else "" for d in shown],
                      f"{seconds / steps:.2f}" if steps and seconds else "",
                      f"{curve[-1][1]:.3f}" if curve else "",
                      f"{max(loss for _, loss in curve):.3f}" if curve else ""])
@@ -288,7 +293,7 @@ def _generation(files: list[Path], options: Mapping[str, str], page_dir: Path | 
     def num(value: float, digits: int = 2) -> str:
         return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
-    rows = [[*([name] if named else []), r["depth"], num(r["perplexity"]),
+    rows = [[*([_code(name)] if named else []), r["depth"], num(r["perplexity"]),
              *[num(r[way][key], d) for way in ("greedy", "sampled")
                for key, d in (("tokens_per_second", 1), ("distinct_2", 3), ("repeated_4grams", 3))]]
             for name, data in runs for r in data["depths"]]
@@ -296,7 +301,7 @@ def _generation(files: list[Path], options: Mapping[str, str], page_dir: Path | 
     table = markdown_table([*model, *[say(h, language) for h in (
         "depth", "perplexity", "greedy tokens/s", "greedy distinct-2", "greedy repeated 4-grams", "sampled tokens/s",
         "sampled distinct-2", "sampled repeated 4-grams")]], rows)
-    speculative = [[*([name] if named else []), s["draft_depth"], num(s["acceptance"], 3),
+    speculative = [[*([_code(name)] if named else []), s["draft_depth"], num(s["acceptance"], 3),
                     num(s["tokens_per_second"], 1), num(s["speed_up"])]
                    for name, data in runs for r in data["depths"] for s in r.get("speculative", [])]
     if speculative:
@@ -319,7 +324,7 @@ def _importance(files: list[Path], options: Mapping[str, str], page_dir: Path | 
     layers = max(len(v) for v in scores.values())
     header = [say("strategy", language), *[say("layer {index}", language, index=i) for i in range(layers)]]
     table = markdown_table(header,
-                           [[name, *[f"{v:.3g}" for v in values]] for name, values in scores.items()])
+                           [[_code(name), *[f"{v:.3g}" for v in values]] for name, values in scores.items()])
     title = options.get("title", say("per-layer scores", language))
     return table + "\n" + _image(options, page_dir,
                                  lambda p: plot_layer_importance(scores, p, title=title, language=language), title)
