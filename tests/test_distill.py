@@ -154,17 +154,21 @@ def test_the_teacher_cache_and_the_cut_are_reused_only_for_the_same_teacher_data
         teacher, reviews, tmp_path):
     out = tmp_path / "d"
     first = run(_config(teacher, reviews, out, depth=2, max_steps=10))
-    assert first.cache_seconds > 0
+    assert first.cache_seconds > 0 and not first.cache_reused
 
     def not_started():  # a run that stopped before its first checkpoint keeps no claim on its folder
         shutil.rmtree(out / "model")
         shutil.rmtree(out / "checkpoints")
 
     not_started()
-    assert run(_config(teacher, reviews, out, depth=2, max_steps=10)).cache_seconds == 0  # same rows: reused
+    again = run(_config(teacher, reviews, out, depth=2, max_steps=10))
+    assert again.cache_reused and again.cache_seconds == first.cache_seconds  # same rows: reused, its cost counted
+    assert json.loads((out / "model" / "layerdrop.json").read_text())["teacher_cache_seconds"] == round(
+        first.cache_seconds, 1)
     not_started()
     shorter = run(_config(teacher, reviews, out, depth=1, max_length=4, max_steps=10))
-    assert shorter.cache_seconds > 0 and shorter.kept == (0,)  # other encoding and depth: made again
+    assert not shorter.cache_reused and shorter.cache_seconds > 0  # other encoding and depth: made again
+    assert shorter.kept == (0,)
 
 
 def test_a_given_student_is_matched_to_the_teacher_layers_it_was_cut_from(teacher, reviews, tmp_path):

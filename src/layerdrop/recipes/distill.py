@@ -74,6 +74,8 @@ SETTINGS_FILE = "distill.json"
 """The run's settings, written when it starts: a resumed run must match them."""
 CACHE_FILE = "teacher-logits.safetensors"
 """The teacher's logits on the training rows, computed once (``--cache-teacher``)."""
+CACHE_SECONDS = "seconds"
+"""The cache's metadata key for the seconds it took to compute, beside the identity it was made for."""
 NOT_COMPARED = ("resume", "out", "progress")
 """Settings a continued or moved run may change."""
 
@@ -97,7 +99,10 @@ class DistillResult:
     seconds: float
     """Wall time of this call."""
     cache_seconds: float
-    """Time spent computing the teacher's logits in this call (0 when reused or not cached)."""
+    """What the teacher's logits cost this run: computed in this call, or as recorded in the cache this call
+    reused (0 when not cached)."""
+    cache_reused: bool
+    """Whether this call read the teacher's logits from the run's cache instead of computing them."""
     resumed_from: Path | None
     """The checkpoint this run continued from, if any."""
 
@@ -264,19 +269,24 @@ def teacher_logits(teacher: nn.Module, rows: Sequence[dict[str, Any]], collate: 
 
 
 def _cached_logits(out: Path, teacher: nn.Module, rows: list[dict[str, Any]], collate: Any, batch_size: int,
-                   identity: dict[str, Any]) -> tuple[torch.Tensor, float]:
-    """The teacher's logits on ``rows``: read from ``out``'s cache if it was made for the same
-    ``identity`` (teacher, data and encoding), else computed and saved (atomically)."""
+                   identity: dict[str, Any]) -> tuple[torch.Tensor, float, bool]:
+    """The teacher's logits on ``rows``, the seconds they cost, and whether they were reused: read from
+    ``out``'s cache if it was made for the same ``identity`` (teacher, data and encoding), else computed
+    and saved (atomically). The cache records its cost, so a resumed run still counts it."""
     path = out / CACHE_FILE
     stamp = {k: json.dumps(v) for k, v in identity.items()}
     if path.is_file():
         with safetensors.safe_open(path, "pt") as f:
-            if f.metadata() == stamp:
-                return f.get_tensor("logits"), 0.0
+            recorded = dict(f.metadata() or {})
+            seconds = float(recorded.pop(CACHE_SECONDS, 0.0))  # caches made before it was recorded: 0
+            if recorded == stamp:
+                return f.get_tensor("logits"), seconds, True
     start = time.time()
     logits = teacher_logits(teacher, rows, collate, batch_size)
-    write_bytes(path, safetensors.torch.save({"logits": logits.contiguous()}, metadata=stamp))
-    return logits, time.time() - start
+    seconds = time.time() - start
+    write_bytes(path, safetensors.torch.save({"logits": logits.contiguous()},
+                                             metadata={**stamp, CACHE_SECONDS: repr(seconds)}))
+    return logits, seconds, False
 
 
 def _scores(model: nn.Module, task: str, args: Any, evals: dict[str, Any], evaluated: dict[str, Any], collator: Any,
@@ -337,11 +347,11 @@ def run(cfg: DistillConfig) -> DistillResult:
     args = training_arguments(cfg.optim, ckpt_dir, seed=cfg.seed, save_steps=cfg.save_steps,
                               logging_steps=cfg.logging_steps, progress=cfg.progress, layerdrop_on=False)
     teacher.to(args.device)
-    cache_seconds = 0.0
+    cache_seconds, cache_reused = 0.0, False
     if _cache_pays(cfg, task, len(train_rows)):
         identity = {"teacher": teacher_files, "rows": _digest(train_rows)}
-        logits, cache_seconds = _cached_logits(out, teacher, train_rows, collator, max(cfg.optim.batch_size, 64),
-                                               identity)
+        logits, cache_seconds, cache_reused = _cached_logits(
+            out, teacher, train_rows, collator, max(cfg.optim.batch_size, 64), identity)
         train_rows = [{**row, TEACHER_LOGITS: logits[i].tolist()} for i, row in enumerate(train_rows)]
 
     # 6. distil
@@ -368,7 +378,7 @@ def run(cfg: DistillConfig) -> DistillResult:
         "metrics": metrics,
         "teacher_metrics": teacher_metrics,
         "train_seconds": round(earlier + trained.metrics["train_runtime"], 1),  # every invocation's
-        "teacher_cache_seconds": round(cache_seconds, 1),  # this invocation's (0 when the cache was reused)
+        "teacher_cache_seconds": round(cache_seconds, 1),  # what the run's cache cost, whichever call made it
     }
     if pruning is not None:
         meta["pruning"] = pruning
@@ -377,4 +387,4 @@ def run(cfg: DistillConfig) -> DistillResult:
     export(out, student, tokenizer, task, meta, metrics, inputs.max_length)
     return DistillResult(out=out, model_dir=out / "model", kept=kept, metrics=metrics, teacher_metrics=teacher_metrics,
                          steps=trainer.state.global_step, seconds=time.time() - start, cache_seconds=cache_seconds,
-                         resumed_from=resume_from)
+                         cache_reused=cache_reused, resumed_from=resume_from)
