@@ -177,7 +177,7 @@ def test_prune_cli_explains_bad_strategy_input(argv, message, tmp_path, classifi
 def test_sweep_cli_prints_the_table(tmp_path, classifier_dir, reviews, capsys):
     code = main(["sweep", classifier_dir, "--data", reviews, "--out", str(tmp_path), "--rows", "12",
                  "--latency-reps", "1", "--no-progress"])
-    assert code == 0 and "| every-other | 1 |" in capsys.readouterr().out
+    assert code == 0 and "| `every-other` | 1 |" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

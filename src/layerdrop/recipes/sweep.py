@@ -165,14 +165,15 @@ def interleaved_latency_ms(points: Sequence[tuple[nn.Module, Sequence[int]]], ba
 
 
 def tables(points: dict[str, list[DepthResult]], metric: str, language: Language = "en") -> str:
-    """The sweep's Markdown table: one row per strategy and depth, ★ on the Pareto front of quality against latency."""
+    """The sweep's Markdown table: one row per strategy (its name set as code, in every language) and depth, ★ on
+    the Pareto front of quality against latency."""
     flat = [(name, r) for name, results in points.items() for r in results]
     front = set(pareto_front([(r.latency_ms or 0.0, r.score) for _, r in flat],
                              higher_is_better=higher_is_better(metric)))
     precision = any(r.precision != "float32" for _, r in flat)  # a column only when there is a choice
     return markdown_table([say(h, language) for h in ("strategy", *(["precision"] if precision else []), "depth",
                                                       "kept", metric, "parameters", "ms / batch", "Pareto")],
-                          [[name.split(" ")[0], *([r.precision] if precision else []), r.depth,
+                          [[f"`{name.split(' ')[0]}`", *([r.precision] if precision else []), r.depth,
                             " ".join(map(str, r.kept)), format_score(r.score, metric), f"{r.parameters / 1e6:.2f}M",
                             f"{r.latency_ms or 0:.1f}", "★" if i in front else ""] for i, (name, r) in enumerate(flat)])
 
