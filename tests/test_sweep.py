@@ -102,7 +102,7 @@ def test_sweep_runs_every_depth_at_every_precision_on_one_pareto_front(tmp_path,
 def test_sweep_latency_times_every_point_in_turn():
     from conftest import make, tokens
     from layerdrop import find_layers
-    from layerdrop.recipes.sweep import interleaved_latency_ms
+    from layerdrop.evaluation.measure import interleaved_latency_ms
 
     calls = []
     models = [make("llama").eval(), make("llama").eval()]

@@ -9,8 +9,7 @@ import torch
 import layerdrop
 from conftest import make, tokens
 from layerdrop.evaluation import timer
-from layerdrop.evaluation.measure import latency_ms, perplexity
-from layerdrop.recipes.sweep import interleaved_latency_ms
+from layerdrop.evaluation.measure import interleaved_latency_ms, latency_ms, perplexity
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ the scorers of a saved model on a dataset, for ``layerdrop prune`` and ``layerdr
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from layerdrop.core.depths import layers_at
 from layerdrop.errors import InputError
 
 from .eval_mode import require_eval
-from .timer import median_ms
+from .timer import median_ms, time_ms
 
 __all__ = [
     "DepthResult",
@@ -36,6 +37,7 @@ __all__ = [
     "encoded_questions",
     "encoded_rows",
     "higher_is_better",
+    "interleaved_latency_ms",
     "latency_ms",
     "parameters_at",
     "perplexity",
@@ -170,6 +172,23 @@ def latency_ms(model: nn.Module, batch: dict[str, torch.Tensor], *, reps: int = 
     synchronised (:func:`layerdrop.evaluation.timer.median_ms`)."""
     require_eval(model, "latency_ms")
     return median_ms(lambda: model(**batch), model, reps=reps, warmup=warmup)
+
+
+@torch.no_grad()
+def interleaved_latency_ms(points: Sequence[tuple[nn.Module, Sequence[int]]], batch: dict[str, torch.Tensor],
+                           reps: int) -> list[float]:
+    """Median milliseconds of one forward on ``batch`` of each model (as it is: eval mode is the caller's)
+    with only the given layers (:func:`~layerdrop.evaluation.timer.time_ms`, the device synchronised),
+    timed in rounds of one forward of each point, after a warm-up round, so that the machine's drift
+    touches every point alike."""
+    times: list[list[float]] = [[] for _ in points]
+    for round_ in range(1 + reps):
+        for i, (model, kept) in enumerate(points):
+            with only_layers(model, kept):
+                took = time_ms(lambda: model(**batch), model)  # noqa: B023 (called at once)
+            if round_:
+                times[i].append(took)
+    return [statistics.median(t) for t in times]
 
 
 def depth_sweep(

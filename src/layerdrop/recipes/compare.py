@@ -44,7 +44,7 @@ from layerdrop.core.arch import find_layers
 from layerdrop.core.depths import every_other, layers_at, parse_depths
 from layerdrop.errors import InputError
 from layerdrop.evaluation.comparison import METHODS, Method, Row, plot, read_report, tables, title_of
-from layerdrop.evaluation.measure import higher_is_better, latency_ms, parameters_at, validation_scorers
+from layerdrop.evaluation.measure import higher_is_better, interleaved_latency_ms, parameters_at, validation_scorers
 from layerdrop.files import atomic_dir, write_json, write_text
 from layerdrop.models import presets
 from layerdrop.models.loading import META_FILE, from_pretrained, load_saved, local_folder, read_meta
@@ -247,15 +247,16 @@ def _score(cfg: CompareConfig, model: nn.Module, full_runs: dict[str, Path], tra
     full_models = {name: model if name == "plain" else load_saved(str(folder)).eval()
                    for name, folder in full_runs.items()}
     rows: list[Row] = []
+    cuts_timed = {depth: every_other(num_layers, depth) for depth in depths}  # in turn, so drift touches all alike
+    ms_at = dict(zip(depths, interleaved_latency_ms([(model, cuts_timed[d]) for d in depths], batch,
+                                                     cfg.latency_reps), strict=True))
 
     def cut_score(full_model: nn.Module, depth: int) -> float:  # at the layers it records, else every-other
         with only_layers(full_model, layers_at(full_model.config, num_layers, depth)):
             return scorers.test(full_model)
 
     for depth in depths:
-        kept = every_other(num_layers, depth)
-        with only_layers(model, kept):
-            ms = latency_ms(model, batch, reps=cfg.latency_reps)
+        kept, ms = cuts_timed[depth], ms_at[depth]
         size = parameters_at(model, kept)
         cuts = {run_name: cut_score(full_model, depth) for run_name, full_model in full_models.items()}
         if depth == num_layers:  # the full-depth runs themselves, once each
@@ -285,7 +286,8 @@ def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_mi
     write_text(out / "compare.md", f"# layerdrop compare: `{cfg.model}` on `{cfg.data}`\n\n"
                f"{metric.capitalize()} on the test split ({cfg.eval_rows or 'all'} rows; {better} is better); "
                f"latency: median of {cfg.latency_reps} forwards of {batch} ({cfg.batch_size} examples, up to "
-               f"{cfg.max_length} tokens); ★: Pareto front of {metric} against latency over all rows; "
+               f"{cfg.max_length} tokens), every depth timed in turn; ★: Pareto front of {metric} against latency "
+               f"over all rows; "
                f"training minutes: the Trainer's wall time (for a distillation also its teacher's cached "
                f"logits).\n\n{table}")
     buf = io.StringIO()

@@ -16,15 +16,12 @@ import csv
 import dataclasses
 import io
 import json
-import statistics
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
@@ -35,7 +32,13 @@ from layerdrop.cut.precision import at_precision
 from layerdrop.cut.precision import lookup as lookup_precision
 from layerdrop.cut.strategies import STRATEGIES, Choice, choose, lookup, own_strategy, search_all_depths
 from layerdrop.errors import InputError
-from layerdrop.evaluation.measure import DepthResult, higher_is_better, parameters_at, validation_scorers
+from layerdrop.evaluation.measure import (
+    DepthResult,
+    higher_is_better,
+    interleaved_latency_ms,
+    parameters_at,
+    validation_scorers,
+)
 from layerdrop.evaluation.report import (
     format_score,
     markdown_table,
@@ -44,7 +47,6 @@ from layerdrop.evaluation.report import (
     plot_quality_vs_depth,
     plot_quality_vs_latency,
 )
-from layerdrop.evaluation.timer import time_ms
 from layerdrop.evaluation.words import Language, say
 from layerdrop.files import write_json, write_text
 from layerdrop.models.loading import from_pretrained, load_saved, local_folder
@@ -146,22 +148,6 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
         plot_layer_importance(importance, out / "layer_importance.png", title=Path(cfg.model).name)
     return SweepResult(out=out, metric=metric, points=points, table=table)
 
-
-@torch.no_grad()
-def interleaved_latency_ms(points: Sequence[tuple[nn.Module, Sequence[int]]], batch: dict[str, torch.Tensor],
-                           reps: int) -> list[float]:
-    """Median milliseconds of one forward on ``batch`` of each model (as it is: eval mode is the caller's)
-    with only the given layers (:func:`~layerdrop.evaluation.timer.time_ms`, the device synchronised),
-    timed in rounds of one forward of each point, after a warm-up round, so that the machine's drift
-    touches every point alike."""
-    times: list[list[float]] = [[] for _ in points]
-    for round_ in range(1 + reps):
-        for i, (model, kept) in enumerate(points):
-            with only_layers(model, kept):
-                took = time_ms(lambda: model(**batch), model)  # noqa: B023 (called at once)
-            if round_:
-                times[i].append(took)
-    return [statistics.median(t) for t in times]
 
 
 def tables(points: dict[str, list[DepthResult]], metric: str, language: Language = "en") -> str:
