@@ -97,7 +97,7 @@ ZH: dict[str, str] = {
     "training loss": "训练损失",
     "layer": "层",
     "importance (relative to the largest)": "重要性（相对最大值）",
-    "training forward": "第几次训练前向",
+    "training forward": "第几次训练前向传播",
     "layers run": "运行的层数",
     "forwards": "前向次数",
     "ran (black)": "运行（黑色）",
