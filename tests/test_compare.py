@@ -155,6 +155,20 @@ def test_a_decoder_is_compared_by_perplexity_every_method_from_one_untrained_sta
         run_compare(dataclasses.replace(cfg, train_rows=32))  # the untrained start was built from 64 rows
 
 
+def test_a_model_trained_from_scratch_is_never_said_to_be_fine_tuned(compared_lm, compared):
+    from layerdrop.recipes.pages import refresh_text
+
+    cfg, result = compared_lm
+    page = f"<!-- layerdrop:compare {result.out.name} -->\n<!-- /layerdrop -->\n"
+    english, chinese = (refresh_text(page, result.out.parent, language=lang).text for lang in ("en", "zh"))
+    assert "| plain training (full depth) |" in english and "| fixed depth (from scratch) |" in english
+    assert "| 普通训练（完整深度） |" in chinese and "| 普通训练后剪枝 |" in chinese
+    assert "fine-tune" not in english and "微调" not in chinese
+    assert result.table in (result.out / "compare.md").read_text() and "fine-tune" not in result.table
+    _, pretrained = compared  # a pretrained model keeps its fine-tune rows
+    assert "| plain fine-tune (full depth) |" in pretrained.table
+
+
 def test_top_dropped_is_refused_for_a_model_trained_from_scratch(tmp_path):
     with pytest.raises(ValueError, match="trained from scratch"):
         check(CompareConfig(model="gpt2-tiny", methods="plain-cut,top-dropped", out=str(tmp_path)))

@@ -6,6 +6,8 @@ a page from a ``compare.json`` with these alone; ``layerdrop.recipes.compare`` t
 (['layerdrop-cut', 'layerdrop-healed'], ['plain-cut', 'layerdrop-cut', 'elastic'])
 >>> METHODS["plain-cut"].label, say(METHODS["plain-cut"].label, "zh")
 ('plain, cut', '普通微调后剪枝')
+>>> _label("plain", scratch=True), _label("fixed-depth", "zh", scratch=True)
+('plain training (full depth)', '固定深度（从零训练）')
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from .measure import DepthResult, higher_is_better
 from .report import format_score, markdown_table, pareto_front, plot_quality_vs_cost, plot_quality_vs_latency
 from .words import Language, say
 
-__all__ = ["FULL_RUNS", "METHODS", "Method", "Row", "plot", "read_report", "tables", "title_of"]
+__all__ = ["FULL_RUNS", "METHODS", "SCRATCH_LABELS", "Method", "Row", "plot", "read_report", "tables", "title_of",
+           "trained_from_scratch"]
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,14 @@ FULL_RUNS = {"plain": "plain fine-tune (full depth)", "layerdrop": "LayerDrop fi
              "elastic-full": "one elastic run (full depth)"}
 """The full-depth runs, as the table's full-depth rows name them."""
 
+SCRATCH_LABELS = {"plain": "plain training (full depth)", "layerdrop": "LayerDrop training (full depth)",
+                  "plain-cut": "plain training, cut", "fixed-depth": "fixed depth (from scratch)"}
+"""The names that say "fine-tune", as a model built from scratch (a preset such as ``gpt2-tiny``) has them."""
 
-def _label(name: str, language: Language = "en") -> str:
+
+def _label(name: str, language: Language = "en", *, scratch: bool = False) -> str:
+    if scratch and name in SCRATCH_LABELS:
+        return say(SCRATCH_LABELS[name], language)
     return say(METHODS[name].label if name in METHODS else FULL_RUNS[name], language)
 
 
@@ -82,7 +91,7 @@ class Row:
 
 
 def _serving(rows: list[Row], methods: list[str], metric: str, full_minutes: dict[str, float], num_layers: int,
-             language: Language = "en") -> list[list[Any]]:
+             language: Language = "en", scratch: bool = False) -> list[list[Any]]:
     """Per method: the training runs and minutes that serve every depth of the table, and its quality
     at each (at full depth, that of the full run it relies on)."""
     depths = sorted({r.depth for r in rows}, reverse=True)
@@ -95,15 +104,16 @@ def _serving(rows: list[Row], methods: list[str], metric: str, full_minutes: dic
         runs = int(uses_full) + sum(1 for d in depths if method.per_depth and d < num_layers)
         minutes = (full_minutes[method.full] if uses_full else 0.0) + sum(
             mine[d].minutes for d in depths if d < num_layers)
-        out.append([_label(name, language), runs, f"{minutes:.1f}",
+        out.append([_label(name, language, scratch=scratch), runs, f"{minutes:.1f}",
                     *[format_score(mine[d].score, metric) for d in depths]])
     return out
 
 
 def tables(rows: list[Row], metric: str, full_minutes: dict[str, float], num_layers: int,
-           language: Language = "en") -> str:
+           language: Language = "en", *, scratch: bool = False) -> str:
     """The report's Markdown: one row per method and depth, then what serving every depth costs each method
-    (``num_layers``: the full model's depth, which the rows need not include), in ``language``."""
+    (``num_layers``: the full model's depth, which the rows need not include), in ``language``;
+    ``scratch``: the model was built from scratch, so no row says fine-tune."""
     methods = list(dict.fromkeys(r.method for r in rows if r.method in METHODS))
     full_ms = max(r.latency_ms for r in rows if r.depth == max(x.depth for x in rows))
     front = set(pareto_front([(r.latency_ms, r.score) for r in rows], higher_is_better=higher_is_better(metric)))
@@ -112,7 +122,8 @@ def tables(rows: list[Row], metric: str, full_minutes: dict[str, float], num_lay
                *[say(h, language) for h in ("seeds", "parameters", "ms per batch", "× full", "training (min)",
                                             "Pareto")]]
     cut = say("(cut)", language)
-    md_rows = [[_label(r.method, language), r.depth, ", ".join(map(str, r.kept)), format_score(r.score, metric),
+    md_rows = [[_label(r.method, language, scratch=scratch), r.depth, ", ".join(map(str, r.kept)),
+                format_score(r.score, metric),
                 " / ".join(format_score(s, metric).removesuffix(" %") for s in r.scores) if len(r.scores) > 1 else "",
                 f"{r.parameters / 1e6:.1f}M", f"{r.latency_ms:.1f}", f"{r.latency_ms / full_ms:.2f}",
                 cut if r.method in METHODS and not METHODS[r.method].per_depth else f"{r.minutes:.1f}",
@@ -121,7 +132,7 @@ def tables(rows: list[Row], metric: str, full_minutes: dict[str, float], num_lay
     depths = sorted({r.depth for r in rows}, reverse=True)
     serving = markdown_table([*[say(h, language) for h in ("method", "training runs", "training minutes")],
                               *[say("at {depth}", language, depth=d) for d in depths]],
-                             _serving(rows, methods, metric, full_minutes, num_layers, language))
+                             _serving(rows, methods, metric, full_minutes, num_layers, language, scratch))
     minutes = say(", ", language).join(
         say("{name} {minutes} min", language, name=say(k.removesuffix("-full"), language), minutes=f"{v:.1f}")
         for k, v in full_minutes.items())
@@ -131,13 +142,14 @@ def tables(rows: list[Row], metric: str, full_minutes: dict[str, float], num_lay
 
 
 def plot(rows: list[Row], metric: str, full_minutes: dict[str, float], path: str | Path, *,
-         against: str = "latency", title: str = "", language: Language = "en") -> Path:
+         against: str = "latency", title: str = "", language: Language = "en", scratch: bool = False) -> Path:
     """Quality against latency (``against="latency"``) or against the training minutes each point needs,
-    its full-depth run included (``"training"``), one series per method."""
+    its full-depth run included (``"training"``), one series per method (named as :func:`tables` names it)."""
     names = list(dict.fromkeys(r.method for r in rows))
     if against == "latency":
-        series = {_label(m, language): [DepthResult(r.depth, r.kept, r.score, r.parameters, r.latency_ms)
-                                        for r in rows if r.method == m] for m in names}
+        series = {_label(m, language, scratch=scratch): [
+            DepthResult(r.depth, r.kept, r.score, r.parameters, r.latency_ms) for r in rows if r.method == m]
+            for m in names}
         return plot_quality_vs_latency(series, metric, path, title=title, language=language)
     if against != "training":
         raise InputError(f"against={against!r}: choose latency or training")
@@ -146,13 +158,16 @@ def plot(rows: list[Row], metric: str, full_minutes: dict[str, float], path: str
         method = METHODS.get(r.method)
         full = full_minutes[method.full] if method is not None and (method.needs_full or not method.per_depth) else 0.0
         return r.minutes + full
-    return plot_quality_vs_cost({_label(m, language): [(cost(r), r.score, r.depth) for r in rows if r.method == m]
+    return plot_quality_vs_cost({_label(m, language, scratch=scratch): [(cost(r), r.score, r.depth) for r in rows
+                                                                         if r.method == m]
                                  for m in names}, path, metric=metric, title=title, language=language)
 
 
-def read_report(path: str | Path, language: Language = "en") -> tuple[list[Row], str, dict[str, float], int, str]:
-    """The rows, metric, full-depth minutes, the full model's depth and the plot title (in ``language``) of a
-    ``compare.json`` (the file or its run folder)."""
+def read_report(path: str | Path,
+                language: Language = "en") -> tuple[list[Row], str, dict[str, float], int, str, bool]:
+    """The rows, metric, full-depth minutes, the full model's depth, the plot title (in ``language``) and
+    whether the model was built from scratch (``scratch`` of :func:`tables`) of a ``compare.json`` (the file
+    or its run folder)."""
     path = Path(path)
     data = json.loads((path / "compare.json" if path.is_dir() else path).read_text())
     fields = [f.name for f in dataclasses.fields(Row)]
@@ -161,8 +176,16 @@ def read_report(path: str | Path, language: Language = "en") -> tuple[list[Row],
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in r.items() if k in fields}
         rows.append(Row(**values))
     num_layers = data.get("layers", max(r.depth for r in rows))  # older reports: their depths included the full one
-    plot_title = title_of(data["config"]["model"], data["config"]["data"], language)
-    return rows, data["metric"], data["full_minutes"], num_layers, plot_title
+    model = data["config"]["model"]
+    plot_title = title_of(model, data["config"]["data"], language)
+    return rows, data["metric"], data["full_minutes"], num_layers, plot_title, trained_from_scratch(model)
+
+
+def trained_from_scratch(model: str) -> bool:
+    """Whether ``layerdrop compare`` builds ``model`` untrained (a preset) rather than fine-tuning it."""
+    from layerdrop.models import presets  # transformers, only when a report is read or a comparison run
+
+    return model in presets.PRESETS
 
 
 def title_of(model: str, data: str, language: Language = "en") -> str:

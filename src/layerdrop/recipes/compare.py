@@ -43,7 +43,16 @@ from layerdrop.core.apply import only_layers
 from layerdrop.core.arch import find_layers
 from layerdrop.core.depths import every_other, layers_at, parse_depths
 from layerdrop.errors import InputError
-from layerdrop.evaluation.comparison import METHODS, Method, Row, plot, read_report, tables, title_of
+from layerdrop.evaluation.comparison import (
+    METHODS,
+    Method,
+    Row,
+    plot,
+    read_report,
+    tables,
+    title_of,
+    trained_from_scratch,
+)
 from layerdrop.evaluation.measure import higher_is_better, interleaved_latency_ms, parameters_at, validation_scorers
 from layerdrop.files import atomic_dir, write_json, write_text
 from layerdrop.models import presets
@@ -95,10 +104,10 @@ def check(cfg: CompareConfig) -> tuple[list[str], list[int], list[int]]:
         raise InputError("--max-steps and --heal-steps count steps: 0 or more")
     if cfg.heal_steps and not cfg.max_steps:
         raise InputError("--heal-steps goes with --max-steps; without it, give --heal-epochs")
-    if cfg.model in presets.PRESETS and cfg.freeze_embeddings:
+    if trained_from_scratch(cfg.model) and cfg.freeze_embeddings:
         raise InputError(f"--freeze-embeddings keeps pretrained word embeddings; {cfg.model!r} is built from scratch "
                          "with random ones: compare it without the flag")
-    if cfg.model in presets.PRESETS and "top-dropped" in methods:
+    if trained_from_scratch(cfg.model) and "top-dropped" in methods:
         if cfg.methods != _DEFAULT_METHODS:
             raise InputError(f"{cfg.model} is trained from scratch, so top-dropped would be fixed-depth from other "
                              "random layers: leave it out of --methods")
@@ -161,7 +170,7 @@ def run_compare(cfg: CompareConfig, log: Callable[[str], None] = lambda _: None)
                   max_length=cfg.max_length, freeze_embeddings=cfg.freeze_embeddings, progress=cfg.progress,
                   save_steps=100)
     base = TrainConfig.from_flat(task=task, model=cfg.model, out="", rate=0.0, **common)
-    start = _from_scratch(cfg, task, base, out) if cfg.model in presets.PRESETS else cfg.model
+    start = _from_scratch(cfg, task, base, out) if trained_from_scratch(cfg.model) else cfg.model
     heal = {"epochs": cfg.heal_epochs, "max_steps": (cfg.heal_steps or cfg.max_steps // 2) if cfg.max_steps else -1}
 
     def finished(model_dir: Path) -> Path:
@@ -280,7 +289,8 @@ def _score(cfg: CompareConfig, model: nn.Module, full_runs: dict[str, Path], tra
 
 def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_minutes: dict[str, float],
             num_layers: int) -> str:
-    table = tables(rows, metric, full_minutes, num_layers)
+    scratch = trained_from_scratch(cfg.model)
+    table = tables(rows, metric, full_minutes, num_layers, scratch=scratch)
     batch = "the first validation batch"
     better = "higher" if higher_is_better(metric) else "lower"
     write_text(out / "compare.md", f"# layerdrop compare: `{cfg.model}` on `{cfg.data}`\n\n"
@@ -302,6 +312,7 @@ def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_mi
                                       "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
                                       "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
     title = title_of(cfg.model, cfg.data)
-    plot(rows, metric, full_minutes, out / "quality_vs_latency.png", title=title)
-    plot(rows, metric, full_minutes, out / "quality_vs_training.png", against="training", title=title)
+    plot(rows, metric, full_minutes, out / "quality_vs_latency.png", title=title, scratch=scratch)
+    plot(rows, metric, full_minutes, out / "quality_vs_training.png", against="training", title=title,
+         scratch=scratch)
     return table

@@ -187,17 +187,17 @@ def _ints(options: Mapping[str, str], key: str) -> list[int]:
 def _compare(files: list[Path], options: Mapping[str, str], page_dir: Path | None, language: Language) -> str:
     from layerdrop.evaluation.comparison import read_report, tables
 
-    rows, metric, full_minutes, num_layers, _ = read_report(files[0])
-    return tables(rows, metric, full_minutes, num_layers, language)
+    rows, metric, full_minutes, num_layers, _, scratch = read_report(files[0])
+    return tables(rows, metric, full_minutes, num_layers, language, scratch=scratch)
 
 
 def _compare_plot(files: list[Path], options: Mapping[str, str], page_dir: Path | None, language: Language) -> str:
     from layerdrop.evaluation.comparison import plot, read_report
 
-    rows, metric, full_minutes, _, title = read_report(files[0], language)
+    rows, metric, full_minutes, _, title, scratch = read_report(files[0], language)
     against = _choice(options, "against", ("latency", "training"))
     return _image(options, page_dir, lambda p: plot(rows, metric, full_minutes, p, against=against, title=title,
-                                                    language=language),
+                                                    language=language, scratch=scratch),
                   say("{metric} against {against}: {title}", language, metric=say(metric, language),
                       against=say(against, language), title=title))
 
