@@ -167,6 +167,8 @@ def test_a_model_trained_from_scratch_is_never_said_to_be_fine_tuned(compared_lm
     assert result.table in (result.out / "compare.md").read_text() and "fine-tune" not in result.table
     _, pretrained = compared  # a pretrained model keeps its fine-tune rows
     assert "| plain fine-tune (full depth) |" in pretrained.table
+    assert [json.loads((r.out / "compare.json").read_text())["from_scratch"] for r in (result, pretrained)] == [
+        True, False]  # recorded, so a report reads it from the file
 
 
 def test_top_dropped_is_refused_for_a_model_trained_from_scratch(tmp_path):

@@ -60,10 +60,12 @@ FULL_RUNS = {"plain": "plain fine-tune (full depth)", "layerdrop": "LayerDrop fi
 
 SCRATCH_LABELS = {"plain": "plain training (full depth)", "layerdrop": "LayerDrop training (full depth)",
                   "plain-cut": "plain training, cut", "fixed-depth": "fixed depth (from scratch)"}
-"""The names that say "fine-tune", as a model built from scratch (a preset such as ``gpt2-tiny``) has them."""
+"""The names a model built from scratch (a preset such as ``gpt2-tiny``) gives the runs that would otherwise
+say fine-tune (``plain-cut`` says it only in Chinese, 普通微调后剪枝)."""
 
 
 def _label(name: str, language: Language = "en", *, scratch: bool = False) -> str:
+    """How tables and plots name a method or full-depth run, in ``language``."""
     if scratch and name in SCRATCH_LABELS:
         return say(SCRATCH_LABELS[name], language)
     return say(METHODS[name].label if name in METHODS else FULL_RUNS[name], language)
@@ -91,7 +93,7 @@ class Row:
 
 
 def _serving(rows: list[Row], methods: list[str], metric: str, full_minutes: dict[str, float], num_layers: int,
-             language: Language = "en", scratch: bool = False) -> list[list[Any]]:
+             language: Language = "en", *, scratch: bool = False) -> list[list[Any]]:
     """Per method: the training runs and minutes that serve every depth of the table, and its quality
     at each (at full depth, that of the full run it relies on)."""
     depths = sorted({r.depth for r in rows}, reverse=True)
@@ -132,7 +134,8 @@ def tables(rows: list[Row], metric: str, full_minutes: dict[str, float], num_lay
     depths = sorted({r.depth for r in rows}, reverse=True)
     serving = markdown_table([*[say(h, language) for h in ("method", "training runs", "training minutes")],
                               *[say("at {depth}", language, depth=d) for d in depths]],
-                             _serving(rows, methods, metric, full_minutes, num_layers, language, scratch))
+                             _serving(rows, methods, metric, full_minutes, num_layers, language,
+                                      scratch=scratch))
     minutes = say(", ", language).join(
         say("{name} {minutes} min", language, name=say(k.removesuffix("-full"), language), minutes=f"{v:.1f}")
         for k, v in full_minutes.items())
@@ -178,7 +181,8 @@ def read_report(path: str | Path,
     num_layers = data.get("layers", max(r.depth for r in rows))  # older reports: their depths included the full one
     model = data["config"]["model"]
     plot_title = title_of(model, data["config"]["data"], language)
-    return rows, data["metric"], data["full_minutes"], num_layers, plot_title, trained_from_scratch(model)
+    scratch = data.get("from_scratch", trained_from_scratch(model))  # older reports did not record it
+    return rows, data["metric"], data["full_minutes"], num_layers, plot_title, scratch
 
 
 def trained_from_scratch(model: str) -> bool:

@@ -20,7 +20,8 @@ continued when not, so the command resumes where it stopped. See docs/comparison
 
 A preset (``gpt2-tiny``, ...) is built once, untrained, with its tokenizer trained on the
 training text, and every method starts from that model: "fine-tune" is then training from
-scratch, and ``top-dropped`` would repeat ``fixed-depth`` from other random layers.
+scratch (the tables and plots say so), and ``top-dropped`` would repeat ``fixed-depth`` from other
+random layers.
 """
 
 from __future__ import annotations
@@ -308,7 +309,7 @@ def _report(cfg: CompareConfig, out: Path, metric: str, rows: list[Row], full_mi
                                   round(r.minutes, 2)] for r in rows]])
     write_text(out / "compare.csv", buf.getvalue())
     write_json(out / "compare.json", {"config": dataclasses.asdict(cfg), "metric": metric, "full_minutes": full_minutes,
-                                      "layers": num_layers,
+                                      "layers": num_layers, "from_scratch": scratch,
                                       "rows": [{**dataclasses.asdict(r), "score": r.score} for r in rows],
                                       "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")})
     title = title_of(cfg.model, cfg.data)
