@@ -149,7 +149,6 @@ def run_sweep(cfg: SweepConfig) -> SweepResult:
     return SweepResult(out=out, metric=metric, points=points, table=table)
 
 
-
 def tables(points: dict[str, list[DepthResult]], metric: str, language: Language = "en") -> str:
     """The sweep's Markdown table: one row per strategy (its name set as code, in every language) and depth, ★ on
     the Pareto front of quality against latency."""
